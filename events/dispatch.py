@@ -1,0 +1,60 @@
+"""What the orchestrator tells a provider (leases, revocations) and what a provider's heartbeat says.
+
+Dispatch messages travel on ``gf.dispatch.<provider_id>`` (a work-queue stream); they are
+notifications derived from the domain log, not facts: the fact is ``TaskLeased`` in the log. A lost
+dispatch costs a lease expiry and a re-queue, never correctness.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from events.types import EventModel, Id, JsonValue, ObjectRef, UtcDateTime
+
+__all__ = ["Dispatch", "Heartbeat", "LeaseGranted", "LeaseRevoked"]
+
+
+class LeaseGranted(EventModel):
+    """Run this task under this lease; report with ``lease_id`` to ``gf.in.task.<task_id>.report``."""
+
+    type: Literal["LeaseGranted"] = "LeaseGranted"
+    task_id: Id
+    job_id: Id
+    lease_id: Id
+    provider_id: Id
+    attempt: int = Field(ge=1)
+    workload: str
+    params: dict[str, JsonValue]
+    timeout_s: float = Field(gt=0.0)
+    expires_at: UtcDateTime
+    predicted_s: float = Field(default=0.0, ge=0.0)
+    input: ObjectRef | None = None
+    shard: tuple[int, int] | None = None
+    #: Resume from this checkpoint (written by an earlier attempt) at this step.
+    resume_from: ObjectRef | None = None
+    resume_step: int = Field(default=0, ge=0)
+
+
+class LeaseRevoked(EventModel):
+    """Stop this task: it was cancelled, or the lease ended. Report nothing more for it."""
+
+    type: Literal["LeaseRevoked"] = "LeaseRevoked"
+    task_id: Id
+    lease_id: Id
+    provider_id: Id
+    reason: str = Field(default="", max_length=500)
+
+
+Dispatch = Annotated[LeaseGranted | LeaseRevoked, Field(discriminator="type")]
+
+
+class Heartbeat(EventModel):
+    """The value a provider puts in the heartbeat KV bucket, key = provider id, every interval."""
+
+    provider_id: Id
+    at: UtcDateTime
+    running: int = Field(ge=0)
+    slots: int = Field(ge=1)
+    draining: bool = False

@@ -1,0 +1,212 @@
+"""Job events, the job spec, and the ledger events that settle a job's bill."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from events.types import (
+    EventModel,
+    Id,
+    JsonValue,
+    Micros,
+    ObjectRef,
+    Resources,
+    RetryPolicy,
+    UtcDateTime,
+)
+
+__all__ = [
+    "CountSplit",
+    "JobAccepted",
+    "JobCancelled",
+    "JobCompleted",
+    "JobDeadlineMissed",
+    "JobFailed",
+    "JobRejected",
+    "JobSpec",
+    "JobSubmitted",
+    "ParamsSplit",
+    "ProviderCredited",
+    "ShardSplit",
+    "Split",
+    "SubmitterCharged",
+    "UsageMetered",
+]
+
+MAX_TASKS_PER_JOB = 100_000
+
+
+class CountSplit(EventModel):
+    """``count`` tasks with the same parameters; each task also gets its ``index``."""
+
+    kind: Literal["count"] = "count"
+    count: int = Field(default=1, ge=1, le=MAX_TASKS_PER_JOB)
+
+
+class ParamsSplit(EventModel):
+    """One task per parameter set; each set is merged over the job's ``params``."""
+
+    kind: Literal["params"] = "params"
+    params: list[dict[str, JsonValue]] = Field(min_length=1, max_length=MAX_TASKS_PER_JOB)
+
+
+class ShardSplit(EventModel):
+    """``shards`` tasks over one input in the object store; task i gets shard i of n."""
+
+    kind: Literal["shards"] = "shards"
+    input: ObjectRef
+    shards: int = Field(ge=1, le=MAX_TASKS_PER_JOB)
+
+
+Split = Annotated[CountSplit | ParamsSplit | ShardSplit, Field(discriminator="kind")]
+
+
+class JobSpec(EventModel):
+    """Everything a submitter says about a job, written once for any GPU."""
+
+    workload: str = Field(min_length=1, max_length=64)
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+    split: Split = Field(default_factory=CountSplit)
+    resources: Resources = Field(default_factory=Resources)
+    #: Price ceiling in micro-credits per GPU-second; None accepts any price.
+    max_price_micros: Micros | None = None
+    deadline: UtcDateTime | None = None
+    #: What a missed deadline does to the unfinished tasks: fail the job, or cancel it.
+    on_deadline: Literal["fail", "cancel"] = "cancel"
+    priority: int = Field(default=5, ge=0, le=9)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    #: Per-attempt limit on a task's runtime, seconds.
+    timeout_s: float = Field(default=600.0, gt=0.0, le=7 * 86400.0)
+    submitter: str = Field(default="anonymous", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
+    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+
+    def task_count(self) -> int:
+        """How many tasks this job splits into."""
+        if isinstance(self.split, CountSplit):
+            return self.split.count
+        if isinstance(self.split, ParamsSplit):
+            return len(self.split.params)
+        return self.split.shards
+
+    def task_params(self, index: int) -> dict[str, JsonValue]:
+        """The parameters of task ``index``: deterministic, so task creation can be replayed."""
+        if isinstance(self.split, ParamsSplit):
+            return {**self.params, **self.split.params[index]}
+        return dict(self.params)
+
+
+class JobSubmitted(EventModel):
+    """A submitter asked for a job; not yet validated against the workload catalogue."""
+
+    type: Literal["JobSubmitted"] = "JobSubmitted"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    job_id: Id
+    spec: JobSpec
+
+
+class JobAccepted(EventModel):
+    """The job is valid; it splits into ``task_count`` tasks, ids ``<job_id>-<index>``."""
+
+    type: Literal["JobAccepted"] = "JobAccepted"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    job_id: Id
+    task_count: int = Field(ge=1)
+    predicted_s: float = Field(default=0.0, ge=0.0)
+
+
+class JobRejected(EventModel):
+    """The job was refused; ``field`` names what was wrong with it."""
+
+    type: Literal["JobRejected"] = "JobRejected"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    job_id: Id
+    reason: str = Field(max_length=2000)
+    field: str | None = None
+
+
+class UsageMetered(EventModel):
+    """One task of the job completed: its GPU time, its price, and what it cost."""
+
+    type: Literal["UsageMetered"] = "UsageMetered"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    job_id: Id
+    task_id: Id
+    provider_id: Id
+    submitter: str
+    gpu_ms: int = Field(ge=0)
+    price_micros: Micros
+    amount_micros: Micros
+
+
+class JobCompleted(EventModel):
+    """Every task completed."""
+
+    type: Literal["JobCompleted"] = "JobCompleted"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    job_id: Id
+    tasks: int = Field(ge=0)
+    gpu_ms: int = Field(ge=0)
+    cost_micros: Micros
+
+
+class JobFailed(EventModel):
+    """A task is dead, so the job failed; the remaining tasks were cancelled."""
+
+    type: Literal["JobFailed"] = "JobFailed"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    job_id: Id
+    reason: str = Field(max_length=2000)
+    task_id: Id | None = None
+
+
+class JobCancelled(EventModel):
+    """The submitter cancelled the job, or its deadline passed under the cancel policy."""
+
+    type: Literal["JobCancelled"] = "JobCancelled"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    job_id: Id
+    reason: str = Field(default="", max_length=2000)
+
+
+class JobDeadlineMissed(EventModel):
+    """The deadline passed before the job finished; unfinished tasks are cancelled."""
+
+    type: Literal["JobDeadlineMissed"] = "JobDeadlineMissed"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    job_id: Id
+    deadline: UtcDateTime
+    unfinished: int = Field(ge=0)
+
+
+class SubmitterCharged(EventModel):
+    """The ledger's debit: the submitter pays for the job's metered usage."""
+
+    type: Literal["SubmitterCharged"] = "SubmitterCharged"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    job_id: Id
+    submitter: str
+    amount_micros: Micros
+    gpu_ms: int = Field(ge=0)
+
+
+class ProviderCredited(EventModel):
+    """The ledger's credit: a provider earns what its share of the job's usage cost."""
+
+    type: Literal["ProviderCredited"] = "ProviderCredited"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    job_id: Id
+    provider_id: Id
+    amount_micros: Micros
+    gpu_ms: int = Field(ge=0)

@@ -1,0 +1,425 @@
+"""JetStream ``EventStore``: one subject per aggregate, optimistic concurrency, de-duplication.
+
+- A single-event append is one JetStream publish with ``Nats-Expected-Last-Subject-Sequence``.
+- A multi-event append is one atomic batch (ADR-50): all of it is stored, or none.
+- Every message carries ``Nats-Msg-Id`` = its event id, so a retried publish is stored once.
+- A publish that times out is sent again with the same ids. If the server then reports a conflict or
+  a duplicate, the store reads the stream back to confirm whether its events are there: it never
+  guesses the outcome.
+- Streams are read with batched direct gets; the whole log with an ordered consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import api
+
+from events.codec import decode_message, encode
+from events.envelope import Envelope, check_stream
+from events.errors import (
+    ConcurrencyError,
+    InvalidPayload,
+    PayloadTooLarge,
+    StoreError,
+    StoreUnavailable,
+)
+from events.registry import DEFAULT_REGISTRY, MAX_EVENT_BYTES, EventRegistry
+from events.store.connection import connect_nats
+from events.store.protocol import AppendResult, InvalidHandler, log_invalid
+from events.subjects import EVENT_PREFIX, EVENTS_STREAM
+
+__all__ = ["JetStreamEventStore", "StreamSettings"]
+
+_log = structlog.get_logger("gpufleet.events.jetstream")
+
+MAX_EVENTS_PER_APPEND = 1000  # the server's limit for one atomic batch
+_WRONG_LAST_SEQUENCE = (10071, 10164)
+_BATCH_DUPLICATE_ID = 10201
+_MESSAGE_TOO_BIG = 10054
+_HEADER_ALLOWANCE = 8 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """How the event stream is configured; created idempotently with exactly this."""
+
+    name: str = EVENTS_STREAM
+    prefix: str = EVENT_PREFIX
+    replicas: int = 1
+    duplicate_window_s: float = 120.0
+    max_event_bytes: int = MAX_EVENT_BYTES
+
+    def config(self) -> api.StreamConfig:
+        """The JetStream configuration: file storage, no deletes or purges, atomic batches."""
+        return api.StreamConfig(
+            name=self.name,
+            description="gpufleet domain events: one subject per aggregate",
+            subjects=[f"{self.prefix}.>"],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.NEW,
+            num_replicas=self.replicas,
+            duplicate_window=self.duplicate_window_s,
+            max_msg_size=self.max_event_bytes + _HEADER_ALLOWANCE,
+            deny_delete=True,
+            deny_purge=True,
+            allow_direct=True,
+            allow_atomic=True,
+        )
+
+
+async def ensure_stream(js: Any, config: api.StreamConfig) -> None:
+    """Create ``config``'s stream, or bring an existing one to it; idempotent."""
+    try:
+        await js.add_stream(config=config)
+    except nats.js.errors.BadRequestError as e:
+        if e.err_code != 10058:  # stream name already in use with a different configuration
+            raise StoreError(f"cannot create stream {config.name}: {e.description}") from e
+        await js.update_stream(config=config)
+    except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as e:
+        raise StoreUnavailable("JetStream is not enabled on this server (start nats-server with -js)") from e
+    except nats.errors.TimeoutError as e:
+        raise StoreUnavailable(f"JetStream did not answer creating stream {config.name}") from e
+
+
+class _Inbox:
+    """One wildcard inbox subscription shared by all direct-get requests of a store."""
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._prefix = ""
+        self._queues: dict[str, asyncio.Queue[Msg]] = {}
+        self._sub: Any = None
+        self._n = 0
+
+    async def start(self) -> None:
+        self._prefix = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._route)
+
+    async def _route(self, msg: Msg) -> None:
+        q = self._queues.get(msg.subject)
+        if q is not None:
+            q.put_nowait(msg)
+
+    def open(self) -> tuple[str, asyncio.Queue[Msg]]:
+        self._n += 1
+        subject = f"{self._prefix}.{self._n}"
+        q: asyncio.Queue[Msg] = asyncio.Queue()
+        self._queues[subject] = q
+        return subject, q
+
+    def close(self, subject: str) -> None:
+        self._queues.pop(subject, None)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+
+class JetStreamEventStore:
+    """``EventStore`` over a NATS JetStream stream.
+
+    Build one with :meth:`connect`, or wrap an existing connection and call :meth:`ensure`.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        settings: StreamSettings | None = None,
+        registry: EventRegistry = DEFAULT_REGISTRY,
+        timeout: float = 5.0,
+        retries: int = 3,
+        max_inflight_batches: int = 32,
+        on_invalid: InvalidHandler = log_invalid,
+        owns_connection: bool = False,
+    ) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=timeout)
+        self.settings = settings or StreamSettings()
+        self._registry = registry
+        self._timeout = timeout
+        self._retries = retries
+        # The server accepts at most 50 atomic batches in flight per stream.
+        self._batches = asyncio.Semaphore(min(max_inflight_batches, 50))
+        self._on_invalid = on_invalid
+        self._owns = owns_connection
+        self._inbox = _Inbox(nc)
+        self._started = False
+        self._prefix_len = len(self.settings.prefix) + 1
+
+    @classmethod
+    async def connect(
+        cls, url: str, *, settings: StreamSettings | None = None, name: str = "gpufleet", **kw: Any
+    ) -> JetStreamEventStore:
+        """Connect to ``url``, make sure the stream exists, and return a ready store."""
+        nc = await connect_nats(url, name=name, timeout=float(kw.get("timeout", 5.0)))
+        store = cls(nc, settings=settings, owns_connection=True, **kw)
+        await store.ensure()
+        return store
+
+    async def ensure(self) -> None:
+        """Create or update the event stream, and start the shared inbox."""
+        await ensure_stream(self.js, self.settings.config())
+        if not self._started:
+            await self._inbox.start()
+            self._started = True
+
+    # ---- writing -------------------------------------------------------------------------------
+
+    async def append(self, stream: str, events: Sequence[Envelope], expected: int | None) -> AppendResult:
+        """See ``EventStore.append``."""
+        check_stream(stream)
+        if not events:
+            current = await self.stream_position(stream)
+            if expected is not None and expected != current:
+                raise ConcurrencyError(stream, expected, current)
+            return AppendResult(stream, 0, current)
+        if len(events) > MAX_EVENTS_PER_APPEND:
+            raise InvalidPayload(f"{len(events)} events in one append; the limit is {MAX_EVENTS_PER_APPEND}")
+        messages: list[tuple[bytes, dict[str, str]]] = []
+        ids: list[str] = []
+        for env in events:
+            if env.subject != stream:
+                problem = f"event {env.id} belongs to {env.subject!r}, not {stream!r}"
+                raise InvalidPayload(problem, field="subject")
+            messages.append(encode(env, self._registry))
+            ids.append(env.id)
+        if len(set(ids)) != len(ids):
+            raise InvalidPayload("the same event id twice in one append", field="id")
+        if expected is not None:
+            messages[0][1]["Nats-Expected-Last-Subject-Sequence"] = str(expected)
+        subject = f"{self.settings.prefix}.{stream}"
+        if len(messages) == 1:
+            ack = await self._publish(subject, *messages[0])
+        else:
+            async with self._batches:
+                ack = await self._publish_batch(subject, messages)
+        err = ack.get("error")
+        if err is None:
+            seq = int(ack["seq"])
+            if ack.get("duplicate"):
+                return AppendResult(stream, seq, seq, duplicate=True)
+            result = AppendResult(stream, seq - len(messages) + 1, seq)
+            _log.debug("event.appended", stream=stream, ids=ids, first=result.first, last=seq)
+            return result
+        return await self._resolve_error(stream, ids, expected, err)
+
+    async def _publish(self, subject: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+        for attempt in range(self._retries + 1):
+            try:
+                msg = await self.nc.request(subject, body, timeout=self._timeout, headers=headers)
+                return self._ack(msg)
+            except nats.errors.TimeoutError:
+                _log.warning("event.publish_timeout", subject=subject, attempt=attempt + 1)
+            except nats.errors.NoRespondersError as e:
+                raise StoreUnavailable(f"no JetStream stream listens on {subject}") from e
+            except nats.errors.ConnectionClosedError as e:
+                raise StoreUnavailable("the NATS connection is closed") from e
+        raise StoreUnavailable(f"no acknowledgement for {subject} after {self._retries + 1} tries")
+
+    async def _publish_batch(
+        self, subject: str, messages: list[tuple[bytes, dict[str, str]]]
+    ) -> dict[str, Any]:
+        for attempt in range(self._retries + 1):
+            batch_id = self.nc._nuid.next().decode()
+            last = len(messages)
+            try:
+                for i, (body, headers) in enumerate(messages[:-1], start=1):
+                    h = {**headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i)}
+                    await self.nc.publish(subject, body, headers=h)
+                body, headers = messages[-1]
+                h = {
+                    **headers,
+                    "Nats-Batch-Id": batch_id,
+                    "Nats-Batch-Sequence": str(last),
+                    "Nats-Batch-Commit": "1",
+                }
+                msg = await self.nc.request(subject, body, timeout=self._timeout, headers=h)
+                return self._ack(msg)
+            except nats.errors.TimeoutError:
+                _log.warning("event.batch_timeout", subject=subject, attempt=attempt + 1, size=last)
+            except nats.errors.NoRespondersError as e:
+                raise StoreUnavailable(f"no JetStream stream listens on {subject}") from e
+            except nats.errors.ConnectionClosedError as e:
+                raise StoreUnavailable("the NATS connection is closed") from e
+        raise StoreUnavailable(f"no acknowledgement for a batch on {subject} after {self._retries + 1} tries")
+
+    @staticmethod
+    def _ack(msg: Msg) -> dict[str, Any]:
+        if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+            raise StoreUnavailable("JetStream is not available for this subject")
+        resp: dict[str, Any] = json.loads(msg.data)
+        return resp
+
+    async def _resolve_error(
+        self, stream: str, ids: list[str], expected: int | None, err: dict[str, Any]
+    ) -> AppendResult:
+        code = err.get("err_code")
+        description = str(err.get("description", ""))
+        if code in _WRONG_LAST_SEQUENCE or code == _BATCH_DUPLICATE_ID:
+            # Either another writer got there first, or our own earlier try did: look, don't guess.
+            found = await self._find_stored(stream, ids)
+            if found is not None:
+                return found
+            if code == _BATCH_DUPLICATE_ID:
+                raise InvalidPayload(
+                    "an event id of this append is already stored, in another append", field="id"
+                )
+            actual = _parse_actual(description)
+            raise ConcurrencyError(stream, expected, actual)
+        if code == _MESSAGE_TOO_BIG:
+            raise PayloadTooLarge(self.settings.max_event_bytes + 1, self.settings.max_event_bytes, "data")
+        raise StoreError(f"append to {stream} failed: {description} (code {code})")
+
+    async def _find_stored(self, stream: str, ids: list[str]) -> AppendResult | None:
+        stored = await self.read_stream(stream)
+        stored_ids = [e.id for e in stored]
+        n = len(ids)
+        for i in range(len(stored_ids) - n + 1):
+            if stored_ids[i : i + n] == ids:
+                return AppendResult(stream, stored[i].sequence, stored[i + n - 1].sequence, duplicate=True)
+        return None
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    async def _direct_get(self, request: dict[str, Any]) -> AsyncIterator[Msg]:
+        """Messages of one (batched) direct get, ending at the end-of-batch or not-found status."""
+        reply, queue = self._inbox.open()
+        try:
+            await self.nc.publish(
+                f"$JS.API.DIRECT.GET.{self.settings.name}", json.dumps(request).encode(), reply=reply
+            )
+            while True:
+                try:
+                    msg = await asyncio.wait_for(queue.get(), self._timeout)
+                except TimeoutError as e:
+                    raise StoreUnavailable("no answer to a direct get from JetStream") from e
+                status = msg.headers.get("Status") if msg.headers else None
+                if status is not None and not msg.data:
+                    if status in ("204", "404"):
+                        yield msg  # end of batch, or no message: headers carry the pending count
+                        return
+                    raise StoreError(f"direct get failed: {status} {msg.headers}")
+                yield msg
+        finally:
+            self._inbox.close(reply)
+
+    async def read_stream(self, stream: str, after: int = 0) -> list[Envelope]:
+        """See ``EventStore.read_stream``: batched direct gets, a round trip per 1,000 events."""
+        subject = f"{self.settings.prefix}.{stream}"
+        out: list[Envelope] = []
+        seq = after + 1
+        while True:
+            pending = 0
+            async for msg in self._direct_get({"seq": seq, "next_by_subj": subject, "batch": 1000}):
+                h = msg.headers or {}
+                if not msg.data and "Status" in h:
+                    pending = int(h.get("Nats-Num-Pending", "0") or 0)
+                    break
+                position = int(h["Nats-Sequence"])
+                seq = position + 1
+                env = self._decode(subject, msg.data, h, position)
+                if env is not None:
+                    out.append(env)
+            if pending == 0:
+                return out
+
+    async def stream_position(self, stream: str) -> int:
+        """See ``EventStore.stream_position``."""
+        subject = f"{self.settings.prefix}.{stream}"
+        async for msg in self._direct_get({"last_by_subj": subject}):
+            h = msg.headers or {}
+            if "Status" in h and not msg.data:
+                return 0
+            return int(h["Nats-Sequence"])
+        return 0
+
+    async def head(self) -> int:
+        """See ``EventStore.head``."""
+        try:
+            info = await self.js.stream_info(self.settings.name)
+        except nats.errors.TimeoutError as e:
+            raise StoreUnavailable("no answer from JetStream for stream info") from e
+        return int(info.state.last_seq)
+
+    async def read_all(self, after: int = 0) -> AsyncIterator[Envelope]:
+        """See ``EventStore.read_all``: an ordered consumer, stopped at the head seen on entry."""
+        end = await self.head()
+        if end <= after:
+            return
+        async for env in self._ordered(after, stop_at=end):
+            yield env
+
+    async def subscribe(self, after: int = 0) -> AsyncIterator[Envelope]:
+        """See ``EventStore.subscribe``: an ordered consumer that catches up and stays live."""
+        async for env in self._ordered(after, stop_at=None):
+            yield env
+
+    async def _ordered(self, after: int, stop_at: int | None) -> AsyncIterator[Envelope]:
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1
+        )
+        sub = await self.js.subscribe(
+            f"{self.settings.prefix}.>",
+            stream=self.settings.name,
+            ordered_consumer=True,
+            config=config,
+            idle_heartbeat=2.0,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
+        try:
+            async for msg in sub.messages:
+                position = _stream_sequence(msg)
+                if stop_at is not None and position > stop_at:
+                    return
+                env = self._decode(msg.subject, msg.data, msg.headers, position)
+                if env is not None:
+                    yield env
+                if stop_at is not None and position >= stop_at:
+                    return
+        finally:
+            with contextlib.suppress(nats.errors.Error, AttributeError):
+                await sub.unsubscribe()
+
+    def _decode(self, subject: str, body: bytes, headers: Any, position: int) -> Envelope | None:
+        try:
+            return decode_message(subject[self._prefix_len :], body, headers, position, self._registry)
+        except InvalidPayload as e:
+            self._on_invalid(position, e)
+            return None
+
+    async def close(self) -> None:
+        """Stop the inbox; close the connection if this store opened it."""
+        if self._started:
+            with contextlib.suppress(nats.errors.Error):
+                await self._inbox.stop()
+        if self._owns and not self.nc.is_closed:
+            await self.nc.close()
+
+
+def _stream_sequence(msg: Msg) -> int:
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>, or the v2 form with
+    # domain and account hash first; nats-py parses both.
+    reply = msg.reply
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        return int(tokens[5])
+    return int(msg.metadata.sequence.stream)
+
+
+def _parse_actual(description: str) -> int | None:
+    tail = description.rsplit(":", 1)[-1].strip()
+    return int(tail) if tail.isdigit() else None

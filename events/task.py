@@ -1,0 +1,195 @@
+"""Task events: one task's life from creation to exactly one terminal state."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from events.types import (
+    Estimate,
+    EventModel,
+    FailureReason,
+    Id,
+    JsonValue,
+    Micros,
+    ObjectRef,
+    Resources,
+    ResultRef,
+    RetryPolicy,
+    UtcDateTime,
+)
+
+__all__ = [
+    "LeaseEndReason",
+    "TaskCancelled",
+    "TaskCompleted",
+    "TaskCreated",
+    "TaskFailed",
+    "TaskLeaseExpired",
+    "TaskLeased",
+    "TaskProgressed",
+    "TaskQueued",
+    "TaskResultRejected",
+    "TaskRetried",
+    "TaskStarted",
+]
+
+LeaseEndReason = Literal["expired", "provider_lost", "provider_left"]
+
+
+class TaskCreated(EventModel):
+    """A job's task exists and is queued for its first attempt."""
+
+    type: Literal["TaskCreated"] = "TaskCreated"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    task_id: Id
+    job_id: Id
+    index: int = Field(ge=0)
+    submitter: str
+    workload: str
+    params: dict[str, JsonValue]
+    resources: Resources
+    estimate: Estimate
+    max_price_micros: Micros | None = None
+    priority: int = Field(default=5, ge=0, le=9)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    timeout_s: float = Field(gt=0.0)
+    deadline: UtcDateTime | None = None
+    #: For sharded jobs: the input and which shard of how many this task reads.
+    input: ObjectRef | None = None
+    shard: tuple[int, int] | None = None
+
+
+class TaskLeased(EventModel):
+    """The scheduler gave the task to one provider until ``expires_at`` unless it starts."""
+
+    type: Literal["TaskLeased"] = "TaskLeased"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    task_id: Id
+    lease_id: Id
+    provider_id: Id
+    attempt: int = Field(ge=1)
+    expires_at: UtcDateTime
+    predicted_s: float = Field(default=0.0, ge=0.0)
+    price_micros: Micros = 0
+    #: The last checkpoint of an earlier attempt: the provider resumes from it, not from zero.
+    resume_from: ObjectRef | None = None
+    resume_step: int = Field(default=0, ge=0)
+
+
+class TaskStarted(EventModel):
+    """The lease holder started running the task; the lease now lasts the task's timeout."""
+
+    type: Literal["TaskStarted"] = "TaskStarted"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    task_id: Id
+    lease_id: Id
+    provider_id: Id
+    expires_at: UtcDateTime
+
+
+class TaskProgressed(EventModel):
+    """The lease holder reported progress, and perhaps a checkpoint to resume from."""
+
+    type: Literal["TaskProgressed"] = "TaskProgressed"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    task_id: Id
+    lease_id: Id
+    provider_id: Id
+    fraction: float = Field(ge=0.0, le=1.0)
+    rate: float = Field(default=0.0, ge=0.0)
+    unit: str = Field(default="steps", max_length=32)
+    message: str = Field(default="", max_length=500)
+    checkpoint: ObjectRef | None = None
+    checkpoint_step: int = Field(default=0, ge=0)
+
+
+class TaskCompleted(EventModel):
+    """The lease holder finished the task; the first valid completion wins."""
+
+    type: Literal["TaskCompleted"] = "TaskCompleted"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    task_id: Id
+    lease_id: Id
+    provider_id: Id
+    result: ResultRef
+    gpu_ms: int = Field(ge=0)
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class TaskFailed(EventModel):
+    """An attempt failed; ``terminal`` means no retry is left and the task is dead."""
+
+    type: Literal["TaskFailed"] = "TaskFailed"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    task_id: Id
+    lease_id: Id | None = None
+    provider_id: Id | None = None
+    reason: FailureReason
+    message: str = Field(default="", max_length=2000)
+    attempt: int = Field(ge=0)
+    terminal: bool
+
+
+class TaskRetried(EventModel):
+    """After a failure the task waits until ``not_before`` and is then queued again."""
+
+    type: Literal["TaskRetried"] = "TaskRetried"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    task_id: Id
+    failures: int = Field(ge=1)
+    not_before: UtcDateTime
+
+
+class TaskQueued(EventModel):
+    """The task waits for a provider again (after a retry backoff)."""
+
+    type: Literal["TaskQueued"] = "TaskQueued"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    task_id: Id
+
+
+class TaskLeaseExpired(EventModel):
+    """The lease ended without a result; the task is queued again."""
+
+    type: Literal["TaskLeaseExpired"] = "TaskLeaseExpired"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    task_id: Id
+    lease_id: Id
+    provider_id: Id
+    reason: LeaseEndReason
+
+
+class TaskCancelled(EventModel):
+    """The task will not run (again): its job was cancelled, failed, or missed its deadline."""
+
+    type: Literal["TaskCancelled"] = "TaskCancelled"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    task_id: Id
+    reason: str = Field(default="", max_length=2000)
+    lease_id: Id | None = None
+    provider_id: Id | None = None
+
+
+class TaskResultRejected(EventModel):
+    """A report was refused: it came from a provider without the current lease, or too late."""
+
+    type: Literal["TaskResultRejected"] = "TaskResultRejected"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    task_id: Id
+    lease_id: str = Field(max_length=64)
+    provider_id: str = Field(max_length=64)
+    report: Literal["started", "progress", "completed", "failed"]
+    reason: str = Field(max_length=500)

@@ -1,0 +1,166 @@
+"""JetStream-only behaviour: stream configuration, malformed records, restarts, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from events import NO_STREAM, InvalidPayload, StoreUnavailable
+from events.store import JetStreamEventStore, StreamSettings
+from gpufleet.natsserver import NatsServer
+from tests.conftest import isolated_settings
+from tests.contract.test_event_store import collect, ids
+from tests.factories import queued
+
+
+async def test_stream_is_created_idempotently_with_explicit_config(nats_server: NatsServer) -> None:
+    settings = StreamSettings(name="CFGTEST", prefix="cfgtest.ev", duplicate_window_s=90.0)
+    store = await JetStreamEventStore.connect(nats_server.url, settings=settings)
+    await store.ensure()  # a second time changes nothing
+    info = await store.js.stream_info("CFGTEST")
+    cfg = info.config
+    assert str(getattr(cfg.storage, "value", cfg.storage)) == "file"
+    assert cfg.deny_delete and cfg.deny_purge
+    assert cfg.duplicate_window == 90.0
+    assert cfg.num_replicas == 1
+    assert cfg.max_msg_size is not None and cfg.max_msg_size > settings.max_event_bytes
+    assert cfg.allow_atomic and cfg.allow_direct
+    assert cfg.subjects == ["cfgtest.ev.>"]
+    await store.close()
+
+
+async def test_malformed_messages_are_skipped_and_reported_never_blocking(nats_server: NatsServer) -> None:
+    settings = isolated_settings()
+    seen: list[tuple[int, str | None]] = []
+    store = await JetStreamEventStore.connect(
+        nats_server.url, settings=settings, on_invalid=lambda pos, err: seen.append((pos, err.field))
+    )
+    good1 = queued("task.m")
+    await store.append("task.m", [good1], expected=NO_STREAM)
+    # Outsiders bypassing intake and writing junk straight into the domain subjects:
+    subj = f"{settings.prefix}.task.m"
+    await store.js.publish(subj, b"{not json")
+    await store.js.publish(subj, b'{"type":"TaskQueued","v":1}', headers={"ce-id": "x1"})
+    await store.js.publish(subj, b'{"type":"Martian","v":1}', headers={"ce-id": "x2"})
+    await store.js.publish(subj, b'{"type":"TaskQueued","v":9}', headers={"ce-id": "x3"})
+    good2 = queued("task.m")
+    await store.append("task.m", [good2], expected=None)
+
+    assert ids(await collect(store.read_all())) == [good1.id, good2.id]
+    assert [p for p, _ in seen] == [2, 3, 4, 5]
+    assert [f for _, f in seen] == ["ce-id", "at", "type", "v"]
+    seen.clear()
+    assert ids(await store.read_stream("task.m")) == [good1.id, good2.id]
+    assert len(seen) == 4
+    seen.clear()
+    sub = store.subscribe()
+    assert ids(await collect(sub, 2)) == [good1.id, good2.id]
+    await sub.aclose()  # type: ignore[attr-defined]
+    await store.close()
+
+
+async def test_restart_loses_nothing(own_nats_server: NatsServer) -> None:
+    settings = StreamSettings()
+    store = await JetStreamEventStore.connect(own_nats_server.url, settings=settings)
+    written = []
+    for i in range(20):
+        batch = [queued(f"task.r{i}") for _ in range(1 + i % 3)]
+        await store.append(f"task.r{i}", batch, expected=NO_STREAM)
+        written += batch
+    await store.close()
+
+    own_nats_server.stop()  # graceful
+    own_nats_server.start()
+    store = await JetStreamEventStore.connect(own_nats_server.url, settings=settings)
+    assert ids(await collect(store.read_all())) == ids(written)
+    more = queued("task.after")
+    await store.append("task.after", [more], expected=NO_STREAM)
+    await store.close()
+
+    own_nats_server.kill()  # a crash this time
+    own_nats_server.start()
+    store = await JetStreamEventStore.connect(own_nats_server.url, settings=settings)
+    assert ids(await collect(store.read_all())) == [*ids(written), more.id]
+    assert await store.head() == len(written) + 1
+    await store.close()
+
+
+async def test_subscription_survives_a_server_restart(own_nats_server: NatsServer) -> None:
+    store = await JetStreamEventStore.connect(own_nats_server.url)
+    await store.append("task.live", [queued("task.live")], expected=NO_STREAM)
+    sub = store.subscribe()
+    assert len(await collect(sub, 1)) == 1
+    own_nats_server.stop()
+    own_nats_server.start()
+    after = queued("task.live2")
+
+    async def write_when_back() -> None:
+        for _ in range(100):
+            try:
+                await store.append("task.live2", [after], expected=NO_STREAM)
+                return
+            except StoreUnavailable:
+                await asyncio.sleep(0.2)
+
+    writer = asyncio.create_task(write_when_back())
+    got = await collect(sub, 1, timeout=30)
+    await writer
+    assert ids(got) == [after.id]
+    await sub.aclose()  # type: ignore[attr-defined]
+    await store.close()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+async def test_timed_out_publish_is_retried_and_confirmed(own_nats_server: NatsServer, batch: int) -> None:
+    """The server stalls past the publish timeout; the retry must neither fail nor duplicate."""
+    store = await JetStreamEventStore.connect(own_nats_server.url, timeout=0.4, retries=5)
+    first = queued("task.slow")
+    r0 = await store.append("task.slow", [first], expected=NO_STREAM)
+    events = [queued("task.slow") for _ in range(batch)]
+    assert own_nats_server.proc is not None
+    pid = own_nats_server.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.7, os.kill, pid, signal.SIGCONT)
+    result = await store.append("task.slow", events, expected=r0.last)
+    stored = await store.read_stream("task.slow")
+    assert ids(stored) == [first.id, *ids(events)]
+    assert result.last == stored[-1].sequence
+    await store.close()
+
+
+async def test_unreachable_server_is_a_typed_error() -> None:
+    with pytest.raises(StoreUnavailable) as info:
+        await JetStreamEventStore.connect("nats://127.0.0.1:1", timeout=1.0)
+    assert "cannot reach NATS" in str(info.value)
+
+
+async def test_server_without_jetstream_is_a_typed_error(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "plain", jetstream=False).start()
+    try:
+        with pytest.raises(StoreUnavailable) as info:
+            await JetStreamEventStore.connect(server.url, timeout=1.0)
+        assert "JetStream" in str(info.value)
+    finally:
+        server.kill()
+
+
+async def test_decoding_errors_name_the_field() -> None:
+    from events.codec import decode_message
+
+    with pytest.raises(InvalidPayload) as info:
+        body = b'{"type":"TaskQueued","v":1,"at":"2026-01-01T00:00:00Z"}'
+        decode_message("task.x", body, {"ce-id": "a"}, 1)
+    assert info.value.field == "task_id"
+    with pytest.raises(InvalidPayload) as info:
+        decode_message(
+            "task.x",
+            b'{"type":"TaskQueued","v":1,"at":"2026-01-01T00:00:00Z","task_id":"x"}',
+            {"ce-id": "a", "ce-type": "TaskLeased"},
+            1,
+        )
+    assert info.value.field == "ce-type"
