@@ -122,6 +122,8 @@ class Estimate(EventModel):
     memory_bytes: int = Field(default=0, ge=0)
     #: For workloads whose duration is known up front (sleep), the seconds it takes.
     fixed_seconds: float = Field(default=0.0, ge=0.0)
+    #: Which calibrated matmul rate bounds the flops: fp64, fp32, tf32, fp16 or bf16.
+    precision: str = Field(default="fp32", max_length=8)
 
 
 class Calibration(EventModel):

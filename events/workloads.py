@@ -141,6 +141,7 @@ def _estimate_matmul(p: MatmulParams) -> Estimate:
         flops=2.0 * p.n**3 * p.repeat,
         bytes_moved=3.0 * p.n * p.n * size * p.repeat,
         memory_bytes=3 * p.n * p.n * size,
+        precision=p.dtype,
     )
 
 
@@ -157,7 +158,9 @@ def _estimate_fft(p: FftParams) -> Estimate:
 def _estimate_stream(p: ReductionParams | ElementwiseParams) -> Estimate:
     size = _DTYPE_BYTES[p.dtype]
     # Generating the seeded input dominates: a few integer ops per element.
-    return Estimate(flops=12.0 * p.n, bytes_moved=3.0 * p.n * size, memory_bytes=3 * p.n * size)
+    return Estimate(
+        flops=12.0 * p.n, bytes_moved=3.0 * p.n * size, memory_bytes=3 * p.n * size, precision=p.dtype
+    )
 
 
 def _estimate_montecarlo(p: MonteCarloParams) -> Estimate:
@@ -172,6 +175,7 @@ def _estimate_stencil(p: StencilParams) -> Estimate:
         bytes_moved=2.0 * cells * size * p.steps,
         memory_bytes=3 * cells * size,
         fixed_seconds=p.step_delay_s * p.steps,
+        precision=p.dtype,
     )
 
 
