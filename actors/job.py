@@ -1,0 +1,307 @@
+"""The job aggregate: accepted or rejected, split into tasks, metered, and settled exactly once.
+
+The ledger is double-entry: every ``UsageMetered`` amount is charged to the submitter and credited
+to the provider that ran the task, in ``SubmitterCharged`` and ``ProviderCredited`` events appended
+with the job's ending event (and again, for the delta, if a late completion is metered afterwards).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel
+
+from actors.decider import Decider
+from actors.errors import DuplicateJob, UnknownAggregate
+from events.errors import InvalidPayload
+from events.job import (
+    JobAccepted,
+    JobCancelled,
+    JobCompleted,
+    JobDeadlineMissed,
+    JobFailed,
+    JobRejected,
+    JobSpec,
+    JobSubmitted,
+    ProviderCredited,
+    ShardSplit,
+    SubmitterCharged,
+    UsageMetered,
+)
+from events.types import EventModel
+from events.workloads import contract, validate_params
+
+__all__ = [
+    "CancelJob",
+    "FailJob",
+    "JobCommand",
+    "JobState",
+    "JobStatus",
+    "MeterUsage",
+    "MissDeadline",
+    "SubmitJob",
+    "job_decider",
+    "metered_amount",
+    "validate_spec",
+]
+
+JobStatus = Literal["none", "accepted", "rejected", "completed", "failed", "cancelled"]
+ACTIVE = "accepted"
+
+
+def metered_amount(gpu_ms: int, price_micros: int) -> int:
+    """What ``gpu_ms`` of GPU time costs at ``price_micros`` per GPU-second, rounded up to a micro."""
+    return -(-gpu_ms * price_micros // 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """The job as its decider sees it."""
+
+    status: JobStatus = "none"
+    job_id: str = ""
+    spec: JobSpec | None = None
+    task_count: int = 0
+    metered: dict[str, UsageMetered] = field(default_factory=dict)
+    #: (micros, gpu_ms) already charged and credited per provider: a settlement charges only the delta.
+    settled: dict[str, tuple[int, int]] = field(default_factory=dict)
+    deadline_missed: bool = False
+
+
+# ---- commands --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Command:
+    command_id: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitJob(_Command):
+    """A submitter's job; ``predicted_s`` is the scheduler's estimate of its duration."""
+
+    job_id: str
+    spec: JobSpec
+    predicted_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeterUsage(_Command):
+    """A task of this job completed on a provider, at the lease's price."""
+
+    task_id: str
+    provider_id: str
+    gpu_ms: int
+    price_micros: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailJob(_Command):
+    """A task of this job is dead."""
+
+    task_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelJob(_Command):
+    """The submitter cancels."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MissDeadline(_Command):
+    """The deadline timer fired."""
+
+
+JobCommand = SubmitJob | MeterUsage | FailJob | CancelJob | MissDeadline
+
+
+# ---- validation ------------------------------------------------------------------------------------
+
+
+def validate_spec(spec: JobSpec, at: datetime) -> InvalidPayload | None:
+    """What is wrong with the spec beyond its schema, or None: the workload, its params, the split."""
+    try:
+        c = contract(spec.workload)
+        # Every task's parameters when they differ per task; once when they are all the same.
+        for i in range(spec.task_count() if spec.split.kind == "params" else 1):
+            validate_params(spec.workload, spec.task_params(i))
+    except InvalidPayload as e:
+        return e
+    if c.requires_cuda and spec.resources.backend != "cuda":
+        return InvalidPayload(
+            f"workload {spec.workload} runs only on CUDA providers: set resources.backend to 'cuda'",
+            field="resources.backend",
+        )
+    if isinstance(spec.split, ShardSplit) and spec.split.shards > max(1, spec.split.input.size):
+        return InvalidPayload("more shards than input bytes", field="split.shards")
+    if spec.deadline is not None and spec.deadline <= at:
+        return InvalidPayload("deadline is already past", field="deadline")
+    return None
+
+
+# ---- decide ----------------------------------------------------------------------------------------
+
+
+def initial_state() -> JobState:
+    """A job that does not exist yet."""
+    return JobState()
+
+
+def _settle(s: JobState, at: datetime, extra: UsageMetered | None = None) -> list[EventModel]:
+    """Charge the submitter and credit each provider for whatever is metered but not yet settled."""
+    owed: dict[str, tuple[int, int]] = {}
+    for m in [*s.metered.values(), *([extra] if extra else [])]:
+        amount, gpu = owed.get(m.provider_id, (0, 0))
+        owed[m.provider_id] = (amount + m.amount_micros, gpu + m.gpu_ms)
+    deltas: dict[str, tuple[int, int]] = {}
+    for p in sorted(owed):
+        done_amount, done_gpu = s.settled.get(p, (0, 0))
+        d = (owed[p][0] - done_amount, owed[p][1] - done_gpu)
+        if d[0] > 0 or d[1] > 0:
+            deltas[p] = d
+    if not deltas or s.spec is None:
+        return []
+    out: list[EventModel] = [
+        SubmitterCharged(
+            at=at,
+            job_id=s.job_id,
+            submitter=s.spec.submitter,
+            amount_micros=sum(d[0] for d in deltas.values()),
+            gpu_ms=sum(d[1] for d in deltas.values()),
+        )
+    ]
+    out += [
+        ProviderCredited(at=at, job_id=s.job_id, provider_id=p, amount_micros=d[0], gpu_ms=d[1])
+        for p, d in deltas.items()
+    ]
+    return out
+
+
+def decide(cmd: JobCommand, s: JobState) -> list[EventModel]:
+    """The events that ``cmd`` causes in state ``s``; raises a ``DomainError`` to refuse."""
+    if isinstance(cmd, SubmitJob):
+        if s.spec is not None:
+            if s.spec == cmd.spec:
+                return []  # the same submission again
+            raise DuplicateJob(cmd.job_id)
+        submitted = JobSubmitted(at=cmd.at, job_id=cmd.job_id, spec=cmd.spec)
+        problem = validate_spec(cmd.spec, cmd.at)
+        if problem is not None:
+            return [
+                submitted,
+                JobRejected(at=cmd.at, job_id=cmd.job_id, reason=problem.problem, field=problem.field),
+            ]
+        return [
+            submitted,
+            JobAccepted(
+                at=cmd.at,
+                job_id=cmd.job_id,
+                task_count=cmd.spec.task_count(),
+                predicted_s=max(0.0, cmd.predicted_s),
+            ),
+        ]
+    if s.spec is None or s.status == "none":
+        raise UnknownAggregate("job", "")
+    match cmd:
+        case MeterUsage():
+            if cmd.task_id in s.metered:
+                return []
+            amount = metered_amount(cmd.gpu_ms, cmd.price_micros)
+            assert s.spec is not None
+            usage = UsageMetered(
+                at=cmd.at,
+                job_id=s.job_id,
+                task_id=cmd.task_id,
+                provider_id=cmd.provider_id,
+                submitter=s.spec.submitter,
+                gpu_ms=cmd.gpu_ms,
+                price_micros=cmd.price_micros,
+                amount_micros=amount,
+            )
+            if s.status != ACTIVE:
+                # Completed after the job ended (it raced the cancellation): still paid, settled now.
+                return [usage, *_settle(s, cmd.at, usage)]
+            out: list[EventModel] = [usage]
+            if len(s.metered) + 1 == s.task_count:
+                total_ms = sum(m.gpu_ms for m in s.metered.values()) + usage.gpu_ms
+                total = sum(m.amount_micros for m in s.metered.values()) + usage.amount_micros
+                out.append(
+                    JobCompleted(
+                        at=cmd.at, job_id=s.job_id, tasks=s.task_count, gpu_ms=total_ms, cost_micros=total
+                    )
+                )
+                out += _settle(s, cmd.at, usage)
+            return out
+        case FailJob():
+            if s.status != ACTIVE:
+                return []
+            return [
+                JobFailed(at=cmd.at, job_id=s.job_id, reason=cmd.reason[:2000], task_id=cmd.task_id),
+                *_settle(s, cmd.at),
+            ]
+        case CancelJob():
+            if s.status != ACTIVE:
+                return []
+            return [JobCancelled(at=cmd.at, job_id=s.job_id, reason=cmd.reason[:2000]), *_settle(s, cmd.at)]
+        case MissDeadline():
+            spec = s.spec
+            if s.status != ACTIVE or spec is None or spec.deadline is None or cmd.at < spec.deadline:
+                return []
+            missed = JobDeadlineMissed(
+                at=cmd.at, job_id=s.job_id, deadline=spec.deadline, unfinished=s.task_count - len(s.metered)
+            )
+            ending: EventModel
+            if spec.on_deadline == "fail":
+                ending = JobFailed(at=cmd.at, job_id=s.job_id, reason="deadline missed")
+            else:
+                ending = JobCancelled(at=cmd.at, job_id=s.job_id, reason="deadline missed")
+            return [missed, ending, *_settle(s, cmd.at)]
+    raise TypeError(f"not a job command: {cmd!r}")
+
+
+# ---- evolve ----------------------------------------------------------------------------------------
+
+
+def evolve(s: JobState, e: EventModel) -> JobState:
+    """The state after event ``e``."""
+    match e:
+        case JobSubmitted():
+            return JobState(status="none", job_id=e.job_id, spec=e.spec)
+        case JobAccepted():
+            return replace(s, status="accepted", task_count=e.task_count)
+        case JobRejected():
+            return replace(s, status="rejected")
+        case UsageMetered():
+            return replace(s, metered={**s.metered, e.task_id: e})
+        case JobCompleted():
+            return replace(s, status="completed")
+        case JobFailed():
+            return replace(s, status="failed")
+        case JobCancelled():
+            return replace(s, status="cancelled")
+        case JobDeadlineMissed():
+            return replace(s, deadline_missed=True)
+        case ProviderCredited():
+            amount, gpu = s.settled.get(e.provider_id, (0, 0))
+            return replace(
+                s, settled={**s.settled, e.provider_id: (amount + e.amount_micros, gpu + e.gpu_ms)}
+            )
+    return s
+
+
+def _decide(cmd: object, s: JobState) -> list[EventModel]:
+    return decide(cmd, s)  # type: ignore[arg-type]
+
+
+job_decider: Decider[JobCommand, JobState] = Decider("job", initial_state, _decide, evolve)
+
+
+def spec_params(spec: JobSpec, index: int) -> BaseModel:
+    """The validated parameters of task ``index``."""
+    return validate_params(spec.workload, spec.task_params(index))

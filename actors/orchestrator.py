@@ -1,0 +1,673 @@
+"""The orchestrator: intake, actors, reactions, scheduler, timers and liveness on one event log.
+
+Start-up rebuilds the world from the log (rule 3), re-issues whatever reactions still owe
+(``reconcile``), re-arms every timer, re-dispatches live leases, then follows the log and the intake
+stream. Everything it holds in memory is a cache of the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import nats.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import api
+
+from actors.errors import DomainError
+from actors.ids import derive_id, new_id
+from actors.job import CancelJob, JobState, MissDeadline, SubmitJob, job_decider
+from actors.provider import (
+    DrainProvider,
+    HeartbeatLapsed,
+    HeartbeatSeen,
+    LeaveProvider,
+    ProviderState,
+    RegisterProvider,
+    provider_decider,
+)
+from actors.reactions import Intent, react, reconcile
+from actors.scheduler import Assignment, PendingTask, Scheduler
+from actors.shell import ActorShell
+from actors.task import (
+    ExpireLease,
+    LeaseTask,
+    QueueTask,
+    ReportCompleted,
+    ReportFailed,
+    ReportProgress,
+    ReportStarted,
+    TaskState,
+    task_decider,
+)
+from actors.timers import Timers
+from actors.world import LIVE_LEASE, Change, World
+from events import ANY, Envelope, GpufleetError, InvalidPayload, StoreUnavailable, new_envelope
+from events.dispatch import Heartbeat, LeaseGranted, LeaseRevoked
+from events.estimates import RuntimeModel
+from events.intake import (
+    CompletedReport,
+    FailedReport,
+    InputAccepted,
+    InputRejected,
+    JobCancellation,
+    ProgressReport,
+    ProviderDeparture,
+    ProviderRegistration,
+    StartedReport,
+    decode_intake,
+)
+from events.job import JobSpec
+from events.store import JetStreamEventStore
+from events.store.connection import connect_nats
+from events.store.topology import Topology, ensure_topology
+from events.task import TaskCancelled, TaskCompleted, TaskLeaseExpired
+from events.types import utc_now
+
+__all__ = ["Orchestrator", "OrchestratorConfig"]
+
+_log = structlog.get_logger("gpufleet.orchestrator")
+
+OUTCOMES_STREAM = "intake.outcomes"
+
+
+@dataclass
+class OrchestratorConfig:
+    """Tunables; the defaults suit a real network, tests shorten the timeouts."""
+
+    source: str = "gpufleet/orchestrator"
+    #: A lease not started within this many seconds expires (the dispatch was lost, or the provider).
+    lease_start_timeout_s: float = 30.0
+    #: A started lease lasts the task's timeout plus this.
+    lease_grace_s: float = 30.0
+    #: A provider whose last heartbeat is older than this is lost.
+    heartbeat_timeout_s: float = 6.0
+    #: Intake messages in flight at once.
+    intake_concurrency: int = 512
+    #: Fair-share weights by submitter (default 1).
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+class Orchestrator:
+    """One orchestrator process. ``await start()``, then it runs until ``await stop()``."""
+
+    def __init__(
+        self, nc: NATS, *, topology: Topology | None = None, config: OrchestratorConfig | None = None
+    ):
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.topology = topology or Topology()
+        self.config = config or OrchestratorConfig()
+        self.world = World()
+        self.runtime = RuntimeModel()
+        self.scheduler = Scheduler(self.runtime)
+        for who, w in self.config.weights.items():
+            self.scheduler.set_weight(who, w)
+        self.timers = Timers()
+        self.store = JetStreamEventStore(nc, settings=self.topology.events)
+        source = self.config.source
+        self.jobs = ActorShell(self.store, job_decider, source=source)
+        self.tasks = ActorShell(self.store, task_decider, source=source)
+        self.providers = ActorShell(self.store, provider_decider, source=source)
+        self._reserved: dict[str, Assignment] = {}
+        self._last_seen: dict[str, datetime] = {}
+        self._kick = asyncio.Event()
+        self._timer_kick = asyncio.Event()
+        self._running: list[asyncio.Task[None]] = []
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._live = False
+        self._started_at = utc_now()
+        self.log = _log.bind(source=source)
+
+    @classmethod
+    async def connect(
+        cls, url: str, *, topology: Topology | None = None, config: OrchestratorConfig | None = None
+    ) -> Orchestrator:
+        """Connect to NATS at ``url`` and start."""
+        nc = await connect_nats(url, name="gpufleet-orchestrator")
+        orch = cls(nc, topology=topology, config=config)
+        await orch.start()
+        return orch
+
+    # ---- life cycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Rebuild from the log, reconcile, then follow the log and the intake."""
+        self.topology = await ensure_topology(self.js, self.topology)
+        await self.store.ensure()
+        self._started_at = utc_now()
+        async for env in self.store.read_all():
+            self._apply(env)
+        self.log.info(
+            "orchestrator.rebuilt",
+            position=self.world.position,
+            events=self.world.events,
+            jobs=len(self.world.jobs),
+            tasks=len(self.world.tasks),
+            providers=len(self.world.providers),
+            unfinished=self.world.unfinished(),
+        )
+        self._live = True
+        for intent in reconcile(self.world, utc_now()):
+            self._submit(intent)
+        self._redispatch()
+        self._kick.set()
+        self._running = [
+            asyncio.create_task(self._follow(self.world.position), name="follow"),
+            asyncio.create_task(self._intake(), name="intake"),
+            asyncio.create_task(self._schedule_loop(), name="schedule"),
+            asyncio.create_task(self._timer_loop(), name="timers"),
+            asyncio.create_task(self._liveness(), name="liveness"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop every loop; in-flight commands finish or are abandoned (the log makes that safe)."""
+        self._live = False
+        for t in self._running:
+            t.cancel()
+        for t in self._running:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=2.0)
+        self._running = []
+
+    async def close(self) -> None:
+        """Stop and close the connection."""
+        await self.stop()
+        with contextlib.suppress(Exception):
+            await self.nc.close()
+
+    # ---- the log ---------------------------------------------------------------------------------
+
+    async def _follow(self, after: int) -> None:
+        while True:
+            try:
+                async for env in self.store.subscribe(after):
+                    after = max(after, env.sequence)
+                    self._apply(env)
+            except (StoreUnavailable, nats.errors.Error) as e:
+                self.log.warning("orchestrator.follow_interrupted", error=str(e), position=after)
+                await asyncio.sleep(0.5)
+
+    def _apply(self, env: Envelope) -> None:
+        if env.sequence and env.sequence <= self.world.position and self._live:
+            return  # seen already (catch-up overlapped the subscription)
+        change = self.world.apply(env)
+        if change is None:
+            return
+        self._bookkeep(change)
+        if self._live:
+            for intent in react(change, self.world):
+                self._submit(intent)
+
+    def _bookkeep(self, c: Change) -> None:
+        if c.kind == "task":
+            self._task_changed(c.aggregate_id, c.before, c.after, c)  # type: ignore[arg-type]
+        elif c.kind == "provider":
+            self._provider_changed(c.aggregate_id, c.after)  # type: ignore[arg-type]
+        elif c.kind == "job":
+            self._job_changed(c.aggregate_id, c.after)  # type: ignore[arg-type]
+
+    def _task_changed(self, task_id: str, before: TaskState, after: TaskState, c: Change) -> None:
+        spec = after.spec
+        if spec is None:
+            return
+        if after.status == "queued" and before.status != "queued":
+            self.scheduler.enqueue(
+                PendingTask(
+                    task_id,
+                    spec.submitter,
+                    spec.priority,
+                    spec.workload,
+                    spec.resources,
+                    spec.estimate,
+                    spec.max_price_micros,
+                )
+            )
+            self._kick.set()
+        elif before.status == "queued" and after.status != "queued":
+            self.scheduler.discard(task_id)
+        old = before.lease if before.status in LIVE_LEASE else None
+        new = after.lease if after.status in LIVE_LEASE else None
+        new_lease = new is not None and (old is None or old.lease_id != new.lease_id)
+        if new is not None and new_lease and self._reserved.pop(new.lease_id, None) is None:
+            self.scheduler.occupy(new.provider_id)  # leased by another orchestrator, or before a restart
+        if old is not None and (new is None or new.lease_id != old.lease_id):
+            self.scheduler.release(old.provider_id)
+            self.scheduler.set_reputation(old.provider_id, self.world.reputation[old.provider_id].value)
+            self._kick.set()
+            if isinstance(c.event, TaskCancelled | TaskLeaseExpired) and self._live:
+                self._revoke(task_id, old.lease_id, old.provider_id, getattr(c.event, "reason", ""))
+        if new is not None:
+            self.timers.arm(
+                f"lease:{task_id}", new.expires_at, self._expiry(task_id, new.lease_id, new.expires_at)
+            )
+        elif old is not None:
+            self.timers.cancel(f"lease:{task_id}")
+        if after.status == "waiting" and after.not_before is not None:
+            due = after.not_before
+            key = f"queue:{task_id}"
+            cmd_id = derive_id("qt-", task_id, after.failures)
+            self.timers.arm(
+                key, due, lambda now: Intent("task", task_id, QueueTask(command_id=cmd_id, at=now))
+            )
+        if isinstance(c.event, TaskCompleted) and old is not None and old.started_at is not None:
+            actual = (c.event.at - old.started_at).total_seconds()
+            p = self.world.providers.get(old.provider_id)
+            self.runtime.observe(
+                spec.workload, spec.estimate, p.calibration if p else None, old.provider_id, actual
+            )
+        self._timer_kick.set()
+
+    def _expiry(self, task_id: str, lease_id: str, due: datetime) -> Callable[[datetime], Intent]:
+        cmd_id = derive_id("ex-", lease_id, due.isoformat())
+
+        def make(now: datetime) -> Intent:
+            return Intent(
+                "task", task_id, ExpireLease(command_id=cmd_id, at=now, lease_id=lease_id, reason="expired")
+            )
+
+        return make
+
+    def _provider_changed(self, provider_id: str, p: ProviderState) -> None:
+        if p.capabilities is None:
+            return
+        self.scheduler.upsert_provider(
+            provider_id, p.capabilities, p.calibration, available=p.status == "online"
+        )
+        rep = self.world.reputation.get(provider_id)
+        if rep is not None:
+            self.scheduler.set_reputation(provider_id, rep.value)
+        self._kick.set()
+
+    def _job_changed(self, job_id: str, j: JobState) -> None:
+        spec = j.spec
+        if j.status == "accepted" and spec is not None and spec.deadline is not None:
+            cmd_id = derive_id("dl-", job_id)
+            self.timers.arm(
+                f"deadline:{job_id}",
+                spec.deadline,
+                lambda now: Intent("job", job_id, MissDeadline(command_id=cmd_id, at=now)),
+            )
+            self._timer_kick.set()
+        elif j.status in ("completed", "failed", "cancelled"):
+            self.timers.cancel(f"deadline:{job_id}")
+
+    # ---- commands --------------------------------------------------------------------------------
+
+    def _shell(self, kind: str) -> ActorShell[Any, Any]:
+        shells: dict[str, ActorShell[Any, Any]] = {
+            "job": self.jobs,
+            "task": self.tasks,
+            "provider": self.providers,
+        }
+        return shells[kind]
+
+    def _submit(self, intent: Intent) -> None:
+        """Run an intent in the background; per-aggregate order is kept by the shell's FIFO lock."""
+        self._spawn(self._run(intent))
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        t = asyncio.ensure_future(coro)
+        self._inflight.add(t)
+        t.add_done_callback(self._inflight.discard)
+        return t
+
+    async def _run(self, intent: Intent) -> None:
+        shell = self._shell(intent.kind)
+        for attempt in range(20):
+            try:
+                await shell.handle(
+                    intent.aggregate_id,
+                    intent.command,
+                    causationid=intent.causation,
+                    correlationid=intent.correlation,
+                )
+                return
+            except DomainError as e:
+                self.log.debug("command.refused", kind=intent.kind, id=intent.aggregate_id, reason=str(e))
+                return
+            except GpufleetError as e:
+                self.log.warning("command.retry", kind=intent.kind, id=intent.aggregate_id, error=str(e))
+                await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
+        self.log.error("command.gave_up", kind=intent.kind, id=intent.aggregate_id)
+
+    # ---- scheduling and dispatch -----------------------------------------------------------------
+
+    async def _schedule_loop(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            for a in self.scheduler.assign():
+                lease_id = new_id("l")
+                self._reserved[lease_id] = a
+                self._spawn(self._lease(a, lease_id))
+            await asyncio.sleep(0)
+
+    async def _lease(self, a: Assignment, lease_id: str) -> None:
+        now = utc_now()
+        cmd = LeaseTask(
+            command_id=f"ls-{lease_id}",
+            at=now,
+            lease_id=lease_id,
+            provider_id=a.provider_id,
+            expires_at=now + timedelta(seconds=self.config.lease_start_timeout_s),
+            predicted_s=a.predicted_s,
+            price_micros=a.price_micros,
+        )
+        try:
+            handled = await self.tasks.handle(a.task.task_id, cmd)
+        except GpufleetError as e:
+            self.log.debug("lease.refused", task=a.task.task_id, reason=str(e))
+            if self._reserved.pop(lease_id, None) is not None:
+                self.scheduler.release(a.provider_id)
+                self._kick.set()
+            return
+        if handled.events:
+            self._dispatch_grant(a.task.task_id, handled.state)
+
+    def _dispatch_grant(self, task_id: str, t: TaskState) -> None:
+        spec, lease = t.spec, t.lease
+        if spec is None or lease is None:
+            return
+        grant = LeaseGranted(
+            task_id=task_id,
+            job_id=spec.job_id,
+            lease_id=lease.lease_id,
+            provider_id=lease.provider_id,
+            attempt=t.attempt,
+            workload=spec.workload,
+            params=spec.params,
+            timeout_s=spec.timeout_s,
+            expires_at=lease.expires_at,
+            predicted_s=lease.predicted_s,
+            input=spec.input,
+            shard=spec.shard,
+            resume_from=t.checkpoint,
+            resume_step=t.checkpoint_step if t.checkpoint else 0,
+        )
+        self._spawn(
+            self._publish_dispatch(lease.provider_id, grant.model_dump_json().encode(), f"{lease.lease_id}.g")
+        )
+
+    def _revoke(self, task_id: str, lease_id: str, provider_id: str, reason: str) -> None:
+        msg = LeaseRevoked(task_id=task_id, lease_id=lease_id, provider_id=provider_id, reason=reason[:500])
+        self._spawn(self._publish_dispatch(provider_id, msg.model_dump_json().encode(), f"{lease_id}.r"))
+
+    async def _publish_dispatch(self, provider_id: str, body: bytes, msg_id: str) -> None:
+        subject = f"{self.topology.dispatch_prefix}.{provider_id}"
+        for attempt in range(10):
+            try:
+                await self.js.publish(subject, body, headers={"Nats-Msg-Id": msg_id})
+                return
+            except (nats.errors.Error, OSError) as e:
+                self.log.warning("dispatch.retry", provider=provider_id, error=str(e) or type(e).__name__)
+                await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
+        # Not fatal: the lease expires unstarted and the task is queued again.
+        self.log.error("dispatch.lost", provider=provider_id, msg_id=msg_id)
+
+    def _redispatch(self) -> None:
+        """After a restart, tell providers again about leases they may not have received."""
+        for task_id, t in self.world.tasks.items():
+            if t.status == "leased":
+                self._dispatch_grant(task_id, t)
+
+    # ---- timers ----------------------------------------------------------------------------------
+
+    async def _timer_loop(self) -> None:
+        while True:
+            due = self.timers.next_due()
+            now = utc_now()
+            wait = 1.0 if due is None else max(0.0, min(1.0, (due - now).total_seconds()))
+            if wait > 0:
+                self._timer_kick.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._timer_kick.wait(), wait)
+            for intent in self.timers.pop_due(utc_now()):
+                self._submit(intent)
+
+    # ---- liveness --------------------------------------------------------------------------------
+
+    async def _liveness(self) -> None:
+        watcher = None
+        check = asyncio.create_task(self._lapse_loop())
+        try:
+            while True:
+                try:
+                    kv = await self.js.key_value(self.topology.heartbeat_bucket)
+                    watcher = await kv.watchall()
+                    async for entry in watcher:
+                        if entry is None or entry.value is None or entry.operation is not None:
+                            continue
+                        self._heartbeat(entry.key, entry.value, entry.created)
+                except (nats.errors.Error, OSError) as e:
+                    self.log.warning("liveness.watch_interrupted", error=str(e) or type(e).__name__)
+                    await asyncio.sleep(0.5)
+        finally:
+            check.cancel()
+            if watcher is not None:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def _heartbeat(self, provider_id: str, value: bytes, created: datetime | None) -> None:
+        try:
+            hb = Heartbeat.model_validate_json(value)
+        except ValueError:
+            self.log.warning("liveness.bad_heartbeat", key=provider_id)
+            return
+        seen = created.astimezone(UTC) if created is not None else hb.at
+        self._last_seen[provider_id] = max(seen, self._last_seen.get(provider_id, seen))
+        p = self.world.providers.get(provider_id)
+        if p is not None and p.status == "lost" and self._fresh(provider_id, utc_now()):
+            cmd = HeartbeatSeen(command_id=new_id("hb-"), at=utc_now())
+            self._submit(Intent("provider", provider_id, cmd))
+
+    def _fresh(self, provider_id: str, now: datetime) -> bool:
+        seen = self._last_seen.get(provider_id)
+        # A provider never seen since this process started gets one timeout from the start.
+        last = seen if seen is not None else self._started_at
+        return (now - last).total_seconds() <= self.config.heartbeat_timeout_s
+
+    async def _lapse_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.25, self.config.heartbeat_timeout_s / 4))
+            now = utc_now()
+            for provider_id, p in list(self.world.providers.items()):
+                if p.status in ("online", "draining") and not self._fresh(provider_id, now):
+                    cmd = HeartbeatLapsed(
+                        command_id=new_id("hl-"),
+                        at=now,
+                        reason=f"no heartbeat for {self.config.heartbeat_timeout_s:g}s",
+                    )
+                    # Mark it seen so that one lapse is reported once, not every tick.
+                    self._last_seen[provider_id] = now
+                    self._submit(Intent("provider", provider_id, cmd))
+
+    # ---- intake ----------------------------------------------------------------------------------
+
+    async def _intake(self) -> None:
+        sem = asyncio.Semaphore(self.config.intake_concurrency)
+        after = self.world.intake_low - 1
+        while True:
+            try:
+                config = api.ConsumerConfig(
+                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1
+                )
+                sub = await self.js.subscribe(
+                    f"{self.topology.intake_prefix}.>",
+                    stream=self.topology.intake_stream,
+                    ordered_consumer=True,
+                    config=config,
+                    idle_heartbeat=2.0,
+                    pending_msgs_limit=-1,
+                    pending_bytes_limit=-1,
+                )
+                try:
+                    async for msg in sub.messages:
+                        meta = msg.metadata
+                        seq = meta.sequence.stream
+                        after = max(after, seq)
+                        if self.world.intake_done(seq):
+                            continue
+                        await sem.acquire()
+                        self._spawn(self._intake_one(msg, seq, meta.timestamp, sem))
+                finally:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+            except (nats.errors.Error, OSError) as e:
+                self.log.warning("intake.interrupted", error=str(e) or type(e).__name__, position=after)
+                await asyncio.sleep(0.5)
+
+    async def _intake_one(self, msg: Msg, seq: int, at: datetime, sem: asyncio.Semaphore) -> None:
+        try:
+            for attempt in range(1_000_000):
+                try:
+                    outcome = await self._accept(msg, seq, at.astimezone(UTC))
+                    break
+                except StoreUnavailable as e:
+                    # Not the input's fault: keep it and try again; never record a false outcome.
+                    self.log.warning("intake.retry", seq=seq, error=str(e))
+                    await asyncio.sleep(min(5.0, 0.1 * 2 ** min(attempt, 6)))
+            else:  # pragma: no cover
+                return
+            env = new_envelope(OUTCOMES_STREAM, outcome, id=f"in-{seq}", source=self.config.source)
+            for attempt in range(100):
+                try:
+                    await self.store.append(OUTCOMES_STREAM, [env], ANY)
+                    break
+                except GpufleetError as e:
+                    self.log.warning("intake.outcome_retry", seq=seq, error=str(e))
+                    await asyncio.sleep(min(5.0, 0.1 * 2 ** min(attempt, 6)))
+        finally:
+            sem.release()
+
+    async def _accept(self, msg: Msg, seq: int, at: datetime) -> InputAccepted | InputRejected:
+        subject = msg.subject
+        try:
+            im = decode_intake(subject, msg.data)
+            cmd_id = f"in-{seq}"
+            body = im.body
+            kind, target = im.kind, im.target_id
+            command: Any
+            if isinstance(body, JobSpec):
+                predicted = self._predict_job(body)
+                command = SubmitJob(command_id=cmd_id, at=at, job_id=target, spec=body, predicted_s=predicted)
+            elif isinstance(body, JobCancellation):
+                command = CancelJob(
+                    command_id=cmd_id, at=at, reason=body.reason or "cancelled by the submitter"
+                )
+            elif isinstance(body, ProviderRegistration):
+                command = RegisterProvider(
+                    command_id=cmd_id,
+                    at=at,
+                    provider_id=target,
+                    name=body.name,
+                    capabilities=body.capabilities,
+                    calibration=body.calibration,
+                    runtime_version=body.runtime_version,
+                )
+            elif isinstance(body, ProviderDeparture):
+                if im.verb == "drain":
+                    command = DrainProvider(command_id=cmd_id, at=at, reason=body.reason)
+                else:
+                    command = LeaveProvider(command_id=cmd_id, at=at, reason=body.reason)
+            else:
+                command = self._report(cmd_id, at, body)
+            handled = await self._shell(kind).handle(target, command, causationid=cmd_id)
+        except (InvalidPayload, DomainError) as e:
+            field_name = getattr(e, "field", None)
+            self.log.info("intake.rejected", seq=seq, subject=subject, reason=str(e))
+            return InputRejected(
+                at=at,
+                intake_seq=seq,
+                subject=subject[:256],
+                reason=str(e)[:2000],
+                field=field_name,
+                excerpt=msg.data[:300].decode("utf-8", errors="replace")[:300],
+            )
+        note = "" if handled.events else "no change (already applied)"
+        return InputAccepted(
+            at=at, intake_seq=seq, subject=subject[:256], facts=len(handled.events), note=note
+        )
+
+    def _report(self, cmd_id: str, at: datetime, body: object) -> Any:
+        grace = self.config.lease_grace_s
+        match body:
+            case StartedReport():
+                return ReportStarted(
+                    command_id=cmd_id,
+                    at=at,
+                    lease_id=body.lease_id,
+                    provider_id=body.provider_id,
+                    grace_s=grace,
+                )
+            case ProgressReport():
+                return ReportProgress(
+                    command_id=cmd_id,
+                    at=at,
+                    lease_id=body.lease_id,
+                    provider_id=body.provider_id,
+                    fraction=body.fraction,
+                    rate=body.rate,
+                    unit=body.unit,
+                    message=body.message,
+                    checkpoint=body.checkpoint,
+                    checkpoint_step=body.checkpoint_step,
+                    grace_s=grace,
+                )
+            case CompletedReport():
+                return ReportCompleted(
+                    command_id=cmd_id,
+                    at=at,
+                    lease_id=body.lease_id,
+                    provider_id=body.provider_id,
+                    result=body.result,
+                    gpu_ms=body.gpu_ms,
+                    metrics=body.metrics,
+                )
+            case FailedReport():
+                return ReportFailed(
+                    command_id=cmd_id,
+                    at=at,
+                    lease_id=body.lease_id,
+                    provider_id=body.provider_id,
+                    reason=body.reason,
+                    message=body.message,
+                )
+        raise InvalidPayload("unknown report", field="report")
+
+    def _predict_job(self, spec: JobSpec) -> float:
+        from events.workloads import WORKLOADS, validate_params
+
+        c = WORKLOADS.get(spec.workload)
+        if c is None:
+            return 0.0
+        try:
+            estimate = c.estimate(validate_params(spec.workload, spec.task_params(0)))
+        except InvalidPayload:
+            return 0.0
+        per_task = self.scheduler.predict(spec.workload, estimate, spec.resources)
+        slots = max(1, self.scheduler.capacity(spec.resources, spec.workload))
+        return per_task * math.ceil(spec.task_count() / slots)
+
+    # ---- for tests and tools ---------------------------------------------------------------------
+
+    async def settle(self, timeout: float = 30.0, predicate: Callable[[World], bool] | None = None) -> None:
+        """Wait until ``predicate(world)`` holds (default: no unfinished task and nothing in flight)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if predicate is not None and predicate(self.world):
+                return
+            if predicate is None and not self._inflight and self.world.unfinished() == 0:
+                return
+            await asyncio.sleep(0.05)
+        raise TimeoutError("the orchestrator did not settle in time")

@@ -1,0 +1,185 @@
+"""Reactions (process managers): the events of one aggregate become commands for another.
+
+``react`` answers one new event; ``reconcile`` looks at the whole world after a restart and issues
+whatever is still owed. Both derive command ids from the cause, so a command issued twice (by a
+reaction and again by reconciliation, or by two restarts) is applied once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from actors.ids import derive_id
+from actors.job import CancelJob, FailJob, MeterUsage
+from actors.task import TERMINAL, CancelTask, CreateTask, ExpireLease, TaskState
+from actors.world import LIVE_LEASE, Change, World
+from events.job import JobAccepted, JobCancelled, JobCompleted, JobFailed, JobSpec, ShardSplit
+from events.provider import ProviderLeft, ProviderLost
+from events.task import LeaseEndReason, TaskCompleted, TaskCreated, TaskFailed
+from events.workloads import contract, validate_params
+
+__all__ = ["Intent", "plan_task", "react", "reconcile", "task_id_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """Run ``command`` on aggregate ``kind.aggregate_id``, caused by event ``causation``."""
+
+    kind: str
+    aggregate_id: str
+    command: Any
+    causation: str | None = None
+    correlation: str | None = None
+
+
+def task_id_of(job_id: str, index: int) -> str:
+    """Task ids are ``<job_id>-<index>``: deterministic, so task creation can be replayed."""
+    return f"{job_id}-{index}"
+
+
+def plan_task(job_id: str, spec: JobSpec, index: int, at: datetime) -> TaskCreated:
+    """The ``TaskCreated`` of task ``index`` of a job: parameters, estimate, input shard."""
+    params = spec.task_params(index)
+    estimate = contract(spec.workload).estimate(validate_params(spec.workload, params))
+    shard = None
+    input_ref = None
+    if isinstance(spec.split, ShardSplit):
+        input_ref = spec.split.input
+        shard = (index, spec.split.shards)
+    return TaskCreated(
+        at=at,
+        task_id=task_id_of(job_id, index),
+        job_id=job_id,
+        index=index,
+        submitter=spec.submitter,
+        workload=spec.workload,
+        params=params,
+        resources=spec.resources,
+        estimate=estimate,
+        max_price_micros=spec.max_price_micros,
+        priority=spec.priority,
+        retry=spec.retry,
+        timeout_s=spec.timeout_s,
+        deadline=spec.deadline,
+        input=input_ref,
+        shard=shard,
+    )
+
+
+def _create(job_id: str, spec: JobSpec, index: int, at: datetime, cause: str | None) -> Intent:
+    created = plan_task(job_id, spec, index, at)
+    cmd = CreateTask(command_id=derive_id("ct-", job_id, index), at=at, created=created)
+    return Intent("task", created.task_id, cmd, cause, job_id)
+
+
+def _meter(task_id: str, t: TaskState, at: datetime, cause: str | None) -> Intent | None:
+    if t.spec is None or t.lease is None:
+        return None
+    cmd = MeterUsage(
+        command_id=derive_id("mu-", task_id),
+        at=at,
+        task_id=task_id,
+        provider_id=t.lease.provider_id,
+        gpu_ms=t.gpu_ms,
+        price_micros=t.lease.price_micros,
+    )
+    return Intent("job", t.spec.job_id, cmd, cause, t.spec.job_id)
+
+
+def _cancel(task_id: str, job_id: str, at: datetime, why: str, cause: str | None) -> Intent:
+    return Intent(
+        "task", task_id, CancelTask(command_id=derive_id("cx-", task_id), at=at, reason=why), cause, job_id
+    )
+
+
+def _expire(
+    task_id: str, t: TaskState, reason: LeaseEndReason, at: datetime, cause: str | None
+) -> Intent | None:
+    if t.lease is None:
+        return None
+    lease_id = t.lease.lease_id
+    cmd = ExpireLease(command_id=derive_id("pl-", lease_id, reason), at=at, lease_id=lease_id, reason=reason)
+    return Intent("task", task_id, cmd, cause, t.spec.job_id if t.spec else None)
+
+
+def react(change: Change, world: World) -> list[Intent]:
+    """Commands owed because of one event (already applied to ``world``)."""
+    e = change.event
+    cause = change.envelope.id
+    out: list[Intent] = []
+    match e:
+        case JobAccepted():
+            job = world.jobs[change.aggregate_id]
+            assert job.spec is not None
+            out = [_create(e.job_id, job.spec, i, e.at, cause) for i in range(e.task_count)]
+        case TaskCompleted():
+            t = world.tasks[change.aggregate_id]
+            if (m := _meter(change.aggregate_id, t, e.at, cause)) is not None:
+                out.append(m)
+        case TaskFailed() if e.terminal:
+            t = world.tasks[change.aggregate_id]
+            if t.spec is not None:
+                cmd = FailJob(
+                    command_id=derive_id("fj-", change.aggregate_id),
+                    at=e.at,
+                    task_id=change.aggregate_id,
+                    reason=f"task {change.aggregate_id} failed: {e.reason}: {e.message}"[:2000],
+                )
+                out.append(Intent("job", t.spec.job_id, cmd, cause, t.spec.job_id))
+        case TaskCreated():
+            owner = world.jobs.get(e.job_id)
+            if owner is not None and owner.status in ("completed", "failed", "cancelled"):
+                out.append(_cancel(e.task_id, e.job_id, e.at, f"job {owner.status}", cause))
+        case JobCompleted() | JobFailed() | JobCancelled():
+            why = f"job {world.jobs[change.aggregate_id].status}"
+            for task_id in world.job_tasks(change.aggregate_id):
+                if world.tasks[task_id].status not in TERMINAL:
+                    out.append(_cancel(task_id, change.aggregate_id, e.at, why, cause))
+        case ProviderLost() | ProviderLeft():
+            reason: LeaseEndReason = "provider_lost" if isinstance(e, ProviderLost) else "provider_left"
+            for task_id in sorted(world.active.get(change.aggregate_id, ())):
+                if (x := _expire(task_id, world.tasks[task_id], reason, e.at, cause)) is not None:
+                    out.append(x)
+    return out
+
+
+def reconcile(world: World, at: datetime) -> list[Intent]:
+    """Everything owed in ``world`` as it stands: what reactions would have issued, had none been lost."""
+    out: list[Intent] = []
+    for job_id, job in world.jobs.items():
+        if job.status == "accepted" and job.spec is not None:
+            have = world.tasks_by_job.get(job_id, set())
+            for i in range(job.task_count):
+                if task_id_of(job_id, i) not in have:
+                    out.append(_create(job_id, job.spec, i, at, None))
+        if job.status in ("completed", "failed", "cancelled"):
+            for task_id in world.job_tasks(job_id):
+                if world.tasks[task_id].status not in TERMINAL:
+                    out.append(_cancel(task_id, job_id, at, f"job {job.status}", None))
+    for task_id, t in world.tasks.items():
+        if t.spec is None:
+            continue
+        owner = world.jobs.get(t.spec.job_id)
+        if t.status == "completed" and owner is not None and task_id not in owner.metered:
+            if (m := _meter(task_id, t, at, None)) is not None:
+                out.append(m)
+        elif t.status == "dead" and owner is not None and owner.status == "accepted":
+            cmd = FailJob(
+                command_id=derive_id("fj-", task_id), at=at, task_id=task_id, reason=f"task {task_id} died"
+            )
+            out.append(Intent("job", t.spec.job_id, cmd, None, t.spec.job_id))
+    for provider_id, p in world.providers.items():
+        if p.status in ("lost", "left"):
+            reason: LeaseEndReason = "provider_lost" if p.status == "lost" else "provider_left"
+            for task_id in sorted(world.active.get(provider_id, ())):
+                t = world.tasks[task_id]
+                if t.status in LIVE_LEASE and (x := _expire(task_id, t, reason, at, None)) is not None:
+                    out.append(x)
+    return out
+
+
+def cancel_job_intent(job_id: str, at: datetime, reason: str, command_id: str) -> Intent:
+    """A submitter's cancellation."""
+    return Intent("job", job_id, CancelJob(command_id=command_id, at=at, reason=reason), None, job_id)

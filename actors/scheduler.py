@@ -1,0 +1,398 @@
+"""The scheduler: which queued task goes to which live provider, fairly, without over-commitment.
+
+Matching:
+- Providers are indexed by capability class (backend, VRAM, compute capability, workloads, price).
+  A task's requirements select the eligible classes once per task shape (cached); inside a class, a
+  heap orders providers with a free slot by reputation, then load. One decision costs
+  O(classes + log providers), not a scan of the fleet.
+- Among the eligible classes' best providers, the score is the predicted runtime (the workload's
+  estimate, the provider's calibration, the history of similar tasks), weighted by price under the
+  task's ceiling and by reputation. Only providers with a free slot are candidates, so the queue wait
+  of the chosen one is zero and a slot is never over-committed.
+
+Fairness:
+- Strict priority levels (9 first). Within a level, submitters share by weight (stride scheduling):
+  each placed task advances its submitter's pass by 1/weight and the lowest pass goes next, so one
+  submitter's 10,000 tasks cannot starve another's 10.
+- A task that fits no provider now waits aside by shape and never blocks the tasks behind it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+from events.estimates import RuntimeModel
+from events.types import Calibration, Capabilities, Estimate, Resources
+
+__all__ = ["Assignment", "PendingTask", "ProviderInfo", "Scheduler"]
+
+_LEVELS = range(9, -1, -1)
+
+
+@dataclass(slots=True)
+class PendingTask:
+    """A queued task as the scheduler needs it."""
+
+    task_id: str
+    submitter: str
+    priority: int
+    workload: str
+    resources: Resources
+    estimate: Estimate
+    max_price_micros: int | None = None
+    order: int = 0
+
+    @property
+    def shape(self) -> tuple[object, ...]:
+        """What decides which providers can take it."""
+        r = self.resources
+        return (r.backend, r.min_vram_mb, r.min_compute_capability, self.workload, self.max_price_micros)
+
+
+@dataclass(slots=True)
+class ProviderInfo:
+    """A provider as the scheduler tracks it."""
+
+    provider_id: str
+    capabilities: Capabilities
+    calibration: Calibration | None
+    used: int = 0
+    reputation: float = 1.0
+    available: bool = True
+    key: tuple[object, ...] = ()
+
+    @property
+    def free(self) -> int:
+        """Slots not leased or reserved."""
+        return self.capabilities.slots - self.used
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A decision: lease ``task`` to ``provider_id``, predicted to take ``predicted_s``."""
+
+    task: PendingTask
+    provider_id: str
+    predicted_s: float
+    price_micros: int
+
+
+@dataclass(slots=True)
+class _Class:
+    key: tuple[object, ...]
+    capabilities: Capabilities
+    heap: list[tuple[float, int, str]] = field(default_factory=list)
+    members: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Level:
+    queues: dict[str, deque[PendingTask]] = field(default_factory=dict)
+    heap: list[tuple[float, int, str]] = field(default_factory=list)
+    passes: dict[str, float] = field(default_factory=dict)
+    vtime: float = 0.0
+
+
+def _class_key(c: Capabilities) -> tuple[object, ...]:
+    return (
+        c.backend,
+        c.vram_mb,
+        c.compute_capability,
+        tuple(sorted(c.workloads)),
+        c.price_micros,
+        c.gpu_model,
+    )
+
+
+def _supports(c: Capabilities, workload: str) -> bool:
+    if workload == "custom_kernel" and c.backend != "cuda":
+        return False
+    return not c.workloads or workload in c.workloads
+
+
+class Scheduler:
+    """Pure, in-memory and single-threaded: the orchestrator feeds it what the log says."""
+
+    def __init__(
+        self,
+        runtime: RuntimeModel | None = None,
+        *,
+        price_weight: float = 0.25,
+        reputation_weight: float = 0.5,
+    ) -> None:
+        self.runtime = runtime or RuntimeModel()
+        self.price_weight = price_weight
+        self.reputation_weight = reputation_weight
+        self.providers: dict[str, ProviderInfo] = {}
+        self._classes: dict[tuple[object, ...], _Class] = {}
+        self._eligible: dict[tuple[object, ...], list[_Class]] = {}
+        self._levels = {p: _Level() for p in _LEVELS}
+        self._blocked: dict[tuple[object, ...], list[PendingTask]] = {}
+        self._pending: dict[str, PendingTask] = {}
+        self._weights: dict[str, float] = {}
+        self._seq = itertools.count()
+        self.decisions = 0
+
+    # ---- providers -------------------------------------------------------------------------------
+
+    def upsert_provider(
+        self,
+        provider_id: str,
+        capabilities: Capabilities,
+        calibration: Calibration | None,
+        *,
+        available: bool,
+    ) -> None:
+        """Add or update a provider; ``available`` is false while it is lost, draining or gone."""
+        p = self.providers.get(provider_id)
+        if p is None:
+            p = ProviderInfo(provider_id, capabilities, calibration)
+            self.providers[provider_id] = p
+        elif p.capabilities != capabilities:
+            self._leave_class(p)
+            p.capabilities = capabilities
+        p.calibration = calibration
+        p.available = available
+        self._join_class(p)
+        self._offer(p)
+
+    def set_available(self, provider_id: str, available: bool) -> None:
+        """Take a provider out of (or back into) consideration without forgetting its leases."""
+        p = self.providers.get(provider_id)
+        if p is None or p.available == available:
+            return
+        p.available = available
+        self._offer(p)
+
+    def set_reputation(self, provider_id: str, reputation: float) -> None:
+        """Update a provider's reputation in [0, 1]."""
+        p = self.providers.get(provider_id)
+        if p is not None and abs(p.reputation - reputation) > 1e-9:
+            p.reputation = reputation
+            self._offer(p)
+
+    def occupy(self, provider_id: str) -> None:
+        """A lease started using one of the provider's slots (seen in the log, or reserved here)."""
+        p = self.providers.get(provider_id)
+        if p is not None:
+            p.used += 1
+            self._offer(p)
+
+    def release(self, provider_id: str) -> None:
+        """A lease on this provider ended, or a reservation was not used."""
+        p = self.providers.get(provider_id)
+        if p is not None and p.used > 0:
+            p.used -= 1
+            self._offer(p)
+
+    def _join_class(self, p: ProviderInfo) -> None:
+        key = _class_key(p.capabilities)
+        if p.key == key and key in self._classes:
+            return
+        cls = self._classes.get(key)
+        if cls is None:
+            cls = self._classes[key] = _Class(key, p.capabilities)
+            self._eligible.clear()  # a new class may suit shapes that fit none before
+        cls.members.add(p.provider_id)
+        p.key = key
+
+    def _leave_class(self, p: ProviderInfo) -> None:
+        cls = self._classes.get(p.key)
+        if cls is not None:
+            cls.members.discard(p.provider_id)
+            if not cls.members:
+                del self._classes[p.key]
+                self._eligible.clear()
+        p.key = ()
+
+    def _rank(self, p: ProviderInfo) -> float:
+        # Lower is better: reputation first, then the share of slots in use (spreads the load).
+        return -round(p.reputation, 2) * 1000.0 + p.used / p.capabilities.slots
+
+    def _offer(self, p: ProviderInfo, *, unblock: bool = True) -> None:
+        """(Re)enter the provider in its class heap if it can take work; stale entries are skipped."""
+        if p.available and p.free > 0 and p.key in self._classes:
+            heapq.heappush(self._classes[p.key].heap, (self._rank(p), next(self._seq), p.provider_id))
+            if unblock:
+                self._unblock(self._classes[p.key])
+
+    def _best_in(self, cls: _Class) -> ProviderInfo | None:
+        heap = cls.heap
+        while heap:
+            rank, _, pid = heap[0]
+            p = self.providers.get(pid)
+            if (
+                p is not None
+                and p.available
+                and p.free > 0
+                and p.key == cls.key
+                and abs(rank - self._rank(p)) < 1e-12
+            ):
+                return p
+            heapq.heappop(heap)  # stale: full, gone, or ranked differently since
+        return None
+
+    # ---- tasks -----------------------------------------------------------------------------------
+
+    def set_weight(self, submitter: str, weight: float) -> None:
+        """A submitter's fair-share weight (default 1)."""
+        self._weights[submitter] = max(weight, 1e-6)
+
+    def enqueue(self, task: PendingTask) -> None:
+        """Queue a task (again); a task already pending is left where it is."""
+        if task.task_id in self._pending:
+            return
+        if not task.order:
+            task.order = next(self._seq)
+        self._pending[task.task_id] = task
+        self._push(task, front=False)
+
+    def discard(self, task_id: str) -> None:
+        """Forget a task (leased elsewhere, cancelled); its queue entry is dropped lazily."""
+        self._pending.pop(task_id, None)
+
+    def pending(self) -> int:
+        """Tasks waiting for a provider."""
+        return len(self._pending)
+
+    def _push(self, task: PendingTask, *, front: bool) -> None:
+        level = self._levels[task.priority]
+        q = level.queues.get(task.submitter)
+        if q is None:
+            q = level.queues[task.submitter] = deque()
+        was_empty = not q
+        if front:
+            q.appendleft(task)
+        else:
+            q.append(task)
+        if was_empty:
+            start = max(level.passes.get(task.submitter, 0.0), level.vtime)
+            level.passes[task.submitter] = start
+            heapq.heappush(level.heap, (start, next(self._seq), task.submitter))
+
+    def _unblock(self, cls: _Class) -> None:
+        if not self._blocked:
+            return
+        for shape in list(self._blocked):
+            if cls in self._eligible_classes(shape, self._blocked[shape][0]):
+                for t in reversed(self._blocked.pop(shape)):
+                    if t.task_id in self._pending:
+                        self._push(t, front=True)
+
+    def _eligible_classes(self, shape: tuple[object, ...], t: PendingTask) -> list[_Class]:
+        found = self._eligible.get(shape)
+        if found is None:
+            r = t.resources
+            found = [
+                c
+                for c in self._classes.values()
+                if (r.backend in ("any", c.capabilities.backend))
+                and c.capabilities.vram_mb >= r.min_vram_mb
+                and c.capabilities.compute_capability >= r.min_compute_capability
+                and _supports(c.capabilities, t.workload)
+                and (t.max_price_micros is None or c.capabilities.price_micros <= t.max_price_micros)
+            ]
+            self._eligible[shape] = found
+        return found
+
+    def _score(self, t: PendingTask, p: ProviderInfo) -> tuple[float, float]:
+        predicted = self.runtime.predict(t.workload, t.estimate, p.calibration, p.provider_id)
+        price = p.capabilities.price_micros
+        # Price relative to the ceiling, or to 1 credit per GPU-second when there is none.
+        ceiling = t.max_price_micros or 1_000_000
+        factor = (
+            1.0
+            + self.price_weight * (price / max(ceiling, 1))
+            + self.reputation_weight * (1.0 - p.reputation)
+            + 0.01 * p.used / p.capabilities.slots
+        )
+        return predicted * factor, predicted
+
+    def _place(self, t: PendingTask) -> Assignment | None:
+        best: tuple[float, float, ProviderInfo] | None = None
+        for cls in self._eligible_classes(t.shape, t):
+            p = self._best_in(cls)
+            if p is None:
+                continue
+            score, predicted = self._score(t, p)
+            if best is None or score < best[0]:
+                best = (score, predicted, p)
+        if best is None:
+            return None
+        _, predicted, p = best
+        p.used += 1
+        heapq.heappop(self._classes[p.key].heap)
+        self._offer(p, unblock=False)
+        return Assignment(t, p.provider_id, predicted, p.capabilities.price_micros)
+
+    def _next(self, level: _Level) -> PendingTask | None:
+        """Pop the next task of this level by fair share, or None when the level is empty.
+
+        The submitter leaves the heap until :meth:`_requeue` puts it back, charged or not.
+        """
+        while level.heap:
+            pass_, _, submitter = heapq.heappop(level.heap)
+            q = level.queues.get(submitter)
+            if not q or abs(level.passes.get(submitter, 0.0) - pass_) > 1e-12:
+                continue
+            level.vtime = pass_
+            while q:
+                task = q.popleft()
+                if task.task_id in self._pending:
+                    return task
+            # Only discarded tasks were left: the submitter is idle.
+        return None
+
+    def _requeue(self, level: _Level, submitter: str, *, charge: bool) -> None:
+        if charge:
+            level.passes[submitter] = level.passes.get(submitter, level.vtime) + 1.0 / self._weights.get(
+                submitter, 1.0
+            )
+        if level.queues.get(submitter):
+            heapq.heappush(level.heap, (level.passes[submitter], next(self._seq), submitter))
+
+    def assign(self, limit: int = 1_000_000) -> list[Assignment]:
+        """Place as many queued tasks as providers can take now (up to ``limit``); reserves slots."""
+        out: list[Assignment] = []
+        for prio in _LEVELS:
+            level = self._levels[prio]
+            while len(out) < limit:
+                t = self._next(level)
+                if t is None:
+                    break
+                a = self._place(t)
+                self.decisions += 1
+                if a is None:
+                    self._blocked.setdefault(t.shape, []).append(t)
+                    self._requeue(level, t.submitter, charge=False)
+                    continue
+                del self._pending[t.task_id]
+                self._requeue(level, t.submitter, charge=True)
+                out.append(a)
+            if len(out) >= limit:
+                break
+        return out
+
+    def predict(self, workload: str, estimate: Estimate, resources: Resources) -> float:
+        """Predicted seconds for one such task on the best matching class (0 if none matches)."""
+        probe = PendingTask("", "", 5, workload, resources, estimate)
+        best = 0.0
+        for cls in self._eligible_classes(probe.shape, probe):
+            for pid in list(cls.members)[:1]:
+                p = self.providers[pid]
+                s = self.runtime.predict(workload, estimate, p.calibration, pid)
+                best = s if best == 0.0 else min(best, s)
+        return best
+
+    def capacity(self, resources: Resources, workload: str) -> int:
+        """Slots across available providers that could run such a task."""
+        probe = PendingTask("", "", 5, workload, resources, Estimate())
+        total = 0
+        for cls in self._eligible_classes(probe.shape, probe):
+            total += sum(
+                self.providers[m].capabilities.slots for m in cls.members if self.providers[m].available
+            )
+        return total

@@ -1,0 +1,175 @@
+"""The actor shell around a decider: ordering, activation, optimistic appends, exactly-once commands.
+
+- Commands for one id run one at a time, in the order they arrived (a FIFO lock per id).
+- An actor is activated by reading its stream from the store; its state is cached (LRU eviction).
+- Events are appended with the expected position; a ``ConcurrencyError`` reloads and retries, a
+  bounded number of times.
+- Event ids are ``<command_id>.<n>``: a command that was already applied (a redelivered intake
+  message, a reaction replayed after a restart) is recognised from the stream and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import structlog
+
+from actors.decider import Decider
+from actors.errors import UnknownAggregate
+from actors.ids import event_id, split_event_id
+from events import ConcurrencyError, Envelope, EventStore, new_envelope
+
+__all__ = ["ActorShell", "Handled"]
+
+C = TypeVar("C")
+S = TypeVar("S")
+
+_log = structlog.get_logger("gpufleet.actors")
+
+
+@dataclass(slots=True)
+class _Entry(Generic[S]):
+    state: S
+    version: int
+    applied: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class Handled(Generic[S]):
+    """What a command did: the events it appended (with positions) and the state after."""
+
+    events: list[Envelope]
+    state: S
+    duplicate: bool = False
+
+
+class ActorShell(Generic[C, S]):
+    """Runs commands against one kind of aggregate (``decider.kind``) stored in ``store``."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        decider: Decider[C, S],
+        *,
+        source: str = "gpufleet/orchestrator",
+        cache_size: int = 50_000,
+        max_retries: int = 5,
+    ) -> None:
+        self.store = store
+        self.decider = decider
+        self.kind = decider.kind
+        self._source = source
+        self._cache: OrderedDict[str, _Entry[S]] = OrderedDict()
+        self._cache_size = cache_size
+        self._max_retries = max_retries
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self.conflicts = 0
+        self.log = _log.bind(kind=self.kind)
+
+    def stream(self, aggregate_id: str) -> str:
+        """The aggregate's stream name."""
+        return f"{self.kind}.{aggregate_id}"
+
+    async def handle(
+        self,
+        aggregate_id: str,
+        command: C,
+        *,
+        correlationid: str | None = None,
+        causationid: str | None = None,
+    ) -> Handled[S]:
+        """Decide and append; raises the decider's ``DomainError`` when the command is refused."""
+        lock, users = self._locks.get(aggregate_id) or (asyncio.Lock(), 0)
+        self._locks[aggregate_id] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._handle(aggregate_id, command, correlationid, causationid)
+        finally:
+            lock, users = self._locks[aggregate_id]
+            if users <= 1:
+                del self._locks[aggregate_id]
+            else:
+                self._locks[aggregate_id] = (lock, users - 1)
+
+    async def _handle(
+        self, aggregate_id: str, command: C, correlationid: str | None, causationid: str | None
+    ) -> Handled[S]:
+        command_id: str = command.command_id  # type: ignore[attr-defined]
+        stream = self.stream(aggregate_id)
+        for _ in range(self._max_retries + 1):
+            entry = await self._load(aggregate_id)
+            if command_id in entry.applied:
+                return Handled([], entry.state, duplicate=True)
+            try:
+                events = self.decider.decide(command, entry.state)
+            except UnknownAggregate as e:
+                raise UnknownAggregate(self.kind, aggregate_id) from e
+            if not events:
+                return Handled([], entry.state)
+            envs = [
+                new_envelope(
+                    stream,
+                    e,
+                    id=event_id(command_id, i),
+                    source=self._source,
+                    correlationid=correlationid,
+                    causationid=causationid,
+                )
+                for i, e in enumerate(events)
+            ]
+            try:
+                result = await self.store.append(stream, envs, entry.version)
+            except ConcurrencyError:
+                self.conflicts += 1
+                self._cache.pop(aggregate_id, None)
+                self.log.info("actor.conflict", id=aggregate_id, command=command_id)
+                continue
+            if result.duplicate:
+                # Our own earlier try landed (its acknowledgement was lost): the log decides.
+                self._cache.pop(aggregate_id, None)
+                entry = await self._load(aggregate_id)
+                return Handled([], entry.state, duplicate=True)
+            state = self.decider.fold(events, entry.state)
+            entry.state, entry.version = state, result.last
+            entry.applied.add(command_id)
+            stored = [env.at_position(result.first + i) for i, env in enumerate(envs)]
+            self.log.debug(
+                "actor.appended", id=aggregate_id, command=command_id, events=[e.type for e in stored]
+            )
+            return Handled(stored, state)
+        raise ConcurrencyError(stream, None)
+
+    async def _load(self, aggregate_id: str) -> _Entry[S]:
+        entry = self._cache.get(aggregate_id)
+        if entry is not None:
+            self._cache.move_to_end(aggregate_id)
+            return entry
+        stored = await self.store.read_stream(self.stream(aggregate_id))
+        state = self.decider.fold(e.data for e in stored)
+        entry = _Entry(state, stored[-1].sequence if stored else 0, {split_event_id(e.id) for e in stored})
+        self._cache[aggregate_id] = entry
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return entry
+
+    async def state(self, aggregate_id: str) -> tuple[S, int]:
+        """The aggregate's current state and stream position (activating it if needed)."""
+        entry = await self._load(aggregate_id)
+        return entry.state, entry.version
+
+    def forget(self, aggregate_id: str) -> None:
+        """Drop the cached state; the next command reloads it from the store."""
+        self._cache.pop(aggregate_id, None)
+
+    def cached(self) -> int:
+        """How many aggregates are cached."""
+        return len(self._cache)
+
+    def seed(self, aggregate_id: str, state: Any, version: int, applied: set[str]) -> None:
+        """Prime the cache with a state folded elsewhere from the same log (at startup)."""
+        self._cache[aggregate_id] = _Entry(state, version, set(applied))
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)

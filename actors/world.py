@@ -1,0 +1,138 @@
+"""The orchestrator's view of the whole log: every aggregate's state, folded with the deciders' evolve.
+
+It is a cache of the log, rebuilt from it at start-up and kept current by following it. Reactions,
+timers, the scheduler and liveness all read it; nothing here is authoritative (the actor shells
+are), so a stale view only costs a refused command and a retry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from actors.job import JobState, job_decider
+from actors.provider import ProviderState, provider_decider
+from actors.task import TERMINAL, TaskState, task_decider
+from events import Envelope
+from events.intake import InputAccepted, InputRejected
+from events.task import TaskFailed, TaskLeaseExpired, TaskResultRejected
+from events.types import EventModel
+
+__all__ = ["LIVE_LEASE", "Change", "Reputation", "World"]
+
+LIVE_LEASE = frozenset({"leased", "running"})
+_PROVIDER_FAULTS = frozenset({"worker_crashed", "timeout", "provider_error"})
+
+
+@dataclass(slots=True)
+class Reputation:
+    """A provider's record; ``value`` in (0, 1], 1 for a clean record (Laplace-smoothed)."""
+
+    completed: int = 0
+    failed: int = 0
+    expired: int = 0
+    refused: int = 0
+
+    @property
+    def value(self) -> float:
+        """Share of good outcomes, with one good outcome assumed (so newcomers start at 1)."""
+        bad = self.failed + self.expired + 2 * self.refused
+        return (self.completed + 1) / (self.completed + bad + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One event applied to one aggregate: its state before and after."""
+
+    kind: str
+    aggregate_id: str
+    event: EventModel
+    envelope: Envelope
+    before: object
+    after: object
+
+
+class World:
+    """Every job, task and provider, plus the indexes the orchestrator needs."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, TaskState] = {}
+        self.jobs: dict[str, JobState] = {}
+        self.providers: dict[str, ProviderState] = {}
+        self.tasks_by_job: dict[str, set[str]] = {}
+        #: provider -> tasks it holds a live lease on.
+        self.active: dict[str, set[str]] = {}
+        self.reputation: dict[str, Reputation] = {}
+        #: task -> providers that ever held a lease on it (a refusal counts only against those).
+        self.holders: dict[str, set[str]] = {}
+        self._intake_seen: set[int] = set()
+        #: The lowest intake sequence without a recorded outcome.
+        self.intake_low = 1
+        self.position = 0
+        self.events = 0
+
+    def intake_done(self, seq: int) -> bool:
+        """True when intake message ``seq`` already has an accepted or rejected outcome."""
+        return seq < self.intake_low or seq in self._intake_seen
+
+    def apply(self, env: Envelope) -> Change | None:
+        """Fold one event in; returns what changed (None for events outside the aggregates)."""
+        if env.sequence:
+            self.position = max(self.position, env.sequence)
+        self.events += 1
+        kind, _, agg = env.subject.partition(".")
+        e = env.data
+        if kind == "task":
+            before_t = self.tasks.get(agg) or task_decider.initial_state()
+            after_t = task_decider.evolve(before_t, e)
+            self.tasks[agg] = after_t
+            self._index_task(agg, before_t, after_t, e)
+            return Change(kind, agg, e, env, before_t, after_t)
+        if kind == "job":
+            before_j = self.jobs.get(agg) or job_decider.initial_state()
+            after_j = job_decider.evolve(before_j, e)
+            self.jobs[agg] = after_j
+            return Change(kind, agg, e, env, before_j, after_j)
+        if kind == "provider":
+            before_p = self.providers.get(agg) or provider_decider.initial_state()
+            after_p = provider_decider.evolve(before_p, e)
+            self.providers[agg] = after_p
+            self.reputation.setdefault(agg, Reputation())
+            return Change(kind, agg, e, env, before_p, after_p)
+        if isinstance(e, InputAccepted | InputRejected):
+            self._intake_seen.add(e.intake_seq)
+            while self.intake_low in self._intake_seen:
+                self._intake_seen.discard(self.intake_low)
+                self.intake_low += 1
+        return None
+
+    def _index_task(self, task_id: str, before: TaskState, after: TaskState, e: EventModel) -> None:
+        if after.spec is not None and before.spec is None:
+            self.tasks_by_job.setdefault(after.spec.job_id, set()).add(task_id)
+        old = before.lease.provider_id if before.lease and before.status in LIVE_LEASE else None
+        new = after.lease.provider_id if after.lease and after.status in LIVE_LEASE else None
+        if old != new:
+            if old is not None:
+                self.active.get(old, set()).discard(task_id)
+            if new is not None:
+                self.active.setdefault(new, set()).add(task_id)
+                self.holders.setdefault(task_id, set()).add(new)
+        # Reputation: completions, provider-caused failures, expired leases, refused late reports.
+        if after.status == "completed" and before.status != "completed" and after.lease is not None:
+            self._rep(after.lease.provider_id).completed += 1
+        elif isinstance(e, TaskFailed) and e.provider_id and e.reason in _PROVIDER_FAULTS:
+            self._rep(e.provider_id).failed += 1
+        elif isinstance(e, TaskLeaseExpired):
+            self._rep(e.provider_id).expired += 1
+        elif isinstance(e, TaskResultRejected) and e.provider_id in self.holders.get(task_id, ()):
+            self._rep(e.provider_id).refused += 1
+
+    def _rep(self, provider_id: str) -> Reputation:
+        return self.reputation.setdefault(provider_id, Reputation())
+
+    def job_tasks(self, job_id: str) -> list[str]:
+        """The job's tasks, in index order."""
+        return sorted(self.tasks_by_job.get(job_id, ()), key=lambda t: int(t.rsplit("-", 1)[1]))
+
+    def unfinished(self) -> int:
+        """Tasks not yet in a terminal state."""
+        return sum(1 for t in self.tasks.values() if t.status not in TERMINAL)

@@ -1,0 +1,207 @@
+"""Simulated providers: the real provider protocol over NATS, with tasks that only sleep.
+
+They register through intake, heartbeat in the KV bucket, take leases from their dispatch subject and
+report through intake, exactly like ``gpu_runtime``'s service, but run ``noop``/``sleep`` tasks in
+the event loop, so hundreds fit in one process. Tests and benchmarks use them to exercise the
+orchestrator, and ``kill()`` injects a real fault: the provider stops mid-task without a word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import api
+from pydantic import TypeAdapter, ValidationError
+
+from events.dispatch import Dispatch, Heartbeat, LeaseGranted, LeaseRevoked
+from events.intake import (
+    CompletedReport,
+    ProgressReport,
+    ProviderDeparture,
+    ProviderRegistration,
+    StartedReport,
+)
+from events.store.topology import Topology
+from events.subjects import intake_subject
+from events.types import Calibration, Capabilities, ResultRef, utc_now
+
+__all__ = ["SimulatedProvider"]
+
+_DISPATCH: TypeAdapter[LeaseGranted | LeaseRevoked] = TypeAdapter(Dispatch)
+
+
+def inline_result(value: Any) -> ResultRef:
+    """A small result carried inline, with the sha256 of its canonical JSON."""
+    data = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return ResultRef(sha256=hashlib.sha256(data).hexdigest(), size=len(data), inline=value)
+
+
+@dataclass
+class SimulatedProvider:
+    """One simulated provider on connection ``nc``."""
+
+    nc: NATS
+    provider_id: str
+    slots: int = 4
+    backend: str = "cpu"
+    price_micros: int = 100
+    workloads: tuple[str, ...] = ("noop", "sleep")
+    heartbeat_s: float = 0.5
+    #: Report ``started`` before ``completed`` (a real runtime always does).
+    report_started: bool = True
+    topology: Topology = field(default_factory=Topology)
+    completed: int = 0
+    revoked: int = 0
+    running: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _sub: Any = None
+    _draining: bool = False
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this provider claims to be."""
+        return Capabilities(
+            backend="cuda" if self.backend == "cuda" else "cpu",
+            gpu_model="simulated",
+            vram_mb=16_000,
+            compute_capability=8.0 if self.backend == "cuda" else 0.0,
+            slots=self.slots,
+            price_micros=self.price_micros,
+            workloads=self.workloads,
+        )
+
+    async def start(self) -> SimulatedProvider:
+        """Register, start heartbeating, and take leases."""
+        js = self.nc.jetstream()
+        await self._heartbeat_once()
+        reg = ProviderRegistration(
+            name=f"sim {self.provider_id}",
+            capabilities=self.capabilities,
+            calibration=Calibration(matmul_tflops={"fp32": 1.0}, memory_gbps=100.0, task_overhead_s=0.001),
+            runtime_version="sim",
+        )
+        await js.publish(
+            intake_subject("provider", self.provider_id, "register"), reg.model_dump_json().encode()
+        )
+        subject = f"{self.topology.dispatch_prefix}.{self.provider_id}"
+        self._sub = await js.subscribe(
+            subject,
+            durable=f"prov-{self.provider_id}",
+            stream=self.topology.dispatch_stream,
+            cb=self._on_dispatch,
+            manual_ack=True,
+            config=api.ConsumerConfig(ack_wait=30.0, max_ack_pending=max(64, self.slots * 4)),
+        )
+        self._tasks.append(asyncio.create_task(self._heartbeats()))
+        return self
+
+    async def _heartbeat_once(self) -> None:
+        kv = await self.nc.jetstream().key_value(self.topology.heartbeat_bucket)
+        hb = Heartbeat(
+            provider_id=self.provider_id,
+            at=utc_now(),
+            running=len(self.running),
+            slots=self.slots,
+            draining=self._draining,
+        )
+        await kv.put(self.provider_id, hb.model_dump_json().encode())
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await self._heartbeat_once()
+
+    async def _on_dispatch(self, msg: Msg) -> None:
+        try:
+            d = _DISPATCH.validate_json(msg.data)
+        except ValidationError:
+            await msg.term()
+            return
+        await msg.ack()
+        if isinstance(d, LeaseRevoked):
+            t = self.running.pop(d.lease_id, None)
+            if t is not None:
+                self.revoked += 1
+                t.cancel()
+            return
+        if d.lease_id in self.running or self._draining:
+            return
+        self.running[d.lease_id] = asyncio.create_task(self._run(d))
+
+    async def _report(self, task_id: str, body: StartedReport | ProgressReport | CompletedReport) -> None:
+        js = self.nc.jetstream()
+        for attempt in range(20):
+            try:
+                await js.publish(intake_subject("task", task_id, "report"), body.model_dump_json().encode())
+                return
+            except (nats.errors.Error, OSError):
+                await asyncio.sleep(0.05 * (attempt + 1))
+
+    async def _run(self, lease: LeaseGranted) -> None:
+        t0 = time.perf_counter()
+        try:
+            if self.report_started:
+                await self._report(
+                    lease.task_id, StartedReport(lease_id=lease.lease_id, provider_id=self.provider_id)
+                )
+            seconds = float(lease.params.get("seconds", 0.0) or 0.0) if lease.workload == "sleep" else 0.0  # type: ignore[arg-type]
+            if seconds > 0:
+                steps = 4
+                for i in range(steps):
+                    await asyncio.sleep(seconds / steps)
+                    if i < steps - 1:
+                        await self._report(
+                            lease.task_id,
+                            ProgressReport(
+                                lease_id=lease.lease_id,
+                                provider_id=self.provider_id,
+                                fraction=(i + 1) / steps,
+                                rate=steps / seconds,
+                            ),
+                        )
+            gpu_ms = int((time.perf_counter() - t0) * 1000)
+            await self._report(
+                lease.task_id,
+                CompletedReport(
+                    lease_id=lease.lease_id,
+                    provider_id=self.provider_id,
+                    result=inline_result({"task": lease.task_id, "by": self.provider_id}),
+                    gpu_ms=gpu_ms,
+                ),
+            )
+            self.completed += 1
+        finally:
+            self.running.pop(lease.lease_id, None)
+
+    async def kill(self) -> None:
+        """Crash: stop heartbeating and working at once, telling nobody."""
+        for t in self._tasks:
+            t.cancel()
+        for t in list(self.running.values()):
+            t.cancel()
+        self.running.clear()
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def drain(self) -> None:
+        """Finish the running work, take nothing new, then leave."""
+        self._draining = True
+        js = self.nc.jetstream()
+        body = ProviderDeparture(reason="drained").model_dump_json().encode()
+        await js.publish(intake_subject("provider", self.provider_id, "drain"), body)
+        if self.running:
+            await asyncio.wait(list(self.running.values()))
+        await js.publish(intake_subject("provider", self.provider_id, "leave"), body)
+        await self.kill()
