@@ -232,9 +232,7 @@ def decide(cmd: JobCommand, s: JobState) -> list[EventModel]:
                 total_ms = sum(m.gpu_ms for m in s.metered.values()) + usage.gpu_ms
                 total = sum(m.amount_micros for m in s.metered.values()) + usage.amount_micros
                 out.append(
-                    JobCompleted(
-                        at=cmd.at, job_id=s.job_id, tasks=s.task_count, gpu_ms=total_ms, cost_micros=total
-                    )
+                    JobCompleted(at=cmd.at, job_id=s.job_id, tasks=s.task_count, gpu_ms=total_ms, cost_micros=total)
                 )
                 out += _settle(s, cmd.at, usage)
             return out
@@ -289,9 +287,7 @@ def evolve(s: JobState, e: EventModel) -> JobState:
             return replace(s, deadline_missed=True)
         case ProviderCredited():
             amount, gpu = s.settled.get(e.provider_id, (0, 0))
-            return replace(
-                s, settled={**s.settled, e.provider_id: (amount + e.amount_micros, gpu + e.gpu_ms)}
-            )
+            return replace(s, settled={**s.settled, e.provider_id: (amount + e.amount_micros, gpu + e.gpu_ms)})
     return s
 
 

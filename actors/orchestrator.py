@@ -12,7 +12,7 @@ import contextlib
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import nats.errors
@@ -21,25 +21,23 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
 
+from actors.core import Core
 from actors.errors import DomainError
-from actors.ids import derive_id, new_id
-from actors.job import CancelJob, JobState, MissDeadline, SubmitJob, job_decider
+from actors.ids import new_id
+from actors.job import CancelJob, SubmitJob, job_decider
 from actors.provider import (
     DrainProvider,
     HeartbeatLapsed,
     HeartbeatSeen,
     LeaveProvider,
-    ProviderState,
     RegisterProvider,
     provider_decider,
 )
-from actors.reactions import Intent, react, reconcile
-from actors.scheduler import Assignment, PendingTask, Scheduler
+from actors.reactions import Intent
+from actors.scheduler import Assignment
 from actors.shell import ActorShell
 from actors.task import (
-    ExpireLease,
     LeaseTask,
-    QueueTask,
     ReportCompleted,
     ReportFailed,
     ReportProgress,
@@ -47,11 +45,9 @@ from actors.task import (
     TaskState,
     task_decider,
 )
-from actors.timers import Timers
-from actors.world import LIVE_LEASE, Change, World
+from actors.world import World
 from events import ANY, Envelope, GpufleetError, InvalidPayload, StoreUnavailable, new_envelope
 from events.dispatch import Heartbeat, LeaseGranted, LeaseRevoked
-from events.estimates import RuntimeModel
 from events.intake import (
     CompletedReport,
     FailedReport,
@@ -68,7 +64,6 @@ from events.job import JobSpec
 from events.store import JetStreamEventStore
 from events.store.connection import connect_nats
 from events.store.topology import Topology, ensure_topology
-from events.task import TaskCancelled, TaskCompleted, TaskLeaseExpired
 from events.types import utc_now
 
 __all__ = ["Orchestrator", "OrchestratorConfig"]
@@ -98,25 +93,18 @@ class OrchestratorConfig:
 class Orchestrator:
     """One orchestrator process. ``await start()``, then it runs until ``await stop()``."""
 
-    def __init__(
-        self, nc: NATS, *, topology: Topology | None = None, config: OrchestratorConfig | None = None
-    ):
+    def __init__(self, nc: NATS, *, topology: Topology | None = None, config: OrchestratorConfig | None = None):
         self.nc = nc
         self.js = nc.jetstream()
         self.topology = topology or Topology()
         self.config = config or OrchestratorConfig()
-        self.world = World()
-        self.runtime = RuntimeModel()
-        self.scheduler = Scheduler(self.runtime)
-        for who, w in self.config.weights.items():
-            self.scheduler.set_weight(who, w)
-        self.timers = Timers()
+        self.core = Core(self.config.weights)
+        self.world = self.core.world
         self.store = JetStreamEventStore(nc, settings=self.topology.events)
         source = self.config.source
         self.jobs = ActorShell(self.store, job_decider, source=source)
         self.tasks = ActorShell(self.store, task_decider, source=source)
         self.providers = ActorShell(self.store, provider_decider, source=source)
-        self._reserved: dict[str, Assignment] = {}
         self._last_seen: dict[str, datetime] = {}
         self._kick = asyncio.Event()
         self._timer_kick = asyncio.Event()
@@ -155,7 +143,7 @@ class Orchestrator:
             unfinished=self.world.unfinished(),
         )
         self._live = True
-        for intent in reconcile(self.world, utc_now()):
+        for intent in self.core.reconcile(utc_now()):
             self._submit(intent)
         self._redispatch()
         self._kick.set()
@@ -198,108 +186,17 @@ class Orchestrator:
                 await asyncio.sleep(0.5)
 
     def _apply(self, env: Envelope) -> None:
-        if env.sequence and env.sequence <= self.world.position and self._live:
+        if self._live and env.sequence and env.sequence <= self.world.position:
             return  # seen already (catch-up overlapped the subscription)
-        change = self.world.apply(env)
-        if change is None:
-            return
-        self._bookkeep(change)
-        if self._live:
-            for intent in react(change, self.world):
-                self._submit(intent)
-
-    def _bookkeep(self, c: Change) -> None:
-        if c.kind == "task":
-            self._task_changed(c.aggregate_id, c.before, c.after, c)  # type: ignore[arg-type]
-        elif c.kind == "provider":
-            self._provider_changed(c.aggregate_id, c.after)  # type: ignore[arg-type]
-        elif c.kind == "job":
-            self._job_changed(c.aggregate_id, c.after)  # type: ignore[arg-type]
-
-    def _task_changed(self, task_id: str, before: TaskState, after: TaskState, c: Change) -> None:
-        spec = after.spec
-        if spec is None:
-            return
-        if after.status == "queued" and before.status != "queued":
-            self.scheduler.enqueue(
-                PendingTask(
-                    task_id,
-                    spec.submitter,
-                    spec.priority,
-                    spec.workload,
-                    spec.resources,
-                    spec.estimate,
-                    spec.max_price_micros,
-                )
-            )
+        fx = self.core.apply(env, live=self._live)
+        for intent in fx.intents:
+            self._submit(intent)
+        for r in fx.revokes:
+            self._revoke(r.task_id, r.lease_id, r.provider_id, r.reason)
+        if fx.schedule:
             self._kick.set()
-        elif before.status == "queued" and after.status != "queued":
-            self.scheduler.discard(task_id)
-        old = before.lease if before.status in LIVE_LEASE else None
-        new = after.lease if after.status in LIVE_LEASE else None
-        new_lease = new is not None and (old is None or old.lease_id != new.lease_id)
-        if new is not None and new_lease and self._reserved.pop(new.lease_id, None) is None:
-            self.scheduler.occupy(new.provider_id)  # leased by another orchestrator, or before a restart
-        if old is not None and (new is None or new.lease_id != old.lease_id):
-            self.scheduler.release(old.provider_id)
-            self.scheduler.set_reputation(old.provider_id, self.world.reputation[old.provider_id].value)
-            self._kick.set()
-            if isinstance(c.event, TaskCancelled | TaskLeaseExpired) and self._live:
-                self._revoke(task_id, old.lease_id, old.provider_id, getattr(c.event, "reason", ""))
-        if new is not None:
-            self.timers.arm(
-                f"lease:{task_id}", new.expires_at, self._expiry(task_id, new.lease_id, new.expires_at)
-            )
-        elif old is not None:
-            self.timers.cancel(f"lease:{task_id}")
-        if after.status == "waiting" and after.not_before is not None:
-            due = after.not_before
-            key = f"queue:{task_id}"
-            cmd_id = derive_id("qt-", task_id, after.failures)
-            self.timers.arm(
-                key, due, lambda now: Intent("task", task_id, QueueTask(command_id=cmd_id, at=now))
-            )
-        if isinstance(c.event, TaskCompleted) and old is not None and old.started_at is not None:
-            actual = (c.event.at - old.started_at).total_seconds()
-            p = self.world.providers.get(old.provider_id)
-            self.runtime.observe(
-                spec.workload, spec.estimate, p.calibration if p else None, old.provider_id, actual
-            )
-        self._timer_kick.set()
-
-    def _expiry(self, task_id: str, lease_id: str, due: datetime) -> Callable[[datetime], Intent]:
-        cmd_id = derive_id("ex-", lease_id, due.isoformat())
-
-        def make(now: datetime) -> Intent:
-            return Intent(
-                "task", task_id, ExpireLease(command_id=cmd_id, at=now, lease_id=lease_id, reason="expired")
-            )
-
-        return make
-
-    def _provider_changed(self, provider_id: str, p: ProviderState) -> None:
-        if p.capabilities is None:
-            return
-        self.scheduler.upsert_provider(
-            provider_id, p.capabilities, p.calibration, available=p.status == "online"
-        )
-        rep = self.world.reputation.get(provider_id)
-        if rep is not None:
-            self.scheduler.set_reputation(provider_id, rep.value)
-        self._kick.set()
-
-    def _job_changed(self, job_id: str, j: JobState) -> None:
-        spec = j.spec
-        if j.status == "accepted" and spec is not None and spec.deadline is not None:
-            cmd_id = derive_id("dl-", job_id)
-            self.timers.arm(
-                f"deadline:{job_id}",
-                spec.deadline,
-                lambda now: Intent("job", job_id, MissDeadline(command_id=cmd_id, at=now)),
-            )
+        if fx.timers:
             self._timer_kick.set()
-        elif j.status in ("completed", "failed", "cancelled"):
-            self.timers.cancel(f"deadline:{job_id}")
 
     # ---- commands --------------------------------------------------------------------------------
 
@@ -346,33 +243,23 @@ class Orchestrator:
         while True:
             await self._kick.wait()
             self._kick.clear()
-            for a in self.scheduler.assign():
-                lease_id = new_id("l")
-                self._reserved[lease_id] = a
-                self._spawn(self._lease(a, lease_id))
+            for a, cmd in self.core.plan_leases(utc_now(), self.config.lease_start_timeout_s, lambda: new_id("l")):
+                self._spawn(self._lease(a, cmd))
             await asyncio.sleep(0)
 
-    async def _lease(self, a: Assignment, lease_id: str) -> None:
-        now = utc_now()
-        cmd = LeaseTask(
-            command_id=f"ls-{lease_id}",
-            at=now,
-            lease_id=lease_id,
-            provider_id=a.provider_id,
-            expires_at=now + timedelta(seconds=self.config.lease_start_timeout_s),
-            predicted_s=a.predicted_s,
-            price_micros=a.price_micros,
-        )
+    async def _lease(self, a: Assignment, cmd: LeaseTask) -> None:
         try:
             handled = await self.tasks.handle(a.task.task_id, cmd)
         except GpufleetError as e:
             self.log.debug("lease.refused", task=a.task.task_id, reason=str(e))
-            if self._reserved.pop(lease_id, None) is not None:
-                self.scheduler.release(a.provider_id)
-                self._kick.set()
+            self.core.lease_refused(cmd.lease_id)
+            self._kick.set()
             return
         if handled.events:
             self._dispatch_grant(a.task.task_id, handled.state)
+        else:
+            self.core.lease_refused(cmd.lease_id)
+            self._kick.set()
 
     def _dispatch_grant(self, task_id: str, t: TaskState) -> None:
         spec, lease = t.spec, t.lease
@@ -394,9 +281,7 @@ class Orchestrator:
             resume_from=t.checkpoint,
             resume_step=t.checkpoint_step if t.checkpoint else 0,
         )
-        self._spawn(
-            self._publish_dispatch(lease.provider_id, grant.model_dump_json().encode(), f"{lease.lease_id}.g")
-        )
+        self._spawn(self._publish_dispatch(lease.provider_id, grant.model_dump_json().encode(), f"{lease.lease_id}.g"))
 
     def _revoke(self, task_id: str, lease_id: str, provider_id: str, reason: str) -> None:
         msg = LeaseRevoked(task_id=task_id, lease_id=lease_id, provider_id=provider_id, reason=reason[:500])
@@ -424,14 +309,14 @@ class Orchestrator:
 
     async def _timer_loop(self) -> None:
         while True:
-            due = self.timers.next_due()
+            due = self.core.timers.next_due()
             now = utc_now()
             wait = 1.0 if due is None else max(0.0, min(1.0, (due - now).total_seconds()))
             if wait > 0:
                 self._timer_kick.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._timer_kick.wait(), wait)
-            for intent in self.timers.pop_due(utc_now()):
+            for intent in self.core.due(utc_now()):
                 self._submit(intent)
 
     # ---- liveness --------------------------------------------------------------------------------
@@ -498,9 +383,7 @@ class Orchestrator:
         after = self.world.intake_low - 1
         while True:
             try:
-                config = api.ConsumerConfig(
-                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1
-                )
+                config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
                 sub = await self.js.subscribe(
                     f"{self.topology.intake_prefix}.>",
                     stream=self.topology.intake_stream,
@@ -561,9 +444,7 @@ class Orchestrator:
                 predicted = self._predict_job(body)
                 command = SubmitJob(command_id=cmd_id, at=at, job_id=target, spec=body, predicted_s=predicted)
             elif isinstance(body, JobCancellation):
-                command = CancelJob(
-                    command_id=cmd_id, at=at, reason=body.reason or "cancelled by the submitter"
-                )
+                command = CancelJob(command_id=cmd_id, at=at, reason=body.reason or "cancelled by the submitter")
             elif isinstance(body, ProviderRegistration):
                 command = RegisterProvider(
                     command_id=cmd_id,
@@ -594,9 +475,7 @@ class Orchestrator:
                 excerpt=msg.data[:300].decode("utf-8", errors="replace")[:300],
             )
         note = "" if handled.events else "no change (already applied)"
-        return InputAccepted(
-            at=at, intake_seq=seq, subject=subject[:256], facts=len(handled.events), note=note
-        )
+        return InputAccepted(at=at, intake_seq=seq, subject=subject[:256], facts=len(handled.events), note=note)
 
     def _report(self, cmd_id: str, at: datetime, body: object) -> Any:
         grace = self.config.lease_grace_s
@@ -654,8 +533,8 @@ class Orchestrator:
             estimate = c.estimate(validate_params(spec.workload, spec.task_params(0)))
         except InvalidPayload:
             return 0.0
-        per_task = self.scheduler.predict(spec.workload, estimate, spec.resources)
-        slots = max(1, self.scheduler.capacity(spec.resources, spec.workload))
+        per_task: float = self.core.scheduler.predict(spec.workload, estimate, spec.resources)
+        slots = max(1, self.core.scheduler.capacity(spec.resources, spec.workload))
         return per_task * math.ceil(spec.task_count() / slots)
 
     # ---- for tests and tools ---------------------------------------------------------------------

@@ -103,9 +103,7 @@ def decide(cmd: ProviderCommand, s: ProviderState) -> list[EventModel]:
         out: list[EventModel] = []
         if s.status in ("online", "draining"):
             # A runtime that registers again has restarted: whatever it was running is gone.
-            out.append(
-                ProviderLost(at=cmd.at, provider_id=cmd.provider_id, reason="restarted (registered again)")
-            )
+            out.append(ProviderLost(at=cmd.at, provider_id=cmd.provider_id, reason="restarted (registered again)"))
         if s.status == "none" or s.capabilities != cmd.capabilities or s.name != cmd.name or out:
             out.append(
                 ProviderRegistered(
@@ -117,9 +115,7 @@ def decide(cmd: ProviderCommand, s: ProviderState) -> list[EventModel]:
                 )
             )
         if cmd.calibration is not None and cmd.calibration != s.calibration:
-            out.append(
-                ProviderCalibrated(at=cmd.at, provider_id=cmd.provider_id, calibration=cmd.calibration)
-            )
+            out.append(ProviderCalibrated(at=cmd.at, provider_id=cmd.provider_id, calibration=cmd.calibration))
         if s.status != "online" or out:
             out.append(ProviderOnline(at=cmd.at, provider_id=cmd.provider_id))
         return out
@@ -174,6 +170,4 @@ def _decide(cmd: object, s: ProviderState) -> list[EventModel]:
     return decide(cmd, s)  # type: ignore[arg-type]
 
 
-provider_decider: Decider[ProviderCommand, ProviderState] = Decider(
-    "provider", initial_state, _decide, evolve
-)
+provider_decider: Decider[ProviderCommand, ProviderState] = Decider("provider", initial_state, _decide, evolve)

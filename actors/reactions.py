@@ -89,14 +89,10 @@ def _meter(task_id: str, t: TaskState, at: datetime, cause: str | None) -> Inten
 
 
 def _cancel(task_id: str, job_id: str, at: datetime, why: str, cause: str | None) -> Intent:
-    return Intent(
-        "task", task_id, CancelTask(command_id=derive_id("cx-", task_id), at=at, reason=why), cause, job_id
-    )
+    return Intent("task", task_id, CancelTask(command_id=derive_id("cx-", task_id), at=at, reason=why), cause, job_id)
 
 
-def _expire(
-    task_id: str, t: TaskState, reason: LeaseEndReason, at: datetime, cause: str | None
-) -> Intent | None:
+def _expire(task_id: str, t: TaskState, reason: LeaseEndReason, at: datetime, cause: str | None) -> Intent | None:
     if t.lease is None:
         return None
     lease_id = t.lease.lease_id
@@ -166,9 +162,7 @@ def reconcile(world: World, at: datetime) -> list[Intent]:
             if (m := _meter(task_id, t, at, None)) is not None:
                 out.append(m)
         elif t.status == "dead" and owner is not None and owner.status == "accepted":
-            cmd = FailJob(
-                command_id=derive_id("fj-", task_id), at=at, task_id=task_id, reason=f"task {task_id} died"
-            )
+            cmd = FailJob(command_id=derive_id("fj-", task_id), at=at, task_id=task_id, reason=f"task {task_id} died")
             out.append(Intent("job", t.spec.job_id, cmd, None, t.spec.job_id))
     for provider_id, p in world.providers.items():
         if p.status in ("lost", "left"):

@@ -224,13 +224,7 @@ class Scheduler:
         while heap:
             rank, _, pid = heap[0]
             p = self.providers.get(pid)
-            if (
-                p is not None
-                and p.available
-                and p.free > 0
-                and p.key == cls.key
-                and abs(rank - self._rank(p)) < 1e-12
-            ):
+            if p is not None and p.available and p.free > 0 and p.key == cls.key and abs(rank - self._rank(p)) < 1e-12:
                 return p
             heapq.heappop(heap)  # stale: full, gone, or ranked differently since
         return None
@@ -348,9 +342,7 @@ class Scheduler:
 
     def _requeue(self, level: _Level, submitter: str, *, charge: bool) -> None:
         if charge:
-            level.passes[submitter] = level.passes.get(submitter, level.vtime) + 1.0 / self._weights.get(
-                submitter, 1.0
-            )
+            level.passes[submitter] = level.passes.get(submitter, level.vtime) + 1.0 / self._weights.get(submitter, 1.0)
         if level.queues.get(submitter):
             heapq.heappush(level.heap, (level.passes[submitter], next(self._seq), submitter))
 
@@ -392,7 +384,5 @@ class Scheduler:
         probe = PendingTask("", "", 5, workload, resources, Estimate())
         total = 0
         for cls in self._eligible_classes(probe.shape, probe):
-            total += sum(
-                self.providers[m].capabilities.slots for m in cls.members if self.providers[m].available
-            )
+            total += sum(self.providers[m].capabilities.slots for m in cls.members if self.providers[m].available)
         return total

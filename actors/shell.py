@@ -136,9 +136,7 @@ class ActorShell(Generic[C, S]):
             entry.state, entry.version = state, result.last
             entry.applied.add(command_id)
             stored = [env.at_position(result.first + i) for i, env in enumerate(envs)]
-            self.log.debug(
-                "actor.appended", id=aggregate_id, command=command_id, events=[e.type for e in stored]
-            )
+            self.log.debug("actor.appended", id=aggregate_id, command=command_id, events=[e.type for e in stored])
             return Handled(stored, state)
         raise ConcurrencyError(stream, None)
 

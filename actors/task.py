@@ -221,9 +221,7 @@ def _refuse(
     ]
 
 
-def _lease_problem(
-    cmd: ReportStarted | ReportProgress | ReportCompleted | ReportFailed, s: TaskState
-) -> str | None:
+def _lease_problem(cmd: ReportStarted | ReportProgress | ReportCompleted | ReportFailed, s: TaskState) -> str | None:
     """Why this report does not come from the current lease holder, or None if it does."""
     if s.status in TERMINAL:
         return f"task is already {s.status}"
@@ -256,9 +254,7 @@ def _failure(s: TaskState, at: datetime, reason: FailureReason, message: str) ->
     if not terminal:
         delay = s.spec.retry.delay_after(failures)
         out.append(
-            TaskRetried(
-                at=at, task_id=s.spec.task_id, failures=failures, not_before=at + timedelta(seconds=delay)
-            )
+            TaskRetried(at=at, task_id=s.spec.task_id, failures=failures, not_before=at + timedelta(seconds=delay))
         )
     return out
 
@@ -370,9 +366,7 @@ def decide(cmd: TaskCommand, s: TaskState) -> list[EventModel]:
             ]
             if cmd.reason == "expired" and s.status == "running":
                 # Alive but silent past its timeout: that is the task's failure, not the provider's.
-                return ended + _failure(
-                    replace(s, status="queued"), cmd.at, "timeout", "lease expired while running"
-                )
+                return ended + _failure(replace(s, status="queued"), cmd.at, "timeout", "lease expired while running")
             if s.lost_leases + 1 > s.spec.retry.max_lost_leases:
                 return [
                     *ended,
@@ -428,9 +422,7 @@ def evolve(s: TaskState, e: EventModel) -> TaskState:
             lease = s.lease
             if lease is None:
                 return s
-            return replace(
-                s, status="running", lease=replace(lease, expires_at=e.expires_at, started_at=e.at)
-            )
+            return replace(s, status="running", lease=replace(lease, expires_at=e.expires_at, started_at=e.at))
         case TaskProgressed():
             if e.checkpoint is not None:
                 return replace(

