@@ -44,8 +44,10 @@ __all__ = [
     "decode_intake",
 ]
 
-#: The largest message accepted on an intake subject. Bulk inputs go to the object store.
-MAX_INTAKE_BYTES = 1024 * 1024
+#: The largest intake message the orchestrator accepts; bulk inputs go to the object store. The intake
+#: stream stores messages up to twice this (and the server's max_payload, 1 MiB by default, caps what
+#: can be published at all), so an oversized input is kept and rejected with a reason, not lost.
+MAX_INTAKE_BYTES = 512 * 1024
 
 
 class JobCancellation(EventModel):

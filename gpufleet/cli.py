@@ -49,6 +49,42 @@ def demo(
         _fail(str(e))
 
 
+orchestrator_app = typer.Typer(help="Run the orchestrator.", no_args_is_help=True)
+app.add_typer(orchestrator_app, name="orchestrator")
+
+
+@orchestrator_app.command("run")
+def orchestrator_run(
+    nats_url: Annotated[str, typer.Option("--nats", help="NATS server or cluster URL.")] = "nats://127.0.0.1:4222",
+    heartbeat_timeout: Annotated[
+        float, typer.Option(help="Seconds without a heartbeat before a provider is lost.")
+    ] = 6.0,
+    lease_start_timeout: Annotated[float, typer.Option(help="Seconds for a provider to start a leased task.")] = 30.0,
+    lease_grace: Annotated[float, typer.Option(help="Seconds a started lease outlives the task timeout.")] = 30.0,
+) -> None:
+    """Run an orchestrator against NATS until interrupted (Ctrl-C stops it cleanly)."""
+    from actors.orchestrator import Orchestrator, OrchestratorConfig
+
+    config = OrchestratorConfig(
+        heartbeat_timeout_s=heartbeat_timeout, lease_start_timeout_s=lease_start_timeout, lease_grace_s=lease_grace
+    )
+
+    async def run() -> None:
+        orch = await Orchestrator.connect(nats_url, config=config)
+        console.print(f"orchestrator running on {nats_url} (log position {orch.world.position})", highlight=False)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await orch.close()
+
+    try:
+        asyncio.run(run())
+    except GpufleetError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        console.print("orchestrator stopped")
+
+
 def main() -> None:
     """Console entry point."""
     try:

@@ -30,7 +30,7 @@ from events.intake import (
     ProviderRegistration,
     StartedReport,
 )
-from events.store.topology import Topology
+from events.store.topology import Topology, ensure_topology
 from events.subjects import intake_subject
 from events.types import Calibration, Capabilities, ResultRef, utc_now
 
@@ -82,6 +82,7 @@ class SimulatedProvider:
     async def start(self) -> SimulatedProvider:
         """Register, start heartbeating, and take leases."""
         js = self.nc.jetstream()
+        await ensure_topology(js, self.topology)
         await self._heartbeat_once()
         reg = ProviderRegistration(
             name=f"sim {self.provider_id}",

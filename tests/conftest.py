@@ -55,3 +55,11 @@ async def store(request: pytest.FixtureRequest, nats_server: NatsServer) -> Asyn
         js = await JetStreamEventStore.connect(nats_server.url, settings=isolated_settings())
         yield js
         await js.close()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_logs() -> None:
+    """Tests log at warning and above; ``structlog.testing.capture_logs`` still sees everything."""
+    from gpufleet.logging import configure_logging
+
+    configure_logging("console", "warning")

@@ -51,7 +51,9 @@ async def connect_nats(url: str, *, name: str = "gpufleet", timeout: float = 5.0
             ),
             timeout,
         )
-    except (TimeoutError, OSError, nats.errors.Error) as e:
-        raise StoreUnavailable(f"cannot reach NATS at {url}: {e or type(e).__name__}") from e
+    except TimeoutError as e:
+        raise StoreUnavailable(f"cannot reach NATS at {url}: no answer within {timeout:g}s") from e
+    except (OSError, nats.errors.Error) as e:
+        raise StoreUnavailable(f"cannot reach NATS at {url}: {str(e) or type(e).__name__}") from e
     holder.append(nc)
     return nc

@@ -50,7 +50,7 @@ class Topology:
             discard=api.DiscardPolicy.NEW,
             num_replicas=self.replicas,
             duplicate_window=self.events.duplicate_window_s,
-            max_msg_size=MAX_INTAKE_BYTES + 16 * 1024,
+            max_msg_size=2 * MAX_INTAKE_BYTES,
             deny_delete=True,
             deny_purge=True,
             allow_direct=True,
