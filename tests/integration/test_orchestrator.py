@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from actors.orchestrator import Orchestrator, OrchestratorConfig
-from events.intake import InputAccepted, InputRejected, MAX_INTAKE_BYTES
+from events.intake import MAX_INTAKE_BYTES, InputAccepted, InputRejected
 from events.job import JobCompleted
 from events.store import JetStreamEventStore
 from events.store.connection import connect_nats
