@@ -102,19 +102,15 @@ def test_custom_kernel_with_cuda_requirement_is_accepted() -> None:
         params={"source": "k", "name": "k", "grid": [1], "block": [1]},
         resources=Resources(backend="cuda"),
     )
-    given(J).when(SubmitJob(command_id="s", at=at(0), job_id="j1", spec=spec)).then_types(
-        "JobSubmitted", "JobAccepted"
-    )
+    given(J).when(SubmitJob(command_id="s", at=at(0), job_id="j1", spec=spec)).then_types("JobSubmitted", "JobAccepted")
 
 
 def test_resubmission_is_idempotent_but_a_different_spec_is_refused() -> None:
-    given(J, submitted(), accepted()).when(
-        SubmitJob(command_id="s2", at=at(1), job_id="j1", spec=SPEC)
-    ).then()
+    given(J, submitted(), accepted()).when(SubmitJob(command_id="s2", at=at(1), job_id="j1", spec=SPEC)).then()
     other = SPEC.model_copy(update={"priority": 9})
-    given(J, submitted(), accepted()).when(
-        SubmitJob(command_id="s2", at=at(1), job_id="j1", spec=other)
-    ).then_raises(DuplicateJob)
+    given(J, submitted(), accepted()).when(SubmitJob(command_id="s2", at=at(1), job_id="j1", spec=other)).then_raises(
+        DuplicateJob
+    )
 
 
 def test_commands_on_a_missing_job_are_refused() -> None:
@@ -125,17 +121,11 @@ def test_last_metered_task_completes_the_job_and_settles_exactly() -> None:
     events = (
         given(J, submitted(), accepted(), metered("j1-0", "p1"))
         .when(meter("j1-1", "p2", 500, 2000))
-        .then_types(
-            "UsageMetered", "JobCompleted", "SubmitterCharged", "ProviderCredited", "ProviderCredited"
-        )
+        .then_types("UsageMetered", "JobCompleted", "SubmitterCharged", "ProviderCredited", "ProviderCredited")
     )
     _usage, done, charged, c1, c2 = events
     assert isinstance(done, JobCompleted) and done.cost_micros == 1500 + 1000 and done.gpu_ms == 2000
-    assert (
-        isinstance(charged, SubmitterCharged)
-        and charged.amount_micros == 2500
-        and charged.submitter == "alice"
-    )
+    assert isinstance(charged, SubmitterCharged) and charged.amount_micros == 2500 and charged.submitter == "alice"
     assert isinstance(c1, ProviderCredited) and (c1.provider_id, c1.amount_micros) == ("p1", 1500)
     assert isinstance(c2, ProviderCredited) and (c2.provider_id, c2.amount_micros) == ("p2", 1000)
     assert charged.amount_micros == c1.amount_micros + c2.amount_micros
@@ -157,9 +147,7 @@ def test_a_dead_task_fails_the_job_and_settles_what_ran() -> None:
 
 def test_cancel_with_nothing_metered_has_no_settlement() -> None:
     cmd = CancelJob(command_id="c", at=at(1), reason="changed my mind")
-    given(J, submitted(), accepted()).when(cmd).then(
-        JobCancelled(at=at(1), job_id="j1", reason="changed my mind")
-    )
+    given(J, submitted(), accepted()).when(cmd).then(JobCancelled(at=at(1), job_id="j1", reason="changed my mind"))
     given(J, submitted(), accepted(), JobCancelled(at=at(1), job_id="j1")).when(cmd).then()
 
 
@@ -185,9 +173,7 @@ def test_deadline_cancel_or_fail_per_spec() -> None:
     spec = SPEC.model_copy(update={"deadline": at(60)})
     history = (submitted(spec), accepted())
     given(J, *history).when(MissDeadline(command_id="d", at=at(59))).then()
-    given(J, *history).when(MissDeadline(command_id="d", at=at(60))).then_types(
-        "JobDeadlineMissed", "JobCancelled"
-    )
+    given(J, *history).when(MissDeadline(command_id="d", at=at(60))).then_types("JobDeadlineMissed", "JobCancelled")
     fail = SPEC.model_copy(update={"deadline": at(60), "on_deadline": "fail"})
     missed, _ = (
         given(J, submitted(fail), accepted())

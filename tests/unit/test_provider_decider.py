@@ -17,9 +17,7 @@ from tests.factories import at
 from tests.unit.decider_spec import given
 
 P = provider_decider
-CAPS = Capabilities(
-    backend="cuda", gpu_model="H100", vram_mb=81559, compute_capability=9.0, slots=2, price_micros=500
-)
+CAPS = Capabilities(backend="cuda", gpu_model="H100", vram_mb=81559, compute_capability=9.0, slots=2, price_micros=500)
 CAL = Calibration(matmul_tflops={"fp16": 700.0}, memory_gbps=3000.0)
 
 

@@ -73,9 +73,7 @@ def started(lease: str = "L1", provider: str = "p1", t: float = 2) -> TaskStarte
 
 
 def completed(lease: str = "L1", provider: str = "p1", result: ResultRef = RESULT) -> TaskCompleted:
-    return TaskCompleted(
-        at=at(3), task_id="t1", lease_id=lease, provider_id=provider, result=result, gpu_ms=1000
-    )
+    return TaskCompleted(at=at(3), task_id="t1", lease_id=lease, provider_id=provider, result=result, gpu_ms=1000)
 
 
 T = task_decider
@@ -121,9 +119,7 @@ def test_started_again_changes_nothing() -> None:
 
 
 def test_forged_report_is_refused_and_recorded() -> None:
-    cmd = ReportCompleted(
-        command_id="x", at=at(3), lease_id="L1", provider_id="mallory", result=RESULT, gpu_ms=5
-    )
+    cmd = ReportCompleted(command_id="x", at=at(3), lease_id="L1", provider_id="mallory", result=RESULT, gpu_ms=5)
     (e,) = given(T, created(), leased(), started()).when(cmd).then_types("TaskResultRejected")
     assert isinstance(e, TaskResultRejected) and e.provider_id == "mallory" and "forged" in e.reason
 
@@ -185,9 +181,7 @@ def test_a_new_lease_resumes_from_the_last_checkpoint() -> None:
 
 
 def test_first_valid_completion_wins_and_a_duplicate_changes_nothing() -> None:
-    cmd = ReportCompleted(
-        command_id="c", at=at(3), lease_id="L1", provider_id="p1", result=RESULT, gpu_ms=1000
-    )
+    cmd = ReportCompleted(command_id="c", at=at(3), lease_id="L1", provider_id="p1", result=RESULT, gpu_ms=1000)
     state = given(T, created(), leased(), started()).when(cmd).then(completed())
     assert state.status == "completed"
     given(T, created(), leased(), started(), completed()).when(cmd).then()
@@ -203,9 +197,7 @@ def test_failure_is_retried_with_backoff() -> None:
     cmd = ReportFailed(
         command_id="f", at=at(3), lease_id="L1", provider_id="p1", reason="worker_crashed", message="boom"
     )
-    failed, retried = (
-        given(T, created(), leased(), started()).when(cmd).then_types("TaskFailed", "TaskRetried")
-    )
+    failed, retried = given(T, created(), leased(), started()).when(cmd).then_types("TaskFailed", "TaskRetried")
     assert isinstance(failed, TaskFailed) and not failed.terminal and failed.attempt == 1
     assert isinstance(retried, TaskRetried) and retried.not_before == at(3) + timedelta(seconds=2.0)
 
@@ -278,19 +270,13 @@ def test_lease_expiry_before_start_requeues() -> None:
 
 
 def test_early_or_stale_expiry_timers_change_nothing() -> None:
-    given(T, created(), leased()).when(
-        ExpireLease(command_id="e", at=at(10), lease_id="L1", reason="expired")
-    ).then()
-    given(T, created(), leased()).when(
-        ExpireLease(command_id="e", at=at(99), lease_id="OLD", reason="expired")
-    ).then()
+    given(T, created(), leased()).when(ExpireLease(command_id="e", at=at(10), lease_id="L1", reason="expired")).then()
+    given(T, created(), leased()).when(ExpireLease(command_id="e", at=at(99), lease_id="OLD", reason="expired")).then()
 
 
 def test_silent_past_the_timeout_is_a_timeout_failure() -> None:
     cmd = ExpireLease(command_id="e", at=at(200), lease_id="L1", reason="expired")
-    given(T, created(), leased(), started()).when(cmd).then_types(
-        "TaskLeaseExpired", "TaskFailed", "TaskRetried"
-    )
+    given(T, created(), leased(), started()).when(cmd).then_types("TaskLeaseExpired", "TaskFailed", "TaskRetried")
 
 
 def test_provider_loss_requeues_without_counting_a_failure() -> None:
@@ -317,6 +303,6 @@ def test_cancel_reaches_the_lease_holder_and_is_terminal() -> None:
     given(T, created(), leased(), started(), completed()).when(cmd).then()
     # Nothing more is accepted from the former lease holder.
     late = ReportCompleted(command_id="c", at=at(6), lease_id="L1", provider_id="p1", result=RESULT, gpu_ms=1)
-    given(
-        T, created(), leased(), TaskCancelled(at=at(5), task_id="t1", lease_id="L1", provider_id="p1")
-    ).when(late).then_types("TaskResultRejected")
+    given(T, created(), leased(), TaskCancelled(at=at(5), task_id="t1", lease_id="L1", provider_id="p1")).when(
+        late
+    ).then_types("TaskResultRejected")
