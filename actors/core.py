@@ -139,11 +139,14 @@ class Core:
     def _provider_changed(self, provider_id: str, p: ProviderState) -> None:
         if p.capabilities is None:
             return
-        available = p.status == "online"
-        self.scheduler.upsert_provider(provider_id, p.capabilities, p.calibration, available=available)
         rep = self.world.reputation.get(provider_id)
-        if rep is not None:
-            self.scheduler.set_reputation(provider_id, rep.value)
+        self.scheduler.upsert_provider(
+            provider_id,
+            p.capabilities,
+            p.calibration,
+            available=p.status == "online",
+            reputation=rep.value if rep is not None else None,
+        )
 
     def _job_changed(self, job_id: str, j: JobState) -> bool:
         spec = j.spec
@@ -182,10 +185,14 @@ class Core:
         return out
 
     def lease_refused(self, lease_id: str) -> None:
-        """The lease command was refused: free its reserved slot."""
+        """The lease command was refused or failed: free its slot, and queue the task again if it waits."""
         a = self.reserved.pop(lease_id, None)
-        if a is not None:
-            self.scheduler.release(a.provider_id)
+        if a is None:
+            return
+        self.scheduler.release(a.provider_id)
+        t = self.world.tasks.get(a.task.task_id)
+        if t is not None and t.status == "queued":
+            self.scheduler.enqueue(a.task)
 
     def due(self, now: datetime) -> list[Intent]:
         """The intents of every timer due at ``now``."""

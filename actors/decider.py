@@ -25,6 +25,9 @@ class Decider(Generic[C, S]):
     initial_state: Callable[[], S]
     decide: Callable[[C, S], list[EventModel]]
     evolve: Callable[[S, EventModel], S]
+    #: True for a command that creates the aggregate: the shell then appends expecting no stream
+    #: instead of reading one first (a conflict, if it does exist, reloads and decides again).
+    creates: Callable[[C], bool] = lambda _cmd: False
 
     def fold(self, events: Iterable[EventModel], state: S | None = None) -> S:
         """The state after ``events``, from ``state`` (default: the initial state)."""

@@ -295,7 +295,9 @@ def _decide(cmd: object, s: JobState) -> list[EventModel]:
     return decide(cmd, s)  # type: ignore[arg-type]
 
 
-job_decider: Decider[JobCommand, JobState] = Decider("job", initial_state, _decide, evolve)
+job_decider: Decider[JobCommand, JobState] = Decider(
+    "job", initial_state, _decide, evolve, lambda c: isinstance(c, SubmitJob)
+)
 
 
 def spec_params(spec: JobSpec, index: int) -> BaseModel:

@@ -71,6 +71,8 @@ __all__ = ["Orchestrator", "OrchestratorConfig"]
 _log = structlog.get_logger("gpufleet.orchestrator")
 
 OUTCOMES_STREAM = "intake.outcomes"
+#: Commands for many aggregates go to the store as atomic batches of at most this many.
+_BATCH = 500
 
 
 @dataclass
@@ -147,13 +149,25 @@ class Orchestrator:
             self._submit(intent)
         self._redispatch()
         self._kick.set()
+        position = self.world.position
         self._running = [
-            asyncio.create_task(self._follow(self.world.position), name="follow"),
-            asyncio.create_task(self._intake(), name="intake"),
-            asyncio.create_task(self._schedule_loop(), name="schedule"),
-            asyncio.create_task(self._timer_loop(), name="timers"),
-            asyncio.create_task(self._liveness(), name="liveness"),
+            asyncio.create_task(self._supervise("follow", lambda: self._follow(position)), name="follow"),
+            asyncio.create_task(self._supervise("intake", self._intake), name="intake"),
+            asyncio.create_task(self._supervise("schedule", self._schedule_loop), name="schedule"),
+            asyncio.create_task(self._supervise("timers", self._timer_loop), name="timers"),
+            asyncio.create_task(self._supervise("liveness", self._liveness), name="liveness"),
         ]
+
+    async def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run a loop forever: a bug in one must be loud, and must not silently stop the orchestrator."""
+        while True:
+            try:
+                await loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("orchestrator.loop_crashed", loop=name)
+                await asyncio.sleep(0.5)
 
     async def stop(self) -> None:
         """Stop every loop; in-flight commands finish or are abandoned (the log makes that safe)."""
@@ -176,6 +190,7 @@ class Orchestrator:
     # ---- the log ---------------------------------------------------------------------------------
 
     async def _follow(self, after: int) -> None:
+        after = max(after, self.world.position)
         while True:
             try:
                 async for env in self.store.subscribe(after):
@@ -189,8 +204,11 @@ class Orchestrator:
         if self._live and env.sequence and env.sequence <= self.world.position:
             return  # seen already (catch-up overlapped the subscription)
         fx = self.core.apply(env, live=self._live)
-        for intent in fx.intents:
-            self._submit(intent)
+        if len(fx.intents) > 1:
+            self._submit_many(fx.intents)
+        else:
+            for intent in fx.intents:
+                self._submit(intent)
         for r in fx.revokes:
             self._revoke(r.task_id, r.lease_id, r.provider_id, r.reason)
         if fx.schedule:
@@ -211,6 +229,38 @@ class Orchestrator:
     def _submit(self, intent: Intent) -> None:
         """Run an intent in the background; per-aggregate order is kept by the shell's FIFO lock."""
         self._spawn(self._run(intent))
+
+    def _submit_many(self, intents: list[Intent]) -> None:
+        """Intents for many aggregates of one kind (a job's tasks) go out as atomic batches."""
+        by_kind: dict[str, list[Intent]] = {}
+        for i in intents:
+            by_kind.setdefault(i.kind, []).append(i)
+        for group in by_kind.values():
+            if len({i.aggregate_id for i in group}) != len(group):
+                for i in group:
+                    self._submit(i)
+                continue
+            for start in range(0, len(group), _BATCH):
+                self._spawn(self._run_many(group[start : start + _BATCH]))
+
+    async def _run_many(self, intents: list[Intent]) -> None:
+        first = intents[0]
+        try:
+            results = await self._shell(first.kind).handle_many(
+                [(i.aggregate_id, i.command) for i in intents],
+                causationid=first.causation,
+                correlationid=first.correlation,
+            )
+        except Exception as e:
+            self.log.warning("command.batch_failed", kind=first.kind, size=len(intents), error=repr(e))
+            for intent in intents:
+                self._submit(intent)  # one by one, each with its own retries
+            return
+        for intent, r in zip(intents, results, strict=True):
+            if isinstance(r, DomainError):
+                self.log.debug("command.refused", kind=intent.kind, id=intent.aggregate_id, reason=str(r))
+            elif isinstance(r, GpufleetError):
+                self._submit(intent)  # the store failed: retry on its own, with backoff
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         t = asyncio.ensure_future(coro)
@@ -243,23 +293,24 @@ class Orchestrator:
         while True:
             await self._kick.wait()
             self._kick.clear()
-            for a, cmd in self.core.plan_leases(utc_now(), self.config.lease_start_timeout_s, lambda: new_id("l")):
-                self._spawn(self._lease(a, cmd))
+            plans = self.core.plan_leases(utc_now(), self.config.lease_start_timeout_s, lambda: new_id("l"))
+            for start in range(0, len(plans), _BATCH):
+                self._spawn(self._lease(plans[start : start + _BATCH]))
             await asyncio.sleep(0)
 
-    async def _lease(self, a: Assignment, cmd: LeaseTask) -> None:
+    async def _lease(self, plans: list[tuple[Assignment, LeaseTask]]) -> None:
         try:
-            handled = await self.tasks.handle(a.task.task_id, cmd)
-        except GpufleetError as e:
-            self.log.debug("lease.refused", task=a.task.task_id, reason=str(e))
-            self.core.lease_refused(cmd.lease_id)
-            self._kick.set()
-            return
-        if handled.events:
-            self._dispatch_grant(a.task.task_id, handled.state)
-        else:
-            self.core.lease_refused(cmd.lease_id)
-            self._kick.set()
+            results: list[Any] = await self.tasks.handle_many([(a.task.task_id, cmd) for a, cmd in plans])
+        except Exception as e:
+            self.log.warning("lease.batch_failed", size=len(plans), error=repr(e))
+            results = [e] * len(plans)
+        for (a, cmd), r in zip(plans, results, strict=True):
+            if isinstance(r, Exception) or not r.events:
+                self.log.debug("lease.refused", task=a.task.task_id, reason=str(r))
+                self.core.lease_refused(cmd.lease_id)
+                self._kick.set()
+            else:
+                self._dispatch_grant(a.task.task_id, r.state)
 
     def _dispatch_grant(self, task_id: str, t: TaskState) -> None:
         spec, lease = t.spec, t.lease
@@ -411,14 +462,32 @@ class Orchestrator:
 
     async def _intake_one(self, msg: Msg, seq: int, at: datetime, sem: asyncio.Semaphore) -> None:
         try:
+            bugs = 0
             for attempt in range(1_000_000):
                 try:
                     outcome = await self._accept(msg, seq, at.astimezone(UTC))
+                    if outcome is None:
+                        return  # its facts (ids in-<seq>.<n>) are the record that it was accepted
                     break
-                except StoreUnavailable as e:
-                    # Not the input's fault: keep it and try again; never record a false outcome.
+                except GpufleetError as e:
+                    # Not the input's fault (the store, a conflict storm): keep it and try again; never
+                    # record a false outcome.
                     self.log.warning("intake.retry", seq=seq, error=str(e))
                     await asyncio.sleep(min(5.0, 0.1 * 2 ** min(attempt, 6)))
+                except Exception as e:
+                    bugs += 1
+                    self.log.exception("intake.internal_error", seq=seq, subject=msg.subject)
+                    if bugs >= 3:
+                        # Record it rather than loop forever on a message that trips a bug.
+                        outcome = InputRejected(
+                            at=at.astimezone(UTC),
+                            intake_seq=seq,
+                            subject=msg.subject[:256],
+                            reason=f"internal error: {e!r}"[:2000],
+                            excerpt=msg.data[:300].decode("utf-8", errors="replace")[:300],
+                        )
+                        break
+                    await asyncio.sleep(0.2)
             else:  # pragma: no cover
                 return
             env = new_envelope(OUTCOMES_STREAM, outcome, id=f"in-{seq}", source=self.config.source)
@@ -432,7 +501,8 @@ class Orchestrator:
         finally:
             sem.release()
 
-    async def _accept(self, msg: Msg, seq: int, at: datetime) -> InputAccepted | InputRejected:
+    async def _accept(self, msg: Msg, seq: int, at: datetime) -> InputAccepted | InputRejected | None:
+        """Validate and apply one intake message; the outcome to record, or None when its facts are."""
         subject = msg.subject
         try:
             im = decode_intake(subject, msg.data)
@@ -474,8 +544,10 @@ class Orchestrator:
                 field=field_name,
                 excerpt=msg.data[:300].decode("utf-8", errors="replace")[:300],
             )
-        note = "" if handled.events else "no change (already applied)"
-        return InputAccepted(at=at, intake_seq=seq, subject=subject[:256], facts=len(handled.events), note=note)
+        if handled.events:
+            return None
+        note = "no change (a duplicate)" if handled.duplicate else "no change"
+        return InputAccepted(at=at, intake_seq=seq, subject=subject[:256], facts=0, note=note)
 
     def _report(self, cmd_id: str, at: datetime, body: object) -> Any:
         grace = self.config.lease_grace_s

@@ -130,7 +130,7 @@ class Scheduler:
         self._classes: dict[tuple[object, ...], _Class] = {}
         self._eligible: dict[tuple[object, ...], list[_Class]] = {}
         self._levels = {p: _Level() for p in _LEVELS}
-        self._blocked: dict[tuple[object, ...], list[PendingTask]] = {}
+        self._blocked: dict[tuple[object, ...], deque[PendingTask]] = {}
         self._pending: dict[str, PendingTask] = {}
         self._weights: dict[str, float] = {}
         self._seq = itertools.count()
@@ -145,6 +145,7 @@ class Scheduler:
         calibration: Calibration | None,
         *,
         available: bool,
+        reputation: float | None = None,
     ) -> None:
         """Add or update a provider; ``available`` is false while it is lost, draining or gone."""
         p = self.providers.get(provider_id)
@@ -156,6 +157,8 @@ class Scheduler:
             p.capabilities = capabilities
         p.calibration = calibration
         p.available = available
+        if reputation is not None:
+            p.reputation = reputation
         self._join_class(p)
         self._offer(p)
 
@@ -215,9 +218,22 @@ class Scheduler:
     def _offer(self, p: ProviderInfo, *, unblock: bool = True) -> None:
         """(Re)enter the provider in its class heap if it can take work; stale entries are skipped."""
         if p.available and p.free > 0 and p.key in self._classes:
-            heapq.heappush(self._classes[p.key].heap, (self._rank(p), next(self._seq), p.provider_id))
+            cls = self._classes[p.key]
+            heapq.heappush(cls.heap, (self._rank(p), next(self._seq), p.provider_id))
+            if len(cls.heap) > 4 * len(cls.members) + 64:
+                self._compact(cls)
             if unblock:
-                self._unblock(self._classes[p.key])
+                self._unblock(self._classes[p.key], p.free)
+
+    def _compact(self, cls: _Class) -> None:
+        """Rebuild a heap grown stale (amortised O(1) per push): one live entry per provider."""
+        live = []
+        for pid in cls.members:
+            q = self.providers[pid]
+            if q.available and q.free > 0:
+                live.append((self._rank(q), next(self._seq), pid))
+        heapq.heapify(live)
+        cls.heap = live
 
     def _best_in(self, cls: _Class) -> ProviderInfo | None:
         heap = cls.heap
@@ -267,14 +283,27 @@ class Scheduler:
             level.passes[task.submitter] = start
             heapq.heappush(level.heap, (start, next(self._seq), task.submitter))
 
-    def _unblock(self, cls: _Class) -> None:
+    def _unblock(self, cls: _Class, free: int) -> None:
+        """Capacity appeared in ``cls``: give back up to ``free`` waiting tasks of each shape it suits.
+
+        Only as many as could fit: releasing every waiting task on every freed slot would make a
+        backlog cost O(n) per completion.
+        """
         if not self._blocked:
             return
         for shape in list(self._blocked):
-            if cls in self._eligible_classes(shape, self._blocked[shape][0]):
-                for t in reversed(self._blocked.pop(shape)):
-                    if t.task_id in self._pending:
-                        self._push(t, front=True)
+            waiting = self._blocked[shape]
+            if cls not in self._eligible_classes(shape, waiting[0]):
+                continue
+            back: list[PendingTask] = []
+            while waiting and len(back) < free:
+                t = waiting.popleft()
+                if t.task_id in self._pending:
+                    back.append(t)
+            if not waiting:
+                del self._blocked[shape]
+            for t in reversed(back):
+                self._push(t, front=True)
 
     def _eligible_classes(self, shape: tuple[object, ...], t: PendingTask) -> list[_Class]:
         found = self._eligible.get(shape)
@@ -349,16 +378,19 @@ class Scheduler:
     def assign(self, limit: int = 1_000_000) -> list[Assignment]:
         """Place as many queued tasks as providers can take now (up to ``limit``); reserves slots."""
         out: list[Assignment] = []
+        full: set[tuple[object, ...]] = set()  # shapes that found no provider in this round
         for prio in _LEVELS:
             level = self._levels[prio]
             while len(out) < limit:
                 t = self._next(level)
                 if t is None:
                     break
-                a = self._place(t)
+                shape = t.shape
+                a = None if shape in full else self._place(t)
                 self.decisions += 1
                 if a is None:
-                    self._blocked.setdefault(t.shape, []).append(t)
+                    full.add(shape)
+                    self._blocked.setdefault(shape, deque()).append(t)
                     self._requeue(level, t.submitter, charge=False)
                     continue
                 del self._pending[t.task_id]

@@ -20,7 +20,8 @@ import structlog
 from actors.decider import Decider
 from actors.errors import UnknownAggregate
 from actors.ids import event_id, split_event_id
-from events import ConcurrencyError, Envelope, EventStore, new_envelope
+from events import ConcurrencyError, Envelope, EventStore, GpufleetError, InvalidPayload, new_envelope
+from events.types import EventModel
 
 __all__ = ["ActorShell", "Handled"]
 
@@ -73,6 +74,18 @@ class ActorShell(Generic[C, S]):
         """The aggregate's stream name."""
         return f"{self.kind}.{aggregate_id}"
 
+    def _lock(self, aggregate_id: str) -> asyncio.Lock:
+        lock, users = self._locks.get(aggregate_id) or (asyncio.Lock(), 0)
+        self._locks[aggregate_id] = (lock, users + 1)
+        return lock
+
+    def _unlock(self, aggregate_id: str) -> None:
+        lock, users = self._locks[aggregate_id]
+        if users <= 1:
+            del self._locks[aggregate_id]
+        else:
+            self._locks[aggregate_id] = (lock, users - 1)
+
     async def handle(
         self,
         aggregate_id: str,
@@ -82,25 +95,117 @@ class ActorShell(Generic[C, S]):
         causationid: str | None = None,
     ) -> Handled[S]:
         """Decide and append; raises the decider's ``DomainError`` when the command is refused."""
-        lock, users = self._locks.get(aggregate_id) or (asyncio.Lock(), 0)
-        self._locks[aggregate_id] = (lock, users + 1)
+        lock = self._lock(aggregate_id)
         try:
             async with lock:
                 return await self._handle(aggregate_id, command, correlationid, causationid)
         finally:
-            lock, users = self._locks[aggregate_id]
-            if users <= 1:
-                del self._locks[aggregate_id]
-            else:
-                self._locks[aggregate_id] = (lock, users - 1)
+            self._unlock(aggregate_id)
+
+    async def handle_many(
+        self, commands: list[tuple[str, C]], *, correlationid: str | None = None, causationid: str | None = None
+    ) -> list[Handled[S] | GpufleetError]:
+        """One command for each of several aggregates, appended as one atomic unit when possible.
+
+        Each aggregate keeps its FIFO order and optimistic concurrency; if any of them conflicts,
+        each command is handled on its own instead. A refused command yields its error in place.
+        """
+        ids = [a for a, _ in commands]
+        if len(commands) < 2 or len(set(ids)) != len(ids):
+            return [await self._one(a, c, correlationid, causationid) for a, c in commands]
+        locks = [(a, self._lock(a)) for a in sorted(ids)]
+        held: list[str] = []
+        out: list[Handled[S] | GpufleetError] = []
+        plans: list[tuple[int, str, _Entry[S], list[EventModel], list[Envelope]]] = []
+        try:
+            for a, lock in locks:
+                await lock.acquire()
+                held.append(a)
+            for i, (a, cmd) in enumerate(commands):
+                command_id: str = cmd.command_id  # type: ignore[attr-defined]
+                if self.decider.creates(cmd) and a not in self._cache:
+                    entry: _Entry[S] = _Entry(self.decider.initial_state(), 0)
+                else:
+                    entry = await self._load(a)
+                if command_id in entry.applied:
+                    out.append(Handled([], entry.state, duplicate=True))
+                    continue
+                try:
+                    events = self.decider.decide(cmd, entry.state)
+                except UnknownAggregate:
+                    out.append(UnknownAggregate(self.kind, a))
+                    continue
+                except GpufleetError as e:
+                    out.append(e)
+                    continue
+                envs = [
+                    new_envelope(
+                        self.stream(a),
+                        e,
+                        id=event_id(command_id, n),
+                        source=self._source,
+                        correlationid=correlationid,
+                        causationid=causationid,
+                    )
+                    for n, e in enumerate(events)
+                ]
+                out.append(Handled([], entry.state))
+                if events:
+                    plans.append((i, a, entry, events, envs))
+            if plans:
+                try:
+                    results = await self.store.append_many(
+                        [(self.stream(a), envs, entry.version) for _, a, entry, _, envs in plans]
+                    )
+                except (ConcurrencyError, InvalidPayload):
+                    self.conflicts += 1
+                    for _, a, _, _, _ in plans:
+                        self._cache.pop(a, None)
+                    results = None
+                if results is not None:
+                    for (i, a, entry, events, envs), r in zip(plans, results, strict=True):
+                        if r.duplicate:
+                            self._cache.pop(a, None)
+                            out[i] = Handled([], entry.state, duplicate=True)
+                            continue
+                        state = self.decider.fold(events, entry.state)
+                        entry.state, entry.version = state, r.last
+                        entry.applied.add(commands[i][1].command_id)  # type: ignore[attr-defined]
+                        self._remember(a, entry)
+                        out[i] = Handled([env.at_position(r.first + n) for n, env in enumerate(envs)], state)
+                    plans = []
+        finally:
+            for a in held:
+                self._locks[a][0].release()
+            for a, _ in locks:
+                self._unlock(a)
+        # Conflicts: settle the planned ones one by one (each reloads and decides again).
+        for i, a, _, _, _ in plans:
+            out[i] = await self._one(a, commands[i][1], correlationid, causationid)
+        return out
+
+    async def _one(
+        self, aggregate_id: str, command: C, correlationid: str | None, causationid: str | None
+    ) -> Handled[S] | GpufleetError:
+        try:
+            return await self.handle(aggregate_id, command, correlationid=correlationid, causationid=causationid)
+        except GpufleetError as e:
+            return e
 
     async def _handle(
         self, aggregate_id: str, command: C, correlationid: str | None, causationid: str | None
     ) -> Handled[S]:
         command_id: str = command.command_id  # type: ignore[attr-defined]
         stream = self.stream(aggregate_id)
+        fresh = self.decider.creates(command) and aggregate_id not in self._cache
         for _ in range(self._max_retries + 1):
-            entry = await self._load(aggregate_id)
+            if fresh:
+                # Most likely new: skip the read. If the stream exists, the append conflicts and
+                # the next round loads it.
+                entry = _Entry(self.decider.initial_state(), 0)
+                fresh = False
+            else:
+                entry = await self._load(aggregate_id)
             if command_id in entry.applied:
                 return Handled([], entry.state, duplicate=True)
             try:
@@ -135,6 +240,7 @@ class ActorShell(Generic[C, S]):
             state = self.decider.fold(events, entry.state)
             entry.state, entry.version = state, result.last
             entry.applied.add(command_id)
+            self._remember(aggregate_id, entry)
             stored = [env.at_position(result.first + i) for i, env in enumerate(envs)]
             self.log.debug("actor.appended", id=aggregate_id, command=command_id, events=[e.type for e in stored])
             return Handled(stored, state)
@@ -148,10 +254,14 @@ class ActorShell(Generic[C, S]):
         stored = await self.store.read_stream(self.stream(aggregate_id))
         state = self.decider.fold(e.data for e in stored)
         entry = _Entry(state, stored[-1].sequence if stored else 0, {split_event_id(e.id) for e in stored})
+        self._remember(aggregate_id, entry)
+        return entry
+
+    def _remember(self, aggregate_id: str, entry: _Entry[S]) -> None:
         self._cache[aggregate_id] = entry
+        self._cache.move_to_end(aggregate_id)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return entry
 
     async def state(self, aggregate_id: str) -> tuple[S, int]:
         """The aggregate's current state and stream position (activating it if needed)."""

@@ -465,7 +465,9 @@ def _decide(cmd: object, s: TaskState) -> list[EventModel]:
     return decide(cmd, s)  # type: ignore[arg-type]
 
 
-task_decider: Decider[TaskCommand, TaskState] = Decider("task", initial_state, _decide, evolve)
+task_decider: Decider[TaskCommand, TaskState] = Decider(
+    "task", initial_state, _decide, evolve, lambda c: isinstance(c, CreateTask)
+)
 
 
 def task_params(s: TaskState) -> dict[str, JsonValue]:

@@ -79,6 +79,11 @@ class World:
         if env.sequence:
             self.position = max(self.position, env.sequence)
         self.events += 1
+        if env.id.startswith("in-"):
+            # Facts of an accepted intake message carry its sequence: in-<seq>.<n>.
+            seq = env.id[3:].split(".", 1)[0]
+            if seq.isdigit():
+                self._intake(int(seq))
         kind, _, agg = env.subject.partition(".")
         e = env.data
         if kind == "task":
@@ -99,11 +104,16 @@ class World:
             self.reputation.setdefault(agg, Reputation())
             return Change(kind, agg, e, env, before_p, after_p)
         if isinstance(e, InputAccepted | InputRejected):
-            self._intake_seen.add(e.intake_seq)
-            while self.intake_low in self._intake_seen:
-                self._intake_seen.discard(self.intake_low)
-                self.intake_low += 1
+            self._intake(e.intake_seq)
         return None
+
+    def _intake(self, seq: int) -> None:
+        if seq < self.intake_low:
+            return
+        self._intake_seen.add(seq)
+        while self.intake_low in self._intake_seen:
+            self._intake_seen.discard(self.intake_low)
+            self.intake_low += 1
 
     def _index_task(self, task_id: str, before: TaskState, after: TaskState, e: EventModel) -> None:
         if after.spec is not None and before.spec is None:

@@ -100,6 +100,10 @@ def first_error(e: ValidationError, prefix: str = "", *, tagged: bool = False) -
     parts = list(err["loc"])
     if tagged and len(parts) > 1 and err["type"] != "union_tag_invalid":
         parts = parts[1:]
-    loc = ".".join(str(p) for p in parts)
-    field = f"{prefix}.{loc}" if prefix and loc else (loc or prefix or None)
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        # The tag itself is the offending field: name it ("report", "split.kind"), not its parent.
+        parts.append(str(err.get("ctx", {}).get("discriminator", "")).strip("'\""))
+    loc = ".".join(str(p) for p in parts if p != "")
+    # An error at the root (a JSON array where an object belongs) is about the whole body.
+    field = f"{prefix}.{loc}" if prefix and loc else (loc or prefix or "body")
     return InvalidPayload(err["msg"], field=field)

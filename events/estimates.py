@@ -23,9 +23,7 @@ def base_seconds(estimate: Estimate, calibration: Calibration | None) -> float:
     """A first-principles duration: the slower of compute and memory traffic, plus fixed costs."""
     cal = calibration or Calibration()
     rates = cal.matmul_tflops
-    tflops = (
-        rates.get(estimate.precision) or rates.get("fp32") or max(rates.values(), default=_DEFAULT_TFLOPS)
-    )
+    tflops = rates.get(estimate.precision) or rates.get("fp32") or max(rates.values(), default=_DEFAULT_TFLOPS)
     gbps = cal.memory_gbps or _DEFAULT_GBPS
     overhead = cal.task_overhead_s or _DEFAULT_OVERHEAD_S
     compute = estimate.flops / (tflops * 1e12)

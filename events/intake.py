@@ -1,8 +1,12 @@
 """Intake: what outsiders send (from any language), and the recorded outcome of each input.
 
 Outsiders publish plain JSON to ``gf.in.<kind>.<id>.<verb>``; the intake stream keeps every message.
-The orchestrator validates each one and appends either its facts and ``InputAccepted``, or
-``InputRejected`` with the reason, so that nothing sent is ever lost or silently dropped.
+The orchestrator validates each one and records exactly one outcome, so that nothing sent is ever
+lost or silently dropped:
+
+- accepted with facts: the facts themselves, whose event ids are ``in-<intake seq>.<n>``;
+- accepted without facts (a duplicate, a no-op): ``InputAccepted``;
+- refused: ``InputRejected`` with the reason and the field.
 """
 
 from __future__ import annotations
@@ -111,9 +115,7 @@ class FailedReport(_Report):
     message: str = Field(default="", max_length=2000)
 
 
-TaskReport = Annotated[
-    StartedReport | ProgressReport | CompletedReport | FailedReport, Field(discriminator="report")
-]
+TaskReport = Annotated[StartedReport | ProgressReport | CompletedReport | FailedReport, Field(discriminator="report")]
 
 #: (kind, verb) -> body model of each intake subject ``gf.in.<kind>.<id>.<verb>``.
 INTAKE_VERBS: dict[tuple[str, str], TypeAdapter[object]] = {
@@ -160,7 +162,11 @@ def decode_intake(subject: str, data: bytes) -> IntakeMessage:
 
 
 class InputAccepted(EventModel):
-    """Intake message ``intake_seq`` was valid; its facts (perhaps none: a duplicate) are appended."""
+    """Intake message ``intake_seq`` was valid but changed nothing (a duplicate or a no-op).
+
+    An input that changed something needs no ``InputAccepted``: its facts, with ids
+    ``in-<intake_seq>.<n>``, are the record.
+    """
 
     type: Literal["InputAccepted"] = "InputAccepted"
     v: Literal[1] = 1

@@ -158,9 +158,7 @@ def _estimate_fft(p: FftParams) -> Estimate:
 def _estimate_stream(p: ReductionParams | ElementwiseParams) -> Estimate:
     size = _DTYPE_BYTES[p.dtype]
     # Generating the seeded input dominates: a few integer ops per element.
-    return Estimate(
-        flops=12.0 * p.n, bytes_moved=3.0 * p.n * size, memory_bytes=3 * p.n * size, precision=p.dtype
-    )
+    return Estimate(flops=12.0 * p.n, bytes_moved=3.0 * p.n * size, memory_bytes=3 * p.n * size, precision=p.dtype)
 
 
 def _estimate_montecarlo(p: MonteCarloParams) -> Estimate:

@@ -85,6 +85,43 @@ def orchestrator_run(
         console.print("orchestrator stopped")
 
 
+provider_app = typer.Typer(help="Run a provider.", no_args_is_help=True)
+app.add_typer(provider_app, name="provider")
+
+
+@provider_app.command("simulate")
+def provider_simulate(
+    nats_url: Annotated[str, typer.Option("--nats", help="NATS server or cluster URL.")] = "nats://127.0.0.1:4222",
+    count: Annotated[int, typer.Option(help="How many simulated providers.")] = 4,
+    slots: Annotated[int, typer.Option(help="Slots per provider.")] = 4,
+    prefix: Annotated[str, typer.Option(help="Provider ids are <prefix><n>.")] = "sim",
+    price: Annotated[int, typer.Option(help="Price, micro-credits per GPU-second.")] = 100,
+) -> None:
+    """Simulated providers (noop and sleep only) that speak the real protocol: for tests and benchmarks."""
+    from events.store.connection import connect_nats
+    from gpufleet.sim import SimulatedProvider
+
+    async def run() -> None:
+        nc = await connect_nats(nats_url, name="gpufleet-sim")
+        fleet = [
+            await SimulatedProvider(nc, f"{prefix}{i}", slots=slots, price_micros=price).start() for i in range(count)
+        ]
+        console.print(f"{count} simulated providers with {slots} slots each on {nats_url}", highlight=False)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            for p in fleet:
+                await p.kill()
+            await nc.close()
+
+    try:
+        asyncio.run(run())
+    except GpufleetError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        pass
+
+
 def main() -> None:
     """Console entry point."""
     try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nats.errors
+import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
@@ -36,6 +37,7 @@ from events.types import Calibration, Capabilities, ResultRef, utc_now
 
 __all__ = ["SimulatedProvider"]
 
+_log = structlog.get_logger("gpufleet.sim")
 _DISPATCH: TypeAdapter[LeaseGranted | LeaseRevoked] = TypeAdapter(Dispatch)
 
 
@@ -139,12 +141,15 @@ class SimulatedProvider:
 
     async def _report(self, task_id: str, body: StartedReport | ProgressReport | CompletedReport) -> None:
         js = self.nc.jetstream()
-        for attempt in range(20):
+        for attempt in range(1000):
             try:
                 await js.publish(intake_subject("task", task_id, "report"), body.model_dump_json().encode())
                 return
-            except (nats.errors.Error, OSError):
-                await asyncio.sleep(0.05 * (attempt + 1))
+            except (nats.errors.Error, OSError) as e:
+                _log.warning(
+                    "sim.report_retry", provider=self.provider_id, task=task_id, error=str(e) or type(e).__name__
+                )
+                await asyncio.sleep(min(1.0, 0.05 * (attempt + 1)))
 
     async def _run(self, lease: LeaseGranted) -> None:
         t0 = time.perf_counter()
@@ -177,6 +182,10 @@ class SimulatedProvider:
                 ),
             )
             self.completed += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a fault in the simulator itself: say so, the lease will expire
+            _log.error("sim.task_crashed", provider=self.provider_id, task=lease.task_id, error=repr(e))
         finally:
             self.running.pop(lease.lease_id, None)
 

@@ -47,9 +47,7 @@ def progressed(stream: str, fraction: float, message: str = "", *, event_id: str
     )
 
 
-def created(
-    stream: str, *, params: dict[str, JsonValue] | None = None, event_id: str | None = None
-) -> Envelope:
+def created(stream: str, *, params: dict[str, JsonValue] | None = None, event_id: str | None = None) -> Envelope:
     """A ``TaskCreated`` event; ``params`` can be made as large as a test needs."""
     task_id = stream.split(".", 1)[1]
     return new_envelope(

@@ -63,6 +63,28 @@ class MemoryEventStore:
         self._changed = asyncio.Event()
         return AppendResult(stream, first, len(self._log))
 
+    async def append_many(self, appends: Sequence[tuple[str, Sequence[Envelope], int | None]]) -> list[AppendResult]:
+        """See ``EventStore.append_many``: every expectation is checked before anything is written."""
+        self._check_open()
+        streams = [stream for stream, _, _ in appends]
+        if len(set(streams)) != len(streams):
+            raise InvalidPayload("a stream appears twice in one atomic append", field="subject")
+        if sum(len(events) for _, events, _ in appends) > MAX_EVENTS_PER_APPEND:
+            raise InvalidPayload(f"more than {MAX_EVENTS_PER_APPEND} events in one atomic append")
+        for stream, events, expected in appends:
+            check_stream(stream)
+            positions = self._streams.get(stream, [])
+            current = positions[-1] if positions else 0
+            if not any(env.id in self._ids for env in events) and expected is not None and expected != current:
+                raise ConcurrencyError(stream, expected, current)
+            for env in events:
+                if env.subject != stream:
+                    raise InvalidPayload(f"event {env.id} belongs to {env.subject!r}, not {stream!r}", field="subject")
+                self._registry.encode(env.data)
+        # Checked: the appends below cannot fail (no await suspends between them), so it is atomic.
+        # When ids were already stored (a retry of an append that landed) each settles on its own.
+        return [await self.append(stream, events, expected) for stream, events, expected in appends]
+
     def _redelivery(
         self, stream: str, ids: list[str], stored: list[int | None], expected: int | None, current: int
     ) -> AppendResult:

@@ -59,6 +59,14 @@ class EventStore(Protocol):
         """
         ...
 
+    async def append_many(self, appends: Sequence[tuple[str, Sequence[Envelope], int | None]]) -> list[AppendResult]:
+        """Several appends (stream, events, expected) as one atomic unit: all are stored, or none.
+
+        Any stale expectation raises ``ConcurrencyError`` and nothing is written. At most 1,000
+        events in all.
+        """
+        ...
+
     async def read_stream(self, stream: str, after: int = 0) -> list[Envelope]:
         """Every event of ``stream`` after global position ``after``, in order."""
         ...

@@ -125,9 +125,7 @@ async def test_resent_batch_is_stored_once(store: EventStore) -> None:
 async def test_mixing_stored_and_new_ids_is_refused(store: EventStore) -> None:
     await store.append("task.m", [queued("task.m", event_id="m-1")], expected=NO_STREAM)
     with pytest.raises((InvalidPayload, ConcurrencyError)):
-        await store.append(
-            "task.m", [queued("task.m", event_id="m-1"), queued("task.m", event_id="m-2")], expected=ANY
-        )
+        await store.append("task.m", [queued("task.m", event_id="m-1"), queued("task.m", event_id="m-2")], expected=ANY)
     assert ids(await store.read_stream("task.m")) == ["m-1"]
 
 
@@ -225,3 +223,36 @@ async def test_concurrent_writers_one_wins(store: EventStore) -> None:
     conflicts = [x for x in results if isinstance(x, ConcurrencyError)]
     assert len(wins) == 1 and len(conflicts) == 4
     assert len(await store.read_stream("task.race")) == 2
+
+
+async def test_append_many_is_atomic_across_streams(store: EventStore) -> None:
+    r = await store.append("task.m1", [queued("task.m1")], expected=NO_STREAM)
+    batch = [
+        ("task.m1", [queued("task.m1"), queued("task.m1")], r.last),
+        ("task.m2", [queued("task.m2")], NO_STREAM),
+        ("task.m3", [queued("task.m3")], ANY),
+    ]
+    results = await store.append_many(batch)
+    assert [(x.stream, x.first, x.last) for x in results] == [("task.m1", 2, 3), ("task.m2", 4, 4), ("task.m3", 5, 5)]
+    assert await store.stream_position("task.m2") == 4
+    # The same batch again (a retry after a lost acknowledgement) stores nothing twice.
+    again = await store.append_many(batch)
+    assert all(x.duplicate for x in again) and [x.last for x in again] == [3, 4, 5]
+    assert await store.head() == 5
+
+
+async def test_append_many_with_one_stale_expectation_writes_nothing(store: EventStore) -> None:
+    await store.append("task.s1", [queued("task.s1")], expected=NO_STREAM)
+    with pytest.raises(ConcurrencyError) as info:
+        await store.append_many(
+            [("task.s2", [queued("task.s2")], NO_STREAM), ("task.s1", [queued("task.s1")], NO_STREAM)]
+        )
+    assert info.value.stream == "task.s1"
+    assert await store.head() == 1 and await store.read_stream("task.s2") == []
+
+
+async def test_append_many_creates_many_streams_at_once(store: EventStore) -> None:
+    batch = [(f"task.c{i}", [queued(f"task.c{i}")], NO_STREAM) for i in range(200)]
+    results = await store.append_many(batch)
+    assert [x.first for x in results] == list(range(1, 201))
+    assert ids(await collect(store.read_all())) == [events[0].id for _, events, _ in batch]

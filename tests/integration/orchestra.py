@@ -45,7 +45,48 @@ async def wait_for(
         if loop.time() > deadline:
             statuses = Counter(j.status for j in w.jobs.values())
             tasks = Counter(t.status for t in w.tasks.values())
-            raise AssertionError(f"timed out: jobs {dict(statuses)}, tasks {dict(tasks)}")
+            stuck = [
+                (tid, t.status, t.lease.provider_id if t.lease else None)
+                for tid, t in w.tasks.items()
+                if t.status not in ("completed", "dead", "cancelled")
+            ][:5]
+            where = {p for _, _, p in stuck if p}
+            providers = {p: w.providers[p].status for p in where if p in w.providers}
+            history = []
+            if stuck:
+                stream = f"task.{stuck[0][0]}"
+                history = [
+                    (
+                        e.sequence,
+                        e.type,
+                        getattr(e.data, "lease_id", None),
+                        getattr(e.data, "provider_id", None),
+                        getattr(e.data, "reason", None),
+                    )
+                    for e in log
+                    if e.subject == stream
+                ]
+            reports = []
+            if stuck:
+                sub = await store.js.subscribe(
+                    f"gf.in.task.{stuck[0][0]}.report", ordered_consumer=True, stream="GF_INTAKE"
+                )
+                try:
+                    while True:
+                        m = await sub.next_msg(timeout=1.0)
+                        reports.append((m.metadata.sequence.stream, m.data[:80]))
+                except Exception:
+                    pass
+                await sub.unsubscribe()
+                pid = stuck[0][2]
+                history.append(("provider", [e.type for e in log if e.subject == f"provider.{pid}"]))
+                seqs = {seq for seq, _ in reports}
+                ins = {f"in-{q}" for q in seqs}
+                history.append(("outcomes", [(e.type, e.id) for e in log if e.id.split(".")[0] in ins]))
+            raise AssertionError(
+                f"timed out: jobs {dict(statuses)}, tasks {dict(tasks)}; stuck {stuck} on providers {providers}; "
+                f"history of the first: {history}; its reports: {reports}"
+            )
         await asyncio.sleep(poll)
 
 
@@ -66,3 +107,19 @@ def assert_exactly_once(log: list[Any]) -> None:
             row[idx] += e.data.amount_micros
     for job_id, (metered, charged, credited) in per_job.items():
         assert metered == charged == credited, (job_id, metered, charged, credited)
+
+
+def intake_outcomes(log: list[Any]) -> Counter[int]:
+    """How many outcomes each intake sequence got: facts (ids in-<seq>.<n>) or an explicit one."""
+    from events.intake import InputAccepted, InputRejected
+
+    out: Counter[int] = Counter()
+    with_facts = set()
+    for e in log:
+        if isinstance(e.data, InputAccepted | InputRejected):
+            out[e.data.intake_seq] += 1
+        elif e.id.startswith("in-"):
+            with_facts.add(int(e.id[3:].split(".", 1)[0]))
+    for seq in with_facts:
+        out[seq] += 1
+    return out

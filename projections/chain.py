@@ -1,0 +1,158 @@
+"""The audit chain: a sha256 hash chain over the whole log, in order, for tamper evidence.
+
+``digest_n = sha256(digest_{n-1} + canonical_bytes(event_n))`` with ``digest_0`` = 32 zero bytes.
+The canonical bytes of an event are its log position and CloudEvents attributes, then the event's
+canonical JSON body: the bytes an append stores (``EventRegistry.encode``), with the keys of
+free-form objects sorted. They are derived from the envelope alone, so a JetStream log and its
+JSON-lines copy (whose objects have sorted keys) give the same chain.
+
+The live chain periodically appends ``AuditCheckpointed(position, digest, events)`` to the
+``audit.chain`` stream; a later replay recomputes the chain and compares it with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import typing
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from events.audit import AuditCheckpointed
+from events.envelope import Envelope
+from events.registry import DEFAULT_REGISTRY, EventRegistry
+from events.types import EventModel, JsonValue
+from projections.storage import Table
+from projections.view import View
+
+__all__ = [
+    "AUDIT_CHAIN",
+    "CHAIN_STREAM",
+    "GENESIS",
+    "ChainRow",
+    "ChainView",
+    "canonical_body",
+    "canonical_bytes",
+    "chain_step",
+]
+
+#: The aggregate stream that holds the chain's checkpoints.
+CHAIN_STREAM = "audit.chain"
+#: The digest before the first event.
+GENESIS = bytes(32)
+_SEP = "\x1f"
+
+
+def _free_keys(hint: Any, seen: set[type]) -> bool:
+    """True if a field of this type can hold a JSON object whose key order the model does not fix."""
+    if hint is JsonValue or typing.get_origin(hint) is dict or hint is dict:
+        return True
+    if isinstance(hint, type) and issubclass(hint, BaseModel):
+        if hint in seen:
+            return False
+        seen.add(hint)
+        return any(_free_keys(f.annotation, seen) for f in hint.model_fields.values())
+    return any(_free_keys(a, seen) for a in typing.get_args(hint))
+
+
+@functools.cache
+def _needs_sorting(model: type[BaseModel]) -> bool:
+    return _free_keys(model, set())
+
+
+def canonical_body(data: EventModel, registry: EventRegistry = DEFAULT_REGISTRY) -> bytes:
+    """The event's JSON as stored (``EventRegistry.encode``), with the keys of free-form objects
+    (parameters, metrics, calibrations) sorted, so that a JSON-lines copy hashes the same."""
+    body = registry.encode(data)
+    if _needs_sorting(type(data)):
+        body = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+    return body
+
+
+def canonical_bytes(env: Envelope, registry: EventRegistry = DEFAULT_REGISTRY) -> bytes:
+    """The bytes of ``env`` that the chain hashes: position, attributes, canonical JSON body."""
+    head = _SEP.join(
+        (
+            str(env.sequence),
+            env.id,
+            env.subject,
+            env.source,
+            env.correlationid or "",
+            env.causationid or "",
+            env.specversion,
+            env.datacontenttype,
+        )
+    )
+    return head.encode() + b"\x1e" + canonical_body(env.data, registry)
+
+
+def chain_step(digest: bytes, env: Envelope) -> bytes:
+    """The chain's digest after ``env``, given the digest before it."""
+    return hashlib.sha256(digest + canonical_bytes(env)).digest()
+
+
+@dataclass(slots=True)
+class ChainRow:
+    """The chain's head, and the last checkpoint recorded in the log."""
+
+    name: str
+    position: int = 0
+    events: int = 0
+    digest: str = GENESIS.hex()
+    checkpoint_position: int = 0
+    checkpoint_events: int = 0
+    checkpoint_digest: str | None = None
+    checkpoints: int = 0
+
+
+AUDIT_CHAIN = Table.of("audit_chain", ChainRow, key=("name",))
+
+
+class ChainView(View):
+    """Folds every event into the hash chain (one row)."""
+
+    name: ClassVar[str] = "audit_chain"
+    version: ClassVar[int] = 1
+    tables: ClassVar[tuple[Table[object], ...]] = (AUDIT_CHAIN,)  # type: ignore[assignment]
+    all_events: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, ChainRow] = self.data[AUDIT_CHAIN.name]
+        self.head = ChainRow("chain")
+        self._digest = GENESIS
+        self._sha = hashlib.sha256
+        self._dirty = self.dirty[AUDIT_CHAIN.name]
+        #: When the last folded event happened: the ``at`` of the next checkpoint.
+        self.last_at: datetime | None = None
+
+    def loaded(self) -> None:
+        """Take the head from the stored row."""
+        self.head = self.rows.get("chain") or ChainRow("chain")
+        self._digest = bytes.fromhex(self.head.digest)
+
+    @property
+    def digest(self) -> bytes:
+        """The current digest."""
+        return self._digest
+
+    def evolve(self, env: Envelope) -> None:
+        """Every event extends the chain; checkpoints are also noted."""
+        self._digest = self._sha(self._digest + canonical_bytes(env)).digest()
+        head = self.head
+        head.digest = self._digest.hex()
+        head.position = env.sequence
+        head.events += 1
+        data = env.data
+        self.last_at = env.time
+        if isinstance(data, AuditCheckpointed):
+            head.checkpoint_position = data.position
+            head.checkpoint_events = data.events
+            head.checkpoint_digest = data.digest
+            head.checkpoints += 1
+        self.rows["chain"] = head
+        self._dirty.add("chain")

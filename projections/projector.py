@@ -1,0 +1,276 @@
+"""The projector: runs views over the log, catching up then following, or rebuilt from position 0.
+
+It folds events into every view in memory and, once per batch, writes each view's dirty rows and its
+checkpoint in ONE transaction, off the event loop; the next batch folds while the last one commits.
+A crash loses at most the uncommitted batch, which is folded again on restart from the checkpoint;
+an event at or below a view's checkpoint is never applied again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+
+from events.audit import AuditCheckpointed
+from events.envelope import Envelope, new_envelope
+from events.errors import ConcurrencyError, InvalidPayload, StoreError
+from events.store.protocol import EventStore
+from projections.chain import CHAIN_STREAM, ChainView
+from projections.eta import EtaView
+from projections.fleet import FleetView
+from projections.jobs import JobsView
+from projections.ledger import LedgerView
+from projections.source import read_batches
+from projections.storage import Checkpoint, ReadModelStore, Value
+from projections.view import Changes, Handler, View
+
+__all__ = ["ChainHead", "Projector", "default_views"]
+
+_log = structlog.get_logger("gpufleet.projections")
+
+
+def default_views() -> list[View]:
+    """One of each view: jobs (and tasks), fleet, ledger, ETA, and the audit chain."""
+    return [JobsView(), FleetView(), LedgerView(), EtaView(), ChainView()]
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """The audit chain as it was when a batch was taken for commit."""
+
+    position: int
+    digest: str
+    events: int
+    at: datetime | None
+
+
+class Projector:
+    """Keeps a set of views up to date from an ``EventStore`` in a ``ReadModelStore``.
+
+    ``batch_size``: events folded per commit while catching up (live, a commit also happens after
+    ``flush_interval`` seconds without one). ``read_batch``: events per read request.
+
+    ``checkpoint_every``: when following live, append an ``AuditCheckpointed`` to ``audit.chain``
+    every that many events (None: never). ``in_transaction`` is a test hook called inside each
+    commit's transaction, after the rows and before COMMIT, with the batch's position.
+    """
+
+    def __init__(
+        self,
+        events: EventStore,
+        db: ReadModelStore,
+        views: Sequence[View] | None = None,
+        *,
+        batch_size: int = 5000,
+        read_batch: int = 2000,
+        flush_interval: float = 0.05,
+        checkpoint_every: int | None = None,
+        source: str = "gpufleet.projections",
+        in_transaction: Callable[[int], None] | None = None,
+    ) -> None:
+        self.events = events
+        self.db = db
+        self.views: list[View] = list(views) if views is not None else default_views()
+        self.batch_size = batch_size
+        self.read_batch = read_batch
+        self.flush_interval = flush_interval
+        self.checkpoint_every = checkpoint_every
+        self.source = source
+        self.in_transaction = in_transaction
+        self._position = 0
+        self._view_pos: dict[str, int] = {}
+        self._routes: dict[str, list[tuple[int, Handler]]] = {}
+        self._all: list[tuple[int, View]] = []
+        self._uncommitted = 0
+        self._lock = asyncio.Lock()
+        self._inflight: asyncio.Future[None] | None = None
+        self._chain: ChainView | None = next((v for v in self.views if isinstance(v, ChainView)), None)
+        self._appended_events = 0
+        self._live_from = 0
+        self.applied = 0
+        self.batches = 0
+        self._opened = False
+
+    @property
+    def position(self) -> int:
+        """The global position of the last event folded (committed or not)."""
+        return self._position
+
+    # ---- opening -------------------------------------------------------------------------------
+
+    def open(self) -> int:
+        """Create tables, reset views whose version changed, load every view's rows; the position."""
+        tables = [t for v in self.views for t in v.tables]
+        self.db.ensure(tables)
+        stale = [v for v in self.views if self.db.checkpoint(v.name).version not in (0, v.version)]
+        if stale:
+            with self.db.transaction() as tx:
+                for v in stale:
+                    _log.info("projection.reset", view=v.name, version=v.version)
+                    for t in v.tables:
+                        tx.clear(t)
+                    tx.set_checkpoint(v.name, Checkpoint(0, v.version))
+        for v in self.views:
+            v.load(self.db)
+            self._view_pos[v.name] = self.db.checkpoint(v.name).position
+        self._position = min(self._view_pos.values(), default=0)
+        self._route()
+        self._opened = True
+        return self._position
+
+    def reset(self) -> None:
+        """Empty every view and its checkpoint: the next catch-up rebuilds from position 0."""
+        self.db.ensure([t for v in self.views for t in v.tables])
+        with self.db.transaction() as tx:
+            for v in self.views:
+                for t in v.tables:
+                    tx.clear(t)
+                tx.set_checkpoint(v.name, Checkpoint(0, v.version))
+        self._opened = False
+        self.open()
+
+    def _route(self) -> None:
+        self._routes = {}
+        self._all = []
+        for v in self.views:
+            start = self._view_pos[v.name]
+            if v.all_events:
+                self._all.append((start, v))
+                continue
+            for type_name, handler in v.handlers.items():
+                self._routes.setdefault(type_name, []).append((start, handler))
+
+    def dump(self) -> dict[str, list[tuple[Value, ...]]]:
+        """Every table of every view as stored, rows ordered by key: to compare read models."""
+        return {t.name: self.db.scan(t) for v in self.views for t in v.tables}
+
+    # ---- folding and committing ----------------------------------------------------------------
+
+    def fold(self, env: Envelope) -> None:
+        """Fold one event into every view that has not applied it yet."""
+        seq = env.sequence
+        if seq <= self._position:
+            return  # already applied (a redelivery)
+        for start, handler in self._routes.get(env.type, ()):
+            if seq > start:
+                handler(env.data, env)
+        for start, view in self._all:
+            if seq > start:
+                view.evolve(env)
+        self._position = seq
+        self._uncommitted += 1
+        self.applied += 1
+
+    def _write(self, changes: list[tuple[View, Changes]], position: int) -> None:
+        with self.db.transaction() as tx:
+            for view, table_changes in changes:
+                for tc in table_changes:
+                    tx.delete(tc.table, tc.deletes)
+                    tx.upsert(tc.table, tc.upserts)
+                tx.set_checkpoint(view.name, Checkpoint(max(position, self._view_pos[view.name]), view.version))
+            if self.in_transaction is not None:
+                self.in_transaction(position)
+
+    async def commit(self) -> ChainHead | None:
+        """Start writing what was folded since the last commit; the previous write is awaited first.
+
+        Cancelling the caller does not cancel the commit: the batch it took is written regardless.
+        """
+        return await asyncio.shield(self._commit())
+
+    async def _commit(self) -> ChainHead | None:
+        async with self._lock:
+            if self._uncommitted == 0:
+                return None
+            position = self._position
+            changes = [(v, v.changes()) for v in self.views]
+            chain = self._chain
+            head = (
+                ChainHead(position, chain.digest.hex(), chain.head.events, chain.last_at) if chain is not None else None
+            )
+            self._uncommitted = 0
+            await self._await_inflight()
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._write, changes, position))
+            self.batches += 1
+            return head
+
+    async def _await_inflight(self) -> None:
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            await asyncio.shield(inflight)
+
+    async def flush(self) -> int:
+        """Commit everything folded so far and wait until it is durable; the position."""
+        await self.commit()
+        async with self._lock:
+            await self._await_inflight()
+        return self._position
+
+    # ---- running -------------------------------------------------------------------------------
+
+    async def catch_up(self) -> int:
+        """Fold every event after the checkpoint up to the current head, then commit; the position."""
+        if not self._opened:
+            self.open()
+        fold = self.fold
+        async for envs in read_batches(self.events, self._position, batch=self.read_batch):
+            for env in envs:
+                fold(env)
+            if self._uncommitted >= self.batch_size:
+                await self.commit()
+        return await self.flush()
+
+    async def rebuild(self) -> int:
+        """Empty every view and fold the whole log again from position 0."""
+        self.reset()
+        return await self.catch_up()
+
+    async def run(self) -> None:
+        """Catch up, then follow live appends until cancelled; what was folded is committed on exit."""
+        await self.catch_up()
+        self._live_from = self._position
+        ticker = asyncio.create_task(self._tick())
+        try:
+            async for env in self.events.subscribe(self._position):
+                self.fold(env)
+                if self._uncommitted >= self.batch_size:
+                    await self._checkpoint_chain(await self.commit())
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            await asyncio.shield(self.flush())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            if self._uncommitted:
+                await self._checkpoint_chain(await self.commit())
+
+    async def _checkpoint_chain(self, head: ChainHead | None) -> None:
+        """Append the chain's digest to the log every ``checkpoint_every`` events, once caught up."""
+        chain = self._chain
+        if head is None or chain is None or self.checkpoint_every is None or head.at is None:
+            return
+        if head.position < self._live_from:
+            return  # still replaying history: its checkpoints are in the log already
+        last = max(chain.head.checkpoint_events, self._appended_events)
+        if head.events - last < self.checkpoint_every:
+            return
+        event = AuditCheckpointed(at=head.at, position=head.position, digest=head.digest, events=head.events)
+        env = new_envelope(CHAIN_STREAM, event, id=f"audit-{head.position}", source=self.source)
+        try:
+            expected = await self.events.stream_position(CHAIN_STREAM)
+            await self.events.append(CHAIN_STREAM, [env], expected=expected)
+            self._appended_events = head.events
+            _log.info("audit.checkpointed", position=head.position, digest=head.digest)
+        except (ConcurrencyError, InvalidPayload) as e:
+            # Another projector checkpointed first; the next batch tries again.
+            _log.info("audit.checkpoint_skipped", position=head.position, error=str(e))
+        except StoreError as e:
+            _log.warning("audit.checkpoint_failed", position=head.position, error=str(e))
