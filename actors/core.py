@@ -6,6 +6,7 @@ drive it directly, so the logic they check is the logic that runs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,9 +19,11 @@ from actors.scheduler import Assignment, PendingTask, Scheduler
 from actors.task import ExpireLease, LeaseTask, QueueTask, TaskState
 from actors.timers import Timers
 from actors.world import LIVE_LEASE, Change, World
-from events import Envelope
+from events import Envelope, InvalidPayload
 from events.estimates import RuntimeModel
+from events.job import JobSpec
 from events.task import TaskCancelled, TaskCompleted, TaskLeaseExpired
+from events.workloads import WORKLOADS, validate_params
 
 __all__ = ["Core", "Effects", "Revoke"]
 
@@ -82,12 +85,25 @@ class Core:
         elif change.kind == "job":
             fx.timers |= self._job_changed(change.aggregate_id, change.after)  # type: ignore[arg-type]
         if live:
-            fx.intents += react(change, self.world)
+            fx.intents += react(change, self.world, self.predict_job)
         return fx
 
     def reconcile(self, now: datetime) -> list[Intent]:
         """Whatever reactions still owe after a restart."""
-        return reconcile(self.world, now)
+        return reconcile(self.world, now, self.predict_job)
+
+    def predict_job(self, spec: JobSpec) -> float:
+        """Seconds the whole job should take on the fleet as it is: per-task ETA times the waves."""
+        c = WORKLOADS.get(spec.workload)
+        if c is None:
+            return 0.0
+        try:
+            estimate = c.estimate(validate_params(spec.workload, spec.task_params(0)))
+        except InvalidPayload:
+            return 0.0
+        per_task = self.scheduler.predict(spec.workload, estimate, spec.resources)
+        slots = max(1, self.scheduler.capacity(spec.resources, spec.workload))
+        return per_task * math.ceil(spec.task_count() / slots)
 
     def _task_changed(self, c: Change, fx: Effects, live: bool) -> None:
         task_id = c.aggregate_id

@@ -1,8 +1,10 @@
-"""The job aggregate: accepted or rejected, split into tasks, metered, and settled exactly once.
+"""The job aggregate: submitted, accepted or rejected, metered task by task, ended, and settled.
 
-The ledger is double-entry: every ``UsageMetered`` amount is charged to the submitter and credited
-to the provider that ran the task, in ``SubmitterCharged`` and ``ProviderCredited`` events appended
-with the job's ending event (and again, for the delta, if a late completion is metered afterwards).
+Every hot step is one event (one JetStream publish): submitted, then a decision (accepted or
+rejected), then one ``UsageMetered`` per completed task, then completed. Only settlement writes
+several events at once, atomically, after the job ended: the ledger is double-entry, and each
+``SubmitterCharged`` is appended together with the ``ProviderCredited`` events it pays for. A late
+completion metered after the end is settled the same way, for its delta.
 """
 
 from __future__ import annotations
@@ -34,21 +36,27 @@ from events.types import EventModel
 from events.workloads import contract, validate_params
 
 __all__ = [
+    "ENDED",
     "CancelJob",
+    "CompleteJob",
+    "DecideJob",
     "FailJob",
     "JobCommand",
     "JobState",
     "JobStatus",
     "MeterUsage",
     "MissDeadline",
+    "SettleJob",
     "SubmitJob",
     "job_decider",
     "metered_amount",
+    "unsettled",
     "validate_spec",
 ]
 
-JobStatus = Literal["none", "accepted", "rejected", "completed", "failed", "cancelled"]
+JobStatus = Literal["none", "submitted", "accepted", "rejected", "completed", "failed", "cancelled"]
 ACTIVE = "accepted"
+ENDED = frozenset({"completed", "failed", "cancelled"})
 
 
 def metered_amount(gpu_ms: int, price_micros: int) -> int:
@@ -68,6 +76,7 @@ class JobState:
     #: (micros, gpu_ms) already charged and credited per provider: a settlement charges only the delta.
     settled: dict[str, tuple[int, int]] = field(default_factory=dict)
     deadline_missed: bool = False
+    submitted_at: datetime | None = None
 
 
 # ---- commands --------------------------------------------------------------------------------------
@@ -81,11 +90,27 @@ class _Command:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SubmitJob(_Command):
-    """A submitter's job; ``predicted_s`` is the scheduler's estimate of its duration."""
+    """A submitter's job, as received."""
 
     job_id: str
     spec: JobSpec
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecideJob(_Command):
+    """Accept the submitted job, or reject it naming the field; ``predicted_s`` is the scheduler's ETA."""
+
     predicted_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompleteJob(_Command):
+    """Every task is metered: the job is complete."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SettleJob(_Command):
+    """The job ended: charge the submitter and credit the providers for what is not settled yet."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,7 +143,7 @@ class MissDeadline(_Command):
     """The deadline timer fired."""
 
 
-JobCommand = SubmitJob | MeterUsage | FailJob | CancelJob | MissDeadline
+JobCommand = SubmitJob | DecideJob | MeterUsage | CompleteJob | SettleJob | FailJob | CancelJob | MissDeadline
 
 
 # ---- validation ------------------------------------------------------------------------------------
@@ -153,10 +178,14 @@ def initial_state() -> JobState:
     return JobState()
 
 
-def _settle(s: JobState, at: datetime, extra: UsageMetered | None = None) -> list[EventModel]:
-    """Charge the submitter and credit each provider for whatever is metered but not yet settled."""
+def unsettled(s: JobState) -> bool:
+    """True when some metered usage is not yet charged and credited."""
+    return any(_deltas(s).values())
+
+
+def _deltas(s: JobState) -> dict[str, tuple[int, int]]:
     owed: dict[str, tuple[int, int]] = {}
-    for m in [*s.metered.values(), *([extra] if extra else [])]:
+    for m in s.metered.values():
         amount, gpu = owed.get(m.provider_id, (0, 0))
         owed[m.provider_id] = (amount + m.amount_micros, gpu + m.gpu_ms)
     deltas: dict[str, tuple[int, int]] = {}
@@ -165,6 +194,12 @@ def _settle(s: JobState, at: datetime, extra: UsageMetered | None = None) -> lis
         d = (owed[p][0] - done_amount, owed[p][1] - done_gpu)
         if d[0] > 0 or d[1] > 0:
             deltas[p] = d
+    return deltas
+
+
+def _settle(s: JobState, at: datetime) -> list[EventModel]:
+    """Charge the submitter and credit each provider for whatever is metered but not yet settled."""
+    deltas = _deltas(s)
     if not deltas or s.spec is None:
         return []
     out: list[EventModel] = [
@@ -190,66 +225,55 @@ def decide(cmd: JobCommand, s: JobState) -> list[EventModel]:
             if s.spec == cmd.spec:
                 return []  # the same submission again
             raise DuplicateJob(cmd.job_id)
-        submitted = JobSubmitted(at=cmd.at, job_id=cmd.job_id, spec=cmd.spec)
-        problem = validate_spec(cmd.spec, cmd.at)
-        if problem is not None:
-            return [
-                submitted,
-                JobRejected(at=cmd.at, job_id=cmd.job_id, reason=problem.problem, field=problem.field),
-            ]
-        return [
-            submitted,
-            JobAccepted(
-                at=cmd.at,
-                job_id=cmd.job_id,
-                task_count=cmd.spec.task_count(),
-                predicted_s=max(0.0, cmd.predicted_s),
-            ),
-        ]
-    if s.spec is None or s.status == "none":
+        return [JobSubmitted(at=cmd.at, job_id=cmd.job_id, spec=cmd.spec)]
+    spec = s.spec
+    if spec is None:
         raise UnknownAggregate("job", "")
     match cmd:
-        case MeterUsage():
-            if cmd.task_id in s.metered:
+        case DecideJob():
+            if s.status != "submitted":
                 return []
-            amount = metered_amount(cmd.gpu_ms, cmd.price_micros)
-            assert s.spec is not None
-            usage = UsageMetered(
-                at=cmd.at,
-                job_id=s.job_id,
-                task_id=cmd.task_id,
-                provider_id=cmd.provider_id,
-                submitter=s.spec.submitter,
-                gpu_ms=cmd.gpu_ms,
-                price_micros=cmd.price_micros,
-                amount_micros=amount,
-            )
-            if s.status != ACTIVE:
-                # Completed after the job ended (it raced the cancellation): still paid, settled now.
-                return [usage, *_settle(s, cmd.at, usage)]
-            out: list[EventModel] = [usage]
-            if len(s.metered) + 1 == s.task_count:
-                total_ms = sum(m.gpu_ms for m in s.metered.values()) + usage.gpu_ms
-                total = sum(m.amount_micros for m in s.metered.values()) + usage.amount_micros
-                out.append(
-                    JobCompleted(at=cmd.at, job_id=s.job_id, tasks=s.task_count, gpu_ms=total_ms, cost_micros=total)
+            problem = validate_spec(spec, s.submitted_at or cmd.at)
+            if problem is not None:
+                return [JobRejected(at=cmd.at, job_id=s.job_id, reason=problem.problem, field=problem.field)]
+            return [
+                JobAccepted(
+                    at=cmd.at, job_id=s.job_id, task_count=spec.task_count(), predicted_s=max(0.0, cmd.predicted_s)
                 )
-                out += _settle(s, cmd.at, usage)
-            return out
+            ]
+        case MeterUsage():
+            if cmd.task_id in s.metered or s.status in ("submitted", "rejected"):
+                return []
+            return [
+                UsageMetered(
+                    at=cmd.at,
+                    job_id=s.job_id,
+                    task_id=cmd.task_id,
+                    provider_id=cmd.provider_id,
+                    submitter=spec.submitter,
+                    gpu_ms=cmd.gpu_ms,
+                    price_micros=cmd.price_micros,
+                    amount_micros=metered_amount(cmd.gpu_ms, cmd.price_micros),
+                )
+            ]
+        case CompleteJob():
+            if s.status != ACTIVE or len(s.metered) < s.task_count:
+                return []
+            total_ms = sum(m.gpu_ms for m in s.metered.values())
+            total = sum(m.amount_micros for m in s.metered.values())
+            return [JobCompleted(at=cmd.at, job_id=s.job_id, tasks=s.task_count, gpu_ms=total_ms, cost_micros=total)]
+        case SettleJob():
+            return _settle(s, cmd.at) if s.status in ENDED else []
         case FailJob():
             if s.status != ACTIVE:
                 return []
-            return [
-                JobFailed(at=cmd.at, job_id=s.job_id, reason=cmd.reason[:2000], task_id=cmd.task_id),
-                *_settle(s, cmd.at),
-            ]
+            return [JobFailed(at=cmd.at, job_id=s.job_id, reason=cmd.reason[:2000], task_id=cmd.task_id)]
         case CancelJob():
-            if s.status != ACTIVE:
+            if s.status not in (ACTIVE, "submitted"):
                 return []
-            return [JobCancelled(at=cmd.at, job_id=s.job_id, reason=cmd.reason[:2000]), *_settle(s, cmd.at)]
+            return [JobCancelled(at=cmd.at, job_id=s.job_id, reason=cmd.reason[:2000])]
         case MissDeadline():
-            spec = s.spec
-            if s.status != ACTIVE or spec is None or spec.deadline is None or cmd.at < spec.deadline:
+            if s.status != ACTIVE or spec.deadline is None or cmd.at < spec.deadline:
                 return []
             missed = JobDeadlineMissed(
                 at=cmd.at, job_id=s.job_id, deadline=spec.deadline, unfinished=s.task_count - len(s.metered)
@@ -259,7 +283,7 @@ def decide(cmd: JobCommand, s: JobState) -> list[EventModel]:
                 ending = JobFailed(at=cmd.at, job_id=s.job_id, reason="deadline missed")
             else:
                 ending = JobCancelled(at=cmd.at, job_id=s.job_id, reason="deadline missed")
-            return [missed, ending, *_settle(s, cmd.at)]
+            return [missed, ending]
     raise TypeError(f"not a job command: {cmd!r}")
 
 
@@ -270,7 +294,7 @@ def evolve(s: JobState, e: EventModel) -> JobState:
     """The state after event ``e``."""
     match e:
         case JobSubmitted():
-            return JobState(status="none", job_id=e.job_id, spec=e.spec)
+            return JobState(status="submitted", job_id=e.job_id, spec=e.spec, submitted_at=e.at)
         case JobAccepted():
             return replace(s, status="accepted", task_count=e.task_count)
         case JobRejected():

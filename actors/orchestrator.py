@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -71,8 +70,11 @@ __all__ = ["Orchestrator", "OrchestratorConfig"]
 _log = structlog.get_logger("gpufleet.orchestrator")
 
 OUTCOMES_STREAM = "intake.outcomes"
-#: Commands for many aggregates go to the store as atomic batches of at most this many.
+#: Commands for many aggregates go to the store as atomic batches of at most this many...
 _BATCH = 500
+#: ...but only from this many on: an atomic batch costs the server a few milliseconds on a file-backed
+#: stream, so small groups go out as concurrent single-event appends (lower latency).
+_MIN_BATCH = 16
 
 
 @dataclass
@@ -236,7 +238,7 @@ class Orchestrator:
         for i in intents:
             by_kind.setdefault(i.kind, []).append(i)
         for group in by_kind.values():
-            if len({i.aggregate_id for i in group}) != len(group):
+            if len(group) < _MIN_BATCH or len({i.aggregate_id for i in group}) != len(group):
                 for i in group:
                     self._submit(i)
                 continue
@@ -294,8 +296,12 @@ class Orchestrator:
             await self._kick.wait()
             self._kick.clear()
             plans = self.core.plan_leases(utc_now(), self.config.lease_start_timeout_s, lambda: new_id("l"))
-            for start in range(0, len(plans), _BATCH):
-                self._spawn(self._lease(plans[start : start + _BATCH]))
+            if len(plans) < _MIN_BATCH:
+                for plan in plans:
+                    self._spawn(self._lease([plan]))
+            else:
+                for start in range(0, len(plans), _BATCH):
+                    self._spawn(self._lease(plans[start : start + _BATCH]))
             await asyncio.sleep(0)
 
     async def _lease(self, plans: list[tuple[Assignment, LeaseTask]]) -> None:
@@ -511,8 +517,7 @@ class Orchestrator:
             kind, target = im.kind, im.target_id
             command: Any
             if isinstance(body, JobSpec):
-                predicted = self._predict_job(body)
-                command = SubmitJob(command_id=cmd_id, at=at, job_id=target, spec=body, predicted_s=predicted)
+                command = SubmitJob(command_id=cmd_id, at=at, job_id=target, spec=body)
             elif isinstance(body, JobCancellation):
                 command = CancelJob(command_id=cmd_id, at=at, reason=body.reason or "cancelled by the submitter")
             elif isinstance(body, ProviderRegistration):
@@ -594,20 +599,6 @@ class Orchestrator:
                     message=body.message,
                 )
         raise InvalidPayload("unknown report", field="report")
-
-    def _predict_job(self, spec: JobSpec) -> float:
-        from events.workloads import WORKLOADS, validate_params
-
-        c = WORKLOADS.get(spec.workload)
-        if c is None:
-            return 0.0
-        try:
-            estimate = c.estimate(validate_params(spec.workload, spec.task_params(0)))
-        except InvalidPayload:
-            return 0.0
-        per_task: float = self.core.scheduler.predict(spec.workload, estimate, spec.resources)
-        slots = max(1, self.core.scheduler.capacity(spec.resources, spec.workload))
-        return per_task * math.ceil(spec.task_count() / slots)
 
     # ---- for tests and tools ---------------------------------------------------------------------
 

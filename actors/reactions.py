@@ -7,15 +7,25 @@ reaction and again by reconciliation, or by two restarts) is applied once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from actors.ids import derive_id
-from actors.job import CancelJob, FailJob, MeterUsage
+from actors.job import ENDED, CancelJob, CompleteJob, DecideJob, FailJob, MeterUsage, SettleJob, unsettled
 from actors.task import TERMINAL, CancelTask, CreateTask, ExpireLease, TaskState
 from actors.world import LIVE_LEASE, Change, World
-from events.job import JobAccepted, JobCancelled, JobCompleted, JobFailed, JobSpec, ShardSplit
+from events.job import (
+    JobAccepted,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobSpec,
+    JobSubmitted,
+    ShardSplit,
+    UsageMetered,
+)
 from events.provider import ProviderLeft, ProviderLost
 from events.task import LeaseEndReason, TaskCompleted, TaskCreated, TaskFailed
 from events.workloads import contract, validate_params
@@ -100,12 +110,41 @@ def _expire(task_id: str, t: TaskState, reason: LeaseEndReason, at: datetime, ca
     return Intent("task", task_id, cmd, cause, t.spec.job_id if t.spec else None)
 
 
-def react(change: Change, world: World) -> list[Intent]:
+#: The scheduler's ETA for a job spec, recorded in ``JobAccepted``.
+Predict = Callable[[JobSpec], float]
+
+
+def _no_prediction(spec: JobSpec) -> float:
+    return 0.0
+
+
+def _decide(job_id: str, at: datetime, predict: Predict, spec: JobSpec, cause: str | None) -> Intent:
+    cmd = DecideJob(command_id=derive_id("dj-", job_id), at=at, predicted_s=predict(spec))
+    return Intent("job", job_id, cmd, cause, job_id)
+
+
+def _settle(job_id: str, metered: int, at: datetime, cause: str | None) -> Intent:
+    return Intent("job", job_id, SettleJob(command_id=derive_id("st-", job_id, metered), at=at), cause, job_id)
+
+
+def _complete(job_id: str, at: datetime, cause: str | None) -> Intent:
+    return Intent("job", job_id, CompleteJob(command_id=derive_id("cj-", job_id), at=at), cause, job_id)
+
+
+def react(change: Change, world: World, predict: Predict = _no_prediction) -> list[Intent]:
     """Commands owed because of one event (already applied to ``world``)."""
     e = change.event
     cause = change.envelope.id
     out: list[Intent] = []
     match e:
+        case JobSubmitted():
+            out.append(_decide(e.job_id, e.at, predict, e.spec, cause))
+        case UsageMetered():
+            job = world.jobs[e.job_id]
+            if job.status == "accepted" and len(job.metered) >= job.task_count:
+                out.append(_complete(e.job_id, e.at, cause))
+            elif job.status in ENDED:
+                out.append(_settle(e.job_id, len(job.metered), e.at, cause))  # a late completion
         case JobAccepted():
             job = world.jobs[change.aggregate_id]
             assert job.spec is not None
@@ -129,7 +168,10 @@ def react(change: Change, world: World) -> list[Intent]:
             if owner is not None and owner.status in ("completed", "failed", "cancelled"):
                 out.append(_cancel(e.task_id, e.job_id, e.at, f"job {owner.status}", cause))
         case JobCompleted() | JobFailed() | JobCancelled():
-            why = f"job {world.jobs[change.aggregate_id].status}"
+            ended = world.jobs[change.aggregate_id]
+            if unsettled(ended):
+                out.append(_settle(change.aggregate_id, len(ended.metered), e.at, cause))
+            why = f"job {ended.status}"
             for task_id in world.job_tasks(change.aggregate_id):
                 if world.tasks[task_id].status not in TERMINAL:
                     out.append(_cancel(task_id, change.aggregate_id, e.at, why, cause))
@@ -141,10 +183,16 @@ def react(change: Change, world: World) -> list[Intent]:
     return out
 
 
-def reconcile(world: World, at: datetime) -> list[Intent]:
+def reconcile(world: World, at: datetime, predict: Predict = _no_prediction) -> list[Intent]:
     """Everything owed in ``world`` as it stands: what reactions would have issued, had none been lost."""
     out: list[Intent] = []
     for job_id, job in world.jobs.items():
+        if job.status == "submitted" and job.spec is not None:
+            out.append(_decide(job_id, at, predict, job.spec, None))
+        if job.status == "accepted" and len(job.metered) >= job.task_count > 0:
+            out.append(_complete(job_id, at, None))
+        if job.status in ENDED and unsettled(job):
+            out.append(_settle(job_id, len(job.metered), at, None))
         if job.status == "accepted" and job.spec is not None:
             have = world.tasks_by_job.get(job_id, set())
             for i in range(job.task_count):

@@ -7,7 +7,18 @@ from datetime import timedelta
 import pytest
 
 from actors.errors import DuplicateJob, UnknownAggregate
-from actors.job import CancelJob, FailJob, MeterUsage, MissDeadline, SubmitJob, job_decider, metered_amount
+from actors.job import (
+    CancelJob,
+    CompleteJob,
+    DecideJob,
+    FailJob,
+    MeterUsage,
+    MissDeadline,
+    SettleJob,
+    SubmitJob,
+    job_decider,
+    metered_amount,
+)
 from events.job import (
     CountSplit,
     JobAccepted,
@@ -67,10 +78,11 @@ def test_metered_amount_rounds_up_to_a_micro() -> None:
     assert metered_amount(1500, 1000) == 1500
 
 
-def test_valid_job_is_accepted_with_its_task_count() -> None:
-    cmd = SubmitJob(command_id="s", at=at(0), job_id="j1", spec=SPEC, predicted_s=2.0)
-    state = given(J).when(cmd).then(submitted(), accepted())
+def test_submission_is_recorded_then_decided() -> None:
+    given(J).when(SubmitJob(command_id="s", at=at(0), job_id="j1", spec=SPEC)).then(submitted())
+    state = given(J, submitted()).when(DecideJob(command_id="d", at=at(0), predicted_s=2.0)).then(accepted())
     assert state.status == "accepted" and state.task_count == 2
+    given(J, submitted(), accepted()).when(DecideJob(command_id="d2", at=at(1))).then()
 
 
 @pytest.mark.parametrize(
@@ -79,10 +91,7 @@ def test_valid_job_is_accepted_with_its_task_count() -> None:
         (JobSpec(workload="warp_drive"), "workload"),
         (JobSpec(workload="matmul", params={"n": -1}), "params.n"),
         (JobSpec(workload="matmul", params={"dtype": "int4"}), "params.dtype"),
-        (
-            JobSpec(workload="sleep", split=ParamsSplit(params=[{"seconds": 1.0}, {"seconds": "x"}])),
-            "params.seconds",
-        ),
+        (JobSpec(workload="sleep", split=ParamsSplit(params=[{"seconds": 1.0}, {"seconds": "x"}])), "params.seconds"),
         (
             JobSpec(workload="custom_kernel", params={"source": "k", "name": "k", "grid": [1], "block": [1]}),
             "resources.backend",
@@ -91,8 +100,7 @@ def test_valid_job_is_accepted_with_its_task_count() -> None:
     ],
 )
 def test_invalid_job_is_rejected_naming_the_field(spec: JobSpec, field: str) -> None:
-    cmd = SubmitJob(command_id="s", at=at(0), job_id="j1", spec=spec)
-    _, rejected = given(J).when(cmd).then_types("JobSubmitted", "JobRejected")
+    (rejected,) = given(J, submitted(spec)).when(DecideJob(command_id="d", at=at(0))).then_types("JobRejected")
     assert rejected.field == field, rejected  # type: ignore[attr-defined]
 
 
@@ -102,53 +110,65 @@ def test_custom_kernel_with_cuda_requirement_is_accepted() -> None:
         params={"source": "k", "name": "k", "grid": [1], "block": [1]},
         resources=Resources(backend="cuda"),
     )
-    given(J).when(SubmitJob(command_id="s", at=at(0), job_id="j1", spec=spec)).then_types("JobSubmitted", "JobAccepted")
+    given(J, submitted(spec)).when(DecideJob(command_id="d", at=at(0))).then_types("JobAccepted")
 
 
 def test_resubmission_is_idempotent_but_a_different_spec_is_refused() -> None:
     given(J, submitted(), accepted()).when(SubmitJob(command_id="s2", at=at(1), job_id="j1", spec=SPEC)).then()
     other = SPEC.model_copy(update={"priority": 9})
-    given(J, submitted(), accepted()).when(SubmitJob(command_id="s2", at=at(1), job_id="j1", spec=other)).then_raises(
-        DuplicateJob
-    )
+    cmd = SubmitJob(command_id="s2", at=at(1), job_id="j1", spec=other)
+    given(J, submitted(), accepted()).when(cmd).then_raises(DuplicateJob)
 
 
 def test_commands_on_a_missing_job_are_refused() -> None:
     given(J).when(CancelJob(command_id="c", at=at(1))).then_raises(UnknownAggregate)
 
 
-def test_last_metered_task_completes_the_job_and_settles_exactly() -> None:
-    events = (
-        given(J, submitted(), accepted(), metered("j1-0", "p1"))
-        .when(meter("j1-1", "p2", 500, 2000))
-        .then_types("UsageMetered", "JobCompleted", "SubmitterCharged", "ProviderCredited", "ProviderCredited")
-    )
-    _usage, done, charged, c1, c2 = events
+def test_metering_then_completing_then_settling_exactly() -> None:
+    history = (submitted(), accepted(), metered("j1-0", "p1"))
+    (usage,) = given(J, *history).when(meter("j1-1", "p2", 500, 2000)).then_types("UsageMetered")
+    assert usage.amount_micros == 1000  # type: ignore[attr-defined]
+    # Not complete until every task is metered.
+    given(J, submitted(), accepted(), metered("j1-0", "p1")).when(CompleteJob(command_id="c", at=at(6))).then()
+    (done,) = given(J, *history, usage).when(CompleteJob(command_id="c", at=at(6))).then_types("JobCompleted")
     assert isinstance(done, JobCompleted) and done.cost_micros == 1500 + 1000 and done.gpu_ms == 2000
+    # Nothing to settle before the end; after it, the charge equals the credits, provider by provider.
+    given(J, *history, usage).when(SettleJob(command_id="s", at=at(6))).then()
+    charged, c1, c2 = (
+        given(J, *history, usage, done)
+        .when(SettleJob(command_id="s", at=at(7)))
+        .then_types("SubmitterCharged", "ProviderCredited", "ProviderCredited")
+    )
     assert isinstance(charged, SubmitterCharged) and charged.amount_micros == 2500 and charged.submitter == "alice"
     assert isinstance(c1, ProviderCredited) and (c1.provider_id, c1.amount_micros) == ("p1", 1500)
     assert isinstance(c2, ProviderCredited) and (c2.provider_id, c2.amount_micros) == ("p2", 1000)
-    assert charged.amount_micros == c1.amount_micros + c2.amount_micros
+    # Settled once: settling again changes nothing.
+    given(J, *history, usage, done, charged, c1, c2).when(SettleJob(command_id="s2", at=at(8))).then()
 
 
 def test_metering_a_task_twice_changes_nothing() -> None:
     given(J, submitted(), accepted(), metered("j1-0", "p1")).when(meter("j1-0", "p1")).then()
 
 
-def test_a_dead_task_fails_the_job_and_settles_what_ran() -> None:
+def test_a_dead_task_fails_the_job_then_what_ran_is_settled() -> None:
     cmd = FailJob(command_id="f", at=at(6), task_id="j1-1", reason="boom")
-    _, charged, credited = (
-        given(J, submitted(), accepted(), metered("j1-0", "p1"))
-        .when(cmd)
-        .then_types("JobFailed", "SubmitterCharged", "ProviderCredited")
+    (failed,) = given(J, submitted(), accepted(), metered("j1-0", "p1")).when(cmd).then_types("JobFailed")
+    history = (submitted(), accepted(), metered("j1-0", "p1"), failed)
+    charged, credited = (
+        given(J, *history).when(SettleJob(command_id="s", at=at(7))).then_types("SubmitterCharged", "ProviderCredited")
     )
     assert charged.amount_micros == credited.amount_micros == 1500  # type: ignore[attr-defined]
 
 
-def test_cancel_with_nothing_metered_has_no_settlement() -> None:
+def test_cancel_with_nothing_metered_has_nothing_to_settle() -> None:
     cmd = CancelJob(command_id="c", at=at(1), reason="changed my mind")
     given(J, submitted(), accepted()).when(cmd).then(JobCancelled(at=at(1), job_id="j1", reason="changed my mind"))
     given(J, submitted(), accepted(), JobCancelled(at=at(1), job_id="j1")).when(cmd).then()
+    given(J, submitted(), accepted(), JobCancelled(at=at(1), job_id="j1")).when(
+        SettleJob(command_id="s", at=at(2))
+    ).then()
+    # A job can be cancelled before it is even decided.
+    given(J, submitted()).when(cmd).then_types("JobCancelled")
 
 
 def test_usage_metered_after_the_end_is_settled_as_a_delta() -> None:
@@ -160,10 +180,11 @@ def test_usage_metered_after_the_end_is_settled_as_a_delta() -> None:
         SubmitterCharged(at=at(6), job_id="j1", submitter="alice", amount_micros=1500, gpu_ms=1500),
         ProviderCredited(at=at(6), job_id="j1", provider_id="p1", amount_micros=1500, gpu_ms=1500),
     )
-    _, charged, credited = (
-        given(J, *history)
-        .when(meter("j1-1", "p1", 1000, 1000))
-        .then_types("UsageMetered", "SubmitterCharged", "ProviderCredited")
+    (late,) = given(J, *history).when(meter("j1-1", "p1", 1000, 1000)).then_types("UsageMetered")
+    charged, credited = (
+        given(J, *history, late)
+        .when(SettleJob(command_id="s", at=at(9)))
+        .then_types("SubmitterCharged", "ProviderCredited")
     )
     assert charged.amount_micros == credited.amount_micros == 1000  # type: ignore[attr-defined]
     assert credited.gpu_ms == 1000  # type: ignore[attr-defined]

@@ -1,0 +1,655 @@
+"""The provider runtime service: register, heartbeat, take leases, run them in warm workers, report.
+
+It is an actor keyed by its provider id. Its inputs are the dispatch messages on
+``gf.dispatch.<provider_id>`` (a work-queue stream, read through the durable pull consumer
+``prov-<provider_id>``); its outputs are intake messages (registration, task reports, drain and
+leave), heartbeats in the KV bucket, and blobs (results, checkpoints) in the object store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js import api
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from events.dispatch import Dispatch, Heartbeat, LeaseGranted, LeaseRevoked
+from events.intake import (
+    CompletedReport,
+    FailedReport,
+    ProgressReport,
+    ProviderDeparture,
+    ProviderRegistration,
+    StartedReport,
+)
+from events.store.connection import connect_nats
+from events.store.topology import Topology, ensure_topology
+from events.types import Calibration, Capabilities, FailureReason, ObjectRef, ResultRef, is_valid_id, utc_now
+from events.workloads import (
+    WORKLOADS,
+    CustomKernelParams,
+    NoopParams,
+)
+from gpu_runtime.admission import DeviceFacts, admit
+from gpu_runtime.backend import BackendChoice
+from gpu_runtime.errors import RuntimeServiceError, WorkloadError
+from gpu_runtime.results import INLINE_LIMIT, canonical_json, json_safe, sha256_hex
+from gpu_runtime.supervisor import Completed, Failed, NullSink, WorkerPool, WorkerProcess
+from gpu_runtime.throttle import ProgressThrottle
+from gpu_runtime.worker import TaskSpec, WorkerOptions
+from gpu_runtime.workloads import faults_enabled
+
+__all__ = ["RUNTIME_VERSION", "ProviderRuntime", "RuntimeConfig"]
+
+RUNTIME_VERSION = "gpu_runtime/0.1.0"
+
+_DISPATCH: TypeAdapter[LeaseGranted | LeaseRevoked] = TypeAdapter(Dispatch)
+_log = structlog.get_logger("gpufleet.provider")
+
+
+def _default_provider_id() -> str:
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:48]
+    return f"{host or 'provider'}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Settings of one provider runtime."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    provider_id: str = field(default_factory=_default_provider_id)
+    name: str = ""
+    backend: BackendChoice = "auto"
+    #: Worker processes (concurrent tasks). None: one per GPU, or one on the CPU.
+    slots: int | None = None
+    heartbeat_s: float = 1.0
+    #: Per-task device memory cap (CuPy pool limit). None: 90% of the device shared by its workers.
+    memory_limit_mb: int | None = None
+    #: Seconds a cancelled or timed-out task gets to stop by itself before its worker is killed.
+    cancel_grace_s: float = 2.0
+    progress_per_s: float = 2.0
+    inline_limit: int = INLINE_LIMIT
+    price_micros: int = 0
+    calibrate: bool = True
+    worker_start_timeout_s: float = 300.0
+    topology: Topology | None = None
+    #: Fault injection (tests only): needs ``GPUFLEET_FAULTS=1`` in the environment as well.
+    faults: bool = field(default_factory=faults_enabled)
+
+    def __post_init__(self) -> None:
+        if not is_valid_id(self.provider_id):
+            raise RuntimeServiceError(f"provider_id: {self.provider_id!r} is not a valid id")
+
+
+@dataclass
+class _TaskRun:
+    """One lease as this provider runs it."""
+
+    lease: LeaseGranted
+    worker: WorkerProcess | None = None
+    revoked: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Reporter:
+    """A running task's progress reports: throttled, with the latest checkpoint carried along."""
+
+    runtime: ProviderRuntime
+    run: _TaskRun
+    throttle: ProgressThrottle
+    started: float = field(default_factory=time.monotonic)
+    base: int = 0
+    fraction: float = 0.0
+    rate: float = 0.0
+    unit: str = "steps"
+    checkpoint_ref: ObjectRef | None = None
+    checkpoint_step: int = 0
+    dirty: bool = False
+    checkpoint_dirty: bool = False
+    sent: int = 0
+
+    async def progress(self, done: int, total: int, unit: str) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        self.fraction = min(1.0, max(0.0, done / total)) if total > 0 else 1.0
+        self.rate = max(0.0, (done - self.base) / elapsed)
+        self.unit = unit[:32]
+        self.dirty = True
+        await self.flush(final=done >= total)
+
+    async def checkpoint(self, step: int, blob: bytes) -> None:
+        lease = self.run.lease
+        ref = await self.runtime.put_object(f"checkpoints/{lease.task_id}/{step}", blob)
+        self.checkpoint_ref, self.checkpoint_step = ref, step
+        self.dirty = self.checkpoint_dirty = True
+        await self.flush()
+
+    async def tick(self) -> None:
+        if self.dirty:
+            await self.flush()
+
+    async def flush(self, *, final: bool = False) -> None:
+        """Publish the latest state if the throttle allows (always when ``final``)."""
+        if not self.dirty or self.run.revoked or not self.throttle.allow(time.monotonic(), final=final):
+            return
+        lease = self.run.lease
+        report = ProgressReport(
+            lease_id=lease.lease_id,
+            provider_id=lease.provider_id,
+            fraction=self.fraction,
+            rate=self.rate,
+            unit=self.unit,
+            checkpoint=self.checkpoint_ref if self.checkpoint_dirty else None,
+            checkpoint_step=self.checkpoint_step if self.checkpoint_dirty else 0,
+        )
+        self.dirty = self.checkpoint_dirty = False
+        self.sent += 1
+        await self.runtime.report(lease, report, f"{lease.lease_id}-p{self.sent}", wait=False)
+
+    async def flush_checkpoint(self) -> None:
+        """Before a failure: the newest checkpoint goes out even if throttled, so a retry can resume."""
+        if self.checkpoint_dirty:
+            await self.flush(final=True)
+
+
+class ProviderRuntime:
+    """A provider: one service process, one warm worker per slot, on one NATS connection."""
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        self.config = config
+        self.provider_id = config.provider_id
+        self.capabilities: Capabilities | None = None
+        self.calibration: Calibration | None = None
+        self._log = _log.bind(provider_id=self.provider_id)
+        self._nc: Any = None
+        self._js: Any = None
+        self._kv: Any = None
+        self._objects: dict[str, Any] = {}
+        self._topology: Topology = config.topology or Topology()
+        self._pool: WorkerPool | None = None
+        self._psub: Any = None
+        self._runs: dict[str, _TaskRun] = {}
+        #: Recently revoked and recently finished leases: a redelivered dispatch must not run again.
+        self._revoked: dict[str, None] = {}
+        self._recent: dict[str, None] = {}
+        self._precisions: tuple[str, ...] = ()
+        self._total_memory = 0
+        self._memory_limit: int | None = None
+        self._draining = False
+        self._stopping = False
+        self._closed = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._background: list[asyncio.Task[None]] = []
+        self._pending: set[asyncio.Future[Any]] = set()
+
+    # ----------------------------------------------------------------------------------- lifecycle
+
+    @property
+    def backend(self) -> str:
+        """``cuda`` or ``cpu``, once started."""
+        return self.capabilities.backend if self.capabilities else "unknown"
+
+    @property
+    def running(self) -> int:
+        """Tasks holding a worker now."""
+        return self._pool.busy if self._pool else 0
+
+    @property
+    def draining(self) -> bool:
+        """True once a drain began."""
+        return self._draining
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers."""
+        return self._pool.pids() if self._pool else []
+
+    async def start(self) -> None:
+        """Connect, create the topology, start and calibrate the workers, register, start serving."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._shutdown(graceful=False)
+            raise
+
+    async def _start(self) -> None:
+        cfg = self.config
+        self._nc = await connect_nats(cfg.nats_url, name=f"gpufleet-provider-{self.provider_id}")
+        self._js = self._nc.jetstream()
+        self._topology = await ensure_topology(self._js, cfg.topology)
+        self._kv = await self._js.key_value(self._topology.heartbeat_bucket)
+        await self._start_workers()
+        assert self._pool is not None and self.calibration is not None
+        self._psub = await self._js.pull_subscribe(
+            f"{self._topology.dispatch_prefix}.{self.provider_id}",
+            durable=f"prov-{self.provider_id}",
+            stream=self._topology.dispatch_stream,
+            config=api.ConsumerConfig(
+                ack_policy=api.AckPolicy.EXPLICIT,
+                deliver_policy=api.DeliverPolicy.ALL,
+                ack_wait=30.0,
+                max_ack_pending=1000,
+            ),
+        )
+        registration = ProviderRegistration(
+            name=(cfg.name or self.provider_id)[:200],
+            capabilities=self.capabilities,
+            calibration=self.calibration,
+            runtime_version=RUNTIME_VERSION,
+        )
+        await self._announce("register", registration)
+        await self._heartbeat_once()
+        loop = asyncio.get_running_loop()
+        self._background = [loop.create_task(self._heartbeat_loop()), loop.create_task(self._fetch_loop())]
+        self._log.info(
+            "provider.registered",
+            backend=self.backend,
+            device=self.capabilities.gpu_model if self.capabilities else "",
+            slots=self._pool.size,
+            calibration=self.calibration.model_dump(),
+        )
+
+    async def _start_workers(self) -> None:
+        cfg = self.config
+
+        def worker(i: int, device: int, calibrate: bool) -> WorkerProcess:
+            opts = WorkerOptions(backend=cfg.backend, device_index=device, calibrate=calibrate)
+            timeout = cfg.worker_start_timeout_s
+            return WorkerProcess(i, opts, start_timeout_s=timeout, grace_s=cfg.cancel_grace_s)
+
+        first = worker(0, 0, cfg.calibrate)
+        info = await first.start()
+        devices = max(1, int(info["device_count"]))
+        slots = cfg.slots or devices
+        rest = [worker(i, i % devices, False) for i in range(1, slots)]
+        try:
+            await asyncio.gather(*(w.start() for w in rest))
+        except BaseException:
+            first.kill()
+            for w in rest:
+                w.kill()
+            raise
+        self._pool = WorkerPool([first, *rest])
+        self._precisions = tuple(info["precisions"])
+        self._total_memory = int(info["total_memory"])
+        per_device = -(-slots // devices)
+        if cfg.memory_limit_mb is not None:
+            self._memory_limit = cfg.memory_limit_mb << 20
+        elif info["backend"] == "cuda":
+            self._memory_limit = int(self._total_memory * 0.9) // per_device
+        supported = tuple(name for name, c in WORKLOADS.items() if not c.requires_cuda or info["backend"] == "cuda")
+        caps = dict(info["capabilities"])
+        caps.update(slots=slots, price_micros=cfg.price_micros, workloads=list(supported))
+        self.capabilities = Capabilities.model_validate_json(json.dumps(caps))
+        measured = Calibration.model_validate_json(json.dumps(info.get("calibration") or {}))
+        overhead = await self._measure_overhead(first) if cfg.calibrate else 0.0
+        self.calibration = measured.model_copy(update={"task_overhead_s": round(overhead, 6)})
+
+    async def _measure_overhead(self, worker: WorkerProcess, rounds: int = 15) -> float:
+        """Median round trip of a no-op task through a warm worker."""
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            out = await worker.run(TaskSpec(0, "calibration", "noop", NoopParams()), NullSink(), 10.0)
+            if isinstance(out, Completed):
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times) if times else 0.0
+
+    async def serve(self) -> None:
+        """Start (if needed) and run until drained or closed."""
+        if self._nc is None:
+            await self.start()
+        await self._closed.wait()
+
+    async def drain(self, reason: str = "") -> None:
+        """Take nothing new, finish the running work, publish ``leave`` and stop."""
+        if self._closed.is_set():
+            return
+        self._draining = True
+        body = ProviderDeparture(reason=reason[:500])
+        self._log.info("provider.draining", running=len(self._runs))
+        await self._announce("drain", body)
+        await self._heartbeat_once()
+        await self._idle.wait()
+        await self._announce("leave", body)
+        await self._shutdown(graceful=True)
+        self._log.info("provider.left")
+
+    async def close(self) -> None:
+        """Stop at once: kill workers, drop the connection, say nothing (as a lost provider would)."""
+        if self._closed.is_set():
+            return
+        for run in self._runs.values():
+            run.revoked = True
+        await self._shutdown(graceful=False)
+
+    async def _stop_tasks(self, tasks: list[asyncio.Task[None]], timeout_s: float = 10.0) -> None:
+        """Cancel ``tasks`` and wait for them, cancelling again while they linger.
+
+        A single ``cancel()`` is not enough: a cancellation that lands as a nats-py request
+        completes can be swallowed (``asyncio.wait_for`` on Python 3.11), leaving a loop running.
+        """
+        loop = asyncio.get_running_loop()
+        pending = {t for t in tasks if not t.done()}
+        deadline = loop.time() + timeout_s
+        while pending and loop.time() < deadline:
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.25)
+        for t in tasks:
+            if t.done() and not t.cancelled():
+                t.exception()  # retrieved: a failure here was logged where it happened
+        if pending:
+            self._log.warning("provider.tasks_linger", count=len(pending))
+
+    async def _shutdown(self, *, graceful: bool) -> None:
+        self._stopping = True
+        await self._stop_tasks(self._background)
+        self._background = []
+        await self._stop_tasks([r.task for r in self._runs.values() if r.task is not None])
+        if self._pool is not None:
+            if graceful:
+                await self._pool.stop()
+            else:
+                self._pool.kill()
+        if self._nc is not None and not self._nc.is_closed:
+            if graceful:
+                with contextlib.suppress(Exception):
+                    if self._pending:
+                        await asyncio.wait(self._pending, timeout=5.0)
+                    await self._kv.delete(self.provider_id)
+                    await self._js.delete_consumer(self._topology.dispatch_stream, f"prov-{self.provider_id}")
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+        self._closed.set()
+
+    async def __aenter__(self) -> ProviderRuntime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ----------------------------------------------------------------------------------- NATS I/O
+
+    def _intake(self, kind: str, target_id: str, verb: str) -> str:
+        """``gf.in.<kind>.<id>.<verb>``, under the topology's intake prefix."""
+        return f"{self._topology.intake_prefix}.{kind}.{target_id}.{verb}"
+
+    async def _announce(self, verb: str, body: BaseModel) -> None:
+        subject = self._intake("provider", self.provider_id, verb)
+        await self._publish(subject, body, f"{self.provider_id}-{verb}-{time.time_ns()}")
+
+    async def _publish(self, subject: str, body: BaseModel, msg_id: str, *, wait: bool = True) -> None:
+        data = body.model_dump_json().encode()
+        headers = {"Nats-Msg-Id": msg_id}
+        if not wait:
+            fut = await self._js.publish_async(subject, data, headers=headers)
+            self._pending.add(fut)
+            fut.add_done_callback(self._published)
+            return
+        for attempt in range(3):
+            try:
+                await self._js.publish(subject, data, headers=headers, timeout=5.0)
+                return
+            except nats.errors.TimeoutError:
+                # The same Nats-Msg-Id makes a retry of a publish that did land a no-op.
+                if attempt == 2:
+                    raise
+
+    def _published(self, fut: asyncio.Future[Any]) -> None:
+        self._pending.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:
+            self._log.warning("report.publish_failed", error=str(fut.exception()))
+
+    async def report(self, lease: LeaseGranted, body: BaseModel, msg_id: str, *, wait: bool = True) -> None:
+        """Publish one task report to ``gf.in.task.<task_id>.report``."""
+        await self._publish(self._intake("task", lease.task_id, "report"), body, msg_id, wait=wait)
+
+    async def _object_store(self, bucket: str) -> Any:
+        store = self._objects.get(bucket)
+        if store is None:
+            store = self._objects[bucket] = await self._js.object_store(bucket)
+        return store
+
+    async def put_object(self, name: str, data: bytes) -> ObjectRef:
+        """Store ``data`` in the object store under ``name``; returns its reference with sha256."""
+        bucket = self._topology.object_bucket
+        store = await self._object_store(bucket)
+        await store.put(name, data)
+        return ObjectRef(bucket=bucket, name=name, sha256=sha256_hex(data), size=len(data))
+
+    async def get_object(self, ref: ObjectRef, what: str) -> bytes:
+        """Fetch ``ref`` and check its sha256; problems raise ``WorkloadError`` naming ``what``."""
+        try:
+            store = await self._object_store(ref.bucket)
+            data: bytes = bytes((await store.get(ref.name)).data or b"")
+        except (nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError) as e:
+            raise WorkloadError("invalid_params", f"{what}: object {ref.bucket}/{ref.name} not found") from e
+        if sha256_hex(data) != ref.sha256:
+            raise WorkloadError("invalid_params", f"{what}: object {ref.name} does not match its sha256")
+        return data
+
+    async def _heartbeat_once(self) -> None:
+        hb = Heartbeat(
+            provider_id=self.provider_id,
+            at=utc_now(),
+            running=self.running,
+            slots=self._pool.size if self._pool else 1,
+            draining=self._draining,
+        )
+        await self._kv.put(self.provider_id, hb.model_dump_json().encode())
+
+    async def _heartbeat_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.config.heartbeat_s)
+            try:
+                await self._heartbeat_once()
+            except Exception as e:
+                self._log.warning("heartbeat.failed", error=str(e) or type(e).__name__)
+
+    async def _fetch_loop(self) -> None:
+        while not self._stopping:
+            try:
+                msgs = await self._psub.fetch(batch=16, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self._log.warning("dispatch.fetch_failed", error=str(e) or type(e).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                await self._on_dispatch(msg)
+
+    async def _on_dispatch(self, msg: Any) -> None:
+        # A dispatch is a notification, not a fact: acknowledged on receipt. If this process dies
+        # now, the lease expires and the orchestrator hands the task out again.
+        with contextlib.suppress(Exception):
+            await msg.ack()
+        try:
+            d = _DISPATCH.validate_json(msg.data)
+        except ValidationError as e:
+            self._log.warning("dispatch.invalid", error=str(e.errors()[0]["msg"]))
+            return
+        if d.provider_id != self.provider_id:
+            self._log.warning("dispatch.misrouted", for_provider=d.provider_id, lease_id=d.lease_id)
+            return
+        if isinstance(d, LeaseGranted):
+            self._accept(d)
+        else:
+            self._revoke(d)
+
+    # ----------------------------------------------------------------------------------- leases
+
+    def _accept(self, lease: LeaseGranted) -> None:
+        log = self._log.bind(task_id=lease.task_id, lease_id=lease.lease_id)
+        if lease.lease_id in self._runs or lease.lease_id in self._revoked or lease.lease_id in self._recent:
+            log.info("lease.duplicate_ignored")
+            return
+        run = _TaskRun(lease)
+        self._runs[lease.lease_id] = run
+        self._idle.clear()
+        if self._draining:
+            run.task = asyncio.get_running_loop().create_task(
+                self._refuse(run, "provider_error", "the provider is draining and takes no new work")
+            )
+        else:
+            run.task = asyncio.get_running_loop().create_task(self._run_lease(run))
+
+    @staticmethod
+    def _remember(ids: dict[str, None], lease_id: str, keep: int = 10_000) -> None:
+        ids[lease_id] = None
+        while len(ids) > keep:
+            del ids[next(iter(ids))]
+
+    def _revoke(self, revoked: LeaseRevoked) -> None:
+        self._remember(self._revoked, revoked.lease_id)
+        run = self._runs.get(revoked.lease_id)
+        log = self._log.bind(task_id=revoked.task_id, lease_id=revoked.lease_id)
+        if run is None:
+            log.info("lease.revoked_unknown")
+            return
+        log.info("lease.revoked", reason=revoked.reason)
+        run.revoked = True
+        if run.worker is not None:
+            run.worker.cancel("cancelled")
+
+    def _finished(self, run: _TaskRun) -> None:
+        self._remember(self._recent, run.lease.lease_id)
+        self._runs.pop(run.lease.lease_id, None)
+        if not self._runs:
+            self._idle.set()
+
+    async def _refuse(self, run: _TaskRun, reason: FailureReason, message: str) -> None:
+        try:
+            await self._fail(run, reason, message)
+        finally:
+            self._finished(run)
+
+    async def _fail(self, run: _TaskRun, reason: FailureReason, message: str) -> None:
+        if run.revoked:
+            return
+        lease = run.lease
+        log = self._log.bind(task_id=lease.task_id, lease_id=lease.lease_id)
+        log.info("task.failed", reason=reason, error=message)
+        body = FailedReport(
+            lease_id=lease.lease_id, provider_id=self.provider_id, reason=reason, message=message[:2000]
+        )
+        await self.report(lease, body, f"{lease.lease_id}-end")
+
+    def _validate(self, lease: LeaseGranted) -> BaseModel:
+        """The lease's parameters, checked against the workload and against this device."""
+        facts = DeviceFacts(
+            backend=self.backend,
+            precisions=self._precisions,
+            total_memory=self._total_memory,
+            memory_limit=self._memory_limit,
+            faults=self.config.faults,
+        )
+        return admit(lease.workload, lease.params, facts)
+
+    async def _inputs(self, lease: LeaseGranted, params: BaseModel) -> tuple[bytes | None, dict[str, bytes]]:
+        resume: bytes | None = None
+        if lease.resume_from is not None and lease.resume_step > 0:
+            resume = await self.get_object(lease.resume_from, "resume_from")
+        blobs: dict[str, bytes] = {}
+        if isinstance(params, CustomKernelParams):
+            for i, arg in enumerate(params.args):
+                if arg.ref is not None and arg.ref.name not in blobs:
+                    blobs[arg.ref.name] = await self.get_object(arg.ref, f"params.args.{i}.ref")
+        return resume, blobs
+
+    async def _run_lease(self, run: _TaskRun) -> None:
+        lease = run.lease
+        log = self._log.bind(task_id=lease.task_id, lease_id=lease.lease_id)
+        assert self._pool is not None
+        t0 = time.perf_counter()
+        try:
+            params = self._validate(lease)
+            resume, blobs = await self._inputs(lease, params)
+            worker = await self._pool.acquire()
+            try:
+                if run.revoked:
+                    return
+                run.worker = worker
+                started = StartedReport(lease_id=lease.lease_id, provider_id=self.provider_id)
+                await self.report(lease, started, f"{lease.lease_id}-started", wait=False)
+                log.debug("task.started", workload=lease.workload, attempt=lease.attempt)
+                if run.revoked:
+                    return
+                base = lease.resume_step if resume is not None else 0
+                reporter = _Reporter(self, run, ProgressThrottle(self.config.progress_per_s), base=base)
+                spec = TaskSpec(
+                    seq=0,
+                    task_id=lease.task_id,
+                    workload=lease.workload,
+                    params=params,
+                    memory_limit=self._memory_limit,
+                    resume_step=lease.resume_step if resume is not None else 0,
+                    resume_blob=resume,
+                    blobs=blobs,
+                )
+                outcome = await worker.run(spec, reporter, lease.timeout_s, stopped=lambda: run.revoked)
+            finally:
+                run.worker = None
+                self._pool.release(worker)
+            if run.revoked:
+                log.info("task.dropped_after_revoke")
+                return
+            if isinstance(outcome, Failed):
+                await reporter.flush_checkpoint()
+                await self._fail(run, outcome.reason, outcome.message)
+                return
+            await self._complete(run, outcome, time.perf_counter() - t0)
+        except WorkloadError as e:
+            await self._fail(run, e.reason, e.message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("task.provider_error")
+            with contextlib.suppress(Exception):
+                await self._fail(run, "provider_error", f"{type(e).__name__}: {e}")
+        finally:
+            self._finished(run)
+
+    async def _complete(self, run: _TaskRun, outcome: Completed, wall_s: float) -> None:
+        lease = run.lease
+        summary = dict(outcome.summary)
+        if outcome.arrays is not None:
+            ref = await self.put_object(f"results/{lease.task_id}/{lease.lease_id}.npz", outcome.arrays)
+            summary["arrays"] = ref.model_dump(mode="json")
+        value = json_safe(summary)
+        data = canonical_json(value)
+        digest = sha256_hex(data)
+        if len(data) <= self.config.inline_limit:
+            result = ResultRef(sha256=digest, size=len(data), inline=value)
+        else:
+            ref = await self.put_object(f"results/{lease.task_id}/{lease.lease_id}.json", data)
+            result = ResultRef(sha256=digest, size=len(data), object=ref)
+        metrics = {k: float(v) for k, v in outcome.metrics.items()}
+        metrics["wall_s"] = wall_s
+        body = CompletedReport(
+            lease_id=lease.lease_id,
+            provider_id=self.provider_id,
+            result=result,
+            gpu_ms=outcome.gpu_ms,
+            metrics=metrics,
+        )
+        if run.revoked:
+            return
+        await self.report(lease, body, f"{lease.lease_id}-end")
+        log = self._log.bind(task_id=lease.task_id, lease_id=lease.lease_id)
+        log.debug("task.completed", gpu_ms=outcome.gpu_ms)

@@ -1,0 +1,185 @@
+"""Helpers for the provider-runtime tests: the test plays the orchestrator over a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from events.dispatch import LeaseGranted, LeaseRevoked
+from events.intake import decode_intake
+from events.store.connection import connect_nats
+from events.subjects import dispatch_subject
+from events.types import ObjectRef
+from gpu_runtime import ProviderRuntime, RuntimeConfig
+
+_ids = itertools.count(1)
+
+
+def new_id(prefix: str) -> str:
+    """An id no other test in this process uses."""
+    return f"{prefix}{os.getpid()}x{next(_ids)}"
+
+
+@dataclass
+class Seen:
+    """One report as the orchestrator received it."""
+
+    at: float
+    body: Any
+
+    @property
+    def kind(self) -> str:
+        return str(self.body.report)
+
+
+@dataclass
+class Orchestrator:
+    """The other side of the provider's subjects: sends leases and revocations, reads reports."""
+
+    nc: NATS
+    js: Any
+    reports: dict[str, list[Seen]] = field(default_factory=dict)
+    intake: list[tuple[str, Any]] = field(default_factory=list)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, url: str) -> AsyncIterator[Orchestrator]:
+        nc = await connect_nats(url, name="test-orchestrator")
+        orch = cls(nc, nc.jetstream())
+        # Core NATS sees every message the intake stream stores, as it is stored.
+        await nc.subscribe("gf.in.>", cb=orch._on_intake)
+        try:
+            yield orch
+        finally:
+            await nc.close()
+
+    async def _on_intake(self, msg: Any) -> None:
+        decoded = decode_intake(msg.subject, msg.data)  # the contract check: every body must validate
+        self.intake.append((msg.subject, decoded.body))
+        if decoded.kind == "task":
+            self.reports.setdefault(decoded.target_id, []).append(Seen(time.monotonic(), decoded.body))
+        self._changed.set()
+
+    def lease(
+        self,
+        provider_id: str,
+        workload: str,
+        params: dict[str, Any] | None = None,
+        *,
+        timeout_s: float = 60.0,
+        task_id: str | None = None,
+        attempt: int = 1,
+        resume_from: ObjectRef | None = None,
+        resume_step: int = 0,
+    ) -> LeaseGranted:
+        """A lease for a new task (or a new attempt of ``task_id``)."""
+        return LeaseGranted(
+            task_id=task_id or new_id("t"),
+            job_id="job1",
+            lease_id=new_id("l"),
+            provider_id=provider_id,
+            attempt=attempt,
+            workload=workload,
+            params=params or {},
+            timeout_s=timeout_s,
+            expires_at=datetime.now(UTC) + timedelta(seconds=timeout_s + 30),
+            resume_from=resume_from,
+            resume_step=resume_step,
+        )
+
+    async def send(self, message: LeaseGranted | LeaseRevoked) -> None:
+        await self.js.publish(dispatch_subject(message.provider_id), message.model_dump_json().encode())
+
+    async def grant(self, provider_id: str, workload: str, params: dict[str, Any] | None = None, **kw: Any) -> str:
+        """Send a lease; returns its task id."""
+        lease = self.lease(provider_id, workload, params, **kw)
+        await self.send(lease)
+        return lease.task_id
+
+    async def revoke(self, provider_id: str, task_id: str, reason: str = "cancelled by test") -> None:
+        seen = self.reports.get(task_id, [])
+        lease_id = seen[0].body.lease_id if seen else ""
+        await self.send(LeaseRevoked(task_id=task_id, lease_id=lease_id, provider_id=provider_id, reason=reason))
+
+    def of(self, task_id: str, kind: str | None = None) -> list[Seen]:
+        return [s for s in self.reports.get(task_id, []) if kind is None or s.kind == kind]
+
+    async def wait_for(self, task_id: str, kinds: tuple[str, ...], timeout: float = 20.0, *, where: Any = None) -> Seen:
+        """The first report of ``task_id`` with a kind in ``kinds`` (and ``where(body)`` true)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for s in self.reports.get(task_id, []):
+                if s.kind in kinds and (where is None or where(s.body)):
+                    return s
+            left = deadline - time.monotonic()
+            if left <= 0:
+                got = [(s.kind, getattr(s.body, "reason", "")) for s in self.reports.get(task_id, [])]
+                raise AssertionError(f"no {kinds} report for {task_id} in {timeout}s; got {got}")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._changed.wait()
+
+    async def wait_for_subject(self, subject: str, timeout: float = 10.0) -> Any:
+        """The body of the first intake message on ``subject``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for s, body in self.intake:
+                if s == subject:
+                    return body
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"nothing on {subject} in {timeout}s")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._changed.wait()
+
+    async def finished(self, task_id: str, timeout: float = 20.0, *, lease_id: str | None = None) -> Any:
+        """The terminal report (completed or failed) of ``task_id`` (under ``lease_id``, if given)."""
+        where = None if lease_id is None else (lambda b: b.lease_id == lease_id)
+        return (await self.wait_for(task_id, ("completed", "failed"), timeout, where=where)).body
+
+    async def run(self, provider_id: str, workload: str, params: dict[str, Any] | None = None, **kw: Any) -> Any:
+        """Grant and wait for the terminal report of this lease."""
+        lease = self.lease(provider_id, workload, params, **kw)
+        await self.send(lease)
+        return await self.finished(lease.task_id, lease.timeout_s + 10, lease_id=lease.lease_id)
+
+    async def result(self, body: Any) -> Any:
+        """The result value of a completed report, inline or fetched from the object store."""
+        assert body.report == "completed", f"expected completed, got {body.report}: {getattr(body, 'message', '')}"
+        if body.result.object is None:
+            return body.result.inline
+        store = await self.js.object_store(body.result.object.bucket)
+        return json.loads((await store.get(body.result.object.name)).data)
+
+    async def get_object(self, ref: ObjectRef) -> bytes:
+        store = await self.js.object_store(ref.bucket)
+        return bytes((await store.get(ref.name)).data)
+
+
+@contextlib.asynccontextmanager
+async def provider(url: str, **kw: Any) -> AsyncIterator[ProviderRuntime]:
+    """A started provider runtime (no calibration unless asked: it is slow on a shared CPU)."""
+    kw.setdefault("provider_id", new_id("p"))
+    kw.setdefault("calibrate", False)
+    kw.setdefault("heartbeat_s", 0.2)
+    kw.setdefault("worker_start_timeout_s", 60.0)  # fail clearly, well inside pytest's own timeout
+    runtime = ProviderRuntime(RuntimeConfig(nats_url=url, **kw))
+    await runtime.start()
+    try:
+        yield runtime
+    finally:
+        await runtime.close()

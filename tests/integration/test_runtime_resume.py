@@ -1,0 +1,86 @@
+"""Checkpoint and resume across a lost provider, and a drain that finishes its work before leaving."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+from typing import Any
+
+import nats.js.errors
+import numpy as np
+import pytest
+
+from gpufleet.natsserver import NatsServer
+from tests.integration.runtime_support import Orchestrator, provider
+from tests.runtime_reference import ref_stencil
+
+STENCIL: dict[str, Any] = {"n": 40, "steps": 240, "alpha": 0.2, "checkpoint_every": 20, "step_delay_s": 0.01}
+
+
+async def test_killed_mid_task_then_resumed_elsewhere_from_the_checkpoint(nats_server: NatsServer) -> None:
+    url = nats_server.url
+    async with Orchestrator.connect(url) as orch:
+        async with provider(url) as a:
+            task = await orch.grant(a.provider_id, "stencil", STENCIL)
+            await orch.wait_for(task, ("progress",), where=lambda b: b.checkpoint_step >= 60)
+            (pid,) = a.worker_pids()
+            os.kill(pid, signal.SIGKILL)  # the worker dies mid-task
+            failed = await orch.finished(task)
+            assert failed.reason == "worker_crashed" and "SIGKILL" in failed.message
+        # Provider a is gone (closed without a word, as a lost provider). The orchestrator hands the
+        # task to another provider with the newest checkpoint it was told about.
+        latest = max((s.body for s in orch.of(task, "progress") if s.body.checkpoint), key=lambda b: b.checkpoint_step)
+        step, ref = latest.checkpoint_step, latest.checkpoint
+        assert 60 <= step < STENCIL["steps"] and ref.name == f"checkpoints/{task}/{step}"
+        with np.load(io.BytesIO(await orch.get_object(ref))) as saved:
+            assert int(saved["_step"]) == step and saved["u"].shape == (40, 40)
+        n_reports = len(orch.reports[task])
+
+        async with provider(url) as b:
+            body = await orch.run(
+                b.provider_id, "stencil", STENCIL, task_id=task, attempt=2, resume_from=ref, resume_step=step
+            )
+            resumed = await orch.result(body)
+            # It resumed: it did not start from zero.
+            assert resumed["resumed_from_step"] == step
+            assert resumed["steps_run"] == STENCIL["steps"] - step
+            second = orch.reports[task][n_reports:]
+            first_progress = next(s.body for s in second if s.kind == "progress")
+            assert first_progress.fraction > step / STENCIL["steps"]
+            assert body.metrics["wall_s"] < 0.01 * STENCIL["steps"]  # fewer steps than a full run
+            # And it reached exactly the state an uninterrupted run reaches.
+            fresh = await orch.result(await orch.run(b.provider_id, "stencil", {**STENCIL, "step_delay_s": 0.0}))
+            for key in ("sum", "l2", "center"):
+                assert resumed[key] == fresh[key]
+            u = ref_stencil(40, STENCIL["steps"], 0.2)
+            assert resumed["sum"] == pytest.approx(u.sum(), rel=1e-12)
+
+            # A checkpoint whose digest does not match is refused, not silently used.
+            bad = ref.model_copy(update={"sha256": "0" * 64})
+            refused = await orch.run(
+                b.provider_id, "stencil", STENCIL, task_id=task, attempt=3, resume_from=bad, resume_step=step
+            )
+            assert refused.report == "failed" and refused.reason == "invalid_params" and "sha256" in refused.message
+
+
+async def test_drain_finishes_running_work_then_leaves(nats_server: NatsServer) -> None:
+    url = nats_server.url
+    async with Orchestrator.connect(url) as orch, provider(url) as rt:
+        pid = rt.provider_id
+        task = await orch.grant(pid, "sleep", {"seconds": 1.0, "steps": 10})
+        await orch.wait_for(task, ("started",))
+        drain = asyncio.create_task(rt.drain("maintenance"))
+        await orch.wait_for_subject(f"gf.in.provider.{pid}.drain")
+        late = await orch.grant(pid, "noop", {})
+        refused = await orch.finished(late)
+        assert refused.report == "failed" and refused.reason == "provider_error" and "draining" in refused.message
+        await asyncio.wait_for(drain, 10)
+        assert (await orch.finished(task)).report == "completed"
+        subjects = [s for s, _ in orch.intake]
+        assert subjects.index(f"gf.in.provider.{pid}.leave") > subjects.index(f"gf.in.task.{task}.report")
+        kv = await orch.js.key_value("gf_heartbeats")
+        with pytest.raises(nats.js.errors.KeyNotFoundError):
+            await kv.get(pid)
+        assert rt.worker_pids() == []
