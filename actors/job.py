@@ -77,6 +77,7 @@ class JobState:
     settled: dict[str, tuple[int, int]] = field(default_factory=dict)
     deadline_missed: bool = False
     submitted_at: datetime | None = None
+    predicted_s: float = 0.0
 
 
 # ---- commands --------------------------------------------------------------------------------------
@@ -296,7 +297,7 @@ def evolve(s: JobState, e: EventModel) -> JobState:
         case JobSubmitted():
             return JobState(status="submitted", job_id=e.job_id, spec=e.spec, submitted_at=e.at)
         case JobAccepted():
-            return replace(s, status="accepted", task_count=e.task_count)
+            return replace(s, status="accepted", task_count=e.task_count, predicted_s=e.predicted_s)
         case JobRejected():
             return replace(s, status="rejected")
         case UsageMetered():

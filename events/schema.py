@@ -1,7 +1,8 @@
 """JSON Schema for every event, intake body and workload, generated from the models.
 
-``python -m events.schema DIR`` writes them; ``python -m events.schema --check DIR`` fails when the
-committed files differ from what the models generate.
+``python -m events.schema DIR`` writes them, and the AsyncAPI document that ties them to their NATS
+subjects (``asyncapi.yaml``, see :mod:`events.asyncapi`); ``python -m events.schema --check DIR``
+fails when the committed files differ from what the models generate.
 """
 
 from __future__ import annotations
@@ -16,9 +17,20 @@ from pydantic import TypeAdapter
 from events.dispatch import Dispatch, Heartbeat
 from events.intake import INTAKE_VERBS
 from events.registry import CATALOGUE, DEFAULT_REGISTRY
+from events.types import EventModel
 from events.workloads import WORKLOADS
 
-__all__ = ["check_schemas", "generate_schemas", "write_schemas"]
+__all__ = [
+    "ASYNCAPI_FILE",
+    "check_schemas",
+    "event_schema_path",
+    "generate_schemas",
+    "intake_schema_path",
+    "write_schemas",
+]
+
+#: The AsyncAPI document, written beside the JSON Schemas it references.
+ASYNCAPI_FILE = "asyncapi.yaml"
 
 _BASE = "https://gpufleet.dev/schemas"
 
@@ -53,16 +65,24 @@ def _with_id(schema: dict[str, Any], path: str) -> dict[str, Any]:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": f"{_BASE}/{path}", **schema}
 
 
+def event_schema_path(model: type[EventModel]) -> str:
+    """Where the schema of an event of the catalogue lives, relative to the schema directory."""
+    return f"events/{model.model_fields['type'].default}.v{model.model_fields['v'].default}.json"
+
+
+def intake_schema_path(kind: str, verb: str) -> str:
+    """Where the schema of the body of ``gf.in.<kind>.<id>.<verb>`` lives."""
+    return f"intake/{kind}.{verb}.json"
+
+
 def generate_schemas() -> dict[str, dict[str, Any]]:
     """Relative path -> schema, for everything gpufleet exchanges as JSON."""
     out: dict[str, dict[str, Any]] = {"envelope.json": _ENVELOPE}
     for model in CATALOGUE:
-        name = model.model_fields["type"].default
-        version = model.model_fields["v"].default
-        path = f"events/{name}.v{version}.json"
+        path = event_schema_path(model)
         out[path] = _with_id(model.model_json_schema(), path)
     for (kind, verb), adapter in INTAKE_VERBS.items():
-        path = f"intake/{kind}.{verb}.json"
+        path = intake_schema_path(kind, verb)
         out[path] = _with_id(adapter.json_schema(), path)
     for name, c in WORKLOADS.items():
         path = f"workloads/{name}.json"
@@ -76,23 +96,32 @@ def _render(schema: dict[str, Any]) -> str:
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 
 
+def _files() -> dict[str, str]:
+    """Relative path -> text of every generated file: the JSON Schemas, then the AsyncAPI document."""
+    from events.asyncapi import render_asyncapi  # it builds on this module's paths
+
+    out = {rel: _render(schema) for rel, schema in generate_schemas().items()}
+    out[ASYNCAPI_FILE] = render_asyncapi()
+    return out
+
+
 def write_schemas(directory: Path) -> list[Path]:
-    """Write every schema under ``directory``; return the paths written."""
+    """Write every schema and the AsyncAPI document under ``directory``; return the paths written."""
     written = []
-    for rel, schema in generate_schemas().items():
+    for rel, text in _files().items():
         p = directory / rel
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(_render(schema))
+        p.write_text(text)
         written.append(p)
     return written
 
 
 def check_schemas(directory: Path) -> list[str]:
-    """Relative paths whose committed file is missing or differs from the generated schema."""
+    """Relative paths whose committed file is missing or differs from what the models generate."""
     stale = []
-    for rel, schema in generate_schemas().items():
+    for rel, text in _files().items():
         p = directory / rel
-        if not p.is_file() or p.read_text() != _render(schema):
+        if not p.is_file() or p.read_text() != text:
             stale.append(rel)
     return stale
 

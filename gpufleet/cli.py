@@ -1,20 +1,75 @@
-"""The ``gpufleet`` command line."""
+"""The ``gpufleet`` command line: run a network, submit and follow jobs, run providers, audit the log.
+
+Bad input of any kind (a bad job file, an unknown workload, invalid parameters, a server that
+cannot be reached, an unknown job id) prints one line that names the problem and exits non-zero:
+never a traceback.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import sys
 import tempfile
+from collections.abc import Coroutine
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
-from events import GpufleetError
+from events import GpufleetError, InvalidPayload
 
-app = typer.Typer(add_completion=False, no_args_is_help=True)
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
 console = Console()
+T = TypeVar("T")
+
+NatsOpt = Annotated[
+    str | None,
+    typer.Option("--nats", help="NATS server or cluster URL (default: the network `gpufleet up` runs)."),
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Where `up` keeps its log and read models (~/.gpufleet).")
+]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    """One line, no traceback, non-zero exit."""
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; turn every expected failure into one line and an exit code."""
+    import yaml
+
+    try:
+        return asyncio.run(coro)
+    except GpufleetError as e:
+        _fail(str(e))
+    except yaml.YAMLError as e:
+        _fail(f"not valid YAML: {str(e).splitlines()[0]}")
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        _fail(f"{e.strerror}: {e.filename}")
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except TimeoutError:
+        _fail("timed out")
+    raise AssertionError("unreachable")
+
+
+def _url(nats_url: str | None, data_dir: Path | None = None) -> str:
+    from gpufleet.network import discover_url
+
+    return nats_url or discover_url(data_dir)
 
 
 @app.callback()
@@ -27,26 +82,526 @@ def _root(
 
     if log_format not in ("auto", "console", "json"):
         _fail(f"--log-format must be auto, console or json, not {log_format!r}")
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        _fail(f"--log-level must be debug, info, warning or error, not {log_level!r}")
     configure_logging(log_format, log_level)  # type: ignore[arg-type]
 
 
-def _fail(message: str) -> None:
-    """One line, no traceback, non-zero exit."""
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(1)
+# ---- the network ---------------------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    data_dir: DataDirOpt = None,
+    nats_url: Annotated[
+        str | None, typer.Option("--nats", help="Use this server or cluster instead of an embedded one.")
+    ] = None,
+    provider: Annotated[bool, typer.Option(help="Run a local provider on this machine's GPU (or CPU).")] = True,
+    backend: Annotated[str, typer.Option(help="The local provider's backend: auto, cuda or cpu.")] = "auto",
+    slots: Annotated[int | None, typer.Option(help="The local provider's worker processes.")] = None,
+    price_micros: Annotated[int, typer.Option(help="The local provider's price, micro-credits per GPU-s.")] = 0,
+) -> None:
+    """Run the whole network here: nats-server with JetStream, orchestrator, projections, a provider.
+
+    Ctrl-C stops everything; a later `up` on the same data directory resumes from the same log.
+    """
+    from gpufleet.network import DEFAULT_DATA_DIR, LocalNetwork, NetworkConfig
+
+    cfg = NetworkConfig(
+        data_dir=data_dir or DEFAULT_DATA_DIR,
+        nats_url=nats_url,
+        provider=provider,
+        provider_backend=backend,
+        provider_slots=slots,
+        provider_price_micros=price_micros,
+    )
+
+    async def run() -> None:
+        net = LocalNetwork(cfg)
+        with console.status("starting the network..."):
+            await net.start()
+        try:
+            _print_network(net)
+            await asyncio.Event().wait()
+        finally:
+            await net.stop()
+
+    try:
+        _run(run())
+    except typer.Exit as e:
+        if e.exit_code == 130:
+            console.print("stopped; `gpufleet up` resumes from the same log")
+            return
+        raise
+
+
+def _print_network(net: Any) -> None:
+    t = Table(title="gpufleet is up", show_header=False)
+    t.add_row("NATS", net.url + ("  (embedded, store " + str(net.server.store_dir) + ")" if net.server else ""))
+    orch = net.orchestrator
+    t.add_row("orchestrator", f"log position {orch.world.position}, {len(orch.world.jobs)} jobs so far")
+    if net.projector is not None:
+        t.add_row("projections", f"{net.db_path}")
+    p = net.provider
+    if p is not None and p.capabilities is not None:
+        caps = p.capabilities
+        t.add_row("provider", f"{p.provider_id}: {caps.backend} {caps.gpu_model}, {caps.slots} slot(s)")
+    t.add_row("try", "gpufleet submit --workload montecarlo --param samples=1000000 --watch")
+    console.print(t)
+    console.print("Ctrl-C to stop.")
 
 
 @app.command()
 def demo(
-    data_dir: Annotated[Path | None, typer.Option(help="Where the embedded server keeps its log.")] = None,
+    data_dir: DataDirOpt = None,
+    backend: Annotated[str, typer.Option(help="The local provider's backend: auto, cuda or cpu.")] = "auto",
 ) -> None:
-    """Start an embedded nats-server, append events and replay them from the log."""
+    """Bring a network up, run a mix of sample jobs with live progress, then show results and the audit."""
     from gpufleet.demo import run_demo
 
+    _run(run_demo(data_dir or Path(tempfile.mkdtemp(prefix="gpufleet-demo-")), console, backend=backend))
+
+
+# ---- jobs ----------------------------------------------------------------------------------------
+
+
+def _parse_value(raw: str) -> Any:
     try:
-        asyncio.run(run_demo(data_dir or Path(tempfile.mkdtemp(prefix="gpufleet-demo-")), console))
-    except GpufleetError as e:
-        _fail(str(e))
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _job_spec(
+    file: Path | None,
+    workload: str | None,
+    params: list[str],
+    tasks: int | None,
+    submitter: str | None,
+    max_price: int | None,
+    deadline_in: float | None,
+    backend: str | None,
+    priority: int | None,
+) -> dict[str, Any]:
+    import yaml
+
+    spec: dict[str, Any] = {}
+    if file is not None:
+        text = sys.stdin.read() if str(file) == "-" else file.read_text()
+        loaded = yaml.safe_load(text)  # JSON is YAML too
+        if not isinstance(loaded, dict):
+            raise InvalidPayload("a job file must hold one mapping (a JSON object)", field="file")
+        spec = loaded
+    if workload:
+        spec["workload"] = workload
+    for p in params:
+        key, sep, value = p.partition("=")
+        if not sep or not key:
+            raise InvalidPayload(f"--param must look like name=value, not {p!r}", field="param")
+        spec.setdefault("params", {})[key] = _parse_value(value)
+    if tasks is not None:
+        spec["split"] = {"kind": "count", "count": tasks}
+    if submitter:
+        spec["submitter"] = submitter
+    if max_price is not None:
+        spec["max_price_micros"] = max_price
+    if deadline_in is not None:
+        spec["deadline"] = (datetime.now(UTC) + timedelta(seconds=deadline_in)).isoformat()
+    if backend:
+        spec.setdefault("resources", {})["backend"] = backend
+    if priority is not None:
+        spec["priority"] = priority
+    if "workload" not in spec:
+        raise InvalidPayload("give a job file or --workload", field="workload")
+    return spec
+
+
+@app.command()
+def submit(
+    file: Annotated[Path | None, typer.Argument(help="Job file, YAML or JSON ('-' for stdin).")] = None,
+    workload: Annotated[str | None, typer.Option(help="Workload name (instead of, or over, the file).")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (JSON value).")] = None,
+    tasks: Annotated[int | None, typer.Option(help="Split into this many identical tasks.")] = None,
+    submitter: Annotated[str | None, typer.Option(help="Who pays.")] = None,
+    max_price: Annotated[int | None, typer.Option(help="Price ceiling, micro-credits per GPU-second.")] = None,
+    deadline_in: Annotated[float | None, typer.Option(help="Deadline, seconds from now.")] = None,
+    backend: Annotated[str | None, typer.Option(help="Required backend: cuda or any.")] = None,
+    priority: Annotated[int | None, typer.Option(help="0 (low) to 9 (high).")] = None,
+    job_id: Annotated[str | None, typer.Option(help="Choose the job id (a retry with it is a no-op).")] = None,
+    watch_: Annotated[bool, typer.Option("--watch", "-w", help="Follow the job to the end.")] = False,
+    nats_url: NatsOpt = None,
+) -> None:
+    """Submit a job from a file or from flags; prints the job id."""
+    from gpufleet.client import Client
+    from gpufleet.watch import watch_jobs
+
+    spec = None
+
+    async def run() -> None:
+        nonlocal spec
+        spec = _job_spec(file, workload, param or [], tasks, submitter, max_price, deadline_in, backend, priority)
+        async with await Client.connect(_url(nats_url)) as client:
+            job = await client.submit(spec, job_id=job_id)
+            console.print(job.id, highlight=False)
+            if watch_:
+                (st,) = await watch_jobs([job], console)
+                _print_outcome(st)
+                if st.status != "completed":
+                    raise typer.Exit(1)
+
+    _run(run())
+
+
+def _print_outcome(st: Any) -> None:
+    style = "green" if st.status == "completed" else "red"
+    reason = f": {st.reason}" if st.reason else ""
+    field = f" ({st.field})" if st.field else ""
+    console.print(f"job {st.job_id} [{style}]{st.status}[/]{field}{reason}", highlight=False)
+
+
+@app.command()
+def watch(job_id: Annotated[str, typer.Argument(help="The job id.")], nats_url: NatsOpt = None) -> None:
+    """Follow a job live, with a bar per task and an ETA, until it ends (reconnects if the link drops)."""
+    from gpufleet.client import Client
+    from gpufleet.watch import watch_jobs
+
+    async def run() -> None:
+        async with await Client.connect(_url(nats_url)) as client:
+            job = client.job(job_id)
+            await job.status()  # unknown id: one clear line, now
+            (st,) = await watch_jobs([job], console)
+            _print_outcome(st)
+            if st.status != "completed":
+                raise typer.Exit(1)
+
+    _run(run())
+
+
+@app.command()
+def status(job_id: Annotated[str, typer.Argument(help="The job id.")], nats_url: NatsOpt = None) -> None:
+    """A job's state, tasks, providers, ETA and cost, from the log."""
+    from gpufleet.client import Client
+
+    async def run() -> None:
+        async with await Client.connect(_url(nats_url)) as client:
+            st = await client.job(job_id).status()
+        t = Table(title=f"job {st.job_id}: {st.status}")
+        for col in ("task", "state", "provider", "attempt", "progress", "predicted"):
+            t.add_column(col)
+        for task in st.tasks:
+            t.add_row(
+                task.task_id,
+                task.status,
+                task.provider_id or "",
+                str(task.attempt),
+                f"{task.progress:.0%}",
+                f"{task.predicted_s:.2f}s" if task.predicted_s else "",
+            )
+        console.print(t)
+        eta = st.eta_s()
+        console.print(
+            f"{st.workload}, submitter {st.submitter}, {st.count('completed')}/{st.task_count} done, "
+            f"cost {st.cost_micros / 1e6:.6f} credits" + (f", eta {eta:.1f}s" if eta and not st.ended else ""),
+            highlight=False,
+        )
+        if st.reason:
+            console.print(f"reason: {st.reason}" + (f" ({st.field})" if st.field else ""), highlight=False)
+
+    _run(run())
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="The job id.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the log).")] = "",
+    nats_url: NatsOpt = None,
+) -> None:
+    """Cancel a job; its running tasks are stopped on their providers."""
+    from gpufleet.client import Client
+
+    async def run() -> None:
+        async with await Client.connect(_url(nats_url)) as client:
+            await client.job(job_id).cancel(reason or "cancelled from the command line")
+        console.print(f"cancellation of {job_id} sent")
+
+    _run(run())
+
+
+@app.command()
+def result(
+    job_id: Annotated[str, typer.Argument(help="The job id.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the results here.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Wait at most this many seconds.")] = None,
+    nats_url: NatsOpt = None,
+) -> None:
+    """Wait for a job and print or save its results; every digest is verified against the log."""
+    from gpufleet.client import Client
+
+    async def run() -> None:
+        async with await Client.connect(_url(nats_url)) as client:
+            results = await client.job(job_id).result(timeout)
+        if out is None:
+            for r in results:
+                shown = r.value if r.value is not None else f"<{r.size} bytes in {r.object_name}>"
+                console.print(f"{r.task_id}: {json.dumps(shown) if r.value is not None else shown}", highlight=False)
+            return
+        if len(results) == 1 and results[0].data is not None and results[0].value is None:
+            out.write_bytes(results[0].data)
+        else:
+            doc = [
+                {"task": r.task_id, "index": r.index, "sha256": r.sha256, "value": r.value, "object": r.object_name}
+                for r in results
+            ]
+            out.write_text(json.dumps(doc, indent=2) + "\n")
+        console.print(f"{len(results)} result(s) written to {out} (sha256 verified)")
+
+    _run(run())
+
+
+async def _read_models(url: str, data_dir: Path | None) -> Any:
+    """Read models for queries: those of the local `up` if it runs, else a private cache caught up now."""
+    from events.store import JetStreamEventStore
+    from gpufleet.network import DEFAULT_DATA_DIR, _alive, _read_info
+    from projections.projector import Projector
+    from projections.query import ReadModels
+    from projections.storage import SqliteStore
+
+    home = data_dir or DEFAULT_DATA_DIR
+    info = _read_info(home)
+    live = home / "readmodels.sqlite"
+    if info and info.get("url") == url and _alive(int(info.get("pid", 0))) and live.exists():
+        return ReadModels.open(live)
+    home.mkdir(parents=True, exist_ok=True)
+    cache = home / f"cache-{hashlib.sha1(url.encode()).hexdigest()[:10]}.sqlite"
+    store = await JetStreamEventStore.connect(url, name="gpufleet-cli")
+    db = SqliteStore(str(cache))
+    try:
+        projector = Projector(store, db)
+        projector.open()
+        with console.status("catching up with the log..."):
+            await projector.catch_up()
+    finally:
+        await store.close()
+        db.close()
+    return ReadModels.open(cache)
+
+
+@app.command()
+def jobs(
+    status_: Annotated[str | None, typer.Option("--status", help="Only jobs in this state.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+    nats_url: NatsOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Jobs, newest first: status, progress, ETA and cost."""
+
+    async def run() -> None:
+        models = await _read_models(_url(nats_url, data_dir), data_dir)
+        try:
+            rows = await models.list_jobs(status_, limit=limit)
+        finally:
+            models.close()
+        t = Table(title=f"{len(rows)} job(s)")
+        for col in ("job", "workload", "submitter", "status", "tasks", "progress", "cost (credits)"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(
+                r.job_id,
+                r.workload,
+                r.submitter,
+                r.status,
+                f"{r.tasks_completed}/{r.task_count}",
+                f"{r.progress:.0%}",
+                f"{r.cost_micros / 1e6:.6f}",
+            )
+        console.print(t)
+
+    _run(run())
+
+
+@app.command()
+def providers(nats_url: NatsOpt = None, data_dir: DataDirOpt = None) -> None:
+    """The fleet: capability, state, utilisation, reputation, earnings."""
+
+    async def run() -> None:
+        models = await _read_models(_url(nats_url, data_dir), data_dir)
+        try:
+            rows = await models.fleet()
+        finally:
+            models.close()
+        _fleet_table(rows)
+
+    _run(run())
+
+
+def _fleet_table(rows: list[Any]) -> None:
+    t = Table(title=f"{len(rows)} provider(s)")
+    for col in ("provider", "state", "device", "slots", "busy", "completed", "reputation", "earned (credits)"):
+        t.add_column(col)
+    for r in rows:
+        device = f"{r.backend} {r.gpu_model}" + (f" {r.vram_mb // 1024} GiB" if r.vram_mb else "")
+        t.add_row(
+            r.provider_id,
+            r.status,
+            device,
+            str(r.slots),
+            f"{r.utilisation:.0%}",
+            str(r.completions),
+            f"{r.reputation:.2f}",
+            f"{r.earnings_micros / 1e6:.6f}",
+        )
+    console.print(t)
+
+
+@app.command()
+def replay(
+    audit: Annotated[bool, typer.Option("--audit", help="Also audit the log and print the report.")] = False,
+    db: Annotated[Path | None, typer.Option(help="Rebuild into this SQLite file (default: a temporary one).")] = None,
+    nats_url: NatsOpt = None,
+) -> None:
+    """Rebuild every read model from position 0 of the log; with --audit, check the network kept its rules."""
+    from events.store import JetStreamEventStore
+    from projections.audit import audit_jetstream
+    from projections.projector import Projector
+    from projections.query import ReadModels
+    from projections.storage import SqliteStore
+
+    async def run() -> None:
+        url = _url(nats_url)
+        store = await JetStreamEventStore.connect(url, name="gpufleet-replay")
+        target = db or Path(tempfile.mkdtemp(prefix="gpufleet-replay-")) / "readmodels.sqlite"
+        sqlite = SqliteStore(str(target))
+        try:
+            projector = Projector(store, sqlite)
+            projector.open()
+            with console.status("replaying the log..."):
+                position = await projector.rebuild()
+            models = ReadModels(sqlite)
+            books = await models.balances()
+            err = await models.eta_error()
+            console.print(
+                f"rebuilt every read model from {projector.applied} events (log position {position}) into {target}",
+                highlight=False,
+            )
+            console.print(f"books balance: {'yes' if books.balanced else 'NO: ' + '; '.join(books.problems[:3])}")
+            if err.n:
+                console.print(f"ETA error over {err.n} tasks: median {err.median:.1%}, p90 {err.p90:.1%}")
+            if audit:
+                with console.status("auditing the domain and intake streams..."):
+                    report = await audit_jetstream(store)
+                console.print(report.render())
+                if not report.ok:
+                    raise typer.Exit(1)
+        finally:
+            await store.close()
+            sqlite.close()
+
+    _run(run())
+
+
+# ---- schemas -------------------------------------------------------------------------------------
+
+schema_app = typer.Typer(help="JSON Schemas and the AsyncAPI document.", no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
+
+
+@schema_app.command("export")
+def schema_export(directory: Annotated[Path, typer.Argument(help="Where to write them.")]) -> None:
+    """Export the JSON Schema of every event, intake body and workload, and the AsyncAPI document."""
+    from events.schema import write_schemas
+
+    written = write_schemas(directory)
+    console.print(f"{len(written)} files written under {directory}")
+
+
+# ---- providers and the orchestrator --------------------------------------------------------------
+
+provider_app = typer.Typer(help="Run a provider.", no_args_is_help=True)
+app.add_typer(provider_app, name="provider")
+
+
+@provider_app.command("run")
+def provider_run(
+    nats_url: NatsOpt = None,
+    name: Annotated[str, typer.Option(help="A name people will recognise.")] = "",
+    provider_id: Annotated[str | None, typer.Option(help="Stable id (default: local-<hostname>).")] = None,
+    backend: Annotated[str, typer.Option(help="auto (CuPy if a GPU is seen), cuda, or cpu.")] = "auto",
+    slots: Annotated[int | None, typer.Option(help="Worker processes (default: one per GPU).")] = None,
+    price_micros: Annotated[int, typer.Option(help="Price, micro-credits per GPU-second.")] = 0,
+    memory_limit_mb: Annotated[int | None, typer.Option(help="Per-task GPU memory cap.")] = None,
+) -> None:
+    """Join this machine's GPU (or CPU) to a network: detect, calibrate, register, take work.
+
+    Ctrl-C drains: running work finishes, nothing new is taken, then the provider leaves.
+    """
+    import signal
+
+    from gpu_runtime.service import ProviderRuntime, RuntimeConfig
+    from gpufleet.network import local_provider_id
+
+    async def run() -> None:
+        runtime = ProviderRuntime(
+            RuntimeConfig(
+                nats_url=_url(nats_url),
+                provider_id=provider_id or local_provider_id(),
+                name=name,
+                backend=backend,  # type: ignore[arg-type]
+                slots=slots,
+                price_micros=price_micros,
+                memory_limit_mb=memory_limit_mb,
+            )
+        )
+        with console.status("detecting and calibrating the device..."):
+            await runtime.start()
+        caps = runtime.capabilities
+        assert caps is not None
+        console.print(
+            f"provider {runtime.provider_id}: {caps.backend} {caps.gpu_model}, {caps.slots} slot(s), "
+            f"registered on {runtime.config.nats_url}",
+            highlight=False,
+        )
+        loop = asyncio.get_running_loop()
+        drains: list[Any] = []
+
+        def drain() -> None:
+            if not drains:
+                console.print("draining: finishing running work...")
+                drains.append(loop.create_task(runtime.drain("stopped by its operator")))
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, drain)
+        await runtime.serve()
+
+    _run(run())
+
+
+@provider_app.command("simulate")
+def provider_simulate(
+    nats_url: NatsOpt = None,
+    count: Annotated[int, typer.Option(help="How many simulated providers.")] = 4,
+    slots: Annotated[int, typer.Option(help="Slots per provider.")] = 4,
+    prefix: Annotated[str, typer.Option(help="Provider ids are <prefix><n>.")] = "sim",
+    price: Annotated[int, typer.Option(help="Price, micro-credits per GPU-second.")] = 100,
+) -> None:
+    """Simulated providers (noop and sleep only) that speak the real protocol: for tests and benchmarks."""
+    from events.store.connection import connect_nats
+    from gpufleet.sim import SimulatedProvider
+
+    async def run() -> None:
+        url = _url(nats_url)
+        nc = await connect_nats(url, name="gpufleet-sim")
+        fleet = [
+            await SimulatedProvider(nc, f"{prefix}{i}", slots=slots, price_micros=price).start() for i in range(count)
+        ]
+        console.print(f"{count} simulated providers with {slots} slots each on {url}", highlight=False)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            for p in fleet:
+                await p.kill()
+            await nc.close()
+
+    _run(run())
 
 
 orchestrator_app = typer.Typer(help="Run the orchestrator.", no_args_is_help=True)
@@ -55,7 +610,7 @@ app.add_typer(orchestrator_app, name="orchestrator")
 
 @orchestrator_app.command("run")
 def orchestrator_run(
-    nats_url: Annotated[str, typer.Option("--nats", help="NATS server or cluster URL.")] = "nats://127.0.0.1:4222",
+    nats_url: NatsOpt = None,
     heartbeat_timeout: Annotated[
         float, typer.Option(help="Seconds without a heartbeat before a provider is lost.")
     ] = 6.0,
@@ -70,56 +625,19 @@ def orchestrator_run(
     )
 
     async def run() -> None:
-        orch = await Orchestrator.connect(nats_url, config=config)
-        console.print(f"orchestrator running on {nats_url} (log position {orch.world.position})", highlight=False)
+        url = _url(nats_url)
+        orch = await Orchestrator.connect(url, config=config)
+        console.print(f"orchestrator running on {url} (log position {orch.world.position})", highlight=False)
         try:
             await asyncio.Event().wait()
         finally:
             await orch.close()
 
     try:
-        asyncio.run(run())
-    except GpufleetError as e:
-        _fail(str(e))
-    except KeyboardInterrupt:
-        console.print("orchestrator stopped")
-
-
-provider_app = typer.Typer(help="Run a provider.", no_args_is_help=True)
-app.add_typer(provider_app, name="provider")
-
-
-@provider_app.command("simulate")
-def provider_simulate(
-    nats_url: Annotated[str, typer.Option("--nats", help="NATS server or cluster URL.")] = "nats://127.0.0.1:4222",
-    count: Annotated[int, typer.Option(help="How many simulated providers.")] = 4,
-    slots: Annotated[int, typer.Option(help="Slots per provider.")] = 4,
-    prefix: Annotated[str, typer.Option(help="Provider ids are <prefix><n>.")] = "sim",
-    price: Annotated[int, typer.Option(help="Price, micro-credits per GPU-second.")] = 100,
-) -> None:
-    """Simulated providers (noop and sleep only) that speak the real protocol: for tests and benchmarks."""
-    from events.store.connection import connect_nats
-    from gpufleet.sim import SimulatedProvider
-
-    async def run() -> None:
-        nc = await connect_nats(nats_url, name="gpufleet-sim")
-        fleet = [
-            await SimulatedProvider(nc, f"{prefix}{i}", slots=slots, price_micros=price).start() for i in range(count)
-        ]
-        console.print(f"{count} simulated providers with {slots} slots each on {nats_url}", highlight=False)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            for p in fleet:
-                await p.kill()
-            await nc.close()
-
-    try:
-        asyncio.run(run())
-    except GpufleetError as e:
-        _fail(str(e))
-    except KeyboardInterrupt:
-        pass
+        _run(run())
+    except typer.Exit as e:
+        if e.exit_code != 130:
+            raise
 
 
 def main() -> None:

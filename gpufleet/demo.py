@@ -1,66 +1,168 @@
-"""``gpufleet demo``: the event backbone end to end on an embedded nats-server."""
+"""``gpufleet demo``: a whole network on this machine, a mix of real jobs with live progress, the audit.
+
+The mix: a sharded matmul, a seeded Monte Carlo, an iterative stencil with real progress and
+checkpoints, and, where a GPU exists, a custom CUDA kernel compiled on the provider.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import asyncio
+import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from events import NO_STREAM, new_envelope
-from events.store import JetStreamEventStore
-from events.task import TaskCreated, TaskLeased, TaskQueued
-from events.types import Estimate, Resources
-from gpufleet.natsserver import NatsServer
+from actors.orchestrator import OrchestratorConfig
+from gpufleet.client import Client, JobStatus
+from gpufleet.network import LocalNetwork, NetworkConfig
+from gpufleet.watch import watch_jobs
+
+__all__ = ["demo_jobs", "run_demo"]
+
+SAXPY = r"""
+extern "C" __global__ void saxpy(const float a, const float* x, float* y, const int n) {
+    int i = blockDim.x * blockIdx.x + threadIdx.x;
+    if (i < n) y[i] = a * x[i] + y[i];
+}
+"""
 
 
-async def run_demo(data_dir: Path, console: Console) -> None:
-    """Start nats-server, append a task's first events, replay the log and print it."""
-    with NatsServer(data_dir / "nats") as server:
-        console.print(f"nats-server with JetStream at [bold]{server.url}[/] (store: {data_dir / 'nats'})")
-        store = await JetStreamEventStore.connect(server.url)
+def demo_jobs(gpu: bool) -> list[dict[str, Any]]:
+    """The sample jobs: sized for a CPU here, bigger on a GPU."""
+    jobs: list[dict[str, Any]] = [
+        {
+            "workload": "matmul",
+            "params": {"n": 4096 if gpu else 384, "dtype": "fp16" if gpu else "fp32", "repeat": 4},
+            "split": {"kind": "params", "params": [{"seed": s} for s in range(4)]},
+            "submitter": "alice",
+            "labels": {"demo": "sharded matmul"},
+        },
+        {
+            "workload": "montecarlo",
+            "params": {"samples": (1 << 28) if gpu else 3_000_000},
+            "split": {"kind": "params", "params": [{"seed": s} for s in range(1, 5)]},
+            "submitter": "bob",
+            "labels": {"demo": "seeded Monte Carlo"},
+        },
+        {
+            "workload": "stencil",
+            "params": {"n": 128, "steps": 400, "checkpoint_every": 50, "step_delay_s": 0.01},
+            "submitter": "carol",
+            "labels": {"demo": "iterative stencil"},
+        },
+    ]
+    if gpu:
+        n = 1 << 20
+        jobs.append(
+            {
+                "workload": "custom_kernel",
+                "params": {
+                    "source": SAXPY,
+                    "name": "saxpy",
+                    "grid": [n // 256],
+                    "block": [256],
+                    "args": [
+                        {"kind": "scalar", "dtype": "float32", "value": 2.0},
+                        {"kind": "array", "dtype": "float32", "value": [1.0] * 1024, "size": n},
+                        {"kind": "array", "dtype": "float32", "size": n, "output": True},
+                        {"kind": "scalar", "dtype": "int32", "value": n},
+                    ],
+                },
+                "resources": {"backend": "cuda"},
+                "submitter": "dave",
+                "labels": {"demo": "custom CUDA kernel"},
+            }
+        )
+    return jobs
+
+
+def _summary(st: JobStatus, values: list[Any]) -> str:
+    if st.status != "completed":
+        return st.reason
+    if st.workload == "montecarlo":
+        pis = [v["pi"] for v in values if isinstance(v, dict) and "pi" in v]
+        return f"pi ~ {sum(pis) / len(pis):.5f} from {len(pis)} seeded runs (bit-exact on any backend)"
+    if st.workload == "matmul":
+        return "checksums " + ", ".join(f"{v['checksum']:.4g}" for v in values if isinstance(v, dict))
+    if st.workload == "stencil":
+        v = values[0] if values else {}
+        return f"{v.get('steps_run')} steps, heat sum {v.get('sum', 0):.6g}"
+    return f"{len(values)} result(s)"
+
+
+async def run_demo(data_dir: Path, console: Console, *, backend: str = "auto") -> None:
+    """Bring the network up, run the sample mix with live bars, print results, fleet and audit."""
+    from projections.audit import audit_jetstream
+    from projections.query import ReadModels
+
+    cfg = NetworkConfig(
+        data_dir=data_dir,
+        provider_backend=backend,
+        provider_price_micros=2000,  # 0.002 credits per GPU-second, so that the books show something
+        orchestrator=OrchestratorConfig(heartbeat_timeout_s=5.0),
+    )
+    net = LocalNetwork(cfg)
+    t0 = time.perf_counter()
+    with console.status("starting nats-server, the orchestrator, the projections and a provider (calibrating)..."):
+        await net.start()
+    provider = net.provider
+    assert provider is not None and provider.capabilities is not None
+    caps = provider.capabilities
+    console.print(
+        f"[bold]gpufleet demo[/] on {net.url}: provider {provider.provider_id} is "
+        f"[bold]{caps.backend}[/] ({caps.gpu_model}), up in {time.perf_counter() - t0:.1f}s",
+        highlight=False,
+    )
+    client = await Client.connect(net.url)
+    try:
+        gpu = caps.backend == "cuda"
+        jobs = [await client.submit(spec) for spec in demo_jobs(gpu)]
+        statuses = await watch_jobs(jobs, console)
+
+        table = Table(title="results (every digest verified against the log)")
+        for col in ("job", "workload", "status", "tasks", "result"):
+            table.add_column(col)
+        for job, st in zip(jobs, statuses, strict=True):
+            values = [r.value for r in await job.result()] if st.status == "completed" else []
+            table.add_row(
+                st.job_id, st.workload, st.status, f"{st.count('completed')}/{st.task_count}", _summary(st, values)
+            )
+        console.print(table)
+
+        projector = net.projector
+        assert projector is not None and net.orchestrator is not None
+        head = await client._head()
+        for _ in range(100):  # the projections follow the log within milliseconds
+            if projector.position >= head:
+                break
+            await asyncio.sleep(0.05)
+        await projector.flush()
+        from projections.storage import SqliteStore
+
+        models = ReadModels(SqliteStore(str(net.db_path)))
         try:
-            t0 = datetime.now(UTC)
-            task = "demo-0"
-            stream = f"task.{task}"
-            created = TaskCreated(
-                at=t0,
-                task_id=task,
-                job_id="demo",
-                index=0,
-                submitter="newcomer",
-                workload="noop",
-                params={},
-                resources=Resources(),
-                estimate=Estimate(),
-                timeout_s=60.0,
-            )
-            r = await store.append(
-                stream, [new_envelope(stream, created, id=f"{task}-1", source="gpufleet/demo")], NO_STREAM
-            )
-            leased = TaskLeased(
-                at=t0,
-                task_id=task,
-                lease_id="l1",
-                provider_id="local",
-                attempt=1,
-                expires_at=t0 + timedelta(seconds=30),
-            )
-            requeued = TaskQueued(at=t0, task_id=task)
-            await store.append(
-                stream,
-                [
-                    new_envelope(stream, leased, id=f"{task}-2", source="gpufleet/demo"),
-                    new_envelope(stream, requeued, id=f"{task}-3", source="gpufleet/demo"),
-                ],
-                r.last,
-            )
-            table = Table(title="replayed from the log")
-            for col in ("position", "stream", "type", "id"):
-                table.add_column(col)
-            async for env in store.read_all():
-                table.add_row(str(env.sequence), env.subject, env.type, env.id)
-            console.print(table)
+            from gpufleet.cli import _fleet_table
+
+            _fleet_table(await models.fleet())
+            books = await models.balances()
+            console.print(f"books balance: {'[green]yes[/]' if books.balanced else '[red]NO[/]'}")
+        finally:
+            models.close()
+        from events.store import JetStreamEventStore
+
+        store = await JetStreamEventStore.connect(net.url, name="gpufleet-demo-audit")
+        try:
+            report = await audit_jetstream(store)
         finally:
             await store.close()
+        verdict = "[green]clean[/]" if report.ok else f"[red]{len(report.findings)} finding(s)[/]"
+        console.print(f"audit of {report.events} events and the intake stream: {verdict}")
+        if not report.ok:
+            console.print(report.render())
+        console.print(f"log kept in {data_dir}; replay it any time with `gpufleet replay --audit`")
+    finally:
+        await client.close()
+        with console.status("stopping..."):
+            await net.stop()

@@ -106,7 +106,7 @@ async def test_unbalanced_books_missing_outcomes_and_invalid_events_are_caught(
     await nc.close()
     report = await audit_jetstream(store)
     ledger = [f.message for f in report.of("ledger")]
-    assert any("not in the append of the job's ending" in m for m in ledger), ledger
+    assert any("not in the append of its charge" in m for m in ledger), ledger
     assert any("provider gpu-a credited" in m for m in ledger), ledger
     assert any("has no outcome" in m for m in (f.message for f in report.of("intake")))
     assert [f.message.split(":")[0] for f in report.of("schema")] == ["does not validate"]
