@@ -123,8 +123,15 @@ class Orchestrator:
         cls, url: str, *, topology: Topology | None = None, config: OrchestratorConfig | None = None
     ) -> Orchestrator:
         """Connect to NATS at ``url`` and start."""
-        nc = await connect_nats(url, name="gpufleet-orchestrator")
+        holder: list[Orchestrator] = []
+
+        async def reconnected() -> None:
+            if holder:
+                holder[0].reconnected()
+
+        nc = await connect_nats(url, name="gpufleet-orchestrator", on_reconnect=reconnected)
         orch = cls(nc, topology=topology, config=config)
+        holder.append(orch)
         await orch.start()
         return orch
 
@@ -412,10 +419,15 @@ class Orchestrator:
             cmd = HeartbeatSeen(command_id=new_id("hb-"), at=utc_now())
             self._submit(Intent("provider", provider_id, cmd))
 
+    def reconnected(self) -> None:
+        """The link to NATS came back: while it was down nobody could heartbeat, so start the clocks again."""
+        self._started_at = utc_now()
+        self._last_seen.clear()
+
     def _fresh(self, provider_id: str, now: datetime) -> bool:
         seen = self._last_seen.get(provider_id)
-        # A provider never seen since this process started gets one timeout from the start.
-        last = seen if seen is not None else self._started_at
+        # A provider not seen since this process started (or reconnected) gets one timeout from then.
+        last = max(seen, self._started_at) if seen is not None else self._started_at
         return (now - last).total_seconds() <= self.config.heartbeat_timeout_s
 
     async def _lapse_loop(self) -> None:

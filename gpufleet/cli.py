@@ -100,6 +100,7 @@ def up(
     backend: Annotated[str, typer.Option(help="The local provider's backend: auto, cuda or cpu.")] = "auto",
     slots: Annotated[int | None, typer.Option(help="The local provider's worker processes.")] = None,
     price_micros: Annotated[int, typer.Option(help="The local provider's price, micro-credits per GPU-s.")] = 0,
+    port: Annotated[int | None, typer.Option(help="The embedded server's port (default 4222 if free; 0: any).")] = None,
 ) -> None:
     """Run the whole network here: nats-server with JetStream, orchestrator, projections, a provider.
 
@@ -114,6 +115,7 @@ def up(
         provider_backend=backend,
         provider_slots=slots,
         provider_price_micros=price_micros,
+        port=port,
     )
 
     async def run() -> None:

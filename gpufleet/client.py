@@ -195,8 +195,11 @@ class Client:
         job_id = job_id or new_job_id()
         head = await self._head()
         body = job_spec.model_dump_json().encode()
+        # The same job sent again (a retry) is stored once; another spec under a used id still reaches
+        # the orchestrator, which refuses it on the record.
+        msg_id = f"{job_id}:{hashlib.sha256(body).hexdigest()[:16]}"
         try:
-            ack = await self.js.publish(intake_subject("job", job_id, "submit"), body, headers={"Nats-Msg-Id": job_id})
+            ack = await self.js.publish(intake_subject("job", job_id, "submit"), body, headers={"Nats-Msg-Id": msg_id})
         except (nats.errors.Error, OSError) as e:
             raise StoreUnavailable(f"could not submit job {job_id}: {e!s}") from e
         return Job(self, job_id, after=head, intake_seq=ack.seq)

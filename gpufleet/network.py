@@ -83,6 +83,8 @@ class NetworkConfig:
     data_dir: Path = DEFAULT_DATA_DIR
     #: An existing server or cluster; None runs an embedded nats-server in ``data_dir``.
     nats_url: str | None = None
+    #: The embedded server's port: None tries 4222 (or the last one used), 0 takes any free port.
+    port: int | None = None
     provider: bool = True
     provider_backend: str = "auto"
     provider_slots: int | None = None
@@ -127,8 +129,8 @@ class LocalNetwork:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         if cfg.nats_url is None:
             previous = _read_info(cfg.data_dir) or {}
-            port = int(previous.get("port", 0)) or 4222
-            self.server = NatsServer(cfg.data_dir / "nats", port=port if _port_free(port) else 0)
+            port = cfg.port if cfg.port is not None else (int(previous.get("port", 0)) or 4222)
+            self.server = NatsServer(cfg.data_dir / "nats", port=port if port and _port_free(port) else 0)
             await asyncio.to_thread(self.server.start)
             self.url = self.server.url
         self.orchestrator = await Orchestrator.connect(self.url, config=cfg.orchestrator)

@@ -344,7 +344,8 @@ class Auditor:
         if first and t not in creators and kind in _ID_FIELDS:
             self.find("sequence", pos, f"stream {env.subject!r} starts with {t}, not its creation event")
             return False
-        if not first and t in creators and kind in _ID_FIELDS:
+        # A provider registers again whenever its runtime restarts; any other creation is a fork.
+        if not first and t in creators and kind in _ID_FIELDS and t != "ProviderRegistered":
             self.find("sequence", pos, f"fork: a second {t} in stream {env.subject!r}")
             return False
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
@@ -17,10 +18,18 @@ __all__ = ["connect_nats"]
 _log = structlog.get_logger("gpufleet.nats")
 
 
-async def connect_nats(url: str, *, name: str = "gpufleet", timeout: float = 5.0, **kw: Any) -> NATS:
+async def connect_nats(
+    url: str,
+    *,
+    name: str = "gpufleet",
+    timeout: float = 5.0,
+    on_reconnect: Callable[[], Awaitable[None]] | None = None,
+    **kw: Any,
+) -> NATS:
     """Connect to ``url`` within ``timeout`` seconds, or raise ``StoreUnavailable``.
 
-    Once connected, the client reconnects forever and logs each disconnect and reconnect.
+    Once connected, the client reconnects forever and logs each disconnect and reconnect;
+    ``on_reconnect`` is awaited after each reconnection.
     """
     log = _log.bind(url=url, client=name)
     holder: list[NATS] = []
@@ -33,8 +42,10 @@ async def connect_nats(url: str, *, name: str = "gpufleet", timeout: float = 5.0
             return  # our own close, not a fault
         log.warning("nats.disconnected")
 
-    async def on_reconnect() -> None:
+    async def reconnected() -> None:
         log.info("nats.reconnected")
+        if on_reconnect is not None:
+            await on_reconnect()
 
     try:
         nc = await asyncio.wait_for(
@@ -46,7 +57,7 @@ async def connect_nats(url: str, *, name: str = "gpufleet", timeout: float = 5.0
                 connect_timeout=min(timeout, 2.0),
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
+                reconnected_cb=reconnected,
                 **kw,
             ),
             timeout,

@@ -87,7 +87,8 @@ async def ensure_topology(js: Any, topology: Topology | None = None) -> Topology
                     description="provider heartbeats: not events; a key expires when its provider stops",
                     history=1,
                     ttl=t.heartbeat_ttl_s,
-                    storage=api.StorageType.MEMORY,
+                    # File-backed: the bucket (and who was alive) must survive a server restart.
+                    storage=api.StorageType.FILE,
                     replicas=t.replicas,
                 )
             )

@@ -91,8 +91,9 @@ async def wait_for(
 
 
 def all_jobs_ended(n: int) -> Callable[[World], bool]:
-    """At least ``n`` jobs, none still running."""
-    return lambda w: len(w.jobs) >= n and all(j.status not in ("none", "accepted") for j in w.jobs.values())
+    """At least ``n`` jobs, every one of them ended (completed, failed, cancelled or rejected)."""
+    ended = ("completed", "failed", "cancelled", "rejected")
+    return lambda w: len(w.jobs) >= n and all(j.status in ended for j in w.jobs.values())
 
 
 def assert_exactly_once(log: list[Any]) -> None:

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from events.estimates import RuntimeModel, base_seconds
+from events.estimates import RuntimeModel, base_seconds, shape_of
 from events.types import Calibration, Estimate
 
 CAL = Calibration(matmul_tflops={"fp32": 10.0, "fp16": 100.0}, memory_gbps=500.0, task_overhead_s=0.01)
@@ -123,3 +123,53 @@ def test_the_model_is_deterministic() -> None:
             pa = a.predict(workload, MATMUL, CAL, provider)
             assert pa == b.predict(workload, MATMUL, CAL, provider)  # bit for bit, not approx
     assert a == b
+
+
+SMALL = Estimate(flops=2e10, bytes_moved=1e8, precision="fp32")
+BIG = Estimate(flops=2e12, bytes_moved=1e10, precision="fp32")
+
+
+def test_history_of_the_same_shape_comes_first() -> None:
+    # The workload's estimate is off by 4x for small tasks (fixed costs) and 2x for big ones.
+    model = RuntimeModel()
+    for _ in range(5):
+        model.observe("matmul", SMALL, CAL, "p1", 4.0 * base_seconds(SMALL, CAL))
+        model.observe("matmul", BIG, CAL, "p1", 2.0 * base_seconds(BIG, CAL))
+    assert model.predict("matmul", SMALL, CAL, "p1") == pytest.approx(4.0 * base_seconds(SMALL, CAL))
+    assert model.predict("matmul", BIG, CAL, "p1") == pytest.approx(2.0 * base_seconds(BIG, CAL))
+    # A shape never seen falls back to the workload's history on this provider: between the two.
+    other = Estimate(flops=2e11, bytes_moved=1e9, precision="fp32")
+    ratio = model._by_provider[("matmul", "p1")].value
+    assert 2.0 < ratio < 4.0
+    assert model.predict("matmul", other, CAL, "p1") == pytest.approx(ratio * base_seconds(other, CAL))
+
+
+def test_a_shape_new_to_a_provider_scales_its_workload_history_by_the_shape_s() -> None:
+    model = RuntimeModel()
+    for _ in range(5):  # on p1 both shapes; the small one costs twice the workload's average ratio
+        model.observe("matmul", SMALL, CAL, "p1", 4.0 * base_seconds(SMALL, CAL))
+        model.observe("matmul", BIG, CAL, "p1", 1.0 * base_seconds(BIG, CAL))
+    for _ in range(5):  # p2 is 3x slower than p1 on the big shape and has never run the small one
+        model.observe("matmul", BIG, CAL, "p2", 3.0 * base_seconds(BIG, CAL))
+    p2 = model._by_provider[("matmul", "p2")].value
+    shape = model._by_shape[shape_of("matmul", SMALL)].value
+    workload = model._by_workload["matmul"].value
+    assert (p2, shape) == (pytest.approx(3.0), pytest.approx(4.0))
+    assert model.predict("matmul", SMALL, CAL, "p2") == pytest.approx(base_seconds(SMALL, CAL) * p2 * shape / workload)
+    # Without history of its own, a provider gets the shape's history from anywhere.
+    assert model.predict("matmul", SMALL, CAL, "p3") == pytest.approx(4.0 * base_seconds(SMALL, CAL))
+
+
+def test_shape_tables_are_bounded_and_replay_evicts_alike() -> None:
+    def trained() -> RuntimeModel:
+        model = RuntimeModel(max_shapes=10)
+        for i in range(100):
+            est = Estimate(flops=1e9 * (i + 1), precision="fp32")
+            model.observe("matmul", est, CAL, f"p{i % 3}", 0.01 * (i + 1))
+        return model
+
+    a, b = trained(), trained()
+    assert len(a._by_shape) == 10 and len(a._by_shape_provider) == 10
+    assert a == b
+    newest = Estimate(flops=1e11, precision="fp32")
+    assert a.predict("matmul", newest, CAL, "p0") == b.predict("matmul", newest, CAL, "p0")
