@@ -231,19 +231,24 @@ class Projector:
         return await self.catch_up()
 
     async def run(self) -> None:
-        """Catch up, then follow live appends until cancelled; what was folded is committed on exit."""
-        await self.catch_up()
-        self._live_from = self._position
-        ticker = asyncio.create_task(self._tick())
+        """Catch up, then follow live appends until cancelled; what was folded is committed on exit.
+
+        A cancellation at any point, during the catch-up too, still commits what was folded.
+        """
+        ticker: asyncio.Task[None] | None = None
         try:
+            await self.catch_up()
+            self._live_from = self._position
+            ticker = asyncio.create_task(self._tick())
             async for env in self.events.subscribe(self._position):
                 self.fold(env)
                 if self._uncommitted >= self.batch_size:
                     await self._checkpoint_chain(await self.commit())
         finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            if ticker is not None:
+                ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticker
             await asyncio.shield(self.flush())
 
     async def _tick(self) -> None:
