@@ -9,7 +9,9 @@ the service sets to the sequence number of the task to stop.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,8 +111,25 @@ def execute(backend: Backend, spec: TaskSpec, send: Any, cancel: Any) -> tuple[A
     return ("result", seq, summary, outcome.arrays, outcome.metrics, gpu_ms)
 
 
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the service dies, even inside a long kernel that never reads the pipe."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass  # best effort: the broken pipe still ends the worker at its next report
+
+
 def worker_main(conn: Any, cancel: Any, options: WorkerOptions) -> None:
     """Entry point of the worker process (spawned, never forked)."""
+    _die_with_parent()
     # The service owns shutdown: a Ctrl-C in its terminal must not kill a task mid-write.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
