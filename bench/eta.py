@@ -346,6 +346,9 @@ async def projections_view(url: str, db: Path, log: Path) -> tuple[Any, float, i
 
 
 async def main() -> None:
+    from gpufleet.logging import configure_logging
+
+    configure_logging("console", "warning")  # a table for people; warnings only
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--providers", type=int, default=2, help="provider runtimes (subprocesses), 1 slot each")
     p.add_argument("--scale", type=float, default=1.0, help="rounds of the job mix: 1.0 is about 120 tasks")

@@ -251,6 +251,9 @@ async def bench(backend_name: str, quick: bool) -> list[Row]:
 
 
 def main() -> int:
+    from gpufleet.logging import configure_logging
+
+    configure_logging("console", "warning")  # a table for people; warnings only
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["auto", "cuda", "cpu"], default="auto")
     parser.add_argument("--quick", action="store_true", help="fewer rounds and repeats")

@@ -209,6 +209,9 @@ def scheduler_cost(sizes: list[int], decisions: int) -> list[tuple[int, float]]:
 
 
 async def main() -> None:
+    from gpufleet.logging import configure_logging
+
+    configure_logging("console", "warning")  # a table for people; warnings only
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--jobs", type=int, default=40)
     ap.add_argument("--tasks", type=int, default=50, help="tasks per job")
