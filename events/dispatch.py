@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from events.types import EventModel, Id, JsonValue, ObjectRef, UtcDateTime
+from events.types import EventModel, Id, JsonObject, ObjectRef, UtcDateTime
 
 __all__ = ["Dispatch", "Heartbeat", "LeaseGranted", "LeaseRevoked"]
 
@@ -26,7 +26,7 @@ class LeaseGranted(EventModel):
     provider_id: Id
     attempt: int = Field(ge=1)
     workload: str
-    params: dict[str, JsonValue]
+    params: JsonObject
     timeout_s: float = Field(gt=0.0)
     expires_at: UtcDateTime
     predicted_s: float = Field(default=0.0, ge=0.0)

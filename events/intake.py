@@ -24,6 +24,7 @@ from events.types import (
     Capabilities,
     EventModel,
     FailureReason,
+    FloatMap,
     Id,
     ObjectRef,
     ResultRef,
@@ -104,7 +105,7 @@ class CompletedReport(_Report):
     report: Literal["completed"] = "completed"
     result: ResultRef
     gpu_ms: int = Field(ge=0)
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: FloatMap = Field(default_factory=dict)
 
 
 class FailedReport(_Report):

@@ -9,11 +9,13 @@ from pydantic import Field
 from events.types import (
     EventModel,
     Id,
+    JsonObject,
     JsonValue,
     Micros,
     ObjectRef,
     Resources,
     RetryPolicy,
+    StrMap,
     UtcDateTime,
 )
 
@@ -49,7 +51,7 @@ class ParamsSplit(EventModel):
     """One task per parameter set; each set is merged over the job's ``params``."""
 
     kind: Literal["params"] = "params"
-    params: list[dict[str, JsonValue]] = Field(min_length=1, max_length=MAX_TASKS_PER_JOB)
+    params: list[JsonObject] = Field(min_length=1, max_length=MAX_TASKS_PER_JOB)
 
 
 class ShardSplit(EventModel):
@@ -67,7 +69,7 @@ class JobSpec(EventModel):
     """Everything a submitter says about a job, written once for any GPU."""
 
     workload: str = Field(min_length=1, max_length=64)
-    params: dict[str, JsonValue] = Field(default_factory=dict)
+    params: JsonObject = Field(default_factory=dict)
     split: Split = Field(default_factory=CountSplit)
     resources: Resources = Field(default_factory=Resources)
     #: Price ceiling in micro-credits per GPU-second; None accepts any price.
@@ -80,7 +82,7 @@ class JobSpec(EventModel):
     #: Per-attempt limit on a task's runtime, seconds.
     timeout_s: float = Field(default=600.0, gt=0.0, le=7 * 86400.0)
     submitter: str = Field(default="anonymous", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
-    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    labels: StrMap = Field(default_factory=dict, max_length=32)
 
     def task_count(self) -> int:
         """How many tasks this job splits into."""

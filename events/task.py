@@ -10,8 +10,9 @@ from events.types import (
     Estimate,
     EventModel,
     FailureReason,
+    FloatMap,
     Id,
-    JsonValue,
+    JsonObject,
     Micros,
     ObjectRef,
     Resources,
@@ -49,7 +50,7 @@ class TaskCreated(EventModel):
     index: int = Field(ge=0)
     submitter: str
     workload: str
-    params: dict[str, JsonValue]
+    params: JsonObject
     resources: Resources
     estimate: Estimate
     max_price_micros: Micros | None = None
@@ -120,7 +121,7 @@ class TaskCompleted(EventModel):
     provider_id: Id
     result: ResultRef
     gpu_ms: int = Field(ge=0)
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: FloatMap = Field(default_factory=dict)
 
 
 class TaskFailed(EventModel):

@@ -13,11 +13,14 @@ __all__ = [
     "Backend",
     "BackendRequirement",
     "Calibration",
+    "CanonicalJson",
     "Capabilities",
     "Estimate",
     "EventModel",
     "FailureReason",
+    "FloatMap",
     "Id",
+    "JsonObject",
     "JsonValue",
     "Micros",
     "ObjectRef",
@@ -25,7 +28,9 @@ __all__ = [
     "ResultRef",
     "RetryPolicy",
     "Sha256",
+    "StrMap",
     "UtcDateTime",
+    "canonical_json",
     "strict_model_config",
 ]
 
@@ -60,6 +65,23 @@ FailureReason = Literal[
 ]
 
 strict_model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+def canonical_json(value: Any) -> Any:
+    """``value`` with the keys of every object in it sorted (recursively): one byte form per value."""
+    if isinstance(value, dict):
+        return {k: canonical_json(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [canonical_json(v) for v in value]
+    return value
+
+
+#: Free-form JSON (parameters, results, metrics): kept with sorted keys, so that an event has one
+#: encoding whoever built it, and a JSON-lines copy of the log hashes like the log itself.
+CanonicalJson = Annotated[JsonValue, AfterValidator(canonical_json)]
+JsonObject = Annotated[dict[str, JsonValue], AfterValidator(canonical_json)]
+FloatMap = Annotated[dict[str, float], AfterValidator(canonical_json)]
+StrMap = Annotated[dict[str, str], AfterValidator(canonical_json)]
 
 
 class EventModel(BaseModel):
@@ -110,7 +132,7 @@ class ResultRef(EventModel):
 
     sha256: Sha256
     size: int = Field(ge=0)
-    inline: JsonValue = None
+    inline: CanonicalJson = None
     object: ObjectRef | None = None
 
 
@@ -129,7 +151,7 @@ class Estimate(EventModel):
 class Calibration(EventModel):
     """Throughput measured on the device by the provider runtime."""
 
-    matmul_tflops: dict[str, float] = Field(default_factory=dict)
+    matmul_tflops: FloatMap = Field(default_factory=dict)
     memory_gbps: float = Field(default=0.0, ge=0.0)
     #: Fixed cost of one task on a warm worker, seconds.
     task_overhead_s: float = Field(default=0.0, ge=0.0)
@@ -148,7 +170,7 @@ class Capabilities(EventModel):
     slots: int = Field(default=1, ge=1, le=1024)
     price_micros: Micros = 0
     workloads: tuple[str, ...] = ()
-    extra: dict[str, str] = Field(default_factory=dict)
+    extra: StrMap = Field(default_factory=dict)
 
 
 def utc_now() -> datetime:

@@ -2,9 +2,10 @@
 
 ``digest_n = sha256(digest_{n-1} + canonical_bytes(event_n))`` with ``digest_0`` = 32 zero bytes.
 The canonical bytes of an event are its log position and CloudEvents attributes, then the event's
-canonical JSON body: the bytes an append stores (``EventRegistry.encode``), with the keys of
-free-form objects sorted. They are derived from the envelope alone, so a JetStream log and its
-JSON-lines copy (whose objects have sorted keys) give the same chain.
+JSON body exactly as an append stores it (``EventRegistry.encode``). Free-form objects in events
+(parameters, results, metrics) are kept with sorted keys by the catalogue itself, so the encoding
+is one byte form per event, derived from the envelope alone: a JetStream log and its JSON-lines
+copy give the same chain.
 
 The live chain periodically appends ``AuditCheckpointed(position, digest, events)`` to the
 ``audit.chain`` stream; a later replay recomputes the chain and compares it with every checkpoint.
@@ -12,20 +13,15 @@ The live chain periodically appends ``AuditCheckpointed(position, digest, events
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
-import typing
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
-
-from pydantic import BaseModel
+from typing import ClassVar
 
 from events.audit import AuditCheckpointed
 from events.envelope import Envelope
 from events.registry import DEFAULT_REGISTRY, EventRegistry
-from events.types import EventModel, JsonValue
+from events.types import EventModel
 from projections.storage import Table
 from projections.view import View
 
@@ -47,30 +43,9 @@ GENESIS = bytes(32)
 _SEP = "\x1f"
 
 
-def _free_keys(hint: Any, seen: set[type]) -> bool:
-    """True if a field of this type can hold a JSON object whose key order the model does not fix."""
-    if hint is JsonValue or typing.get_origin(hint) is dict or hint is dict:
-        return True
-    if isinstance(hint, type) and issubclass(hint, BaseModel):
-        if hint in seen:
-            return False
-        seen.add(hint)
-        return any(_free_keys(f.annotation, seen) for f in hint.model_fields.values())
-    return any(_free_keys(a, seen) for a in typing.get_args(hint))
-
-
-@functools.cache
-def _needs_sorting(model: type[BaseModel]) -> bool:
-    return _free_keys(model, set())
-
-
 def canonical_body(data: EventModel, registry: EventRegistry = DEFAULT_REGISTRY) -> bytes:
-    """The event's JSON as stored (``EventRegistry.encode``), with the keys of free-form objects
-    (parameters, metrics, calibrations) sorted, so that a JSON-lines copy hashes the same."""
-    body = registry.encode(data)
-    if _needs_sorting(type(data)):
-        body = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
-    return body
+    """The event's JSON as an append stores it; canonical because free-form objects are sorted."""
+    return registry.encode(data)
 
 
 def canonical_bytes(env: Envelope, registry: EventRegistry = DEFAULT_REGISTRY) -> bytes:
