@@ -173,9 +173,13 @@ class EventRegistry:
             raise PayloadTooLarge(len(body), self.max_bytes, "data")
         try:
             event: EventModel = self._adapter.validate_json(body)
-            return event
         except ValidationError as e:
             return self._slow_path(body, e)
+        if "v" not in event.model_fields_set:
+            # Without a version it could be any version: reading it as the current one could misread it.
+            name = event.type  # type: ignore[attr-defined]
+            raise UnknownSchemaVersion(name, None, self.known_versions(name))
+        return event
 
     def validate(self, obj: dict[str, Any]) -> EventModel:
         """Validate an already parsed JSON object (golden files, exports)."""
@@ -202,10 +206,10 @@ class EventRegistry:
             raise UnknownEventType(type_name)
         version = obj.get("v")
         current = self.versions[type_name]
-        if version == current:
-            raise first_error(error, tagged=True) from error
         if not isinstance(version, int) or isinstance(version, bool) or version > current:
             raise UnknownSchemaVersion(type_name, version, self.known_versions(type_name))
+        if version == current:
+            raise first_error(error, tagged=True) from error
         while version < current:
             up = self._upcasters.get((type_name, version))
             if up is None:

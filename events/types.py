@@ -6,7 +6,16 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    field_validator,
+)
 
 __all__ = [
     "ID_PATTERN",
@@ -64,7 +73,8 @@ FailureReason = Literal[
     "provider_error",
 ]
 
-strict_model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+#: inf and NaN are refused: JSON has no spelling for them (pydantic would write null, unreadable).
+strict_model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 def canonical_json(value: Any) -> Any:
@@ -88,6 +98,14 @@ class EventModel(BaseModel):
     """Base of every frozen, strict, extra-forbidding model in the catalogue."""
 
     model_config = strict_model_config
+
+    @field_validator("v", mode="before", check_fields=False)
+    @classmethod
+    def _integer_version(cls, value: Any) -> Any:
+        # Literal[1] would otherwise match JSON true and 1.0.
+        if type(value) is not int:
+            raise ValueError("the schema version must be an integer")
+        return value
 
 
 def is_valid_id(value: str) -> bool:

@@ -199,22 +199,12 @@ def test_unknown_schema_version_is_refused(version: Any) -> None:
     assert "known: 1" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: `v` has a default, so a body without `v` is read as the current version; "
-    "after a version bump an old body without `v` would be misread as the new one",
-)
 def test_missing_schema_version_is_refused() -> None:
     with pytest.raises(UnknownSchemaVersion) as info:
         decode_obj(body_of("TaskQueued", v=_DELETE))
     assert info.value.field == "v"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: pydantic matches Literal[1] against JSON true and 1.0 even in strict mode, "
-    "so a body with v=true decodes as v1 (the slow path refuses bools; the fast path does not)",
-)
 @pytest.mark.parametrize("version", [True, 1.0])
 def test_a_bool_or_float_version_is_not_version_one(version: Any) -> None:
     with pytest.raises(UnknownSchemaVersion):

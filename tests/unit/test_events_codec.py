@@ -268,11 +268,6 @@ def test_generated_events_round_trip_both_ways(
     assert to_json_line(back) == line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: floats allow inf; pydantic encodes inf as null, which no reader accepts, so an "
-    "append succeeds (and the memory store keeps it) but JetStream readers skip it as malformed",
-)
 def test_a_non_finite_float_cannot_be_written_unreadable() -> None:
     event = SAMPLES["TaskProgressed"].model_copy(update={"rate": float("inf")})
     try:
