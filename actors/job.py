@@ -13,8 +13,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel
-
 from actors.decider import Decider
 from actors.errors import DuplicateJob, UnknownAggregate
 from events.errors import InvalidPayload
@@ -323,8 +321,3 @@ def _decide(cmd: object, s: JobState) -> list[EventModel]:
 job_decider: Decider[JobCommand, JobState] = Decider(
     "job", initial_state, _decide, evolve, lambda c: isinstance(c, SubmitJob)
 )
-
-
-def spec_params(spec: JobSpec, index: int) -> BaseModel:
-    """The validated parameters of task ``index``."""
-    return validate_params(spec.workload, spec.task_params(index))

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from actors.ids import derive_id
-from actors.job import ENDED, CancelJob, CompleteJob, DecideJob, FailJob, MeterUsage, SettleJob, unsettled
+from actors.job import ENDED, CompleteJob, DecideJob, FailJob, MeterUsage, SettleJob, unsettled
 from actors.task import TERMINAL, CancelTask, CreateTask, ExpireLease, TaskState
 from actors.world import LIVE_LEASE, Change, World
 from events.job import (
@@ -220,8 +220,3 @@ def reconcile(world: World, at: datetime, predict: Predict = _no_prediction) -> 
                 if t.status in LIVE_LEASE and (x := _expire(task_id, t, reason, at, None)) is not None:
                     out.append(x)
     return out
-
-
-def cancel_job_intent(job_id: str, at: datetime, reason: str, command_id: str) -> Intent:
-    """A submitter's cancellation."""
-    return Intent("job", job_id, CancelJob(command_id=command_id, at=at, reason=reason), None, job_id)

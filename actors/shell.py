@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import structlog
 
@@ -271,13 +271,3 @@ class ActorShell(Generic[C, S]):
     def forget(self, aggregate_id: str) -> None:
         """Drop the cached state; the next command reloads it from the store."""
         self._cache.pop(aggregate_id, None)
-
-    def cached(self) -> int:
-        """How many aggregates are cached."""
-        return len(self._cache)
-
-    def seed(self, aggregate_id: str, state: Any, version: int, applied: set[str]) -> None:
-        """Prime the cache with a state folded elsewhere from the same log (at startup)."""
-        self._cache[aggregate_id] = _Entry(state, version, set(applied))
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)

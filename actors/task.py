@@ -28,7 +28,7 @@ from events.task import (
     TaskRetried,
     TaskStarted,
 )
-from events.types import EventModel, FailureReason, JsonValue, ObjectRef, ResultRef
+from events.types import EventModel, FailureReason, ObjectRef, ResultRef
 
 __all__ = [
     "NON_RETRYABLE",
@@ -468,8 +468,3 @@ def _decide(cmd: object, s: TaskState) -> list[EventModel]:
 task_decider: Decider[TaskCommand, TaskState] = Decider(
     "task", initial_state, _decide, evolve, lambda c: isinstance(c, CreateTask)
 )
-
-
-def task_params(s: TaskState) -> dict[str, JsonValue]:
-    """The parameters the task runs with."""
-    return dict(s.spec.params) if s.spec else {}

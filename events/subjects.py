@@ -15,7 +15,6 @@ __all__ = [
     "event_subject",
     "intake_subject",
     "stream_name",
-    "stream_of_subject",
 ]
 
 EVENTS_STREAM = "GF_EVENTS"
@@ -36,11 +35,6 @@ def stream_name(kind: str, aggregate_id: str) -> str:
 def event_subject(stream: str) -> str:
     """The NATS subject that holds aggregate stream ``stream``: one subject per aggregate."""
     return f"{EVENT_PREFIX}.{stream}"
-
-
-def stream_of_subject(subject: str) -> str:
-    """Inverse of :func:`event_subject`."""
-    return subject[len(EVENT_PREFIX) + 1 :]
 
 
 def intake_subject(kind: str, target_id: str, verb: str) -> str:

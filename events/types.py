@@ -194,10 +194,3 @@ class Capabilities(EventModel):
 def utc_now() -> datetime:
     """The current instant in UTC. Only shells call this; deciders receive time in commands."""
     return datetime.now(UTC)
-
-
-def json_object(value: Any) -> dict[str, JsonValue]:
-    """Narrow an arbitrary value to a JSON object, or raise ``TypeError``."""
-    if not isinstance(value, dict):
-        raise TypeError("expected a JSON object")
-    return value
