@@ -19,6 +19,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
+from pydantic import BaseModel
 
 from actors.core import Core
 from actors.errors import DomainError
@@ -70,6 +71,13 @@ __all__ = ["Orchestrator", "OrchestratorConfig"]
 _log = structlog.get_logger("gpufleet.orchestrator")
 
 OUTCOMES_STREAM = "intake.outcomes"
+#: Each kind of provider report and the task command that carries it (same field names).
+_REPORTS: dict[type, type] = {
+    StartedReport: ReportStarted,
+    ProgressReport: ReportProgress,
+    CompletedReport: ReportCompleted,
+    FailedReport: ReportFailed,
+}
 #: Commands for many aggregates go to the store as atomic batches of at most this many...
 _BATCH = 500
 #: ...but only from this many on: an atomic batch costs the server a few milliseconds on a file-backed
@@ -567,50 +575,14 @@ class Orchestrator:
         return InputAccepted(at=at, intake_seq=seq, subject=subject[:256], facts=0, note=note)
 
     def _report(self, cmd_id: str, at: datetime, body: object) -> Any:
-        grace = self.config.lease_grace_s
-        match body:
-            case StartedReport():
-                return ReportStarted(
-                    command_id=cmd_id,
-                    at=at,
-                    lease_id=body.lease_id,
-                    provider_id=body.provider_id,
-                    grace_s=grace,
-                )
-            case ProgressReport():
-                return ReportProgress(
-                    command_id=cmd_id,
-                    at=at,
-                    lease_id=body.lease_id,
-                    provider_id=body.provider_id,
-                    fraction=body.fraction,
-                    rate=body.rate,
-                    unit=body.unit,
-                    message=body.message,
-                    checkpoint=body.checkpoint,
-                    checkpoint_step=body.checkpoint_step,
-                    grace_s=grace,
-                )
-            case CompletedReport():
-                return ReportCompleted(
-                    command_id=cmd_id,
-                    at=at,
-                    lease_id=body.lease_id,
-                    provider_id=body.provider_id,
-                    result=body.result,
-                    gpu_ms=body.gpu_ms,
-                    metrics=body.metrics,
-                )
-            case FailedReport():
-                return ReportFailed(
-                    command_id=cmd_id,
-                    at=at,
-                    lease_id=body.lease_id,
-                    provider_id=body.provider_id,
-                    reason=body.reason,
-                    message=body.message,
-                )
-        raise InvalidPayload("unknown report", field="report")
+        """The task command for a provider's report: the report's fields, plus time, id and grace."""
+        command = _REPORTS.get(type(body))
+        if command is None or not isinstance(body, BaseModel):
+            raise InvalidPayload("unknown report", field="report")
+        fields = {name: getattr(body, name) for name in type(body).model_fields if name != "report"}
+        if command in (ReportStarted, ReportProgress):
+            fields["grace_s"] = self.config.lease_grace_s
+        return command(command_id=cmd_id, at=at, **fields)
 
     # ---- for tests and tools ---------------------------------------------------------------------
 

@@ -267,7 +267,3 @@ class ActorShell(Generic[C, S]):
         """The aggregate's current state and stream position (activating it if needed)."""
         entry = await self._load(aggregate_id)
         return entry.state, entry.version
-
-    def forget(self, aggregate_id: str) -> None:
-        """Drop the cached state; the next command reloads it from the store."""
-        self._cache.pop(aggregate_id, None)
