@@ -8,6 +8,7 @@ __all__ = [
     "DomainError",
     "DuplicateJob",
     "InvalidTransition",
+    "NotYours",
     "UnknownAggregate",
 ]
 
@@ -41,3 +42,15 @@ class DuplicateJob(DomainError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"job id {job_id!r} is already used by a different job")
         self.job_id = job_id
+
+
+class NotYours(DomainError):
+    """The sender's credentials do not own what the command touches, or a body names someone else.
+
+    ``field`` names the offending part of the input, as ``InvalidPayload`` does.
+    """
+
+    def __init__(self, problem: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {problem}" if field else problem)
+        self.problem = problem
+        self.field = field

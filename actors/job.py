@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Literal
 
 from actors.decider import Decider
-from actors.errors import DuplicateJob, UnknownAggregate
+from actors.errors import DuplicateJob, NotYours, UnknownAggregate
 from events.errors import InvalidPayload
 from events.job import (
     JobAccepted,
@@ -30,6 +30,7 @@ from events.job import (
     SubmitterCharged,
     UsageMetered,
 )
+from events.subjects import job_owner
 from events.types import EventModel
 from events.workloads import contract, validate_params
 
@@ -48,6 +49,7 @@ __all__ = [
     "SubmitJob",
     "job_decider",
     "metered_amount",
+    "owned_spec",
     "unsettled",
     "validate_spec",
 ]
@@ -89,10 +91,11 @@ class _Command:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SubmitJob(_Command):
-    """A submitter's job, as received."""
+    """A submitter's job, as received; ``submitter`` is who sent it (their credentials), if known."""
 
     job_id: str
     spec: JobSpec
+    submitter: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,9 +135,10 @@ class FailJob(_Command):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CancelJob(_Command):
-    """The submitter cancels."""
+    """The submitter cancels; ``requester`` is who asked (their credentials), if known."""
 
     reason: str = ""
+    requester: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,14 +221,32 @@ def _settle(s: JobState, at: datetime) -> list[EventModel]:
     return out
 
 
+def owned_spec(cmd: SubmitJob) -> JobSpec:
+    """The spec as the log records it: its ``submitter`` is the sender's identity, never the body's word.
+
+    A body may leave ``submitter`` out or repeat the sender's name; naming anyone else is refused,
+    and so is a job id whose owner part is not the sender.
+    """
+    who = cmd.submitter
+    if who is None:
+        return cmd.spec
+    if cmd.spec.submitter not in ("", who):
+        raise NotYours(f"names {cmd.spec.submitter!r}, but these credentials are {who!r}", field="submitter")
+    owner = job_owner(cmd.job_id)
+    if owner is not None and owner != who:
+        raise NotYours(f"job {cmd.job_id!r} belongs to {owner!r}, not {who!r}", field="job_id")
+    return cmd.spec.model_copy(update={"submitter": who})
+
+
 def decide(cmd: JobCommand, s: JobState) -> list[EventModel]:
     """The events that ``cmd`` causes in state ``s``; raises a ``DomainError`` to refuse."""
     if isinstance(cmd, SubmitJob):
+        owned = owned_spec(cmd)
         if s.spec is not None:
-            if s.spec == cmd.spec:
+            if s.spec == owned:
                 return []  # the same submission again
             raise DuplicateJob(cmd.job_id)
-        return [JobSubmitted(at=cmd.at, job_id=cmd.job_id, spec=cmd.spec)]
+        return [JobSubmitted(at=cmd.at, job_id=cmd.job_id, spec=owned)]
     spec = s.spec
     if spec is None:
         raise UnknownAggregate("job", "")
@@ -268,6 +290,8 @@ def decide(cmd: JobCommand, s: JobState) -> list[EventModel]:
                 return []
             return [JobFailed(at=cmd.at, job_id=s.job_id, reason=cmd.reason[:2000], task_id=cmd.task_id)]
         case CancelJob():
+            if cmd.requester is not None and cmd.requester != spec.submitter:
+                raise NotYours(f"job {s.job_id!r} is not {cmd.requester!r}'s to cancel")
             if s.status not in (ACTIVE, "submitted"):
                 return []
             return [JobCancelled(at=cmd.at, job_id=s.job_id, reason=cmd.reason[:2000])]

@@ -22,7 +22,7 @@ from nats.js import api
 from pydantic import BaseModel
 
 from actors.core import Core
-from actors.errors import DomainError
+from actors.errors import DomainError, NotYours
 from actors.ids import new_id
 from actors.job import CancelJob, SubmitJob, job_decider
 from actors.provider import (
@@ -62,15 +62,15 @@ from events.intake import (
 )
 from events.job import JobSpec
 from events.store import JetStreamEventStore
-from events.store.connection import connect_nats
-from events.store.topology import Topology, ensure_topology
+from events.store.connection import Access, connect_nats
+from events.store.topology import Topology, check_topology
+from events.subjects import outcomes_stream_of
 from events.types import utc_now
 
 __all__ = ["Orchestrator", "OrchestratorConfig"]
 
 _log = structlog.get_logger("gpufleet.orchestrator")
 
-OUTCOMES_STREAM = "intake.outcomes"
 #: Each kind of provider report and the task command that carries it (same field names).
 _REPORTS: dict[type, type] = {
     StartedReport: ReportStarted,
@@ -128,16 +128,16 @@ class Orchestrator:
 
     @classmethod
     async def connect(
-        cls, url: str, *, topology: Topology | None = None, config: OrchestratorConfig | None = None
+        cls, access: Access | str, *, topology: Topology | None = None, config: OrchestratorConfig | None = None
     ) -> Orchestrator:
-        """Connect to NATS at ``url`` and start."""
+        """Connect to NATS (with the orchestrator's credentials, on a secured network) and start."""
         holder: list[Orchestrator] = []
 
         async def reconnected() -> None:
             if holder:
                 holder[0].reconnected()
 
-        nc = await connect_nats(url, name="gpufleet-orchestrator", on_reconnect=reconnected)
+        nc = await connect_nats(access, name="gpufleet-orchestrator", on_reconnect=reconnected)
         orch = cls(nc, topology=topology, config=config)
         holder.append(orch)
         await orch.start()
@@ -147,7 +147,8 @@ class Orchestrator:
 
     async def start(self) -> None:
         """Rebuild from the log, reconcile, then follow the log and the intake."""
-        self.topology = await ensure_topology(self.js, self.topology)
+        # The admin creates the streams (``gpufleet up`` does); the orchestrator may not.
+        self.topology = await check_topology(self.js, self.topology)
         await self.store.ensure()
         self._started_at = utc_now()
         async for env in self.store.read_all():
@@ -516,10 +517,11 @@ class Orchestrator:
                     await asyncio.sleep(0.2)
             else:  # pragma: no cover
                 return
-            env = new_envelope(OUTCOMES_STREAM, outcome, id=f"in-{seq}", source=self.config.source)
+            stream = outcomes_stream_of(msg.subject)
+            env = new_envelope(stream, outcome, id=f"in-{seq}", source=self.config.source)
             for attempt in range(100):
                 try:
-                    await self.store.append(OUTCOMES_STREAM, [env], ANY)
+                    await self.store.append(stream, [env], ANY)
                     break
                 except GpufleetError as e:
                     self.log.warning("intake.outcome_retry", seq=seq, error=str(e))
@@ -531,15 +533,17 @@ class Orchestrator:
         """Validate and apply one intake message; the outcome to record, or None when its facts are."""
         subject = msg.subject
         try:
+            # The subject names the sender, and only the sender's credentials may publish on it.
             im = decode_intake(subject, msg.data)
             cmd_id = f"in-{seq}"
             body = im.body
-            kind, target = im.kind, im.target_id
+            kind, target, sender = im.kind, im.target_id, im.sender
             command: Any
             if isinstance(body, JobSpec):
-                command = SubmitJob(command_id=cmd_id, at=at, job_id=target, spec=body)
+                command = SubmitJob(command_id=cmd_id, at=at, job_id=target, spec=body, submitter=sender)
             elif isinstance(body, JobCancellation):
-                command = CancelJob(command_id=cmd_id, at=at, reason=body.reason or "cancelled by the submitter")
+                reason = body.reason or "cancelled by the submitter"
+                command = CancelJob(command_id=cmd_id, at=at, reason=reason, requester=sender)
             elif isinstance(body, ProviderRegistration):
                 command = RegisterProvider(
                     command_id=cmd_id,
@@ -556,7 +560,11 @@ class Orchestrator:
                 else:
                     command = LeaveProvider(command_id=cmd_id, at=at, reason=body.reason)
             else:
-                command = self._report(cmd_id, at, body)
+                command = self._report(cmd_id, at, body, sender)
+            if isinstance(body, ProviderRegistration):
+                # Before the registration lands, so that no lease is dispatched to a provider with no
+                # consumer; a refused registration leaves an idle consumer that expires by itself.
+                await self._open_dispatch(target)
             handled = await self._shell(kind).handle(target, command, causationid=cmd_id)
         except (InvalidPayload, DomainError) as e:
             field_name = getattr(e, "field", None)
@@ -574,15 +582,31 @@ class Orchestrator:
         note = "no change (a duplicate)" if handled.duplicate else "no change"
         return InputAccepted(at=at, intake_seq=seq, subject=subject[:256], facts=0, note=note)
 
-    def _report(self, cmd_id: str, at: datetime, body: object) -> Any:
-        """The task command for a provider's report: the report's fields, plus time, id and grace."""
+    def _report(self, cmd_id: str, at: datetime, body: object, sender: str) -> Any:
+        """The task command for a provider's report: the report's fields, from the sender, with time and grace."""
         command = _REPORTS.get(type(body))
         if command is None or not isinstance(body, BaseModel):
             raise InvalidPayload("unknown report", field="report")
         fields = {name: getattr(body, name) for name in type(body).model_fields if name != "report"}
+        named = fields.get("provider_id")
+        if named is not None and named != sender:
+            raise NotYours(f"names provider {named!r}, but these credentials are {sender!r}", field="provider_id")
+        fields["provider_id"] = sender
         if command in (ReportStarted, ReportProgress):
             fields["grace_s"] = self.config.lease_grace_s
         return command(command_id=cmd_id, at=at, **fields)
+
+    async def _open_dispatch(self, provider_id: str) -> None:
+        """Create the provider's dispatch consumer: the provider itself may only read from it."""
+        config = self.topology.dispatch_consumer_config(provider_id)
+        for attempt in range(5):
+            try:
+                await self.js.add_consumer(self.topology.dispatch_stream, config=config)
+                return
+            except (nats.errors.Error, OSError) as e:
+                self.log.warning("dispatch.consumer_retry", provider=provider_id, error=str(e) or type(e).__name__)
+                await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+        raise StoreUnavailable(f"could not create the dispatch consumer of provider {provider_id}")
 
     # ---- for tests and tools ---------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from events.job import (
     UsageMetered,
 )
 from events.provider import ProviderLeft, ProviderLost
+from events.subjects import task_id_of
 from events.task import LeaseEndReason, TaskCompleted, TaskCreated, TaskFailed
 from events.workloads import contract, validate_params
 
@@ -42,11 +43,6 @@ class Intent:
     command: Any
     causation: str | None = None
     correlation: str | None = None
-
-
-def task_id_of(job_id: str, index: int) -> str:
-    """Task ids are ``<job_id>-<index>``: deterministic, so task creation can be replayed."""
-    return f"{job_id}-{index}"
 
 
 def plan_task(job_id: str, spec: JobSpec, index: int, at: datetime) -> TaskCreated:

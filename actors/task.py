@@ -14,6 +14,7 @@ from typing import Literal
 
 from actors.decider import Decider
 from actors.errors import InvalidTransition, UnknownAggregate
+from events.subjects import OBJECTS_STREAM, object_owner
 from events.task import (
     LeaseEndReason,
     TaskCancelled,
@@ -234,6 +235,20 @@ def _lease_problem(cmd: ReportStarted | ReportProgress | ReportCompleted | Repor
     return None
 
 
+def _foreign_object(ref: ObjectRef | None, provider_id: str, what: str) -> str | None:
+    """Why a provider may not report object ``ref`` as its own work, or None.
+
+    Objects are named by owner (``provider.<id>.<sha256>``): a checkpoint or result stored under
+    another identity's name is someone else's data, not this provider's output.
+    """
+    if ref is None or ref.bucket != OBJECTS_STREAM:
+        return None
+    owner = object_owner(ref.name)
+    if owner != ("provider", provider_id):
+        return f"{what} {ref.name} is not stored under provider {provider_id}'s name"
+    return None
+
+
 def _failure(s: TaskState, at: datetime, reason: FailureReason, message: str) -> list[EventModel]:
     assert s.spec is not None
     failures = s.failures + 1
@@ -300,7 +315,7 @@ def decide(cmd: TaskCommand, s: TaskState) -> list[EventModel]:
                 )
             ]
         case ReportProgress():
-            if (why := _lease_problem(cmd, s)) is not None:
+            if (why := _lease_problem(cmd, s) or _foreign_object(cmd.checkpoint, cmd.provider_id, "checkpoint")):
                 return _refuse(cmd, s, why)
             out: list[EventModel] = []
             if s.status == "leased":  # the started report was lost or overtaken
@@ -332,7 +347,7 @@ def decide(cmd: TaskCommand, s: TaskState) -> list[EventModel]:
         case ReportCompleted():
             if s.status == "completed" and s.completed_lease == cmd.lease_id and s.result == cmd.result:
                 return []  # a duplicate of the winning completion: idempotent
-            if (why := _lease_problem(cmd, s)) is not None:
+            if (why := _lease_problem(cmd, s) or _foreign_object(cmd.result.object, cmd.provider_id, "result")):
                 return _refuse(cmd, s, why)
             return [
                 TaskCompleted(

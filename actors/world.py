@@ -141,7 +141,11 @@ class World:
 
     def job_tasks(self, job_id: str) -> list[str]:
         """The job's tasks, in index order."""
-        return sorted(self.tasks_by_job.get(job_id, ()), key=lambda t: int(t.rsplit("-", 1)[1]))
+        return sorted(self.tasks_by_job.get(job_id, ()), key=self._index)
+
+    def _index(self, task_id: str) -> int:
+        spec = self.tasks[task_id].spec
+        return spec.index if spec is not None else 0
 
     def unfinished(self) -> int:
         """Tasks not yet in a terminal state."""

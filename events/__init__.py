@@ -6,6 +6,7 @@ This package imports nothing else of gpufleet's: everything else builds on it.
 from events.codec import decode_message, encode, from_json_line, headers_for, to_json_line, to_structured
 from events.envelope import Envelope, new_envelope
 from events.errors import (
+    AccessDenied,
     ConcurrencyError,
     GpufleetError,
     InvalidPayload,
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_REGISTRY",
     "MAX_EVENT_BYTES",
     "NO_STREAM",
+    "AccessDenied",
     "AppendResult",
     "ConcurrencyError",
     "Envelope",

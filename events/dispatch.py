@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from events.types import EventModel, Id, JsonObject, ObjectRef, UtcDateTime
+from events.types import EventModel, Id, JobId, JsonObject, ObjectRef, TaskId, UtcDateTime
 
 __all__ = ["Dispatch", "Heartbeat", "LeaseGranted", "LeaseRevoked"]
 
@@ -20,8 +20,8 @@ class LeaseGranted(EventModel):
     """Run this task under this lease; report with ``lease_id`` to ``gf.in.task.<task_id>.report``."""
 
     type: Literal["LeaseGranted"] = "LeaseGranted"
-    task_id: Id
-    job_id: Id
+    task_id: TaskId
+    job_id: JobId
     lease_id: Id
     provider_id: Id
     attempt: int = Field(ge=1)
@@ -41,7 +41,7 @@ class LeaseRevoked(EventModel):
     """Stop this task: it was cancelled, or the lease ended. Report nothing more for it."""
 
     type: Literal["LeaseRevoked"] = "LeaseRevoked"
-    task_id: Id
+    task_id: TaskId
     lease_id: Id
     provider_id: Id
     reason: str = Field(default="", max_length=500)

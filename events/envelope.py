@@ -15,7 +15,7 @@ __all__ = ["EVENT_ID_PATTERN", "Envelope", "new_envelope"]
 #: Event ids double as ``Nats-Msg-Id``; shells derive them from the command id, so a retry repeats them.
 EVENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 _EVENT_ID = re.compile(EVENT_ID_PATTERN)
-_STREAM = re.compile(r"^[a-z][a-z0-9_]*\.[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_STREAM = re.compile(r"^[a-z][a-z0-9_]*(\.[A-Za-z0-9][A-Za-z0-9_-]{0,63}){1,3}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +83,7 @@ def check_event_id(value: str, field_name: str = "id") -> str:
 
 
 def check_stream(value: str) -> str:
-    """``value`` if it names an aggregate stream ``<kind>.<id>``, else ``InvalidPayload``."""
+    """``value`` if it names an aggregate stream ``<kind>.<id>`` (an id of up to three tokens), else ``InvalidPayload``."""
     if not _STREAM.match(value):
         raise InvalidPayload(f"invalid stream name {value!r}; expected <kind>.<id>", field="subject")
     return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 __all__ = [
+    "AccessDenied",
     "ConcurrencyError",
     "GpufleetError",
     "InvalidPayload",
@@ -87,6 +88,10 @@ class StoreError(GpufleetError):
 
 class StoreUnavailable(StoreError):
     """The store could not be reached, or did not confirm an operation in time."""
+
+
+class AccessDenied(StoreUnavailable):
+    """The network refused this identity: no or revoked credentials, or a subject it may not use."""
 
 
 def first_error(e: ValidationError, prefix: str = "", *, tagged: bool = False) -> InvalidPayload:

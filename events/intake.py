@@ -1,8 +1,10 @@
 """Intake: what outsiders send (from any language), and the recorded outcome of each input.
 
-Outsiders publish plain JSON to ``gf.in.<kind>.<id>.<verb>``; the intake stream keeps every message.
-The orchestrator validates each one and records exactly one outcome, so that nothing sent is ever
-lost or silently dropped:
+Outsiders publish plain JSON to ``gf.in.<role>.<name>.<verb>[.<target>]``, where ``<role>.<name>`` is
+the identity of their credentials: the server lets nobody else publish there, so the subject is the
+proof of who sent it, and it is kept with the message in the intake stream. The orchestrator
+validates each message and records exactly one outcome, so that nothing sent is ever lost or
+silently dropped:
 
 - accepted with facts: the facts themselves, whose event ids are ``in-<intake seq>.<n>``;
 - accepted without facts (a duplicate, a no-op): ``InputAccepted``;
@@ -11,6 +13,7 @@ lost or silently dropped:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -18,8 +21,9 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from events.errors import InvalidPayload, PayloadTooLarge, first_error
 from events.job import JobSpec
-from events.subjects import INTAKE_PREFIX
+from events.subjects import INTAKE_PREFIX, job_id_of
 from events.types import (
+    TASK_ID_PATTERN,
     Calibration,
     Capabilities,
     EventModel,
@@ -40,6 +44,7 @@ __all__ = [
     "InputAccepted",
     "InputRejected",
     "IntakeMessage",
+    "IntakeVerb",
     "JobCancellation",
     "ProgressReport",
     "ProviderDeparture",
@@ -56,13 +61,13 @@ MAX_INTAKE_BYTES = 512 * 1024
 
 
 class JobCancellation(EventModel):
-    """Body of ``gf.in.job.<job_id>.cancel``."""
+    """Body of ``gf.in.submitter.<name>.cancel.<job>``."""
 
     reason: str = Field(default="", max_length=2000)
 
 
 class ProviderRegistration(EventModel):
-    """Body of ``gf.in.provider.<provider_id>.register``."""
+    """Body of ``gf.in.provider.<name>.register``: the provider's id is its credential's name."""
 
     name: str = Field(max_length=200)
     capabilities: Capabilities
@@ -71,14 +76,15 @@ class ProviderRegistration(EventModel):
 
 
 class ProviderDeparture(EventModel):
-    """Body of ``gf.in.provider.<provider_id>.drain`` and ``.leave``."""
+    """Body of ``gf.in.provider.<name>.drain`` and ``.leave``."""
 
     reason: str = Field(default="", max_length=500)
 
 
 class _Report(EventModel):
     lease_id: Id
-    provider_id: Id
+    #: Optional: the reporting provider is the credential. If given, it must name that provider.
+    provider_id: Id | None = None
 
 
 class StartedReport(_Report):
@@ -118,21 +124,79 @@ class FailedReport(_Report):
 
 TaskReport = Annotated[StartedReport | ProgressReport | CompletedReport | FailedReport, Field(discriminator="report")]
 
-#: (kind, verb) -> body model of each intake subject ``gf.in.<kind>.<id>.<verb>``.
-INTAKE_VERBS: dict[tuple[str, str], TypeAdapter[object]] = {
-    ("job", "submit"): TypeAdapter(JobSpec),
-    ("job", "cancel"): TypeAdapter(JobCancellation),
-    ("provider", "register"): TypeAdapter(ProviderRegistration),
-    ("provider", "drain"): TypeAdapter(ProviderDeparture),
-    ("provider", "leave"): TypeAdapter(ProviderDeparture),
-    ("task", "report"): TypeAdapter(TaskReport),
+@dataclass(frozen=True, slots=True)
+class IntakeVerb:
+    """One kind of intake message: who sends it, what it targets, and the model of its body."""
+
+    role: str
+    verb: str
+    #: The aggregate it is a command for.
+    kind: str
+    #: What follows the verb in the subject: nothing (the sender itself), a job name, or a task id.
+    target: Literal["self", "job", "task"]
+    adapter: TypeAdapter[object]
+    summary: str
+
+    def subject_pattern(self) -> str:
+        """The subject, with ``{name}`` and the target as placeholders."""
+        base = f"{INTAKE_PREFIX}.{self.role}.{{name}}.{self.verb}"
+        return base + {"self": "", "job": ".{job}", "task": ".{taskId}"}[self.target]
+
+
+#: (role, verb) -> every intake subject ``gf.in.<role>.<name>.<verb>[.<target>]`` and its body.
+INTAKE_VERBS: dict[tuple[str, str], IntakeVerb] = {
+    (v.role, v.verb): v
+    for v in (
+        IntakeVerb(
+            "submitter",
+            "submit",
+            "job",
+            "job",
+            TypeAdapter(JobSpec),
+            "Submit job <name>.<job>: a spec written once for any GPU. The same spec again under the same "
+            "name changes nothing; a different spec under a used name is refused.",
+        ),
+        IntakeVerb(
+            "submitter",
+            "cancel",
+            "job",
+            "job",
+            TypeAdapter(JobCancellation),
+            "Cancel one of your jobs: its unfinished tasks are cancelled and their leases revoked.",
+        ),
+        IntakeVerb(
+            "provider",
+            "register",
+            "provider",
+            "self",
+            TypeAdapter(ProviderRegistration),
+            "Register (or re-register) as the provider your credentials name, with measured capabilities.",
+        ),
+        IntakeVerb(
+            "provider", "drain", "provider", "self", TypeAdapter(ProviderDeparture), "Stop taking new leases."
+        ),
+        IntakeVerb("provider", "leave", "provider", "self", TypeAdapter(ProviderDeparture), "Leave the network."),
+        IntakeVerb(
+            "provider",
+            "report",
+            "task",
+            "task",
+            TypeAdapter(TaskReport),
+            "Report on a task you hold a lease on: started, progress, completed or failed, with the lease id.",
+        ),
+    )
 }
+
+_TASK_ID = re.compile(TASK_ID_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
 class IntakeMessage:
-    """A validated intake message: which aggregate it targets and what it says."""
+    """A validated intake message: who sent it, which aggregate it targets, and what it says."""
 
+    role: str
+    #: The sender's name: the identity its credentials carry (the server checked them).
+    sender: str
     kind: str
     target_id: str
     verb: str
@@ -145,21 +209,34 @@ def decode_intake(subject: str, data: bytes) -> IntakeMessage:
         raise PayloadTooLarge(len(data), MAX_INTAKE_BYTES, "body")
     parts = subject.split(".")
     prefix = INTAKE_PREFIX.split(".")
-    if len(parts) != len(prefix) + 3 or parts[: len(prefix)] != prefix:
+    if len(parts) < len(prefix) + 3 or parts[: len(prefix)] != prefix:
         raise InvalidPayload(f"not an intake subject: {subject!r}", field="subject")
-    kind, target_id, verb = parts[len(prefix) :]
-    adapter = INTAKE_VERBS.get((kind, verb))
-    if adapter is None:
-        known = ", ".join(f"{k}.<id>.{v}" for k, v in INTAKE_VERBS)
+    role, sender, verb = parts[len(prefix) : len(prefix) + 3]
+    target = ".".join(parts[len(prefix) + 3 :])
+    spec = INTAKE_VERBS.get((role, verb))
+    if spec is None:
+        known = ", ".join(v.subject_pattern() for v in INTAKE_VERBS.values())
         raise InvalidPayload(f"unknown intake subject {subject!r} (known: {known})", field="subject")
-    if not is_valid_id(target_id):
-        raise InvalidPayload(f"invalid {kind} id {target_id!r}", field="subject")
+    if not is_valid_id(sender):
+        raise InvalidPayload(f"invalid {role} name {sender!r}", field="subject")
+    if spec.target == "self":
+        if target:
+            raise InvalidPayload(f"{subject!r}: nothing may follow {verb!r}", field="subject")
+        target_id = sender
+    elif spec.target == "job":
+        if not is_valid_id(target):
+            raise InvalidPayload(f"invalid job name {target!r}: one token of letters, digits, - or _", field="subject")
+        target_id = job_id_of(sender, target)
+    else:
+        if not _TASK_ID.match(target):
+            raise InvalidPayload(f"invalid task id {target!r}", field="subject")
+        target_id = target
     try:
-        body = adapter.validate_json(data)
+        body = spec.adapter.validate_json(data)
     except ValidationError as e:
-        raise first_error(e, tagged=(kind, verb) == ("task", "report")) from e
+        raise first_error(e, tagged=spec.target == "task") from e
     assert isinstance(body, BaseModel)
-    return IntakeMessage(kind=kind, target_id=target_id, verb=verb, body=body)
+    return IntakeMessage(role=role, sender=sender, kind=spec.kind, target_id=target_id, verb=verb, body=body)
 
 
 class InputAccepted(EventModel):

@@ -9,6 +9,7 @@ from pydantic import Field
 from events.types import (
     EventModel,
     Id,
+    JobId,
     JsonObject,
     JsonValue,
     Micros,
@@ -16,6 +17,7 @@ from events.types import (
     Resources,
     RetryPolicy,
     StrMap,
+    TaskId,
     UtcDateTime,
 )
 
@@ -81,7 +83,9 @@ class JobSpec(EventModel):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     #: Per-attempt limit on a task's runtime, seconds.
     timeout_s: float = Field(default=600.0, gt=0.0, le=7 * 86400.0)
-    submitter: str = Field(default="anonymous", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
+    #: Who submitted it: set by the network from the sender's credentials. A body may leave it out
+    #: (or repeat the sender's own name); naming anyone else is refused.
+    submitter: str = Field(default="", pattern=r"^([A-Za-z0-9][A-Za-z0-9_.@-]{0,127})?$")
     labels: StrMap = Field(default_factory=dict, max_length=32)
 
     def task_count(self) -> int:
@@ -105,17 +109,17 @@ class JobSubmitted(EventModel):
     type: Literal["JobSubmitted"] = "JobSubmitted"
     v: Literal[1] = 1
     at: UtcDateTime
-    job_id: Id
+    job_id: JobId
     spec: JobSpec
 
 
 class JobAccepted(EventModel):
-    """The job is valid; it splits into ``task_count`` tasks, ids ``<job_id>-<index>``."""
+    """The job is valid; it splits into ``task_count`` tasks, ids ``<job_id>.<index>`` (see ``task_id_of``)."""
 
     type: Literal["JobAccepted"] = "JobAccepted"
     v: Literal[1] = 1
     at: UtcDateTime
-    job_id: Id
+    job_id: JobId
     task_count: int = Field(ge=1)
     predicted_s: float = Field(default=0.0, ge=0.0)
 
@@ -126,7 +130,7 @@ class JobRejected(EventModel):
     type: Literal["JobRejected"] = "JobRejected"
     v: Literal[1] = 1
     at: UtcDateTime
-    job_id: Id
+    job_id: JobId
     reason: str = Field(max_length=2000)
     field: str | None = None
 
@@ -137,8 +141,8 @@ class UsageMetered(EventModel):
     type: Literal["UsageMetered"] = "UsageMetered"
     v: Literal[1] = 1
     at: UtcDateTime
-    job_id: Id
-    task_id: Id
+    job_id: JobId
+    task_id: TaskId
     provider_id: Id
     submitter: str
     gpu_ms: int = Field(ge=0)
@@ -152,7 +156,7 @@ class JobCompleted(EventModel):
     type: Literal["JobCompleted"] = "JobCompleted"
     v: Literal[1] = 1
     at: UtcDateTime
-    job_id: Id
+    job_id: JobId
     tasks: int = Field(ge=0)
     gpu_ms: int = Field(ge=0)
     cost_micros: Micros
@@ -164,9 +168,9 @@ class JobFailed(EventModel):
     type: Literal["JobFailed"] = "JobFailed"
     v: Literal[1] = 1
     at: UtcDateTime
-    job_id: Id
+    job_id: JobId
     reason: str = Field(max_length=2000)
-    task_id: Id | None = None
+    task_id: TaskId | None = None
 
 
 class JobCancelled(EventModel):
@@ -175,7 +179,7 @@ class JobCancelled(EventModel):
     type: Literal["JobCancelled"] = "JobCancelled"
     v: Literal[1] = 1
     at: UtcDateTime
-    job_id: Id
+    job_id: JobId
     reason: str = Field(default="", max_length=2000)
 
 
@@ -185,7 +189,7 @@ class JobDeadlineMissed(EventModel):
     type: Literal["JobDeadlineMissed"] = "JobDeadlineMissed"
     v: Literal[1] = 1
     at: UtcDateTime
-    job_id: Id
+    job_id: JobId
     deadline: UtcDateTime
     unfinished: int = Field(ge=0)
 
@@ -196,7 +200,7 @@ class SubmitterCharged(EventModel):
     type: Literal["SubmitterCharged"] = "SubmitterCharged"
     v: Literal[1] = 1
     at: UtcDateTime
-    job_id: Id
+    job_id: JobId
     submitter: str
     amount_micros: Micros
     gpu_ms: int = Field(ge=0)
@@ -208,7 +212,7 @@ class ProviderCredited(EventModel):
     type: Literal["ProviderCredited"] = "ProviderCredited"
     v: Literal[1] = 1
     at: UtcDateTime
-    job_id: Id
+    job_id: JobId
     provider_id: Id
     amount_micros: Micros
     gpu_ms: int = Field(ge=0)

@@ -70,9 +70,9 @@ def event_schema_path(model: type[EventModel]) -> str:
     return f"events/{model.model_fields['type'].default}.v{model.model_fields['v'].default}.json"
 
 
-def intake_schema_path(kind: str, verb: str) -> str:
-    """Where the schema of the body of ``gf.in.<kind>.<id>.<verb>`` lives."""
-    return f"intake/{kind}.{verb}.json"
+def intake_schema_path(role: str, verb: str) -> str:
+    """Where the schema of the body of ``gf.in.<role>.<name>.<verb>[.<target>]`` lives."""
+    return f"intake/{role}.{verb}.json"
 
 
 def generate_schemas() -> dict[str, dict[str, Any]]:
@@ -81,9 +81,9 @@ def generate_schemas() -> dict[str, dict[str, Any]]:
     for model in CATALOGUE:
         path = event_schema_path(model)
         out[path] = _with_id(model.model_json_schema(), path)
-    for (kind, verb), adapter in INTAKE_VERBS.items():
-        path = intake_schema_path(kind, verb)
-        out[path] = _with_id(adapter.json_schema(), path)
+    for (role, verb), spec in INTAKE_VERBS.items():
+        path = intake_schema_path(role, verb)
+        out[path] = _with_id(spec.adapter.json_schema(), path)
     for name, c in WORKLOADS.items():
         path = f"workloads/{name}.json"
         out[path] = _with_id(c.params.model_json_schema(), path)

@@ -1,8 +1,18 @@
-"""NATS names: streams, subjects, buckets; and the mapping from aggregate stream to subject."""
+"""NATS names: streams, subjects, buckets, and how ids and identities map onto subjects.
+
+Every subject an outsider may touch carries its identity as plain tokens, so that NATS permissions
+(and filters) are plain wildcards:
+
+- intake: ``gf.in.submitter.<name>.submit.<job>``, ``gf.in.provider.<name>.report.<task id>``;
+- the domain log: ``gf.ev.job.<submitter>.<job>``, ``gf.ev.task.<submitter>.<job>.<index>``;
+- objects: ``gf.obj.<role>.<owner>.<sha256>.<part>``;
+- requests to the network's services: ``gf.api.<role>.<name>.<operation>``.
+"""
 
 from __future__ import annotations
 
 __all__ = [
+    "API_PREFIX",
     "DISPATCH_PREFIX",
     "DISPATCH_STREAM",
     "EVENTS_STREAM",
@@ -10,11 +20,25 @@ __all__ = [
     "HEARTBEAT_BUCKET",
     "INTAKE_PREFIX",
     "INTAKE_STREAM",
-    "OBJECT_BUCKET",
+    "LEGACY_OUTCOMES_STREAM",
+    "OBJECTS_STREAM",
+    "OBJECT_PREFIX",
+    "api_subject",
+    "dispatch_consumer",
     "dispatch_subject",
     "event_subject",
+    "heartbeat_subject",
     "intake_subject",
+    "job_id_of",
+    "job_owner",
+    "object_name",
+    "object_owner",
+    "outcomes_stream",
+    "outcomes_stream_of",
+    "readable",
+    "report_subject",
     "stream_name",
+    "task_id_of",
 ]
 
 EVENTS_STREAM = "GF_EVENTS"
@@ -24,11 +48,15 @@ INTAKE_PREFIX = "gf.in"
 DISPATCH_STREAM = "GF_DISPATCH"
 DISPATCH_PREFIX = "gf.dispatch"
 HEARTBEAT_BUCKET = "gf_heartbeats"
-OBJECT_BUCKET = "gf_objects"
+OBJECTS_STREAM = "GF_OBJECTS"
+OBJECT_PREFIX = "gf.obj"
+API_PREFIX = "gf.api"
+#: Where intake outcomes went before outcomes were kept per identity (still read in old logs).
+LEGACY_OUTCOMES_STREAM = "intake.outcomes"
 
 
 def stream_name(kind: str, aggregate_id: str) -> str:
-    """The event stream of one aggregate, for example ``task.j1-0``."""
+    """The event stream of one aggregate, for example ``task.alice.j1.0``."""
     return f"{kind}.{aggregate_id}"
 
 
@@ -37,11 +65,99 @@ def event_subject(stream: str) -> str:
     return f"{EVENT_PREFIX}.{stream}"
 
 
-def intake_subject(kind: str, target_id: str, verb: str) -> str:
-    """Where outsiders publish, for example ``gf.in.job.j1.submit``."""
-    return f"{INTAKE_PREFIX}.{kind}.{target_id}.{verb}"
+def job_id_of(submitter: str, name: str) -> str:
+    """The id of job ``name`` of ``submitter``: ``<submitter>.<name>``."""
+    return f"{submitter}.{name}"
+
+
+def job_owner(job_id: str) -> str | None:
+    """The submitter whose name is part of ``job_id``; None for a job from before identities."""
+    owner, dot, _ = job_id.partition(".")
+    return owner if dot else None
+
+
+def task_id_of(job_id: str, index: int) -> str:
+    """The id of task ``index`` of ``job_id``: ``<job id>.<index>`` (``<job>-<index>`` for an old job)."""
+    return f"{job_id}.{index}" if "." in job_id else f"{job_id}-{index}"
+
+
+def intake_subject(role: str, name: str, verb: str, target: str = "") -> str:
+    """Where identity ``role``/``name`` sends ``verb``: ``gf.in.<role>.<name>.<verb>[.<target>]``."""
+    base = f"{INTAKE_PREFIX}.{role}.{name}.{verb}"
+    return f"{base}.{target}" if target else base
+
+
+def report_subject(provider_id: str, task_id: str) -> str:
+    """Where a provider reports on a task it holds: ``gf.in.provider.<id>.report.<task id>``."""
+    return intake_subject("provider", provider_id, "report", task_id)
+
+
+def outcomes_stream(role: str, name: str) -> str:
+    """The log stream of one identity's intake outcomes, so that each can read its own refusals."""
+    return f"intake.{role}.{name}"
+
+
+def outcomes_stream_of(intake: str) -> str:
+    """Where the outcome of a message sent on intake subject ``intake`` is recorded: its sender's stream."""
+    parts = intake.split(".")
+    if len(parts) >= 4 and ".".join(parts[:2]) == INTAKE_PREFIX and _token(parts[2]) and _token(parts[3]):
+        return outcomes_stream(parts[2], parts[3])
+    return LEGACY_OUTCOMES_STREAM
+
+
+def _token(value: str) -> bool:
+    return 0 < len(value) <= 64 and value[0].isalnum() and all(c.isalnum() or c in "-_" for c in value)
 
 
 def dispatch_subject(provider_id: str) -> str:
     """Where the orchestrator tells one provider about its leases and cancellations."""
     return f"{DISPATCH_PREFIX}.{provider_id}"
+
+
+def dispatch_consumer(provider_id: str) -> str:
+    """The durable pull consumer through which a provider (and only it) reads its dispatch."""
+    return f"prov-{provider_id}"
+
+
+def heartbeat_subject(provider_id: str, bucket: str = HEARTBEAT_BUCKET) -> str:
+    """The KV subject of a provider's heartbeat key."""
+    return f"$KV.{bucket}.{provider_id}"
+
+
+def object_name(role: str, owner: str, sha256: str) -> str:
+    """An object's name: its owner and its content digest, ``<role>.<owner>.<sha256>``."""
+    return f"{role}.{owner}.{sha256}"
+
+
+def object_owner(name: str) -> tuple[str, str] | None:
+    """``(role, owner)`` of an object named by :func:`object_name`; None for any other name."""
+    parts = name.split(".")
+    if len(parts) != 3 or len(parts[2]) != 64:
+        return None
+    return parts[0], parts[1]
+
+
+def api_subject(role: str, name: str, operation: str) -> str:
+    """A request from identity ``role``/``name`` to the network's services."""
+    return f"{API_PREFIX}.{role}.{name}.{operation}"
+
+
+def readable(role: str, name: str, stream_filter: str) -> bool:
+    """May identity ``role``/``name`` read the log streams ``stream_filter`` (wildcards allowed)?
+
+    A submitter reads its own jobs and tasks (``job.<name>.…``, ``task.<name>.…``) and its intake
+    outcomes; a provider its own stream and intake outcomes; an auditor everything.
+    """
+    tokens = stream_filter.split(".")
+    if not tokens or len(tokens) > 8 or any(not t for t in tokens):
+        return False
+    if any(t == ">" for t in tokens[:-1]) or any(("*" in t or ">" in t) and len(t) > 1 for t in tokens):
+        return False
+    if role == "auditor":
+        return True
+    own_outcomes = stream_filter == outcomes_stream(role, name)
+    if role == "submitter":
+        return own_outcomes or (tokens[0] in ("job", "task") and len(tokens) >= 3 and tokens[1] == name)
+    if role == "provider":
+        return own_outcomes or stream_filter == stream_name("provider", name)
+    return False

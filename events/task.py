@@ -12,12 +12,14 @@ from events.types import (
     FailureReason,
     FloatMap,
     Id,
+    JobId,
     JsonObject,
     Micros,
     ObjectRef,
     Resources,
     ResultRef,
     RetryPolicy,
+    TaskId,
     UtcDateTime,
 )
 
@@ -45,8 +47,8 @@ class TaskCreated(EventModel):
     type: Literal["TaskCreated"] = "TaskCreated"
     v: Literal[1] = 1
     at: UtcDateTime
-    task_id: Id
-    job_id: Id
+    task_id: TaskId
+    job_id: JobId
     index: int = Field(ge=0)
     submitter: str
     workload: str
@@ -69,7 +71,7 @@ class TaskLeased(EventModel):
     type: Literal["TaskLeased"] = "TaskLeased"
     v: Literal[1] = 1
     at: UtcDateTime
-    task_id: Id
+    task_id: TaskId
     lease_id: Id
     provider_id: Id
     attempt: int = Field(ge=1)
@@ -87,7 +89,7 @@ class TaskStarted(EventModel):
     type: Literal["TaskStarted"] = "TaskStarted"
     v: Literal[1] = 1
     at: UtcDateTime
-    task_id: Id
+    task_id: TaskId
     lease_id: Id
     provider_id: Id
     expires_at: UtcDateTime
@@ -99,7 +101,7 @@ class TaskProgressed(EventModel):
     type: Literal["TaskProgressed"] = "TaskProgressed"
     v: Literal[1] = 1
     at: UtcDateTime
-    task_id: Id
+    task_id: TaskId
     lease_id: Id
     provider_id: Id
     fraction: float = Field(ge=0.0, le=1.0)
@@ -116,7 +118,7 @@ class TaskCompleted(EventModel):
     type: Literal["TaskCompleted"] = "TaskCompleted"
     v: Literal[1] = 1
     at: UtcDateTime
-    task_id: Id
+    task_id: TaskId
     lease_id: Id
     provider_id: Id
     result: ResultRef
@@ -130,7 +132,7 @@ class TaskFailed(EventModel):
     type: Literal["TaskFailed"] = "TaskFailed"
     v: Literal[1] = 1
     at: UtcDateTime
-    task_id: Id
+    task_id: TaskId
     lease_id: Id | None = None
     provider_id: Id | None = None
     reason: FailureReason
@@ -145,7 +147,7 @@ class TaskRetried(EventModel):
     type: Literal["TaskRetried"] = "TaskRetried"
     v: Literal[1] = 1
     at: UtcDateTime
-    task_id: Id
+    task_id: TaskId
     failures: int = Field(ge=1)
     not_before: UtcDateTime
 
@@ -156,7 +158,7 @@ class TaskQueued(EventModel):
     type: Literal["TaskQueued"] = "TaskQueued"
     v: Literal[1] = 1
     at: UtcDateTime
-    task_id: Id
+    task_id: TaskId
 
 
 class TaskLeaseExpired(EventModel):
@@ -165,7 +167,7 @@ class TaskLeaseExpired(EventModel):
     type: Literal["TaskLeaseExpired"] = "TaskLeaseExpired"
     v: Literal[1] = 1
     at: UtcDateTime
-    task_id: Id
+    task_id: TaskId
     lease_id: Id
     provider_id: Id
     reason: LeaseEndReason
@@ -177,7 +179,7 @@ class TaskCancelled(EventModel):
     type: Literal["TaskCancelled"] = "TaskCancelled"
     v: Literal[1] = 1
     at: UtcDateTime
-    task_id: Id
+    task_id: TaskId
     reason: str = Field(default="", max_length=2000)
     lease_id: Id | None = None
     provider_id: Id | None = None
@@ -189,7 +191,7 @@ class TaskResultRejected(EventModel):
     type: Literal["TaskResultRejected"] = "TaskResultRejected"
     v: Literal[1] = 1
     at: UtcDateTime
-    task_id: Id
+    task_id: TaskId
     lease_id: str = Field(max_length=64)
     provider_id: str = Field(max_length=64)
     report: Literal["started", "progress", "completed", "failed"]

@@ -29,6 +29,7 @@ __all__ = [
     "FailureReason",
     "FloatMap",
     "Id",
+    "JobId",
     "JsonObject",
     "JsonValue",
     "Micros",
@@ -38,6 +39,7 @@ __all__ = [
     "RetryPolicy",
     "Sha256",
     "StrMap",
+    "TaskId",
     "UtcDateTime",
     "canonical_json",
     "strict_model_config",
@@ -46,8 +48,16 @@ __all__ = [
 #: Ids appear in NATS subjects, so they are restricted to one safe subject token.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 _ID_RE = re.compile(ID_PATTERN)
+_TOKEN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+#: A job is ``<submitter>.<name>``: its owner is part of its id, so a NATS wildcard (``*.alice.>``)
+#: selects one submitter's jobs. Logs written before identities have one-token job ids.
+JOB_ID_PATTERN = rf"^{_TOKEN}(\.{_TOKEN})?$"
+#: A task is ``<job id>.<index>`` (a one-token ``<job>-<index>`` in logs written before identities).
+TASK_ID_PATTERN = rf"^{_TOKEN}(\.{_TOKEN}\.(0|[1-9][0-9]{{0,8}}))?$"
 
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
+TaskId = Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 #: Money is integer micro-credits (1 credit = 1,000,000 micros); never a float.
 Micros = Annotated[int, Field(ge=0)]

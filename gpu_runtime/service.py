@@ -1,9 +1,11 @@
 """The provider runtime service: register, heartbeat, take leases, run them in warm workers, report.
 
-It is an actor keyed by its provider id. Its inputs are the dispatch messages on
-``gf.dispatch.<provider_id>`` (a work-queue stream, read through the durable pull consumer
-``prov-<provider_id>``); its outputs are intake messages (registration, task reports, drain and
-leave), heartbeats in the KV bucket, and blobs (results, checkpoints) in the object store.
+It is an actor keyed by its provider id, which is the name in its credentials (on a secured
+network nothing else is possible: the server lets it publish only under that name). Its inputs are
+the dispatch messages on ``gf.dispatch.<provider_id>`` (a work-queue stream, read through the durable
+pull consumer ``prov-<provider_id>`` that the orchestrator creates when it registers); its outputs are
+intake messages (registration, task reports, drain and leave), heartbeats in the KV bucket, and
+objects (results, checkpoints) stored under its name.
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ import socket
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import nats.errors
 import nats.js.errors
 import structlog
-from nats.js import api
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from events.dispatch import Dispatch, Heartbeat, LeaseGranted, LeaseRevoked
+from events.identity import read_credentials
 from events.intake import (
     CompletedReport,
     FailedReport,
@@ -33,8 +36,10 @@ from events.intake import (
     ProviderRegistration,
     StartedReport,
 )
-from events.store.connection import connect_nats
-from events.store.topology import Topology, ensure_topology
+from events.store.blobs import BlobStore, ObjectIntegrityError, ObjectNotFound
+from events.store.connection import Access, connect_nats
+from events.store.topology import Topology
+from events.subjects import dispatch_consumer, heartbeat_subject, intake_subject, report_subject
 from events.types import Calibration, Capabilities, FailureReason, ObjectRef, ResultRef, is_valid_id, utc_now
 from events.workloads import (
     WORKLOADS,
@@ -68,7 +73,12 @@ class RuntimeConfig:
     """Settings of one provider runtime."""
 
     nats_url: str = "nats://127.0.0.1:4222"
-    provider_id: str = field(default_factory=_default_provider_id)
+    #: The provider's credentials; its provider id is their name. None on an open (test) server.
+    creds: Path | None = None
+    #: The CA that signed the network's TLS certificate (for ``tls://`` URLs).
+    tls_ca: Path | None = None
+    #: Default: the credentials' name (or ``<host>-<pid>`` without credentials).
+    provider_id: str = ""
     name: str = ""
     backend: BackendChoice = "auto"
     #: Worker processes (concurrent tasks). None: one per GPU, or one on the CPU.
@@ -88,8 +98,24 @@ class RuntimeConfig:
     faults: bool = field(default_factory=faults_enabled)
 
     def __post_init__(self) -> None:
+        if self.creds is not None:
+            ident = read_credentials(self.creds)
+            if ident.role != "provider":
+                raise RuntimeServiceError(f"{self.creds} are {ident.role} credentials, not a provider's")
+            if self.provider_id and self.provider_id != ident.name:
+                raise RuntimeServiceError(
+                    f"provider_id: {self.provider_id!r}, but the credentials are provider {ident.name!r}"
+                )
+            object.__setattr__(self, "provider_id", ident.name)
+        elif not self.provider_id:
+            object.__setattr__(self, "provider_id", _default_provider_id())
         if not is_valid_id(self.provider_id):
             raise RuntimeServiceError(f"provider_id: {self.provider_id!r} is not a valid id")
+
+    @property
+    def access(self) -> Access:
+        """How this provider reaches the network."""
+        return Access(self.nats_url, self.creds, self.tls_ca)
 
 
 @dataclass
@@ -129,8 +155,7 @@ class _Reporter:
         await self.flush(final=done >= total)
 
     async def checkpoint(self, step: int, blob: bytes) -> None:
-        lease = self.run.lease
-        ref = await self.runtime.put_object(f"checkpoints/{lease.task_id}/{step}", blob)
+        ref = await self.runtime.put_object(blob)
         self.checkpoint_ref, self.checkpoint_step = ref, step
         self.dirty = self.checkpoint_dirty = True
         await self.flush()
@@ -174,8 +199,7 @@ class ProviderRuntime:
         self._log = _log.bind(provider_id=self.provider_id)
         self._nc: Any = None
         self._js: Any = None
-        self._kv: Any = None
-        self._objects: dict[str, Any] = {}
+        self._blobs: BlobStore | None = None
         self._topology: Topology = config.topology or Topology()
         self._pool: WorkerPool | None = None
         self._psub: Any = None
@@ -225,22 +249,15 @@ class ProviderRuntime:
 
     async def _start(self) -> None:
         cfg = self.config
-        self._nc = await connect_nats(cfg.nats_url, name=f"gpufleet-provider-{self.provider_id}")
+        self._nc = await connect_nats(cfg.access, name=f"gpufleet-provider-{self.provider_id}")
         self._js = self._nc.jetstream()
-        self._topology = await ensure_topology(self._js, cfg.topology)
-        self._kv = await self._js.key_value(self._topology.heartbeat_bucket)
+        self._blobs = BlobStore(self._nc, "provider", self.provider_id, self._topology)
         await self._start_workers()
         assert self._pool is not None and self.calibration is not None
-        self._psub = await self._js.pull_subscribe(
-            f"{self._topology.dispatch_prefix}.{self.provider_id}",
-            durable=f"prov-{self.provider_id}",
-            stream=self._topology.dispatch_stream,
-            config=api.ConsumerConfig(
-                ack_policy=api.AckPolicy.EXPLICIT,
-                deliver_policy=api.DeliverPolicy.ALL,
-                ack_wait=30.0,
-                max_ack_pending=1000,
-            ),
+        # The orchestrator creates this consumer when it takes our registration; until then a fetch
+        # finds nothing and the loop asks again.
+        self._psub = await self._js.pull_subscribe_bind(
+            dispatch_consumer(self.provider_id), self._topology.dispatch_stream
         )
         registration = ProviderRegistration(
             name=(cfg.name or self.provider_id)[:200],
@@ -368,8 +385,7 @@ class ProviderRuntime:
                 with contextlib.suppress(Exception):
                     if self._pending:
                         await asyncio.wait(self._pending, timeout=5.0)
-                    await self._kv.delete(self.provider_id)
-                    await self._js.delete_consumer(self._topology.dispatch_stream, f"prov-{self.provider_id}")
+                    await self._js.publish(self._heartbeat_subject, b"", headers={"KV-Operation": "DEL"})
             with contextlib.suppress(Exception):
                 await self._nc.close()
         self._closed.set()
@@ -383,12 +399,12 @@ class ProviderRuntime:
 
     # ----------------------------------------------------------------------------------- NATS I/O
 
-    def _intake(self, kind: str, target_id: str, verb: str) -> str:
-        """``gf.in.<kind>.<id>.<verb>``, under the topology's intake prefix."""
-        return f"{self._topology.intake_prefix}.{kind}.{target_id}.{verb}"
+    @property
+    def _heartbeat_subject(self) -> str:
+        return heartbeat_subject(self.provider_id, self._topology.heartbeat_bucket)
 
     async def _announce(self, verb: str, body: BaseModel) -> None:
-        subject = self._intake("provider", self.provider_id, verb)
+        subject = intake_subject("provider", self.provider_id, verb)
         await self._publish(subject, body, f"{self.provider_id}-{verb}-{time.time_ns()}")
 
     async def _publish(self, subject: str, body: BaseModel, msg_id: str, *, wait: bool = True) -> None:
@@ -414,32 +430,23 @@ class ProviderRuntime:
             self._log.warning("report.publish_failed", error=str(fut.exception()))
 
     async def report(self, lease: LeaseGranted, body: BaseModel, msg_id: str, *, wait: bool = True) -> None:
-        """Publish one task report to ``gf.in.task.<task_id>.report``."""
-        await self._publish(self._intake("task", lease.task_id, "report"), body, msg_id, wait=wait)
+        """Publish one task report to ``gf.in.provider.<id>.report.<task_id>``."""
+        await self._publish(report_subject(self.provider_id, lease.task_id), body, msg_id, wait=wait)
 
-    async def _object_store(self, bucket: str) -> Any:
-        store = self._objects.get(bucket)
-        if store is None:
-            store = self._objects[bucket] = await self._js.object_store(bucket)
-        return store
-
-    async def put_object(self, name: str, data: bytes) -> ObjectRef:
-        """Store ``data`` in the object store under ``name``; returns its reference with sha256."""
-        bucket = self._topology.object_bucket
-        store = await self._object_store(bucket)
-        await store.put(name, data)
-        return ObjectRef(bucket=bucket, name=name, sha256=sha256_hex(data), size=len(data))
+    async def put_object(self, data: bytes) -> ObjectRef:
+        """Store ``data`` under this provider's name; returns its reference with sha256."""
+        assert self._blobs is not None
+        return await self._blobs.put(data)
 
     async def get_object(self, ref: ObjectRef, what: str) -> bytes:
         """Fetch ``ref`` and check its sha256; problems raise ``WorkloadError`` naming ``what``."""
+        assert self._blobs is not None
         try:
-            store = await self._object_store(ref.bucket)
-            data: bytes = bytes((await store.get(ref.name)).data or b"")
-        except (nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError) as e:
-            raise WorkloadError("invalid_params", f"{what}: object {ref.bucket}/{ref.name} not found") from e
-        if sha256_hex(data) != ref.sha256:
-            raise WorkloadError("invalid_params", f"{what}: object {ref.name} does not match its sha256")
-        return data
+            return await self._blobs.get(ref)
+        except ObjectNotFound as e:
+            raise WorkloadError("invalid_params", f"{what}: {e}") from e
+        except ObjectIntegrityError as e:
+            raise WorkloadError("invalid_params", f"{what}: {e}") from e
 
     async def _heartbeat_once(self) -> None:
         hb = Heartbeat(
@@ -449,7 +456,7 @@ class ProviderRuntime:
             slots=self._pool.size if self._pool else 1,
             draining=self._draining,
         )
-        await self._kv.put(self.provider_id, hb.model_dump_json().encode())
+        await self._js.publish(self._heartbeat_subject, hb.model_dump_json().encode())
 
     async def _heartbeat_loop(self) -> None:
         while not self._stopping:
@@ -629,7 +636,7 @@ class ProviderRuntime:
         lease = run.lease
         summary = dict(outcome.summary)
         if outcome.arrays is not None:
-            ref = await self.put_object(f"results/{lease.task_id}/{lease.lease_id}.npz", outcome.arrays)
+            ref = await self.put_object(outcome.arrays)
             summary["arrays"] = ref.model_dump(mode="json")
         value = json_safe(summary)
         data = canonical_json(value)
@@ -637,7 +644,7 @@ class ProviderRuntime:
         if len(data) <= self.config.inline_limit:
             result = ResultRef(sha256=digest, size=len(data), inline=value)
         else:
-            ref = await self.put_object(f"results/{lease.task_id}/{lease.lease_id}.json", data)
+            ref = await self.put_object(data)
             result = ResultRef(sha256=digest, size=len(data), object=ref)
         metrics = {k: float(v) for k, v in outcome.metrics.items()}
         metrics["wall_s"] = wall_s

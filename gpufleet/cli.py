@@ -39,6 +39,16 @@ NatsOpt = Annotated[
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Where `up` keeps its log and read models (~/.gpufleet).")
 ]
+CredsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--creds",
+        help="Your NATS credentials file (or $GPUFLEET_CREDS); on the machine running `gpufleet up`, its own.",
+    ),
+]
+TlsCaOpt = Annotated[
+    Path | None, typer.Option("--tls-ca", help="The CA of the network's TLS certificate (or $GPUFLEET_TLS_CA).")
+]
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -72,6 +82,22 @@ def _url(nats_url: str | None, data_dir: Path | None = None) -> str:
     return nats_url or discover_url(data_dir)
 
 
+def _access(
+    role: str, nats_url: str | None, creds: Path | None, tls_ca: Path | None, data_dir: Path | None = None
+) -> Any:
+    """How this command reaches the network, and as whom (see ``gpufleet.network.discover_access``)."""
+    from gpufleet.network import discover_access
+
+    return discover_access(role, url=nats_url, creds=creds, tls_ca=tls_ca, data_dir=data_dir)
+
+
+async def _client(role: str, nats_url: str | None, creds: Path | None, tls_ca: Path | None) -> Any:
+    from gpufleet.client import Client
+
+    a = _access(role, nats_url, creds, tls_ca)
+    return await Client.connect(a.url, creds=a.creds, tls_ca=a.tls_ca)
+
+
 @app.callback()
 def _root(
     log_format: Annotated[str, typer.Option(help="Logs: auto, console or json.")] = "auto",
@@ -101,13 +127,27 @@ def up(
     slots: Annotated[int | None, typer.Option(help="The local provider's worker processes.")] = None,
     price_micros: Annotated[int, typer.Option(help="The local provider's price, micro-credits per GPU-s.")] = 0,
     port: Annotated[int | None, typer.Option(help="The embedded server's port (default 4222 if free; 0: any).")] = None,
+    host: Annotated[
+        str, typer.Option(help="Listen on this address: 127.0.0.1 (this machine) or 0.0.0.0 (others, with --tls).")
+    ] = "127.0.0.1",
+    tls: Annotated[bool, typer.Option(help="Serve TLS (a CA and certificate are made in the data directory).")] = False,
+    tls_cert: Annotated[Path | None, typer.Option(help="Your own server certificate (PEM), with --tls.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Its private key (PEM).")] = None,
+    tls_host: Annotated[
+        list[str] | None, typer.Option(help="A name or IP other machines use to reach this one (repeatable).")
+    ] = None,
 ) -> None:
-    """Run the whole network here: nats-server with JetStream, orchestrator, projections, a provider.
+    """Run the whole network here, secured: nats-server with JetStream, orchestrator, projections, a provider.
 
-    Ctrl-C stops everything; a later `up` on the same data directory resumes from the same log.
+    Only identities with credentials this network issued may connect (`gpufleet creds issue`).
+    Ctrl-C or SIGTERM stops everything; a later `up` on the same data directory resumes from the same log.
     """
     from gpufleet.network import DEFAULT_DATA_DIR, LocalNetwork, NetworkConfig
 
+    if (tls_cert is None) != (tls_key is None):
+        _fail("--tls-cert and --tls-key go together")
+    if host not in ("127.0.0.1", "localhost", "::1") and not (tls or tls_cert):
+        _fail(f"listening on {host} exposes the network beyond this machine: add --tls")
     cfg = NetworkConfig(
         data_dir=data_dir or DEFAULT_DATA_DIR,
         nats_url=nats_url,
@@ -116,15 +156,26 @@ def up(
         provider_slots=slots,
         provider_price_micros=price_micros,
         port=port,
+        host=host,
+        tls=tls or tls_cert is not None,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_hosts=list(tls_host or []),
     )
 
     async def run() -> None:
+        import signal
+
         net = LocalNetwork(cfg)
         with console.status("starting the network..."):
             await net.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        # SIGTERM (systemd, Docker, a supervisor) stops as cleanly as Ctrl-C: nats-server goes too.
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
         try:
             _print_network(net)
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
             await net.stop()
 
@@ -140,6 +191,8 @@ def up(
 def _print_network(net: Any) -> None:
     t = Table(title="gpufleet is up", show_header=False)
     t.add_row("NATS", net.url + ("  (embedded, store " + str(net.server.store_dir) + ")" if net.server else ""))
+    t.add_row("security", "credentials required" + (f"; TLS, CA {net.tls_ca}" if net.tls_ca else ""))
+    t.add_row("credentials", "gpufleet creds issue submitter NAME --out NAME.creds")
     orch = net.orchestrator
     t.add_row("orchestrator", f"log position {orch.world.position}, {len(orch.world.jobs)} jobs so far")
     if net.projector is not None:
@@ -179,7 +232,6 @@ def _job_spec(
     workload: str | None,
     params: list[str],
     tasks: int | None,
-    submitter: str | None,
     max_price: int | None,
     deadline_in: float | None,
     backend: str | None,
@@ -203,8 +255,6 @@ def _job_spec(
         spec.setdefault("params", {})[key] = _parse_value(value)
     if tasks is not None:
         spec["split"] = {"kind": "count", "count": tasks}
-    if submitter:
-        spec["submitter"] = submitter
     if max_price is not None:
         spec["max_price_micros"] = max_price
     if deadline_in is not None:
@@ -224,25 +274,25 @@ def submit(
     workload: Annotated[str | None, typer.Option(help="Workload name (instead of, or over, the file).")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (JSON value).")] = None,
     tasks: Annotated[int | None, typer.Option(help="Split into this many identical tasks.")] = None,
-    submitter: Annotated[str | None, typer.Option(help="Who pays.")] = None,
     max_price: Annotated[int | None, typer.Option(help="Price ceiling, micro-credits per GPU-second.")] = None,
     deadline_in: Annotated[float | None, typer.Option(help="Deadline, seconds from now.")] = None,
     backend: Annotated[str | None, typer.Option(help="Required backend: cuda or any.")] = None,
     priority: Annotated[int | None, typer.Option(help="0 (low) to 9 (high).")] = None,
-    job_id: Annotated[str | None, typer.Option(help="Choose the job id (a retry with it is a no-op).")] = None,
+    job_id: Annotated[str | None, typer.Option(help="Choose the job's name (a retry with it is a no-op).")] = None,
     watch_: Annotated[bool, typer.Option("--watch", "-w", help="Follow the job to the end.")] = False,
     nats_url: NatsOpt = None,
+    creds: CredsOpt = None,
+    tls_ca: TlsCaOpt = None,
 ) -> None:
-    """Submit a job from a file or from flags; prints the job id."""
-    from gpufleet.client import Client
+    """Submit a job from a file or from flags, as the submitter your credentials name; prints the job id."""
     from gpufleet.watch import watch_jobs
 
     spec = None
 
     async def run() -> None:
         nonlocal spec
-        spec = _job_spec(file, workload, param or [], tasks, submitter, max_price, deadline_in, backend, priority)
-        async with await Client.connect(_url(nats_url)) as client:
+        spec = _job_spec(file, workload, param or [], tasks, max_price, deadline_in, backend, priority)
+        async with await _client("submitter", nats_url, creds, tls_ca) as client:
             job = await client.submit(spec, job_id=job_id)
             console.print(job.id, highlight=False)
             if watch_:
@@ -262,13 +312,17 @@ def _print_outcome(st: Any) -> None:
 
 
 @app.command()
-def watch(job_id: Annotated[str, typer.Argument(help="The job id.")], nats_url: NatsOpt = None) -> None:
+def watch(
+    job_id: Annotated[str, typer.Argument(help="The job id (or your job's name).")],
+    nats_url: NatsOpt = None,
+    creds: CredsOpt = None,
+    tls_ca: TlsCaOpt = None,
+) -> None:
     """Follow a job live, with a bar per task and an ETA, until it ends (reconnects if the link drops)."""
-    from gpufleet.client import Client
     from gpufleet.watch import watch_jobs
 
     async def run() -> None:
-        async with await Client.connect(_url(nats_url)) as client:
+        async with await _client("submitter", nats_url, creds, tls_ca) as client:
             job = client.job(job_id)
             await job.status()  # unknown id: one clear line, now
             (st,) = await watch_jobs([job], console)
@@ -280,12 +334,16 @@ def watch(job_id: Annotated[str, typer.Argument(help="The job id.")], nats_url: 
 
 
 @app.command()
-def status(job_id: Annotated[str, typer.Argument(help="The job id.")], nats_url: NatsOpt = None) -> None:
+def status(
+    job_id: Annotated[str, typer.Argument(help="The job id (or your job's name).")],
+    nats_url: NatsOpt = None,
+    creds: CredsOpt = None,
+    tls_ca: TlsCaOpt = None,
+) -> None:
     """A job's state, tasks, providers, ETA and cost, from the log."""
-    from gpufleet.client import Client
 
     async def run() -> None:
-        async with await Client.connect(_url(nats_url)) as client:
+        async with await _client("submitter", nats_url, creds, tls_ca) as client:
             st = await client.job(job_id).status()
         t = Table(title=f"job {st.job_id}: {st.status}")
         for col in ("task", "state", "provider", "attempt", "progress", "predicted"):
@@ -317,12 +375,13 @@ def cancel(
     job_id: Annotated[str, typer.Argument(help="The job id.")],
     reason: Annotated[str, typer.Option(help="Why (recorded in the log).")] = "",
     nats_url: NatsOpt = None,
+    creds: CredsOpt = None,
+    tls_ca: TlsCaOpt = None,
 ) -> None:
-    """Cancel a job; its running tasks are stopped on their providers."""
-    from gpufleet.client import Client
+    """Cancel one of your jobs; its running tasks are stopped on their providers."""
 
     async def run() -> None:
-        async with await Client.connect(_url(nats_url)) as client:
+        async with await _client("submitter", nats_url, creds, tls_ca) as client:
             await client.job(job_id).cancel(reason or "cancelled from the command line")
         console.print(f"cancellation of {job_id} sent")
 
@@ -335,12 +394,13 @@ def result(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the results here.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Wait at most this many seconds.")] = None,
     nats_url: NatsOpt = None,
+    creds: CredsOpt = None,
+    tls_ca: TlsCaOpt = None,
 ) -> None:
     """Wait for a job and print or save its results; every digest is verified against the log."""
-    from gpufleet.client import Client
 
     async def run() -> None:
-        async with await Client.connect(_url(nats_url)) as client:
+        async with await _client("submitter", nats_url, creds, tls_ca) as client:
             results = await client.job(job_id).result(timeout)
         if out is None:
             for r in results:
@@ -360,14 +420,16 @@ def result(
     _run(run())
 
 
-async def _read_models(url: str, data_dir: Path | None) -> Any:
-    """Read models for queries: those of the local `up` if it runs, else a private cache caught up now."""
+async def _read_models(access: Any, data_dir: Path | None) -> Any:
+    """Read models for queries: those of the local `up` if it runs, else a private cache caught up now
+    (which needs credentials that may read the whole log: an auditor's)."""
     from events.store import JetStreamEventStore
     from gpufleet.network import DEFAULT_DATA_DIR, _alive, _read_info
     from projections.projector import Projector
     from projections.query import ReadModels
     from projections.storage import SqliteStore
 
+    url = access.url
     home = data_dir or DEFAULT_DATA_DIR
     info = _read_info(home)
     live = home / "readmodels.sqlite"
@@ -375,7 +437,7 @@ async def _read_models(url: str, data_dir: Path | None) -> Any:
         return ReadModels.open(live)
     home.mkdir(parents=True, exist_ok=True)
     cache = home / f"cache-{hashlib.sha1(url.encode()).hexdigest()[:10]}.sqlite"
-    store = await JetStreamEventStore.connect(url, name="gpufleet-cli")
+    store = await JetStreamEventStore.connect(access, name="gpufleet-cli", reads="direct")
     db = SqliteStore(str(cache))
     try:
         projector = Projector(store, db)
@@ -394,11 +456,13 @@ def jobs(
     limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
     nats_url: NatsOpt = None,
     data_dir: DataDirOpt = None,
+    creds: CredsOpt = None,
+    tls_ca: TlsCaOpt = None,
 ) -> None:
-    """Jobs, newest first: status, progress, ETA and cost."""
+    """Jobs, newest first: status, progress, ETA and cost (the whole network: an operator's or auditor's view)."""
 
     async def run() -> None:
-        models = await _read_models(_url(nats_url, data_dir), data_dir)
+        models = await _read_models(_access("auditor", nats_url, creds, tls_ca, data_dir), data_dir)
         try:
             rows = await models.list_jobs(status_, limit=limit)
         finally:
@@ -422,37 +486,22 @@ def jobs(
 
 
 @app.command()
-def providers(nats_url: NatsOpt = None, data_dir: DataDirOpt = None) -> None:
-    """The fleet: capability, state, utilisation, reputation, earnings."""
+def providers(
+    nats_url: NatsOpt = None, data_dir: DataDirOpt = None, creds: CredsOpt = None, tls_ca: TlsCaOpt = None
+) -> None:
+    """The fleet: verified identity, capability, state, utilisation, reputation, earnings."""
 
     async def run() -> None:
-        models = await _read_models(_url(nats_url, data_dir), data_dir)
+        models = await _read_models(_access("auditor", nats_url, creds, tls_ca, data_dir), data_dir)
         try:
             rows = await models.fleet()
         finally:
             models.close()
-        _fleet_table(rows)
+        from gpufleet.tables import fleet_table
+
+        console.print(fleet_table(rows))
 
     _run(run())
-
-
-def _fleet_table(rows: list[Any]) -> None:
-    t = Table(title=f"{len(rows)} provider(s)")
-    for col in ("provider", "state", "device", "slots", "busy", "completed", "reputation", "earned (credits)"):
-        t.add_column(col)
-    for r in rows:
-        device = f"{r.backend} {r.gpu_model}" + (f" {r.vram_mb // 1024} GiB" if r.vram_mb else "")
-        t.add_row(
-            r.provider_id,
-            r.status,
-            device,
-            str(r.slots),
-            f"{r.utilisation:.0%}",
-            str(r.completions),
-            f"{r.reputation:.2f}",
-            f"{r.earnings_micros / 1e6:.6f}",
-        )
-    console.print(t)
 
 
 @app.command()
@@ -460,6 +509,8 @@ def replay(
     audit: Annotated[bool, typer.Option("--audit", help="Also audit the log and print the report.")] = False,
     db: Annotated[Path | None, typer.Option(help="Rebuild into this SQLite file (default: a temporary one).")] = None,
     nats_url: NatsOpt = None,
+    creds: CredsOpt = None,
+    tls_ca: TlsCaOpt = None,
 ) -> None:
     """Rebuild every read model from position 0 of the log; with --audit, check the network kept its rules."""
     from events.store import JetStreamEventStore
@@ -469,8 +520,9 @@ def replay(
     from projections.storage import SqliteStore
 
     async def run() -> None:
-        url = _url(nats_url)
-        store = await JetStreamEventStore.connect(url, name="gpufleet-replay")
+        # As an auditor: it reads every stream and bucket, and can write nothing.
+        access = _access("auditor", nats_url, creds, tls_ca)
+        store = await JetStreamEventStore.connect(access, name="gpufleet-replay", reads="direct")
         target = db or Path(tempfile.mkdtemp(prefix="gpufleet-replay-")) / "readmodels.sqlite"
         sqlite = SqliteStore(str(target))
         try:
@@ -525,8 +577,9 @@ app.add_typer(provider_app, name="provider")
 @provider_app.command("run")
 def provider_run(
     nats_url: NatsOpt = None,
+    creds: CredsOpt = None,
+    tls_ca: TlsCaOpt = None,
     name: Annotated[str, typer.Option(help="A name people will recognise.")] = "",
-    provider_id: Annotated[str | None, typer.Option(help="Stable id (default: local-<hostname>).")] = None,
     backend: Annotated[str, typer.Option(help="auto (CuPy if a GPU is seen), cuda, or cpu.")] = "auto",
     slots: Annotated[int | None, typer.Option(help="Worker processes (default: one per GPU).")] = None,
     price_micros: Annotated[int, typer.Option(help="Price, micro-credits per GPU-second.")] = 0,
@@ -534,18 +587,25 @@ def provider_run(
 ) -> None:
     """Join this machine's GPU (or CPU) to a network: detect, calibrate, register, take work.
 
-    Ctrl-C drains: running work finishes, nothing new is taken, then the provider leaves.
+    The provider's id is the name in its credentials (`gpufleet creds issue provider NAME` on the
+    network's machine). Ctrl-C or SIGTERM drains: running work finishes, nothing new is taken, then
+    the provider leaves.
     """
     import signal
 
     from gpu_runtime.service import ProviderRuntime, RuntimeConfig
-    from gpufleet.network import local_provider_id
 
     async def run() -> None:
+        access = _access("provider", nats_url, creds, tls_ca)
+        if access.creds is None:
+            from events.store.connection import NO_CREDENTIALS
+
+            _fail(f"a provider needs credentials: {NO_CREDENTIALS}")
         runtime = ProviderRuntime(
             RuntimeConfig(
-                nats_url=_url(nats_url),
-                provider_id=provider_id or local_provider_id(),
+                nats_url=access.url,
+                creds=access.creds,
+                tls_ca=access.tls_ca,
                 name=name,
                 backend=backend,  # type: ignore[arg-type]
                 slots=slots,
@@ -580,28 +640,37 @@ def provider_run(
 @provider_app.command("simulate")
 def provider_simulate(
     nats_url: NatsOpt = None,
+    data_dir: DataDirOpt = None,
+    tls_ca: TlsCaOpt = None,
     count: Annotated[int, typer.Option(help="How many simulated providers.")] = 4,
     slots: Annotated[int, typer.Option(help="Slots per provider.")] = 4,
     prefix: Annotated[str, typer.Option(help="Provider ids are <prefix><n>.")] = "sim",
     price: Annotated[int, typer.Option(help="Price, micro-credits per GPU-second.")] = 100,
 ) -> None:
-    """Simulated providers (noop and sleep only) that speak the real protocol: for tests and benchmarks."""
-    from events.store.connection import connect_nats
+    """Simulated providers (noop and sleep only) that speak the real protocol: for tests and benchmarks.
+
+    Run it on the network's machine: each simulated provider gets credentials of its own from it.
+    """
+    from events.store.connection import Access
+    from gpufleet.auth import Authority
+    from gpufleet.network import DEFAULT_DATA_DIR
     from gpufleet.sim import SimulatedProvider
 
     async def run() -> None:
-        url = _url(nats_url)
-        nc = await connect_nats(url, name="gpufleet-sim")
-        fleet = [
-            await SimulatedProvider(nc, f"{prefix}{i}", slots=slots, price_micros=price).start() for i in range(count)
-        ]
-        console.print(f"{count} simulated providers with {slots} slots each on {url}", highlight=False)
+        home = data_dir or DEFAULT_DATA_DIR
+        base = _access("provider", nats_url, None, tls_ca, home)
+        authority = Authority.open(home / "auth", create=False)
+        fleet = []
+        for i in range(count):
+            creds = authority.own_creds("provider", f"{prefix}{i}")
+            sim = await SimulatedProvider.connect(Access(base.url, creds, base.tls_ca), slots=slots, price_micros=price)
+            fleet.append(await sim.start())
+        console.print(f"{count} simulated providers with {slots} slots each on {base.url}", highlight=False)
         try:
             await asyncio.Event().wait()
         finally:
             for p in fleet:
                 await p.kill()
-            await nc.close()
 
     _run(run())
 
@@ -613,26 +682,35 @@ app.add_typer(orchestrator_app, name="orchestrator")
 @orchestrator_app.command("run")
 def orchestrator_run(
     nats_url: NatsOpt = None,
+    creds: CredsOpt = None,
+    tls_ca: TlsCaOpt = None,
     heartbeat_timeout: Annotated[
         float, typer.Option(help="Seconds without a heartbeat before a provider is lost.")
     ] = 6.0,
     lease_start_timeout: Annotated[float, typer.Option(help="Seconds for a provider to start a leased task.")] = 30.0,
     lease_grace: Annotated[float, typer.Option(help="Seconds a started lease outlives the task timeout.")] = 30.0,
 ) -> None:
-    """Run an orchestrator against NATS until interrupted (Ctrl-C stops it cleanly)."""
+    """Run an orchestrator (and an event feed) against NATS until interrupted (Ctrl-C stops it cleanly)."""
     from actors.orchestrator import Orchestrator, OrchestratorConfig
+    from events.store import JetStreamEventStore
+    from projections.feed import EventFeed
 
     config = OrchestratorConfig(
         heartbeat_timeout_s=heartbeat_timeout, lease_start_timeout_s=lease_start_timeout, lease_grace_s=lease_grace
     )
 
     async def run() -> None:
-        url = _url(nats_url)
-        orch = await Orchestrator.connect(url, config=config)
-        console.print(f"orchestrator running on {url} (log position {orch.world.position})", highlight=False)
+        access = _access("orchestrator", nats_url, creds, tls_ca)
+        orch = await Orchestrator.connect(access, config=config)
+        store = await JetStreamEventStore.connect(access, name="gpufleet-feed")
+        feed = EventFeed(store)
+        await feed.start()
+        console.print(f"orchestrator running on {access.url} (log position {orch.world.position})", highlight=False)
         try:
             await asyncio.Event().wait()
         finally:
+            await feed.stop()
+            await store.close()
             await orch.close()
 
     try:
@@ -640,6 +718,106 @@ def orchestrator_run(
     except typer.Exit as e:
         if e.exit_code != 130:
             raise
+
+
+# ---- credentials ---------------------------------------------------------------------------------
+
+creds_app = typer.Typer(
+    help="Credentials: issue, revoke and list the identities of the network this machine runs.",
+    no_args_is_help=True,
+)
+app.add_typer(creds_app, name="creds")
+
+RoleArg = Annotated[str, typer.Argument(help="submitter, provider, auditor, admin or orchestrator.")]
+NameArg = Annotated[str, typer.Argument(help="Its name: the submitter's name or the provider's id (one token).")]
+
+
+def _authority(data_dir: Path | None) -> Any:
+    from gpufleet.auth import Authority
+    from gpufleet.network import DEFAULT_DATA_DIR
+
+    return Authority.open((data_dir or DEFAULT_DATA_DIR) / "auth", create=False)
+
+
+@creds_app.command("issue")
+def creds_issue(
+    role: RoleArg,
+    name: NameArg,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the .creds file here (0600).")] = None,
+    bearer: Annotated[
+        bool, typer.Option(help="A JWT that authenticates alone (for clients that cannot sign, such as bash).")
+    ] = False,
+    rotate: Annotated[bool, typer.Option(help="Revoke this identity's earlier credentials.")] = False,
+    expires_days: Annotated[
+        float | None, typer.Option(help="Valid for this many days (default: until revoked).")
+    ] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Issue credentials for ROLE NAME as a standard NATS .creds file (stdout, or --out)."""
+    import os
+
+    authority = _authority(data_dir)
+    text = authority.issue(
+        role, name, bearer=bearer, rotate=rotate, expires_s=expires_days * 86400 if expires_days else None
+    )
+    if rotate:
+        _push_if_running(authority, data_dir)
+    if out is None:
+        sys.stdout.write(text)
+        return
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(out, 0o600)
+    Console(stderr=True).print(f"{role} {name}: credentials written to {out} (keep them secret)", highlight=False)
+
+
+def _push_if_running(authority: Any, data_dir: Path | None) -> bool:
+    """Push the accounts to the local network if it runs: a revocation then takes effect at once."""
+    from gpufleet.auth import push_accounts
+    from gpufleet.network import DEFAULT_DATA_DIR, _alive, _read_info, _tls_kw
+
+    info = _read_info(data_dir or DEFAULT_DATA_DIR)
+    if not info or not _alive(int(info.get("pid", 0))):
+        return False
+    ca = Path(info["tls_ca"]) if info.get("tls_ca") else None
+    _run(push_accounts(str(info["url"]), authority, **_tls_kw(ca, str(info["url"]))))
+    return True
+
+
+@creds_app.command("revoke")
+def creds_revoke(role: RoleArg, name: NameArg, data_dir: DataDirOpt = None) -> None:
+    """Revoke every credential of ROLE NAME: the running server disconnects it and refuses it from now on."""
+    authority = _authority(data_dir)
+    revoked = authority.revoke(role, name)
+    if not revoked:
+        _fail(f"no live credentials for {role} {name}")
+    live = _push_if_running(authority, data_dir)
+    where = "on the running network now" if live else "from the next `gpufleet up`"
+    console.print(f"revoked {len(revoked)} credential(s) of {role} {name}, {where}", highlight=False)
+
+
+@creds_app.command("list")
+def creds_list(data_dir: DataDirOpt = None) -> None:
+    """Every credential issued: role, name, public key, when, and whether it is revoked."""
+    authority = _authority(data_dir)
+    t = Table(title="credentials issued")
+    for col in ("role", "name", "public key", "issued", "state"):
+        t.add_column(col)
+    for c in authority.issued():
+        issued = datetime.fromtimestamp(c.issued_at, UTC).strftime("%Y-%m-%d %H:%M")
+        state = "revoked" if c.revoked_at is not None else "live"
+        t.add_row(c.role, c.name, c.public_key[:12] + "...", issued, state)
+    console.print(t)
+
+
+@creds_app.command("server-config")
+def creds_server_config(
+    resolver_dir: Annotated[Path, typer.Option(help="Where each server keeps the account JWTs.")] = Path("jwt"),
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Print the nats-server configuration that trusts this network's operator (for your own servers)."""
+    sys.stdout.write(_authority(data_dir).server_config(resolver_dir))
 
 
 def main() -> None:

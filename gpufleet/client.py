@@ -1,12 +1,12 @@
 """The Python client for submitters: submit a job, follow its events, get its result, cancel it.
 
-Example (needs a running network, for instance ``gpufleet up``)::
+Example (needs a running network, for instance ``gpufleet up``, and a submitter's credentials)::
 
     import asyncio
     from gpufleet import Client
 
     async def main() -> None:
-        async with await Client.connect("nats://127.0.0.1:4222") as client:
+        async with await Client.connect("nats://127.0.0.1:4222", creds="alice.creds") as client:
             job = await client.submit({"workload": "montecarlo", "params": {"samples": 1_000_000, "seed": 7}})
             async for event in job.events():
                 print(event.type)
@@ -15,9 +15,11 @@ Example (needs a running network, for instance ``gpufleet up``)::
 
     asyncio.run(main())
 
-Everything goes through NATS: the job spec is published to the intake stream (so it is durable the
-moment ``submit`` returns), and the job's state is folded from the event log with the same code the
-orchestrator uses. Nothing here is Python-specific: see ``examples/`` for Node.js and raw NATS.
+Everything goes through NATS as the identity in the credentials: the job spec is published to that
+identity's intake subject (so it is durable the moment ``submit`` returns, and its submitter is the
+credential, not the body), and the job's state is folded from its events, which the network's event
+feed gives to the job's owner and nobody else, with the same code the orchestrator uses. Nothing
+here is Python-specific: see ``examples/`` for Node.js and raw NATS.
 """
 
 from __future__ import annotations
@@ -31,24 +33,27 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js import api
 from pydantic import ValidationError
 
 from actors.job import ENDED, validate_spec
 from actors.world import World
 from events import Envelope, InvalidPayload, StoreUnavailable
-from events.codec import decode_message
-from events.errors import first_error
+from events.codec import from_json_line
+from events.errors import AccessDenied, first_error
+from events.identity import Identity
 from events.intake import InputRejected
 from events.job import JobCancelled, JobFailed, JobRejected, JobSpec
-from events.store.connection import connect_nats
+from events.store.blobs import BlobStore, ObjectIntegrityError
+from events.store.connection import Access, connect_nats, raise_if_denied
 from events.store.topology import Topology
-from events.subjects import intake_subject
-from events.types import ResultRef, utc_now
+from events.subjects import api_subject, intake_subject, job_owner, outcomes_stream
+from events.types import ObjectRef, ResultRef, is_valid_id, utc_now
 from gpufleet.errors import (
     JobCancelledError,
     JobEndedError,
@@ -61,8 +66,6 @@ from gpufleet.errors import (
 __all__ = ["Client", "Job", "JobStatus", "TaskResult", "TaskStatus", "new_job_id"]
 
 _TERMINAL = frozenset({"rejected", *ENDED})
-#: Where the orchestrator records intake outcomes (a refused submission appears only there).
-OUTCOMES = "intake.outcomes"
 
 
 def new_job_id() -> str:
@@ -157,20 +160,30 @@ def _spec(spec: JobSpec | Mapping[str, Any]) -> JobSpec:
 
 
 class Client:
-    """A connection to a gpufleet network. Use :meth:`connect`; close it, or use ``async with``."""
+    """A connection to a gpufleet network as one identity. Use :meth:`connect`; close it, or ``async with``."""
 
-    def __init__(self, nc: NATS, topology: Topology | None = None) -> None:
+    def __init__(self, nc: NATS, identity: Identity | None = None, topology: Topology | None = None) -> None:
         self.nc = nc
         self.js = nc.jetstream()
+        self.identity = identity
         self.topology = topology or Topology()
 
     @classmethod
-    async def connect(cls, url: str = "nats://127.0.0.1:4222", *, timeout: float = 5.0) -> Client:
-        """Connect to the network's NATS server (or cluster) at ``url``.
+    async def connect(
+        cls,
+        url: str = "nats://127.0.0.1:4222",
+        *,
+        creds: str | Path | None = None,
+        tls_ca: str | Path | None = None,
+        timeout: float = 5.0,
+    ) -> Client:
+        """Connect to the network at ``url`` as the identity in ``creds`` (a NATS ``.creds`` file).
 
-        Raises ``StoreUnavailable`` with one line when it cannot be reached.
+        Raises ``AccessDenied`` (without or with refused credentials) or ``StoreUnavailable``, one line each.
         """
-        return cls(await connect_nats(url, name="gpufleet-client", timeout=timeout))
+        access = Access(url, Path(creds) if creds else None, Path(tls_ca) if tls_ca else None)
+        identity = access.identity()
+        return cls(await connect_nats(access, name="gpufleet-client", timeout=timeout), identity)
 
     async def __aenter__(self) -> Client:
         return self
@@ -183,122 +196,147 @@ class Client:
         with contextlib.suppress(Exception):
             await self.nc.close()
 
+    def _me(self, role: str = "submitter") -> Identity:
+        me = self.identity
+        if me is None:
+            raise AccessDenied("this client has no credentials: Client.connect(url, creds=PATH)")
+        if me.role != role:
+            raise AccessDenied(f"these credentials are {me}: only a {role} may do that")
+        return me
+
+    def job_id(self, name: str) -> str:
+        """The full id of job ``name`` (``<submitter>.<name>``); a full id is returned as it is."""
+        if job_owner(name) is not None:
+            return name
+        me = self._me()
+        return f"{me.name}.{name}"
+
     async def submit(self, spec: JobSpec | Mapping[str, Any], *, job_id: str | None = None) -> Job:
         """Validate ``spec`` here (typed errors name the field), publish it to intake, return the job.
 
-        The job is durable once this returns: the intake stream keeps it even if no orchestrator runs.
+        ``job_id`` is the job's name (one token; default: a fresh one); its full id is
+        ``<your name>.<name>``. The job is durable once this returns: the intake stream keeps it even
+        if no orchestrator runs.
         """
+        me = self._me()
         job_spec = _spec(spec)
         problem = validate_spec(job_spec, utc_now())
         if problem is not None:
             raise problem
-        job_id = job_id or new_job_id()
-        head = await self._head()
-        body = job_spec.model_dump_json().encode()
+        name = job_id or new_job_id()
+        owner = job_owner(name)
+        if owner is not None:
+            if owner != me.name:
+                raise AccessDenied(f"job {name!r} is {owner!r}'s: you submit as {me.name!r}")
+            name = name.partition(".")[2]
+        if not is_valid_id(name):
+            raise InvalidPayload(f"{name!r} must be one token of letters, digits, '-' or '_'", field="job_id")
+        if job_spec.submitter not in ("", me.name):
+            raise InvalidPayload(
+                f"names {job_spec.submitter!r}, but these credentials are {me.name!r}", field="submitter"
+            )
+        body = job_spec.model_dump_json(exclude={"submitter"}).encode()
         # The same job sent again (a retry) is stored once; another spec under a used id still reaches
         # the orchestrator, which refuses it on the record.
-        msg_id = f"{job_id}:{hashlib.sha256(body).hexdigest()[:16]}"
+        msg_id = f"{me.name}.{name}:{hashlib.sha256(body).hexdigest()[:16]}"
+        subject = intake_subject("submitter", me.name, "submit", name)
+        ack = await self._publish(subject, body, headers={"Nats-Msg-Id": msg_id})
+        return Job(self, f"{me.name}.{name}", intake_seq=ack)
+
+    async def _publish(self, subject: str, body: bytes, headers: dict[str, str] | None = None) -> int:
+        """Publish to intake; the intake stream's sequence. A full intake or a refusal is one clear line."""
         try:
-            ack = await self.js.publish(intake_subject("job", job_id, "submit"), body, headers={"Nats-Msg-Id": msg_id})
+            ack = await self.js.publish(subject, body, headers=headers, timeout=10.0)
+        except nats.js.errors.APIError as e:
+            raise StoreUnavailable(f"the network refused the message: {e.description or e}") from e
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
+            raise_if_denied(self.nc, subject, str(self.identity or "a client without credentials"))
+            raise StoreUnavailable(f"the network did not confirm {subject}: {e!s}") from e
         except (nats.errors.Error, OSError) as e:
-            raise StoreUnavailable(f"could not submit job {job_id}: {e!s}") from e
-        return Job(self, job_id, after=head, intake_seq=ack.seq)
+            raise StoreUnavailable(f"could not publish {subject}: {e!s}") from e
+        return int(ack.seq)
 
     def job(self, job_id: str) -> Job:
-        """A handle on an existing job (``UnknownJobError`` on first use if there is none)."""
-        return Job(self, job_id, after=None)
+        """A handle on an existing job, by full id or by your job's name (``UnknownJobError`` on first use)."""
+        return Job(self, self.job_id(job_id))
 
-    async def _head(self) -> int:
-        try:
-            info = await self.js.stream_info(self.topology.events.name)
-        except (nats.errors.Error, OSError) as e:
-            raise StoreUnavailable(f"the event log is not reachable: {e!s}") from e
-        return int(info.state.last_seq)
+    async def upload(self, data: bytes) -> ObjectRef:
+        """Store an input (a sharded job's input, a kernel argument) under your name; its reference."""
+        me = self._me()
+        return await BlobStore(self.nc, "submitter", me.name, self.topology).put(data)
 
-    async def _first_position(self, job_id: str) -> int | None:
-        """The log position of the job's first event, or None if it has none yet."""
-        subject = f"{self.topology.events.prefix}.job.{job_id}"
-        req = json.dumps({"seq": 1, "next_by_subj": subject}).encode()
+    async def download(self, ref: ObjectRef) -> bytes:
+        """An object you may read (your inputs; your jobs' results), its sha256 checked."""
+        me = self.identity
+        if me is None:
+            raise AccessDenied("this client has no credentials: Client.connect(url, creds=PATH)")
+        return await BlobStore(self.nc, me.role, me.name, self.topology).get(ref)
+
+    async def feed(self, streams: list[str], after: int, *, wait_s: float = 0.0) -> tuple[list[Envelope], int, int]:
+        """Events of ``streams`` after ``after`` from the network's feed: (events, read up to, head).
+
+        The feed serves only the streams this identity may read (``events.subjects.readable``).
+        """
+        me = self.identity
+        if me is None:
+            raise AccessDenied("this client has no credentials: Client.connect(url, creds=PATH)")
+        req = json.dumps({"streams": streams, "after": after, "wait_s": wait_s}).encode()
+        subject = api_subject(me.role, me.name, "events")
         try:
-            msg = await self.nc.request(f"$JS.API.DIRECT.GET.{self.topology.events.name}", req, timeout=5.0)
+            msg = await self.nc.request(subject, req, timeout=wait_s + 10.0)
+        except nats.errors.NoRespondersError as e:
+            raise StoreUnavailable("the network's event feed does not answer (is its orchestrator running?)") from e
+        except nats.errors.TimeoutError as e:
+            raise_if_denied(self.nc, subject, str(me))
+            raise StoreUnavailable("the network's event feed did not answer in time") from e
         except (nats.errors.Error, OSError) as e:
-            raise StoreUnavailable(f"the event log is not reachable: {e!s}") from e
-        if msg.headers and "Nats-Sequence" in msg.headers:
-            return int(msg.headers["Nats-Sequence"])
-        return None
+            raise StoreUnavailable(f"cannot reach the event feed: {e!s}") from e
+        try:
+            doc = json.loads(msg.data)
+        except ValueError as e:
+            raise StoreUnavailable("the event feed answered something that is not JSON") from e
+        if "error" in doc:
+            raise AccessDenied(f"the event feed refused: {doc['error']}")
+        events = [from_json_line(json.dumps(d)) for d in doc["events"]]
+        return events, int(doc["last"]), int(doc["head"])
 
     async def _read(
         self, job_id: str, after: int, *, follow: bool, intake_seq: int | None = None
     ) -> AsyncIterator[Envelope]:
         """The job's and its tasks' events after ``after`` (and the refusal of its submission, if
         ``intake_seq`` is given); stops at the head unless ``follow``."""
-        prefix = self.topology.events.prefix
-        task_prefix = f"task.{job_id}-"
-        job_stream = f"job.{job_id}"
-        subjects = [f"{prefix}.job.{job_id}", f"{prefix}.task.>"]
-        if intake_seq is not None:
-            subjects.append(f"{prefix}.{OUTCOMES}")
-        end = None if follow else await self._head()
-        if end is not None and end <= after:
-            return
-        config = api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=after + 1,
-            filter_subjects=subjects,
-        )
-        sub = await self.js.subscribe(
-            f"{prefix}.>",
-            stream=self.topology.events.name,
-            ordered_consumer=True,
-            config=config,
-            idle_heartbeat=2.0,
-        )
-        cut = len(prefix) + 1
-        try:
-            async for msg in sub.messages:
-                seq = msg.metadata.sequence.stream
-                stream = msg.subject[cut:]
-                if stream == job_stream or stream.startswith(task_prefix):
-                    with contextlib.suppress(InvalidPayload):  # a malformed record never blocks the rest
-                        yield decode_message(stream, msg.data, msg.headers, seq)
-                elif stream == OUTCOMES:
-                    with contextlib.suppress(InvalidPayload):
-                        env = decode_message(stream, msg.data, msg.headers, seq)
-                        if isinstance(env.data, InputRejected) and env.data.intake_seq == intake_seq:
-                            yield env
-                if end is not None and (seq >= end or msg.metadata.num_pending == 0):
-                    return
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        streams = [f"job.{job_id}", f"task.{job_id}.*"]
+        owner = job_owner(job_id)
+        if intake_seq is not None and owner is not None:
+            streams.append(outcomes_stream("submitter", owner))
+        while True:
+            events, last, head = await self.feed(streams, after, wait_s=20.0 if follow else 0.0)
+            for env in events:
+                refusal = isinstance(env.data, InputRejected) and env.data.intake_seq == intake_seq
+                if env.subject.startswith("intake.") and not refusal:
+                    continue  # another message of ours: not about this job
+                yield env
+            after = max(after, last)
+            if not follow and after >= head:
+                return
 
 
 class Job:
     """One job: follow it, wait for it, fetch its result, cancel it."""
 
-    def __init__(self, client: Client, job_id: str, *, after: int | None, intake_seq: int | None = None) -> None:
+    def __init__(self, client: Client, job_id: str, *, intake_seq: int | None = None) -> None:
         self.client = client
         self.id = job_id
-        self._after = after
         #: The intake stream's sequence of our submission: its refusal, if any, names it.
         self.intake_seq = intake_seq
 
     def __repr__(self) -> str:
         return f"Job({self.id!r})"
 
-    async def _start(self, *, wait: float = 0.0) -> int:
-        if self._after is not None:
-            return self._after
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        while True:
-            first = await self.client._first_position(self.id)
-            if first is not None:
-                self._after = first - 1
-                return self._after
-            if loop.time() >= deadline:
-                raise UnknownJobError(self.id)
-            await asyncio.sleep(0.2)
+    @property
+    def name(self) -> str:
+        """The job's name, without its owner."""
+        return self.id.partition(".")[2] or self.id
 
     async def events(self, *, until_ended: bool = True) -> AsyncIterator[Envelope]:
         """Every event of this job and its tasks, from its submission, live.
@@ -306,7 +344,7 @@ class Job:
         Ends after the job's ending event when ``until_ended`` (settlement events may follow it in
         the log). If the connection drops, it resumes where it was.
         """
-        after = await self._start(wait=10.0)
+        after = 0
         while True:
             try:
                 async for env in self.client._read(self.id, after, follow=True, intake_seq=self.intake_seq):
@@ -316,14 +354,17 @@ class Job:
                         return
             except (nats.errors.Error, OSError):
                 await asyncio.sleep(0.5)  # reconnecting: the connection retries by itself
+            except StoreUnavailable as e:
+                if isinstance(e, AccessDenied):
+                    raise
+                await asyncio.sleep(0.5)
 
     async def status(self) -> JobStatus:
-        """The job now, folded from the log (``UnknownJobError`` if it does not exist)."""
-        after = await self._start()
+        """The job now, folded from its events (``UnknownJobError`` if it does not exist)."""
         world = World()
         last: Any = None
-        position = after
-        async for env in self.client._read(self.id, after, follow=False, intake_seq=self.intake_seq):
+        position = 0
+        async for env in self.client._read(self.id, 0, follow=False, intake_seq=self.intake_seq):
             world.apply(env)
             position = env.sequence
             if _ends(env, self.id):
@@ -363,7 +404,7 @@ class Job:
         return [await self.fetch(t) for t in st.tasks]
 
     async def fetch(self, t: TaskStatus) -> TaskResult:
-        """One task's result, fetched from the object store when it is not inline, digest checked."""
+        """One task's result, fetched from the objects stream when it is not inline, digest checked."""
         ref = t.result
         if ref is None:
             raise JobEndedError(self.id, "completed", f"task {t.task_id} has no result")
@@ -373,11 +414,9 @@ class Job:
                 raise ResultIntegrityError(f"task {t.task_id}: the inline result does not match its sha256")
             return TaskResult(t.task_id, t.index, ref.sha256, ref.size, value=ref.inline)
         try:
-            store = await self.client.js.object_store(ref.object.bucket)
-            obj = await store.get(ref.object.name)
-        except (nats.errors.Error, OSError) as e:
-            raise StoreUnavailable(f"cannot fetch {ref.object.name}: {e!s}") from e
-        data = obj.data or b""
+            data = await self.client.download(ref.object)
+        except ObjectIntegrityError as e:
+            raise ResultIntegrityError(f"task {t.task_id}: {e}") from e
         if hashlib.sha256(data).hexdigest() != ref.sha256:
             raise ResultIntegrityError(f"task {t.task_id}: {ref.object.name} does not match its sha256")
         value = None
@@ -387,12 +426,12 @@ class Job:
 
     async def cancel(self, reason: str = "") -> None:
         """Ask the network to cancel the job; running tasks are stopped on their providers."""
-        await self._start()
+        me = self.client._me()
+        owner = job_owner(self.id)
+        if owner != me.name:
+            raise AccessDenied(f"job {self.id!r} is not yours to cancel ({me})")
         body = json.dumps({"reason": reason[:2000]}).encode()
-        try:
-            await self.client.js.publish(intake_subject("job", self.id, "cancel"), body)
-        except (nats.errors.Error, OSError) as e:
-            raise StoreUnavailable(f"could not cancel job {self.id}: {e!s}") from e
+        await self.client._publish(intake_subject("submitter", me.name, "cancel", self.name), body)
 
 
 def _ends(env: Envelope, job_id: str) -> bool:

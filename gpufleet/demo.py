@@ -17,6 +17,7 @@ from rich.table import Table
 from actors.orchestrator import OrchestratorConfig
 from gpufleet.client import Client, JobStatus
 from gpufleet.network import LocalNetwork, NetworkConfig
+from gpufleet.tables import fleet_table
 from gpufleet.watch import watch_jobs
 
 __all__ = ["demo_jobs", "run_demo"]
@@ -29,27 +30,28 @@ extern "C" __global__ void saxpy(const float a, const float* x, float* y, const 
 """
 
 
+#: Who submits each sample job: each is a separate identity with its own credentials.
+DEMO_SUBMITTERS = ("alice", "bob", "carol", "dave")
+
+
 def demo_jobs(gpu: bool) -> list[dict[str, Any]]:
-    """The sample jobs: sized for a CPU here, bigger on a GPU."""
+    """The sample jobs: sized for a CPU here, bigger on a GPU (submitted by ``DEMO_SUBMITTERS`` in turn)."""
     jobs: list[dict[str, Any]] = [
         {
             "workload": "matmul",
             "params": {"n": 4096 if gpu else 384, "dtype": "fp16" if gpu else "fp32", "repeat": 4},
             "split": {"kind": "params", "params": [{"seed": s} for s in range(4)]},
-            "submitter": "alice",
             "labels": {"demo": "sharded matmul"},
         },
         {
             "workload": "montecarlo",
             "params": {"samples": (1 << 28) if gpu else 3_000_000},
             "split": {"kind": "params", "params": [{"seed": s} for s in range(1, 5)]},
-            "submitter": "bob",
             "labels": {"demo": "seeded Monte Carlo"},
         },
         {
             "workload": "stencil",
             "params": {"n": 128, "steps": 400, "checkpoint_every": 50, "step_delay_s": 0.01},
-            "submitter": "carol",
             "labels": {"demo": "iterative stencil"},
         },
     ]
@@ -71,8 +73,7 @@ def demo_jobs(gpu: bool) -> list[dict[str, Any]]:
                     ],
                 },
                 "resources": {"backend": "cuda"},
-                "submitter": "dave",
-                "labels": {"demo": "custom CUDA kernel"},
+                    "labels": {"demo": "custom CUDA kernel"},
             }
         )
     return jobs
@@ -115,10 +116,16 @@ async def run_demo(data_dir: Path, console: Console, *, backend: str = "auto") -
         f"[bold]{caps.backend}[/] ({caps.gpu_model}), up in {time.perf_counter() - t0:.1f}s",
         highlight=False,
     )
-    client = await Client.connect(net.url)
+    clients: list[Client] = []
     try:
         gpu = caps.backend == "cuda"
-        jobs = [await client.submit(spec) for spec in demo_jobs(gpu)]
+        jobs = []
+        for who, spec in zip(DEMO_SUBMITTERS, demo_jobs(gpu), strict=False):
+            # Each submitter is its own identity: credentials issued by this network, nothing shared.
+            a = net.access("submitter", who)
+            client = await Client.connect(a.url, creds=a.creds, tls_ca=a.tls_ca)
+            clients.append(client)
+            jobs.append(await client.submit(spec))
         statuses = await watch_jobs(jobs, console)
 
         table = Table(title="results (every digest verified against the log)")
@@ -131,9 +138,14 @@ async def run_demo(data_dir: Path, console: Console, *, backend: str = "auto") -
             )
         console.print(table)
 
+        from events.store import JetStreamEventStore
+
+        # The audit reads as an auditor: every stream, and the right to write nothing.
+        store = await JetStreamEventStore.connect(net.access("auditor"), name="gpufleet-demo-audit", reads="direct")
+        clients_store = store
         projector = net.projector
         assert projector is not None and net.orchestrator is not None
-        head = await client._head()
+        head = await store.head()
         for _ in range(100):  # the projections follow the log within milliseconds
             if projector.position >= head:
                 break
@@ -143,26 +155,22 @@ async def run_demo(data_dir: Path, console: Console, *, backend: str = "auto") -
 
         models = ReadModels(SqliteStore(str(net.db_path)))
         try:
-            from gpufleet.cli import _fleet_table
-
-            _fleet_table(await models.fleet())
+            console.print(fleet_table(await models.fleet()))
             books = await models.balances()
             console.print(f"books balance: {'[green]yes[/]' if books.balanced else '[red]NO[/]'}")
         finally:
             models.close()
-        from events.store import JetStreamEventStore
-
-        store = await JetStreamEventStore.connect(net.url, name="gpufleet-demo-audit")
         try:
-            report = await audit_jetstream(store)
+            report = await audit_jetstream(clients_store)
         finally:
-            await store.close()
+            await clients_store.close()
         verdict = "[green]clean[/]" if report.ok else f"[red]{len(report.findings)} finding(s)[/]"
         console.print(f"audit of {report.events} events and the intake stream: {verdict}")
         if not report.ok:
             console.print(report.render())
         console.print(f"log kept in {data_dir}; replay it any time with `gpufleet replay --audit`")
     finally:
-        await client.close()
+        for c in clients:
+            await c.close()
         with console.status("stopping..."):
             await net.stop()

@@ -56,12 +56,29 @@ class NatsServer:
     name: str = "gpufleet"
     jetstream: bool = True
     extra_args: list[str] = field(default_factory=list)
+    #: Server configuration (auth, for one): written to ``nats-server.conf`` in the store directory.
+    config: str = ""
+    #: Serve TLS with this certificate and key (clients then use ``tls://``).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
     def url(self) -> str:
         """The client URL, once started."""
-        return f"nats://{self.host}:{self.port}"
+        scheme = "tls" if self.tls_cert is not None else "nats"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def config_file(self) -> Path:
+        """Where the configuration is written."""
+        return self.store_dir / "nats-server.conf"
+
+    def _config_text(self) -> str:
+        text = self.config
+        if self.tls_cert is not None and self.tls_key is not None:
+            text += f'\ntls {{\n  cert_file: "{self.tls_cert}"\n  key_file: "{self.tls_key}"\n  timeout: 5\n}}\n'
+        return text
 
     @property
     def log_file(self) -> Path:
@@ -95,6 +112,12 @@ class NatsServer:
             str(self.log_file),
             *self.extra_args,
         ]
+        text = self._config_text()
+        if text:
+            fd = os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            args[1:1] = ["-c", str(self.config_file)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,14 +1,17 @@
-"""``gpufleet up``: a whole network on this machine, or this machine's part of a remote one.
+"""``gpufleet up``: a whole network on this machine, secured, or this machine's part of a remote one.
 
-It runs an embedded ``nats-server`` with JetStream (unless ``nats_url`` names an existing server or
-cluster), the orchestrator, the projections (read models in SQLite, live) and one local provider
-runtime (CuPy when a GPU is present, NumPy otherwise). Everything keeps its state in the log, so a
-later ``up`` on the same data directory resumes where the last one stopped.
+It creates the network's operator, accounts and keys on first start (``<data dir>/auth``, 0600), runs
+an embedded ``nats-server`` with JetStream that admits only identities they signed (unless
+``nats_url`` names an existing server or cluster set up the same way), creates the streams as the
+network's admin, and runs the orchestrator, the event feed, the projections (read models in
+SQLite, live) and one local provider, each under the credentials of its role. Everything keeps its
+state in the log, so a later ``up`` on the same data directory resumes where the last one stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
 import socket
@@ -19,34 +22,51 @@ from typing import Any
 import structlog
 
 from actors.orchestrator import Orchestrator, OrchestratorConfig
+from events.errors import StoreUnavailable
 from events.store import JetStreamEventStore
+from events.store.connection import Access, connect_nats
+from events.store.topology import Topology, ensure_topology
 from gpu_runtime.service import ProviderRuntime, RuntimeConfig
+from gpufleet.auth import AccountLimits, Authority, ensure_server_tls, push_accounts
 from gpufleet.natsserver import NatsServer
+from projections.feed import EventFeed
 from projections.projector import Projector
 from projections.storage import SqliteStore
 
-__all__ = ["DEFAULT_DATA_DIR", "LocalNetwork", "NetworkConfig", "discover_url", "local_provider_id"]
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "LocalNetwork",
+    "NetworkConfig",
+    "discover_access",
+    "discover_url",
+    "local_name",
+    "local_provider_id",
+]
 
 DEFAULT_DATA_DIR = Path(os.environ.get("GPUFLEET_HOME", Path.home() / ".gpufleet"))
 DEFAULT_URL = "nats://127.0.0.1:4222"
 _log = structlog.get_logger("gpufleet.up")
 
 
+def _token(text: str, fallback: str) -> str:
+    clean = "".join(c if c.isalnum() or c in "-_" else "-" for c in text).strip("-_")[:48]
+    return clean or fallback
+
+
 def local_provider_id() -> str:
     """A stable id for this machine's provider, so that a restart is recognised as the same one."""
-    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:48]
-    return f"local-{host or 'machine'}"
+    return f"local-{_token(socket.gethostname(), 'machine')}"
 
 
-def discover_url(data_dir: Path | None = None) -> str:
-    """Where the network is: ``$GPUFLEET_NATS_URL``, else the one ``gpufleet up`` runs, else the default."""
-    env = os.environ.get("GPUFLEET_NATS_URL")
-    if env:
-        return env
-    info = _read_info(data_dir or DEFAULT_DATA_DIR)
-    if info and _alive(int(info.get("pid", 0))):
-        return str(info["url"])
-    return DEFAULT_URL
+def local_name(role: str) -> str:
+    """The name of this machine's own identity in ``role`` (the person at the keyboard, for a submitter)."""
+    if role == "provider":
+        return local_provider_id()
+    if role == "submitter":
+        with contextlib.suppress(Exception):
+            return _token(getpass.getuser(), "local")
+        return "local"
+    return role
 
 
 def _read_info(data_dir: Path) -> dict[str, Any] | None:
@@ -67,13 +87,44 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def discover_url(data_dir: Path | None = None) -> str:
+    """Where the network is: ``$GPUFLEET_NATS_URL``, else the one ``gpufleet up`` runs, else the default."""
+    env = os.environ.get("GPUFLEET_NATS_URL")
+    if env:
+        return env
+    info = _read_info(data_dir or DEFAULT_DATA_DIR)
+    if info and _alive(int(info.get("pid", 0))):
+        return str(info["url"])
+    return DEFAULT_URL
+
+
+def discover_access(
+    role: str,
+    *,
+    url: str | None = None,
+    creds: Path | None = None,
+    tls_ca: Path | None = None,
+    data_dir: Path | None = None,
+) -> Access:
+    """How a command reaches the network as ``role``: given values, then the environment
+    (``GPUFLEET_NATS_URL``, ``GPUFLEET_CREDS``, ``GPUFLEET_TLS_CA``), then, on the machine that runs
+    ``gpufleet up``, that network's own identity for the role."""
+    home = data_dir or DEFAULT_DATA_DIR
+    url = url or discover_url(home)
+    info = _read_info(home) or {}
+    if tls_ca is None:
+        env_ca = os.environ.get("GPUFLEET_TLS_CA")
+        if env_ca:
+            tls_ca = Path(env_ca)
+        elif info.get("tls_ca") and info.get("url") == url:
+            tls_ca = Path(info["tls_ca"])
+    if creds is None:
+        env_creds = os.environ.get("GPUFLEET_CREDS")
+        if env_creds:
+            creds = Path(env_creds)
+        elif (home / "auth" / "operator.nk").exists():
+            creds = Authority.open(home / "auth", create=False).own_creds(role, local_name(role))
+    return Access(url, creds, tls_ca)
 
 
 @dataclass
@@ -81,10 +132,21 @@ class NetworkConfig:
     """What ``up`` runs."""
 
     data_dir: Path = DEFAULT_DATA_DIR
-    #: An existing server or cluster; None runs an embedded nats-server in ``data_dir``.
+    #: An existing server or cluster that trusts this data directory's operator; None runs an
+    #: embedded nats-server in ``data_dir``.
     nats_url: str | None = None
     #: The embedded server's port: None tries 4222 (or the last one used), 0 takes any free port.
     port: int | None = None
+    #: The address it listens on: 127.0.0.1 (this machine only) or 0.0.0.0 (with ``tls``, for others).
+    host: str = "127.0.0.1"
+    #: Serve TLS: with ``tls_cert``/``tls_key``, or a CA and certificate made in ``<data dir>/tls``.
+    tls: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: Extra names (DNS or IP) the generated server certificate covers, besides this host's.
+    tls_hosts: list[str] = field(default_factory=list)
+    #: The CA that signed an existing server's certificate (with ``nats_url``).
+    tls_ca: Path | None = None
     provider: bool = True
     provider_backend: str = "auto"
     provider_slots: int | None = None
@@ -92,6 +154,17 @@ class NetworkConfig:
     provider_price_micros: int = 0
     projections: bool = True
     orchestrator: OrchestratorConfig = field(default_factory=OrchestratorConfig)
+    limits: AccountLimits = field(default_factory=AccountLimits)
+    topology: Topology = field(default_factory=Topology)
+
+
+def _port_free(port: int, host: str) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 class LocalNetwork:
@@ -101,17 +174,36 @@ class LocalNetwork:
         self.config = config
         self.server: NatsServer | None = None
         self.url = config.nats_url or ""
+        self.tls_ca: Path | None = config.tls_ca
+        self.authority: Authority | None = None
         self.orchestrator: Orchestrator | None = None
         self.provider: ProviderRuntime | None = None
         self.projector: Projector | None = None
+        self.feed: EventFeed | None = None
         self._projector_task: Any = None
         self._store: JetStreamEventStore | None = None
+        self._feed_store: JetStreamEventStore | None = None
         self._db: SqliteStore | None = None
 
     @property
     def db_path(self) -> Path:
         """The read models' SQLite file."""
         return self.config.data_dir / "readmodels.sqlite"
+
+    def access(self, role: str, name: str | None = None) -> Access:
+        """How one of this network's identities reaches it (credentials issued on first use)."""
+        assert self.authority is not None, "start the network first"
+        creds = self.authority.own_creds(role, name or local_name(role))
+        return Access(self.url, creds, self.tls_ca)
+
+    def issue(self, role: str, name: str, path: Path, **kw: Any) -> Path:
+        """Issue a credential for ``role``/``name`` and write it to ``path`` (0600)."""
+        assert self.authority is not None, "start the network first"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.authority.issue(role, name, **kw))
+        return path
 
     async def start(self) -> LocalNetwork:
         """Start every part; on failure, stop what started and re-raise."""
@@ -127,33 +219,84 @@ class LocalNetwork:
 
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.authority = Authority.open(cfg.data_dir / "auth", limits=cfg.limits)
         if cfg.nats_url is None:
             previous = _read_info(cfg.data_dir) or {}
             port = cfg.port if cfg.port is not None else (int(previous.get("port", 0)) or 4222)
-            self.server = NatsServer(cfg.data_dir / "nats", port=port if port and _port_free(port) else 0)
+            cert, key = cfg.tls_cert, cfg.tls_key
+            if cfg.tls and (cert is None or key is None):
+                made = ensure_server_tls(cfg.data_dir / "tls", cfg.tls_hosts)
+                cert, key, self.tls_ca = made.cert, made.key, made.ca
+            store_dir = cfg.data_dir / "nats"
+            self.server = NatsServer(
+                store_dir,
+                port=port if port and _port_free(port, cfg.host) else 0,
+                host=cfg.host,
+                config=self.authority.server_config(store_dir / "accounts"),
+                tls_cert=cert if cfg.tls else None,
+                tls_key=key if cfg.tls else None,
+            )
             await asyncio.to_thread(self.server.start)
             self.url = self.server.url
-        self.orchestrator = await Orchestrator.connect(self.url, config=cfg.orchestrator)
+            if cfg.host in ("0.0.0.0", "::"):
+                self.url = self.url.replace(f"//{cfg.host}:", "//127.0.0.1:")
+        else:
+            # An existing server: make sure it knows the latest accounts (revocations included).
+            await push_accounts(self.url, self.authority, **_tls_kw(self.tls_ca, self.url))
+        await self._ensure_streams()
+        self.orchestrator = await Orchestrator.connect(
+            self.access("orchestrator"), topology=cfg.topology, config=cfg.orchestrator
+        )
+        self._feed_store = await JetStreamEventStore.connect(
+            self.access("orchestrator"), settings=cfg.topology.events, name="gpufleet-feed"
+        )
+        self.feed = EventFeed(self._feed_store)
+        await self.feed.start()
         if cfg.projections:
-            self._store = await JetStreamEventStore.connect(self.url, name="gpufleet-projections")
+            self._store = await JetStreamEventStore.connect(
+                self.access("orchestrator"), settings=cfg.topology.events, name="gpufleet-projections"
+            )
             self._db = SqliteStore(str(self.db_path))
             self.projector = Projector(self._store, self._db, checkpoint_every=1000)
             self.projector.open()
             self._projector_task = asyncio.create_task(self.projector.run(), name="projections")
         if cfg.provider:
+            local = self.access("provider")
             self.provider = ProviderRuntime(
                 RuntimeConfig(
                     nats_url=self.url,
-                    provider_id=local_provider_id(),
+                    creds=local.creds,
+                    tls_ca=self.tls_ca,
                     name=f"{socket.gethostname()} (local)",
                     backend=cfg.provider_backend,  # type: ignore[arg-type]
                     slots=cfg.provider_slots,
                     price_micros=cfg.provider_price_micros,
+                    topology=cfg.topology,
                 )
             )
             await self.provider.start()
-        info = {"url": self.url, "pid": os.getpid(), "port": self.server.port if self.server else 0}
+        info = {
+            "url": self.url,
+            "pid": os.getpid(),
+            "port": self.server.port if self.server else 0,
+            "tls_ca": str(self.tls_ca) if self.tls_ca else None,
+        }
         (cfg.data_dir / "network.json").write_text(json.dumps(info))
+
+    async def _ensure_streams(self) -> None:
+        """As the network's admin: create or update every stream and bucket."""
+        nc = await connect_nats(self.access("admin"), name="gpufleet-admin")
+        try:
+            await ensure_topology(nc.jetstream(), self.config.topology)
+        finally:
+            await nc.close()
+
+    async def revoke(self, role: str, name: str) -> list[str]:
+        """Revoke an identity's credentials now: the server disconnects it and refuses it from then on."""
+        assert self.authority is not None, "start the network first"
+        revoked = self.authority.revoke(role, name)
+        await push_accounts(self.url, self.authority, **_tls_kw(self.tls_ca, self.url))
+        return revoked
 
     async def stop(self) -> None:
         """Stop everything, last started first; the log keeps all state for the next ``up``."""
@@ -168,9 +311,14 @@ class LocalNetwork:
             with contextlib.suppress(BaseException):
                 await self._projector_task
             self._projector_task = None
-        if self._store is not None:
-            await self._store.close()
-            self._store = None
+        if self.feed is not None:
+            await self.feed.stop()
+            self.feed = None
+        for store in (self._store, self._feed_store):
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    await store.close()
+        self._store = self._feed_store = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -190,3 +338,14 @@ class LocalNetwork:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _tls_kw(ca: Path | None, url: str) -> dict[str, Any]:
+    if ca is None and not url.startswith("tls://"):
+        return {}
+    import ssl
+
+    try:
+        return {"tls": ssl.create_default_context(cafile=str(ca) if ca else None)}
+    except (OSError, ssl.SSLError) as e:
+        raise StoreUnavailable(f"cannot use the CA file {ca}: {e}") from e

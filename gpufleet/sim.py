@@ -1,9 +1,10 @@
 """Simulated providers: the real provider protocol over NATS, with tasks that only sleep.
 
-They register through intake, heartbeat in the KV bucket, take leases from their dispatch subject and
-report through intake, exactly like ``gpu_runtime``'s service, but run ``noop``/``sleep`` tasks in
-the event loop, so hundreds fit in one process. Tests and benchmarks use them to exercise the
-orchestrator, and ``kill()`` injects a real fault: the provider stops mid-task without a word.
+Each has its own connection and credentials (a provider's identity is its credential). They register
+through intake, heartbeat in the KV bucket, take leases from their dispatch consumer and report
+through intake, exactly like ``gpu_runtime``'s service, but run ``noop``/``sleep`` tasks in the event
+loop, so hundreds fit in one process. Tests and benchmarks use them to exercise the orchestrator, and
+``kill()`` injects a real fault: the provider stops mid-task without a word, its connection dropped.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import api
 from pydantic import TypeAdapter, ValidationError
 
 from events.dispatch import Dispatch, Heartbeat, LeaseGranted, LeaseRevoked
@@ -31,8 +31,9 @@ from events.intake import (
     ProviderRegistration,
     StartedReport,
 )
-from events.store.topology import Topology, ensure_topology
-from events.subjects import intake_subject
+from events.store.connection import Access, connect_nats
+from events.store.topology import Topology
+from events.subjects import dispatch_consumer, heartbeat_subject, intake_subject, report_subject
 from events.types import Calibration, Capabilities, ResultRef, utc_now
 
 __all__ = ["SimulatedProvider"]
@@ -61,6 +62,8 @@ class SimulatedProvider:
     #: Report ``started`` before ``completed`` (a real runtime always does).
     report_started: bool = True
     topology: Topology = field(default_factory=Topology)
+    #: Close the connection when killed (it was opened for this provider by :meth:`connect`).
+    owns_connection: bool = False
     completed: int = 0
     revoked: int = 0
     running: dict[str, asyncio.Task[None]] = field(default_factory=dict)
@@ -81,10 +84,19 @@ class SimulatedProvider:
             workloads=self.workloads,
         )
 
+    @classmethod
+    async def connect(cls, access: Access, provider_id: str | None = None, **kw: Any) -> SimulatedProvider:
+        """A simulated provider on its own connection, as the provider its credentials name."""
+        ident = access.identity()
+        pid = provider_id or (ident.name if ident else None)
+        if pid is None:
+            raise ValueError("a provider id, or provider credentials, are needed")
+        nc = await connect_nats(access, name=f"gpufleet-sim-{pid}")
+        return cls(nc, pid, owns_connection=True, **kw)
+
     async def start(self) -> SimulatedProvider:
         """Register, start heartbeating, and take leases."""
         js = self.nc.jetstream()
-        await ensure_topology(js, self.topology)
         await self._heartbeat_once()
         reg = ProviderRegistration(
             name=f"sim {self.provider_id}",
@@ -93,20 +105,27 @@ class SimulatedProvider:
             runtime_version="sim",
         )
         await js.publish(intake_subject("provider", self.provider_id, "register"), reg.model_dump_json().encode())
-        subject = f"{self.topology.dispatch_prefix}.{self.provider_id}"
-        self._sub = await js.subscribe(
-            subject,
-            durable=f"prov-{self.provider_id}",
-            stream=self.topology.dispatch_stream,
-            cb=self._on_dispatch,
-            manual_ack=True,
-            config=api.ConsumerConfig(ack_wait=30.0, max_ack_pending=max(64, self.slots * 4)),
-        )
+        # The orchestrator creates this consumer when it takes the registration.
+        self._sub = await js.pull_subscribe_bind(dispatch_consumer(self.provider_id), self.topology.dispatch_stream)
         self._tasks.append(asyncio.create_task(self._heartbeats()))
+        self._tasks.append(asyncio.create_task(self._fetch()))
         return self
 
+    async def _fetch(self) -> None:
+        while True:
+            try:
+                msgs = await self._sub.fetch(batch=max(16, self.slots * 2), timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(0.1)  # no consumer yet (registration in flight), or reconnecting
+                continue
+            for msg in msgs:
+                await self._on_dispatch(msg)
+
     async def _heartbeat_once(self) -> None:
-        kv = await self.nc.jetstream().key_value(self.topology.heartbeat_bucket)
         hb = Heartbeat(
             provider_id=self.provider_id,
             at=utc_now(),
@@ -114,7 +133,8 @@ class SimulatedProvider:
             slots=self.slots,
             draining=self._draining,
         )
-        await kv.put(self.provider_id, hb.model_dump_json().encode())
+        subject = heartbeat_subject(self.provider_id, self.topology.heartbeat_bucket)
+        await self.nc.jetstream().publish(subject, hb.model_dump_json().encode())
 
     async def _heartbeats(self) -> None:
         while True:
@@ -143,7 +163,7 @@ class SimulatedProvider:
         js = self.nc.jetstream()
         for attempt in range(1000):
             try:
-                await js.publish(intake_subject("task", task_id, "report"), body.model_dump_json().encode())
+                await js.publish(report_subject(self.provider_id, task_id), body.model_dump_json().encode())
                 return
             except (nats.errors.Error, OSError) as e:
                 _log.warning(
@@ -200,6 +220,9 @@ class SimulatedProvider:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
+        if self.owns_connection:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
 
     async def drain(self) -> None:
         """Finish the running work, take nothing new, then leave."""

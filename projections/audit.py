@@ -24,7 +24,6 @@ Checks, each with its findings (an empty list is a pass):
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
@@ -35,12 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import nats.errors
-from nats.js import api
 
 from events.audit import AuditCheckpointed
 from events.codec import decode_message, from_json_line
 from events.envelope import Envelope
-from events.errors import InvalidPayload
+from events.errors import InvalidPayload, StoreUnavailable
 from events.intake import InputAccepted, InputRejected
 from events.job import (
     JobAccepted,
@@ -63,7 +61,7 @@ from events.provider import (
 )
 from events.store.jetstream import JetStreamEventStore
 from events.store.protocol import EventStore
-from events.subjects import INTAKE_STREAM
+from events.subjects import INTAKE_STREAM, task_id_of
 from events.task import (
     TaskCancelled,
     TaskCompleted,
@@ -500,7 +498,7 @@ class Auditor:
 
     def on_TaskCreated(self, e: TaskCreated, pos: int, env: Envelope) -> None:
         job = self._jobs.get(e.job_id)
-        if job is None or job.status != "accepted" or e.task_id != f"{e.job_id}-{e.index}":
+        if job is None or job.status != "accepted" or e.task_id != task_id_of(e.job_id, e.index):
             self.find("sequence", pos, f"task {e.task_id} is not a task of an accepted job {e.job_id}")
         elif e.index >= job.task_count:
             self.find("sequence", pos, f"task {e.task_id}: index {e.index} beyond the job's {job.task_count} tasks")
@@ -776,52 +774,34 @@ async def audit_jsonl(path: str | Path, intake: Mapping[int, str] | None = None)
     return await audit_events(read_jsonl(path), intake)
 
 
-async def _ordered_raw(js: Any, stream: str, subjects: str) -> AsyncIterator[Any]:
-    """Every message of ``stream`` up to its head now, raw, through an ordered consumer."""
-    info = await js.stream_info(stream)
-    end = int(info.state.last_seq)
-    if end == 0 or int(info.state.messages) == 0:
-        return
-    sub = await js.subscribe(
-        subjects,
-        stream=stream,
-        ordered_consumer=True,
-        config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL),
-        pending_msgs_limit=-1,
-        pending_bytes_limit=-1,
-    )
+async def read_intake(store: JetStreamEventStore, stream: str = INTAKE_STREAM) -> dict[int, str]:
+    """Sequence -> subject of every message on the intake stream, read with direct gets (no consumer)."""
+    end = await _stream_head(store, stream)
+    return {m.sequence: m.subject async for m in store.read_raw(stream, end=end)}
+
+
+async def _stream_head(store: JetStreamEventStore, stream: str) -> int:
     try:
-        async for msg in sub.messages:
-            seq = int(msg.metadata.sequence.stream)
-            yield msg
-            if seq >= end:
-                return
-    finally:
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
-
-
-async def read_intake(js: Any, stream: str = INTAKE_STREAM) -> dict[int, str]:
-    """Sequence -> subject of every message on the intake stream (bodies are not needed)."""
-    info = await js.stream_info(stream)
-    subjects = info.config.subjects[0] if info.config.subjects else ">"
-    return {int(m.metadata.sequence.stream): m.subject async for m in _ordered_raw(js, stream, subjects)}
+        info = await store.js.stream_info(stream)
+    except (nats.errors.Error, OSError) as e:
+        raise StoreUnavailable(f"cannot read stream {stream}: {e!s}") from e
+    return int(info.state.last_seq)
 
 
 async def _jetstream_records(store: JetStreamEventStore) -> AsyncIterator[LogRecord]:
     s = store.settings
     cut = len(s.prefix) + 1
-    async for msg in _ordered_raw(store.js, s.name, f"{s.prefix}.>"):
-        seq = int(msg.metadata.sequence.stream)
+    end = await store.head()
+    async for m in store.read_raw(subject=f"{s.prefix}.>", end=end):
         try:
-            yield decode_message(msg.subject[cut:], msg.data, msg.headers, seq)
+            yield decode_message(m.subject[cut:], m.data, m.headers, m.sequence)
         except InvalidPayload as e:
-            yield (seq, e)
+            yield (m.sequence, e)
 
 
 async def audit_jetstream(store: JetStreamEventStore, *, intake_stream: str | None = INTAKE_STREAM) -> AuditReport:
     """Audit the event stream of ``store`` and, unless None, the intake stream on the same server."""
-    intake = await read_intake(store.js, intake_stream) if intake_stream else None
+    intake = await read_intake(store, intake_stream) if intake_stream else None
     return await audit_events(_jetstream_records(store), intake)
 
 

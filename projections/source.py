@@ -4,7 +4,8 @@ On JetStream the batches come from an ephemeral pull consumer (no acks, in-memor
 reader drives itself: a few pull requests of ``batch`` messages each are in flight at once, the
 messages land through one callback subscription (no task per message, unlike an async iterator),
 and memory stays bounded by the window. Each message carries only the event's own headers; its
-position comes from the reply subject. Any other ``EventStore`` is read through ``read_all``.
+position comes from the reply subject. Any other ``EventStore``, and a JetStream store that reads
+with direct gets (an auditor may not create consumers), is read through ``read_all``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ async def read_batches(
     on_invalid: InvalidHandler = log_invalid,
 ) -> AsyncIterator[list[Envelope]]:
     """Every event after position ``after`` up to the head as it is now, in order, in lists."""
-    if isinstance(events, JetStreamEventStore):
+    if isinstance(events, JetStreamEventStore) and events.reads == "consumer":
         async for envs in _jetstream_batches(
             events, after, size=batch, depth=window, timeout=timeout, on_invalid=on_invalid
         ):

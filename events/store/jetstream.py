@@ -6,7 +6,8 @@
 - A publish that times out is sent again with the same ids. If the server then reports a conflict or
   a duplicate, the store reads the stream back to confirm whether its events are there: it never
   guesses the outcome.
-- Streams are read with batched direct gets; the whole log with an ordered consumer.
+- Streams are read with batched direct gets; the whole log with an ordered consumer, or, for a
+  reader that may not create consumers (an auditor, from the edge account), with batched direct gets.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import nats.errors
 import nats.js.errors
@@ -35,11 +36,15 @@ from events.errors import (
     StoreUnavailable,
 )
 from events.registry import DEFAULT_REGISTRY, MAX_EVENT_BYTES, EventRegistry
-from events.store.connection import connect_nats
+from events.store.connection import Access, connect_nats
 from events.store.protocol import AppendResult, InvalidHandler, log_invalid
 from events.subjects import EVENT_PREFIX, EVENTS_STREAM
 
-__all__ = ["JetStreamEventStore", "StreamSettings"]
+__all__ = ["JetStreamEventStore", "RawMessage", "Reads", "StreamSettings"]
+
+#: How the whole log is read: an ordered consumer (fast; needs consumer permissions), or batched direct
+#: gets (any reader allowed to direct-get, such as an auditor).
+Reads = Literal["consumer", "direct"]
 
 _log = structlog.get_logger("gpufleet.events.jetstream")
 
@@ -93,6 +98,16 @@ async def ensure_stream(js: Any, config: api.StreamConfig) -> None:
         raise StoreUnavailable(f"JetStream did not answer creating stream {config.name}") from e
 
 
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """A stored message as the server returns it: position, subject, body and headers."""
+
+    sequence: int
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+
+
 class _Inbox:
     """One wildcard inbox subscription shared by all direct-get requests of a store."""
 
@@ -144,8 +159,10 @@ class JetStreamEventStore:
         max_inflight_batches: int = 32,
         on_invalid: InvalidHandler = log_invalid,
         owns_connection: bool = False,
+        reads: Reads = "consumer",
     ) -> None:
         self.nc = nc
+        self.reads: Reads = reads
         self.js = nc.jetstream(timeout=timeout)
         self.settings = settings or StreamSettings()
         self._registry = registry
@@ -164,17 +181,38 @@ class JetStreamEventStore:
 
     @classmethod
     async def connect(
-        cls, url: str, *, settings: StreamSettings | None = None, name: str = "gpufleet", **kw: Any
+        cls,
+        access: Access | str,
+        *,
+        settings: StreamSettings | None = None,
+        name: str = "gpufleet",
+        create: bool = False,
+        **kw: Any,
     ) -> JetStreamEventStore:
-        """Connect to ``url``, make sure the stream exists, and return a ready store."""
-        nc = await connect_nats(url, name=name, timeout=float(kw.get("timeout", 5.0)))
+        """Connect, make sure the stream exists (``create`` it, as the admin), and return a ready store."""
+        nc = await connect_nats(access, name=name, timeout=float(kw.get("timeout", 5.0)))
         store = cls(nc, settings=settings, owns_connection=True, **kw)
-        await store.ensure()
+        try:
+            await store.ensure(create=create)
+        except BaseException:
+            await nc.close()
+            raise
         return store
 
-    async def ensure(self) -> None:
-        """Create or update the event stream, and start the shared inbox."""
-        await ensure_stream(self.js, self.settings.config())
+    async def ensure(self, *, create: bool = False) -> None:
+        """Start the shared inbox; create or update the event stream if ``create`` (admin only), else
+        check that it exists."""
+        if create:
+            await ensure_stream(self.js, self.settings.config())
+        else:
+            try:
+                await self.js.stream_info(self.settings.name)
+            except nats.js.errors.NotFoundError as e:
+                raise StoreUnavailable(
+                    f"stream {self.settings.name} does not exist: the network's admin creates it (`gpufleet up` does)"
+                ) from e
+            except nats.errors.TimeoutError as e:
+                raise StoreUnavailable(f"no answer from JetStream about stream {self.settings.name}") from e
         if not self._started:
             await self._inbox.start()
             self._started = True
@@ -404,11 +442,12 @@ class JetStreamEventStore:
 
     # ---- reading -------------------------------------------------------------------------------
 
-    async def _direct_get(self, request: dict[str, Any]) -> AsyncIterator[Msg]:
+    async def _direct_get(self, request: dict[str, Any], stream: str | None = None) -> AsyncIterator[Msg]:
         """Messages of one (batched) direct get, ending at the end-of-batch or not-found status."""
         reply, queue = self._inbox.open()
+        name = stream or self.settings.name
         try:
-            await self.nc.publish(f"$JS.API.DIRECT.GET.{self.settings.name}", json.dumps(request).encode(), reply=reply)
+            await self.nc.publish(f"$JS.API.DIRECT.GET.{name}", json.dumps(request).encode(), reply=reply)
             while True:
                 try:
                     msg = await asyncio.wait_for(queue.get(), self._timeout)
@@ -462,16 +501,73 @@ class JetStreamEventStore:
             raise StoreUnavailable("no answer from JetStream for stream info") from e
         return int(info.state.last_seq)
 
+    async def read_raw(
+        self,
+        stream: str | None = None,
+        *,
+        subject: str | None = None,
+        after: int = 0,
+        end: int | None = None,
+        batch: int = 1000,
+    ) -> AsyncIterator[RawMessage]:
+        """Stored messages of ``stream`` (default: the event stream) after ``after``, raw, in order.
+
+        ``subject`` filters (wildcards allowed); ``end`` stops at that position, else at the head as
+        it is when each batch is asked for. Batched direct gets: it needs no consumer, so any identity
+        allowed to direct-get the stream can read it, and a record that would not decode is still
+        returned (its reader decides).
+        """
+        name = stream or self.settings.name
+        seq = after + 1
+        while end is None or seq <= end:
+            pending = 0
+            got = 0
+            request: dict[str, Any] = {"seq": seq, "batch": batch}
+            if subject is not None:
+                request["next_by_subj"] = subject
+            async for msg in self._direct_get(request, name):
+                h = dict(msg.headers or {})
+                if not msg.data and "Status" in h:
+                    pending = int(h.get("Nats-Num-Pending", "0") or 0)
+                    break
+                position = int(h["Nats-Sequence"])
+                if end is not None and position > end:
+                    return
+                seq = position + 1
+                got += 1
+                yield RawMessage(position, h.get("Nats-Subject", ""), bytes(msg.data), h)
+            if pending == 0 or got == 0:
+                return
+
     async def read_all(self, after: int = 0) -> AsyncIterator[Envelope]:
-        """See ``EventStore.read_all``: an ordered consumer, stopped at the head seen on entry."""
+        """See ``EventStore.read_all``: an ordered consumer (or direct gets), stopped at the head seen on entry."""
         end = await self.head()
         if end <= after:
+            return
+        if self.reads == "direct":
+            async for raw in self.read_raw(subject=f"{self.settings.prefix}.>", after=after, end=end):
+                env = self._decode(raw.subject, raw.data, raw.headers, raw.sequence)
+                if env is not None:
+                    yield env
             return
         async for env in self._ordered(after, stop_at=end):
             yield env
 
     async def subscribe(self, after: int = 0) -> AsyncIterator[Envelope]:
-        """See ``EventStore.subscribe``: an ordered consumer that catches up and stays live."""
+        """See ``EventStore.subscribe``: an ordered consumer that catches up and stays live (direct
+        gets, polled, for a reader that may not create consumers)."""
+        if self.reads == "direct":
+            idle = 0.05
+            while True:
+                moved = False
+                async for raw in self.read_raw(subject=f"{self.settings.prefix}.>", after=after):
+                    after = raw.sequence
+                    moved = True
+                    env = self._decode(raw.subject, raw.data, raw.headers, raw.sequence)
+                    if env is not None:
+                        yield env
+                idle = 0.05 if moved else min(1.0, idle * 2)
+                await asyncio.sleep(idle)
         async for env in self._ordered(after, stop_at=None):
             yield env
 
@@ -499,6 +595,10 @@ class JetStreamEventStore:
         finally:
             with contextlib.suppress(nats.errors.Error, AttributeError):
                 await sub.unsubscribe()
+
+    def decode_raw(self, raw: RawMessage) -> Envelope | None:
+        """The event a raw message of the event stream holds; None (reported) if it does not decode."""
+        return self._decode(raw.subject, raw.data, raw.headers, raw.sequence)
 
     def _decode(self, subject: str, body: bytes, headers: Any, position: int) -> Envelope | None:
         try:

@@ -1,4 +1,9 @@
-"""Everything gpufleet keeps in NATS, created idempotently: streams, the heartbeat KV, the object store."""
+"""Everything gpufleet keeps in NATS, created idempotently by the network's admin: streams and the heartbeat KV.
+
+Every stream is bounded (bytes, message size, and for intake a cap per subject), and refuses new
+messages when full rather than dropping old ones: a full intake tells the publisher so, and nothing
+already acknowledged is ever discarded to make room.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +23,17 @@ from events.subjects import (
     HEARTBEAT_BUCKET,
     INTAKE_PREFIX,
     INTAKE_STREAM,
-    OBJECT_BUCKET,
+    OBJECT_PREFIX,
+    OBJECTS_STREAM,
+    dispatch_consumer,
+    dispatch_subject,
 )
 
-__all__ = ["Topology", "ensure_topology"]
+__all__ = ["OBJECT_CHUNK_BYTES", "Topology", "check_topology", "ensure_topology"]
+
+_GIB = 1 << 30
+#: Objects are stored in chunks of this size, one message each.
+OBJECT_CHUNK_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +44,16 @@ class Topology:
     replicas: int = 1
     intake_stream: str = INTAKE_STREAM
     intake_prefix: str = INTAKE_PREFIX
+    #: The intake stream holds at most this much; past it, publishers are told the intake is full.
+    intake_max_bytes: int = 2 * _GIB
     dispatch_stream: str = DISPATCH_STREAM
     dispatch_prefix: str = DISPATCH_PREFIX
     heartbeat_bucket: str = HEARTBEAT_BUCKET
     #: A provider whose heartbeat key is older than this is lost.
     heartbeat_ttl_s: float = 6.0
-    object_bucket: str = OBJECT_BUCKET
+    objects_stream: str = OBJECTS_STREAM
+    object_prefix: str = OBJECT_PREFIX
+    objects_max_bytes: int = 8 * _GIB
 
     def intake_config(self) -> api.StreamConfig:
         """Intake keeps every message sent, valid or not, for the orchestrator and the audit."""
@@ -51,6 +67,7 @@ class Topology:
             num_replicas=self.replicas,
             duplicate_window=self.events.duplicate_window_s,
             max_msg_size=2 * MAX_INTAKE_BYTES,
+            max_bytes=self.intake_max_bytes,
             deny_delete=True,
             deny_purge=True,
             allow_direct=True,
@@ -64,19 +81,61 @@ class Topology:
             subjects=[f"{self.dispatch_prefix}.*"],
             storage=api.StorageType.FILE,
             retention=api.RetentionPolicy.WORK_QUEUE,
+            discard=api.DiscardPolicy.NEW,
             num_replicas=self.replicas,
             duplicate_window=self.events.duplicate_window_s,
             max_age=24 * 3600.0,
             max_msg_size=MAX_INTAKE_BYTES,
+            max_msgs_per_subject=100_000,
+        )
+
+    def objects_config(self) -> api.StreamConfig:
+        """Inputs, results and checkpoints: content-addressed chunks under their owner's name.
+
+        ``gf.obj.<role>.<owner>.<sha256>.<chunk>`` and a manifest at ``.m``. The owner in the subject
+        lets NATS permissions say who writes where; the digest is the name, so one subject holds one
+        value for ever (a rewrite of the same content changes nothing).
+        """
+        return api.StreamConfig(
+            name=self.objects_stream,
+            description="gpufleet objects: inputs, results and checkpoints, by owner and sha256",
+            subjects=[f"{self.object_prefix}.>"],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.NEW,
+            num_replicas=self.replicas,
+            duplicate_window=self.events.duplicate_window_s,
+            max_msg_size=OBJECT_CHUNK_BYTES + 4096,
+            max_msgs_per_subject=1,
+            discard_new_per_subject=True,
+            max_bytes=self.objects_max_bytes,
+            deny_delete=True,
+            deny_purge=True,
+            allow_direct=True,
+        )
+
+    def dispatch_consumer_config(self, provider_id: str) -> api.ConsumerConfig:
+        """The pull consumer through which one provider reads its own dispatch (created by the orchestrator)."""
+        return api.ConsumerConfig(
+            durable_name=dispatch_consumer(provider_id),
+            filter_subject=dispatch_subject(provider_id),
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=30.0,
+            max_ack_pending=1000,
+            max_waiting=64,
+            # A provider gone for a week loses its queue (its leases expired long before).
+            inactive_threshold=7 * 86400.0,
         )
 
 
 async def ensure_topology(js: Any, topology: Topology | None = None) -> Topology:
-    """Create (or update) every stream and bucket gpufleet uses; safe to call on each start."""
+    """Create (or update) every stream and bucket gpufleet uses; safe to call on each start (admin only)."""
     t = topology or Topology()
     await ensure_stream(js, t.events.config())
     await ensure_stream(js, t.intake_config())
     await ensure_stream(js, t.dispatch_config())
+    await ensure_stream(js, t.objects_config())
     try:
         try:
             await js.key_value(t.heartbeat_bucket)
@@ -87,22 +146,27 @@ async def ensure_topology(js: Any, topology: Topology | None = None) -> Topology
                     description="provider heartbeats: not events; a key expires when its provider stops",
                     history=1,
                     ttl=t.heartbeat_ttl_s,
+                    max_value_size=4096,
                     # File-backed: the bucket (and who was alive) must survive a server restart.
                     storage=api.StorageType.FILE,
                     replicas=t.replicas,
                 )
             )
-        try:
-            await js.object_store(t.object_bucket)
-        except nats.js.errors.BucketNotFoundError:
-            await js.create_object_store(
-                t.object_bucket,
-                api.ObjectStoreConfig(
-                    description="inputs, results and checkpoints; events carry references and sha256",
-                    storage=api.StorageType.FILE,
-                    replicas=t.replicas,
-                ),
-            )
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
         raise StoreUnavailable(f"JetStream did not answer while creating buckets: {e}") from e
+    return t
+
+
+async def check_topology(js: Any, topology: Topology | None = None) -> Topology:
+    """Verify that the streams exist (for roles that may not create them); a clear error if not."""
+    t = topology or Topology()
+    for name in (t.events.name, t.intake_stream, t.dispatch_stream, t.objects_stream):
+        try:
+            await js.stream_info(name)
+        except nats.js.errors.NotFoundError as e:
+            raise StoreUnavailable(
+                f"stream {name} does not exist: the network's admin creates the streams (`gpufleet up` does)"
+            ) from e
+        except (nats.errors.Error, OSError) as e:
+            raise StoreUnavailable(f"cannot check stream {name}: {e!s}") from e
     return t
