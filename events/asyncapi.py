@@ -46,9 +46,9 @@ __all__ = [
 ASYNCAPI_VERSION = "3.0.0"
 #: The version of the wire contract this document describes; each event also has its own ``v``.
 WIRE_VERSION = "1.0.0"
-#: Aggregate streams outside job/task/provider; they must match ``actors.orchestrator.OUTCOMES_STREAM``
-#: and ``projections.chain.CHAIN_STREAM`` (a test checks it; ``events`` cannot import either).
-INTAKE_OUTCOMES_STREAM = "intake.outcomes"
+#: Aggregate streams outside job/task/provider: each identity's intake outcomes
+#: (``events.subjects.outcomes_stream``), and ``projections.chain.CHAIN_STREAM`` (a test checks it).
+INTAKE_OUTCOMES_STREAM = "intake.{role}.{name}"
 AUDIT_CHAIN_STREAM = "audit.chain"
 
 _ROLES = {
@@ -58,24 +58,19 @@ _ROLES = {
 }
 
 _PARAMS = {
-    "jobId": "The job's id, chosen by the submitter: one NATS token matching " + ID_PATTERN,
-    "taskId": "A task's id: `<jobId>-<index>`.",
-    "providerId": "The provider's id, chosen by the provider: one NATS token matching " + ID_PATTERN,
-}
-
-_INTAKE_DOCS = {
-    ("job", "submit"): (
-        "Submit a job: a spec written once for any GPU. The same spec again under the same id changes "
-        "nothing; a different spec under a used id is refused."
+    "name": (
+        "The sender's name: the name in its credentials (a NATS user JWT), one NATS token matching "
+        + ID_PATTERN
+        + ". The server lets only that identity publish under it."
     ),
-    ("job", "cancel"): "Cancel a job: its unfinished tasks are cancelled and their leases revoked.",
-    ("provider", "register"): "Register (or re-register) a provider with its measured capabilities.",
-    ("provider", "drain"): "Stop taking new leases; the running tasks finish.",
-    ("provider", "leave"): "Leave the network.",
-    ("task", "report"): "Report on a leased task: started, progress, completed or failed, with the lease id.",
+    "job": "The job's name, chosen by its submitter: one NATS token. Its full id is `<submitter>.<job>`.",
+    "submitter": "The submitter that owns a job: the name in its credentials.",
+    "jobId": "A job's full id: `<submitter>.<job>`.",
+    "taskId": "A task's id: `<submitter>.<job>.<index>`.",
+    "providerId": "A provider's id: the name in its credentials, one NATS token matching " + ID_PATTERN,
+    "role": "An identity's role: submitter or provider.",
+    "index": "A task's index in its job, from 0.",
 }
-
-_ID_PARAM = {"job": "jobId", "task": "taskId", "provider": "providerId"}
 
 
 def _ref(*path: str) -> dict[str, str]:
@@ -116,13 +111,13 @@ def domain_channels() -> dict[str, tuple[str, str, list[type[EventModel]]]]:
         by_module.setdefault(model.__module__, []).append(model)
     return {
         "jobEvents": (
-            "job.{jobId}",
+            "job.{submitter}.{job}",
             "Everything that happens to one job, in order: submitted, accepted or rejected, metered, "
             "charged and credited, and how it ended.",
             by_module["events.job"],
         ),
         "taskEvents": (
-            "task.{taskId}",
+            "task.{submitter}.{job}.{index}",
             "One task's life: created, queued, leased, started, progress (with ETA inputs), completed "
             "with a result reference and sha256, failed, retried, expired or cancelled.",
             by_module["events.task"],
@@ -233,22 +228,23 @@ def generate_asyncapi() -> dict[str, Any]:
         }
 
     # Intake: what outsiders publish, plain JSON, no header needed.
-    for (kind, verb), _adapter in INTAKE_VERBS.items():
-        cid = _intake_id(kind, verb)
-        address = f"{INTAKE_PREFIX}.{kind}.{{{_ID_PARAM[kind]}}}.{verb}"
+    for (role, verb), spec in INTAKE_VERBS.items():
+        cid = _intake_id(role, verb)
+        address = spec.subject_pattern()
         messages[cid] = {
             "name": cid,
-            "title": f"{kind} {verb}",
-            "summary": _INTAKE_DOCS.get((kind, verb), f"{kind} {verb}"),
+            "title": f"{role} {verb}",
+            "summary": spec.summary,
             "contentType": "application/json",
             "headers": _ref("components", "schemas", "DedupHeaders"),
-            "payload": _payload(intake_schema_path(kind, verb)),
+            "payload": _payload(intake_schema_path(role, verb)),
         }
         channels[cid] = {
             "address": address,
-            "title": f"intake: {kind} {verb}",
+            "title": f"intake: {role} {verb}",
             "description": (
-                f"{_INTAKE_DOCS.get((kind, verb), '')} Publish plain JSON here (a JetStream publish "
+                f"{spec.summary} Only a {role} whose credentials carry this `name` may publish here. "
+                "Publish plain JSON (a JetStream publish "
                 f"returns the `{INTAKE_STREAM}` sequence, which the outcome's `intake_seq` names; a core "
                 "publish is stored all the same). Every message is kept; the orchestrator validates it and "
                 "records exactly one outcome: facts on the aggregate's event channel, or an entry on "
@@ -321,8 +317,8 @@ def generate_asyncapi() -> dict[str, Any]:
     }
 
     # The submitter.
-    operation("submitJob", "submitter", "send", "jobSubmit", "Submit a job spec.")
-    operation("cancelJob", "submitter", "send", "jobCancel", "Cancel a job.")
+    operation("submitJob", "submitter", "send", "submitterSubmit", "Submit a job spec.")
+    operation("cancelJob", "submitter", "send", "submitterCancel", "Cancel one of your jobs.")
     operation(
         "followJob",
         "submitter",
@@ -338,7 +334,7 @@ def generate_asyncapi() -> dict[str, Any]:
     operation("registerProvider", "provider", "send", "providerRegister", "Register with measured capabilities.")
     operation("putHeartbeat", "provider", "send", "heartbeat", "Heartbeat every interval.")
     operation("receiveDispatch", "provider", "receive", "dispatch", "Take leases and revocations.")
-    operation("reportTask", "provider", "send", "taskReport", "Report started, progress, completed or failed.")
+    operation("reportTask", "provider", "send", "providerReport", "Report started, progress, completed or failed.")
     operation("drainProvider", "provider", "send", "providerDrain", "Finish the running work, take nothing new.")
     operation("leaveProvider", "provider", "send", "providerLeave", "Leave the network.")
     operation("followProvider", "provider", "receive", "providerEvents", "See its own transitions, such as lost.")
@@ -360,10 +356,14 @@ def generate_asyncapi() -> dict[str, Any]:
             "version": WIRE_VERSION,
             "description": (
                 "Rent GPU compute across independent providers: an event-sourced actor system on NATS "
-                "JetStream. Outsiders publish plain JSON to intake subjects (`gf.in.<kind>.<id>.<verb>`); "
-                "the orchestrator validates each input and appends only accepted facts to the event log "
-                "(`gf.ev.<kind>.<id>`, CloudEvents binary mode). No gpufleet library is needed: any NATS "
-                "client, or a raw socket, will do. Payload schemas are the JSON Schemas beside this file."
+                "JetStream. Every connection is an identity: a NATS user JWT the network issued "
+                "(`gpufleet creds issue ROLE NAME`), whose name the server writes into every subject it may "
+                "publish. Outsiders publish plain JSON to their own intake subjects "
+                "(`gf.in.<role>.<name>.<verb>[.<target>]`); the orchestrator validates each input and "
+                "appends only accepted facts to the event log (`gf.ev.<kind>.<id>`, CloudEvents binary "
+                "mode), which a submitter reads through the event feed (`gf.api.<role>.<name>.events`). No "
+                "gpufleet library is needed: any NATS client with credentials, or a raw socket with a "
+                "bearer JWT, will do. Payload schemas are the JSON Schemas beside this file."
             ),
             "license": {"name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"},
             "tags": [_ref("components", "tags", role) for role in _ROLES],
@@ -375,8 +375,9 @@ def generate_asyncapi() -> dict[str, Any]:
                 "protocol": "nats",
                 "title": "NATS with JetStream",
                 "description": (
-                    "`gpufleet up` runs an embedded nats-server with JetStream; at scale, any NATS JetStream "
-                    "cluster where the orchestrator runs. The orchestrator creates every stream and bucket."
+                    "`gpufleet up` runs an embedded nats-server with JetStream and decentralized JWT auth "
+                    "(`tls://` with `--tls`); at scale, any NATS JetStream cluster that trusts the network's "
+                    "operator. The network's admin creates every stream and bucket."
                 ),
                 "variables": {
                     "host": {"default": "localhost"},

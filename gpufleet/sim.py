@@ -108,7 +108,7 @@ class SimulatedProvider:
         # The orchestrator creates this consumer when it takes the registration.
         self._sub = await js.pull_subscribe_bind(dispatch_consumer(self.provider_id), self.topology.dispatch_stream)
         self._tasks.append(asyncio.create_task(self._heartbeats()))
-        self._tasks.append(asyncio.create_task(self._fetch()))
+        self._tasks.append(asyncio.create_task(self._fetch(), name="fetch"))
         return self
 
     async def _fetch(self) -> None:
@@ -208,6 +208,12 @@ class SimulatedProvider:
             _log.error("sim.task_crashed", provider=self.provider_id, task=lease.task_id, error=repr(e))
         finally:
             self.running.pop(lease.lease_id, None)
+
+    def deafen(self) -> None:
+        """A fault: keep heartbeating, but stop reading dispatch (leases then never start)."""
+        for t in self._tasks:
+            if t.get_name() == "fetch":
+                t.cancel()
 
     async def kill(self) -> None:
         """Crash: stop heartbeating and working at once, telling nobody."""

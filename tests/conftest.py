@@ -1,7 +1,12 @@
-"""Shared fixtures: a real nats-server per session (and per test where a test restarts it)."""
+"""Shared fixtures: a real, secured nats-server per session (and per test where a test restarts it).
+
+Both run as ``gpufleet up`` runs its server: decentralized JWT auth, the hub and edge accounts, and
+the network's streams created by its admin. Tests connect with the credentials of the role they play.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -10,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from events.store import JetStreamEventStore, MemoryEventStore, StreamSettings
-from gpufleet.natsserver import NatsServer
+from tests.secure import SecureServer
 
 _counter = itertools.count(1)
 
@@ -21,19 +26,19 @@ def unique(prefix: str = "t") -> str:
 
 
 @pytest.fixture(scope="session")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    """One real nats-server with JetStream for the session, on a free port, with its own store."""
-    server = NatsServer(tmp_path_factory.mktemp("nats-session"))
-    server.start()
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureServer]:
+    """One secured nats-server with JetStream for the session, with the network's streams."""
+    server = SecureServer(tmp_path_factory.mktemp("nats-session")).start()
+    asyncio.run(server.ensure_topology())
     yield server
     server.stop()
 
 
 @pytest.fixture
-def own_nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A nats-server for one test, which the test may stop, kill and restart."""
-    server = NatsServer(tmp_path / "nats")
-    server.start()
+def own_nats_server(tmp_path: Path) -> Iterator[SecureServer]:
+    """A secured nats-server for one test, with the network's streams; the test may stop, kill, restart it."""
+    server = SecureServer(tmp_path / "net").start()
+    asyncio.run(server.ensure_topology())
     yield server
     server.kill()
 
@@ -52,7 +57,7 @@ async def store(request: pytest.FixtureRequest, nats_server: NatsServer) -> Asyn
         yield mem
         await mem.close()
     else:
-        js = await JetStreamEventStore.connect(nats_server.url, settings=isolated_settings())
+        js = await JetStreamEventStore.connect(nats_server.superuser(), settings=isolated_settings(), create=True)
         yield js
         await js.close()
 

@@ -17,7 +17,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from events.errors import AccessDenied, StoreUnavailable
-from events.identity import Identity, inbox_prefix, read_credentials
+from events.identity import CredentialsError, Identity, inbox_prefix, read_credentials
 
 __all__ = ["Access", "connect_nats", "denied_subjects", "raise_if_denied"]
 
@@ -82,7 +82,12 @@ async def connect_nats(
     url = access.url
     log = _log.bind(url=url, client=name)
     holder: list[NATS] = []
-    identity = access.identity()
+    try:
+        identity = access.identity()
+    except CredentialsError as e:
+        if not (access.creds is not None and access.creds.is_file()):
+            raise StoreUnavailable(str(e)) from e
+        identity = None  # a NATS user that is not one of the network's roles (an operator's own): fine
     if access.creds is not None:
         kw.setdefault("user_credentials", str(access.creds))
     if identity is not None:

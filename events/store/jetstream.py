@@ -211,6 +211,8 @@ class JetStreamEventStore:
                 raise StoreUnavailable(
                     f"stream {self.settings.name} does not exist: the network's admin creates it (`gpufleet up` does)"
                 ) from e
+            except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as e:
+                raise StoreUnavailable("JetStream is not enabled on this server (start nats-server with -js)") from e
             except nats.errors.TimeoutError as e:
                 raise StoreUnavailable(f"no answer from JetStream about stream {self.settings.name}") from e
         if not self._started:

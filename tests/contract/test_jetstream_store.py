@@ -15,12 +15,13 @@ from gpufleet.natsserver import NatsServer
 from tests.conftest import isolated_settings
 from tests.contract.test_event_store import collect, ids
 from tests.factories import queued
+from tests.secure import SecureServer
 
 
-async def test_stream_is_created_idempotently_with_explicit_config(nats_server: NatsServer) -> None:
+async def test_stream_is_created_idempotently_with_explicit_config(nats_server: SecureServer) -> None:
     settings = StreamSettings(name="CFGTEST", prefix="cfgtest.ev", duplicate_window_s=90.0)
-    store = await JetStreamEventStore.connect(nats_server.url, settings=settings)
-    await store.ensure()  # a second time changes nothing
+    store = await JetStreamEventStore.connect(nats_server.superuser(), create=True, settings=settings)
+    await store.ensure(create=True)  # a second time changes nothing
     info = await store.js.stream_info("CFGTEST")
     cfg = info.config
     assert str(getattr(cfg.storage, "value", cfg.storage)) == "file"
@@ -33,11 +34,14 @@ async def test_stream_is_created_idempotently_with_explicit_config(nats_server: 
     await store.close()
 
 
-async def test_malformed_messages_are_skipped_and_reported_never_blocking(nats_server: NatsServer) -> None:
+async def test_malformed_messages_are_skipped_and_reported_never_blocking(nats_server: SecureServer) -> None:
     settings = isolated_settings()
     seen: list[tuple[int, str | None]] = []
     store = await JetStreamEventStore.connect(
-        nats_server.url, settings=settings, on_invalid=lambda pos, err: seen.append((pos, err.field))
+        nats_server.superuser(),
+        create=True,
+        settings=settings,
+        on_invalid=lambda pos, err: seen.append((pos, err.field)),
     )
     good1 = queued("task.m")
     await store.append("task.m", [good1], expected=NO_STREAM)
@@ -63,9 +67,9 @@ async def test_malformed_messages_are_skipped_and_reported_never_blocking(nats_s
     await store.close()
 
 
-async def test_restart_loses_nothing(own_nats_server: NatsServer) -> None:
+async def test_restart_loses_nothing(own_nats_server: SecureServer) -> None:
     settings = StreamSettings()
-    store = await JetStreamEventStore.connect(own_nats_server.url, settings=settings)
+    store = await JetStreamEventStore.connect(own_nats_server.superuser(), create=True, settings=settings)
     written = []
     for i in range(20):
         batch = [queued(f"task.r{i}") for _ in range(1 + i % 3)]
@@ -75,7 +79,7 @@ async def test_restart_loses_nothing(own_nats_server: NatsServer) -> None:
 
     own_nats_server.stop()  # graceful
     own_nats_server.start()
-    store = await JetStreamEventStore.connect(own_nats_server.url, settings=settings)
+    store = await JetStreamEventStore.connect(own_nats_server.superuser(), create=True, settings=settings)
     assert ids(await collect(store.read_all())) == ids(written)
     more = queued("task.after")
     await store.append("task.after", [more], expected=NO_STREAM)
@@ -83,14 +87,14 @@ async def test_restart_loses_nothing(own_nats_server: NatsServer) -> None:
 
     own_nats_server.kill()  # a crash this time
     own_nats_server.start()
-    store = await JetStreamEventStore.connect(own_nats_server.url, settings=settings)
+    store = await JetStreamEventStore.connect(own_nats_server.superuser(), create=True, settings=settings)
     assert ids(await collect(store.read_all())) == [*ids(written), more.id]
     assert await store.head() == len(written) + 1
     await store.close()
 
 
-async def test_subscription_survives_a_server_restart(own_nats_server: NatsServer) -> None:
-    store = await JetStreamEventStore.connect(own_nats_server.url)
+async def test_subscription_survives_a_server_restart(own_nats_server: SecureServer) -> None:
+    store = await JetStreamEventStore.connect(own_nats_server.superuser(), create=True)
     await store.append("task.live", [queued("task.live")], expected=NO_STREAM)
     sub = store.subscribe()
     assert len(await collect(sub, 1)) == 1
@@ -115,9 +119,9 @@ async def test_subscription_survives_a_server_restart(own_nats_server: NatsServe
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-async def test_timed_out_publish_is_retried_and_confirmed(own_nats_server: NatsServer, batch: int) -> None:
+async def test_timed_out_publish_is_retried_and_confirmed(own_nats_server: SecureServer, batch: int) -> None:
     """The server stalls past the publish timeout; the retry must neither fail nor duplicate."""
-    store = await JetStreamEventStore.connect(own_nats_server.url, timeout=0.4, retries=5)
+    store = await JetStreamEventStore.connect(own_nats_server.superuser(), create=True, timeout=0.4, retries=5)
     first = queued("task.slow")
     r0 = await store.append("task.slow", [first], expected=NO_STREAM)
     events = [queued("task.slow") for _ in range(batch)]

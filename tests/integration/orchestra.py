@@ -13,13 +13,46 @@ from nats.aio.client import Client as NATS
 from actors.world import World
 from events.job import ProviderCredited, SubmitterCharged, UsageMetered
 from events.store import JetStreamEventStore
+from events.store.connection import connect_nats
 from events.subjects import intake_subject
 from events.task import TaskCompleted
+from tests.secure import SecureServer
 
 
-async def submit(nc: NATS, job_id: str, spec: dict[str, Any]) -> None:
-    """Publish a job to intake, as any client in any language would."""
-    await nc.jetstream().publish(intake_subject("job", job_id, "submit"), json.dumps(spec).encode())
+class Tenants:
+    """The outsiders of a test: one connection per identity, each with its own credentials."""
+
+    def __init__(self, server: SecureServer) -> None:
+        self.server = server
+        self._conns: dict[tuple[str, str], NATS] = {}
+
+    async def nc(self, role: str, name: str) -> NATS:
+        """A connection as ``role``/``name`` (opened once)."""
+        key = (role, name)
+        if key not in self._conns:
+            self._conns[key] = await connect_nats(self.server.access(role, name), name=f"test-{role}-{name}")
+        return self._conns[key]
+
+    async def publish(self, role: str, name: str, subject: str, body: bytes) -> Any:
+        """Publish to JetStream as ``role``/``name``; the acknowledgement."""
+        return await (await self.nc(role, name)).jetstream().publish(subject, body)
+
+    async def submit(self, who: str, name: str, spec: dict[str, Any]) -> str:
+        """Submit job ``name`` as submitter ``who``, as any client in any language would; its full id."""
+        await self.publish(
+            "submitter", who, intake_subject("submitter", who, "submit", name), json.dumps(spec).encode()
+        )
+        return f"{who}.{name}"
+
+    async def cancel(self, who: str, name: str, reason: str = "") -> None:
+        """Cancel job ``name`` of ``who``, as ``who``."""
+        body = json.dumps({"reason": reason}).encode()
+        await self.publish("submitter", who, intake_subject("submitter", who, "cancel", name), body)
+
+    async def close(self) -> None:
+        for nc in self._conns.values():
+            await nc.close()
+        self._conns.clear()
 
 
 async def read_world(store: JetStreamEventStore) -> tuple[World, list[Any]]:
@@ -69,7 +102,7 @@ async def wait_for(
             reports = []
             if stuck:
                 sub = await store.js.subscribe(
-                    f"gf.in.task.{stuck[0][0]}.report", ordered_consumer=True, stream="GF_INTAKE"
+                    f"gf.in.provider.*.report.{stuck[0][0]}", ordered_consumer=True, stream="GF_INTAKE"
                 )
                 try:
                     while True:

@@ -19,58 +19,56 @@ from actors.orchestrator import Orchestrator, OrchestratorConfig
 from events.intake import MAX_INTAKE_BYTES, InputRejected
 from events.job import JobCompleted
 from events.store import JetStreamEventStore
-from events.store.connection import connect_nats
-from events.subjects import intake_subject
+from events.subjects import intake_subject, report_subject
 from events.task import TaskCancelled, TaskLeased, TaskResultRejected
-from gpufleet.natsserver import NatsServer
 from gpufleet.sim import SimulatedProvider, inline_result
 from tests.integration.orchestra import (
+    Tenants,
     all_jobs_ended,
     assert_exactly_once,
     intake_outcomes,
     read_world,
-    submit,
     wait_for,
 )
+from tests.secure import SecureServer
 
 FAST = OrchestratorConfig(heartbeat_timeout_s=1.0, lease_start_timeout_s=2.0, lease_grace_s=5.0)
 
 
 @dataclass
 class Network:
-    server: NatsServer
+    server: SecureServer
     orch: Orchestrator | None
     store: JetStreamEventStore
-    nc: object
+    tenants: Tenants
     providers: list[SimulatedProvider] = field(default_factory=list)
 
     async def provider(self, pid: str, **kw: object) -> SimulatedProvider:
-        p = await SimulatedProvider(self.nc, pid, heartbeat_s=0.2, **kw).start()  # type: ignore[arg-type]
+        sim = await SimulatedProvider.connect(self.server.access("provider", pid), heartbeat_s=0.2, **kw)
+        p = await sim.start()
         self.providers.append(p)
         return p
 
 
 @pytest.fixture
-async def net(own_nats_server: NatsServer) -> AsyncIterator[Network]:
-    orch = await Orchestrator.connect(own_nats_server.url, config=FAST)
-    nc = await connect_nats(own_nats_server.url, name="test-providers")
-    store = await JetStreamEventStore.connect(own_nats_server.url)
-    network = Network(own_nats_server, orch, store, nc)
+async def net(own_nats_server: SecureServer) -> AsyncIterator[Network]:
+    orch = await Orchestrator.connect(own_nats_server.access("orchestrator"), config=FAST)
+    store = await JetStreamEventStore.connect(own_nats_server.access("orchestrator"))
+    network = Network(own_nats_server, orch, store, Tenants(own_nats_server))
     yield network
     for p in network.providers:
         await p.kill()
     if network.orch is not None:
         await network.orch.close()
     await store.close()
-    await nc.close()  # type: ignore[attr-defined]
+    await network.tenants.close()
 
 
-def sleep_job(n: int, seconds: float, who: str = "alice", **extra: object) -> dict[str, object]:
+def sleep_job(n: int, seconds: float, **extra: object) -> dict[str, object]:
     return {
         "workload": "sleep",
         "params": {"seconds": seconds},
         "split": {"kind": "count", "count": n},
-        "submitter": who,
         "retry": {"max_attempts": 3, "backoff_s": 0.1},
         **extra,
     }
@@ -80,7 +78,7 @@ async def test_jobs_run_to_completion_and_bill_exactly(net: Network) -> None:
     for i in range(3):
         await net.provider(f"p{i}", slots=2, price_micros=1000 + i)
     for j in range(6):
-        await submit(net.nc, f"job{j}", sleep_job(3, 0.05, who=f"u{j % 2}"))  # type: ignore[arg-type]
+        await net.tenants.submit(f"u{j % 2}", f"job{j}", sleep_job(3, 0.05))
     w, log = await wait_for(net.store, all_jobs_ended(6), timeout=30)
     assert {j.status for j in w.jobs.values()} == {"completed"}
     assert_exactly_once(log)
@@ -96,8 +94,8 @@ async def test_two_hundred_jobs_survive_random_provider_kills(net: Network) -> N
     jobs = 200
     for j in range(jobs):
         # A short timeout: a lease that goes silent on a live provider heals by timing out.
-        spec = sleep_job(rng.randint(2, 5), rng.choice([0.02, 0.05, 0.1]), who=f"u{j % 5}", timeout_s=10.0)
-        await submit(net.nc, f"job{j}", spec)  # type: ignore[arg-type]
+        spec = sleep_job(rng.randint(2, 5), rng.choice([0.02, 0.05, 0.1]), timeout_s=10.0)
+        await net.tenants.submit(f"u{j % 5}", f"job{j}", spec)
     kills = 0
 
     async def chaos() -> None:
@@ -135,13 +133,13 @@ async def test_two_hundred_jobs_survive_random_provider_kills(net: Network) -> N
 
 async def test_a_cancellation_reaches_the_provider_holding_the_lease(net: Network) -> None:
     p = await net.provider("p1", slots=2)
-    await submit(net.nc, "long", sleep_job(2, 30.0))  # type: ignore[arg-type]
+    await net.tenants.submit("alice", "long", sleep_job(2, 30.0))
     await wait_for(net.store, lambda w: sum(t.status == "running" for t in w.tasks.values()) == 2, timeout=20)
-    await net.nc.jetstream().publish(intake_subject("job", "long", "cancel"), b'{"reason": "not needed"}')  # type: ignore[attr-defined]
+    await net.tenants.cancel("alice", "long", "not needed")
     w, log = await wait_for(
         net.store, lambda w: all_jobs_ended(1)(w) and all(t.status == "cancelled" for t in w.tasks.values()), timeout=20
     )
-    assert w.jobs["long"].status == "cancelled"
+    assert w.jobs["alice.long"].status == "cancelled"
     assert sum(isinstance(e.data, TaskCancelled) and e.data.lease_id is not None for e in log) == 2
     for _ in range(50):
         if p.revoked == 2:
@@ -152,46 +150,52 @@ async def test_a_cancellation_reaches_the_provider_holding_the_lease(net: Networ
 
 async def test_forged_and_malformed_inputs_are_recorded_and_never_block(net: Network) -> None:
     await net.provider("p1", slots=1)
-    js = net.nc.jetstream()  # type: ignore[attr-defined]
-    await submit(net.nc, "before", sleep_job(1, 0.5))  # type: ignore[arg-type]
+    await net.tenants.submit("alice", "before", sleep_job(1, 0.5))
     w, _ = await wait_for(net.store, lambda w: any(t.status == "running" for t in w.tasks.values()), timeout=20)
     task_id = next(iter(w.tasks))
     lease = w.tasks[task_id].lease
     assert lease is not None
+    # Another provider, with credentials of its own, reports on a lease it does not hold.
     forged = {
         "report": "completed",
         "lease_id": lease.lease_id,
-        "provider_id": "mallory",
         "result": inline_result(42).model_dump(mode="json"),
         "gpu_ms": 1,
     }
-    await js.publish(intake_subject("task", task_id, "report"), json.dumps(forged).encode())
+    await net.tenants.publish("provider", "mallory", report_subject("mallory", task_id), json.dumps(forged).encode())
+
+    def sub(verb: str, job: str) -> str:
+        return intake_subject("submitter", "alice", verb, job)
+
     bad = [
-        (intake_subject("job", "x1", "submit"), b"{not json"),
-        (intake_subject("job", "x2", "submit"), b'{"workload": "sleep", "priority": "high"}'),
-        (intake_subject("job", "x3", "teleport"), b"{}"),
-        (intake_subject("job", "x4", "submit"), b'{"workload": "sleep", "surprise": 1}'),
-        (intake_subject("job", "x5", "submit"), b'{"workload": "sleep", "params": {"seconds": -1}}'),
-        (intake_subject("task", "ghost-0", "report"), b'{"report": "started", "lease_id": "l", "provider_id": "p"}'),
-        (intake_subject("job", "x6", "submit"), b"[" + b" " * MAX_INTAKE_BYTES + b"]"),
+        (sub("submit", "x1"), b"{not json"),
+        (sub("submit", "x2"), b'{"workload": "sleep", "priority": "high"}'),
+        (sub("teleport", "x3"), b"{}"),
+        (sub("submit", "x4"), b'{"workload": "sleep", "surprise": 1}'),
+        (sub("submit", "x5"), b'{"workload": "sleep", "params": {"seconds": -1}}'),
+        (sub("submit", "x6"), b"[" + b" " * MAX_INTAKE_BYTES + b"]"),
+        (sub("submit", "x7"), b'{"workload": "sleep", "submitter": "bob"}'),
     ]
     for subject, body in bad:
-        await js.publish(subject, body)
-    await submit(net.nc, "after", sleep_job(1, 0.01))  # type: ignore[arg-type]
+        await net.tenants.publish("submitter", "alice", subject, body)
+    ghost = report_subject("p1", "ghost.j.0")
+    await net.tenants.publish("provider", "p1", ghost, b'{"report": "started", "lease_id": "l"}')
+    await net.tenants.submit("alice", "after", sleep_job(1, 0.01))
     w, log = await wait_for(
         net.store,
-        lambda w: all_jobs_ended(3)(w) and w.intake_low > 13,
+        lambda w: all_jobs_ended(3)(w) and w.intake_low > 14,
         timeout=30,  # every input has its outcome
     )
-    assert w.jobs["before"].status == "completed" and w.jobs["after"].status == "completed"
-    assert w.jobs["x5"].status == "rejected"
+    assert w.jobs["alice.before"].status == "completed" and w.jobs["alice.after"].status == "completed"
+    assert w.jobs["alice.x5"].status == "rejected"
     rejected = {e.data.subject: e.data for e in log if isinstance(e.data, InputRejected)}
-    assert rejected[intake_subject("job", "x1", "submit")].field == "body"
-    assert rejected[intake_subject("job", "x2", "submit")].field == "priority"
-    assert rejected[intake_subject("job", "x3", "teleport")].field == "subject"
-    assert rejected[intake_subject("job", "x4", "submit")].field == "surprise"
-    assert "unknown task" in rejected[intake_subject("task", "ghost-0", "report")].reason
-    assert str(MAX_INTAKE_BYTES) in rejected[intake_subject("job", "x6", "submit")].reason
+    assert rejected[sub("submit", "x1")].field == "body"
+    assert rejected[sub("submit", "x2")].field == "priority"
+    assert rejected[sub("teleport", "x3")].field == "subject"
+    assert rejected[sub("submit", "x4")].field == "surprise"
+    assert rejected[sub("submit", "x7")].field == "submitter"
+    assert "unknown task" in rejected[ghost].reason
+    assert str(MAX_INTAKE_BYTES) in rejected[sub("submit", "x6")].reason
     refused = [e.data for e in log if isinstance(e.data, TaskResultRejected)]
     assert len(refused) == 1 and refused[0].provider_id == "mallory"
     outcomes = intake_outcomes(log)
@@ -201,35 +205,37 @@ async def test_forged_and_malformed_inputs_are_recorded_and_never_block(net: Net
 
 async def test_a_lease_that_never_starts_expires_and_moves_on(net: Network) -> None:
     deaf = await net.provider("deaf", slots=1)
-    await deaf._sub.unsubscribe()  # it heartbeats but never hears of its leases
-    await submit(net.nc, "j", sleep_job(1, 0.01))  # type: ignore[arg-type]
+    deaf.deafen()  # it heartbeats but never hears of its leases
+    await net.tenants.submit("alice", "j", sleep_job(1, 0.01))
     await wait_for(net.store, lambda w: any(t.status == "leased" for t in w.tasks.values()), timeout=10)
     await net.provider("ok", slots=1)
     w, log = await wait_for(net.store, all_jobs_ended(1), timeout=30)
-    assert w.jobs["j"].status == "completed"
+    assert w.jobs["alice.j"].status == "completed"
     leases = [e.data.provider_id for e in log if isinstance(e.data, TaskLeased)]
     assert "deaf" in leases and leases[-1] == "ok"
 
 
 async def test_drain_finishes_running_work_and_takes_nothing_new(net: Network) -> None:
     p = await net.provider("p1", slots=2)
-    await submit(net.nc, "j1", sleep_job(2, 1.0))  # type: ignore[arg-type]
+    await net.tenants.submit("alice", "j1", sleep_job(2, 1.0))
     await wait_for(net.store, lambda w: sum(t.status == "running" for t in w.tasks.values()) == 2, timeout=20)
     drained = asyncio.create_task(p.drain())
     await wait_for(net.store, lambda w: w.providers["p1"].status == "draining", timeout=10, poll=0.1)
-    await submit(net.nc, "j2", sleep_job(1, 0.01))  # type: ignore[arg-type]
+    await net.tenants.submit("alice", "j2", sleep_job(1, 0.01))
     await drained
-    w, log = await wait_for(net.store, lambda w: w.jobs["j1"].status == "completed", timeout=20)
+    w, log = await wait_for(net.store, lambda w: w.jobs["alice.j1"].status == "completed", timeout=20)
     assert w.providers["p1"].status == "left"
     assert [e.data.provider_id for e in log if isinstance(e.data, TaskLeased)] == ["p1", "p1"]
-    assert w.jobs["j2"].status == "accepted"  # nobody else to run it
+    assert w.jobs["alice.j2"].status == "accepted"  # nobody else to run it
     await net.provider("p2", slots=1)
     w, _ = await wait_for(net.store, all_jobs_ended(2), timeout=20)
-    assert w.jobs["j2"].status == "completed"
+    assert w.jobs["alice.j2"].status == "completed"
 
 
-async def test_killing_the_orchestrator_mid_run_loses_and_duplicates_nothing(own_nats_server: NatsServer) -> None:
+async def test_killing_the_orchestrator_mid_run_loses_and_duplicates_nothing(own_nats_server: SecureServer) -> None:
     url = own_nats_server.url
+    orchestrator = own_nats_server.access("orchestrator")
+    assert orchestrator.creds is not None
     cmd = [
         sys.executable,
         "-m",
@@ -240,6 +246,8 @@ async def test_killing_the_orchestrator_mid_run_loses_and_duplicates_nothing(own
         "run",
         "--nats",
         url,
+        "--creds",
+        str(orchestrator.creds),
         "--heartbeat-timeout",
         "2",
         "--lease-start-timeout",
@@ -249,22 +257,17 @@ async def test_killing_the_orchestrator_mid_run_loses_and_duplicates_nothing(own
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    nc = await connect_nats(url)
-    store = None
+    tenants = Tenants(own_nats_server)
+    store = await JetStreamEventStore.connect(orchestrator)
     providers: list[SimulatedProvider] = []
+    owner: dict[str, str] = {}
     try:
-        for _ in range(100):  # the orchestrator creates the streams
-            try:
-                store = await JetStreamEventStore.connect(url)
-                await store.head()
-                break
-            except Exception:
-                await asyncio.sleep(0.1)
-        assert store is not None
-        providers = [await SimulatedProvider(nc, f"p{i}", slots=3, heartbeat_s=0.3).start() for i in range(4)]
+        for i in range(4):
+            sim = await SimulatedProvider.connect(own_nats_server.access("provider", f"p{i}"), slots=3, heartbeat_s=0.3)
+            providers.append(await sim.start())
         jobs = 40
         for j in range(jobs):
-            await submit(nc, f"job{j}", sleep_job(4, 0.1, who=f"u{j % 3}"))
+            owner[f"job{j}"] = await tenants.submit(f"u{j % 3}", f"job{j}", sleep_job(4, 0.1))
         await wait_for(
             store, lambda w: sum(j.status == "completed" for j in w.jobs.values()) >= 8, timeout=60, poll=0.2
         )
@@ -272,7 +275,7 @@ async def test_killing_the_orchestrator_mid_run_loses_and_duplicates_nothing(own
         first.wait()
         # More work arrives while no orchestrator runs: intake keeps it.
         for j in range(jobs, jobs + 10):
-            await submit(nc, f"job{j}", sleep_job(2, 0.05))
+            owner[f"job{j}"] = await tenants.submit("alice", f"job{j}", sleep_job(2, 0.05))
         second = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             w, log = await wait_for(store, all_jobs_ended(jobs + 10), timeout=120, poll=1.0)
@@ -282,7 +285,7 @@ async def test_killing_the_orchestrator_mid_run_loses_and_duplicates_nothing(own
         assert {j.status for j in w.jobs.values()} == {"completed"}
         assert_exactly_once(log)
         assert Counter(e.data.job_id for e in log if isinstance(e.data, JobCompleted)) == {
-            f"job{j}": 1 for j in range(jobs + 10)
+            owner[f"job{j}"]: 1 for j in range(jobs + 10)
         }
         outcomes = intake_outcomes(log)
         assert set(outcomes.values()) == {1}, "an intake message got two outcomes"
@@ -295,6 +298,5 @@ async def test_killing_the_orchestrator_mid_run_loses_and_duplicates_nothing(own
             first.kill()
         for p in providers:
             await p.kill()
-        if store is not None:
-            await store.close()
-        await nc.close()
+        await store.close()
+        await tenants.close()

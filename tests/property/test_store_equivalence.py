@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from events import ANY, NO_STREAM, AppendResult, Envelope, GpufleetError
 from events.store import JetStreamEventStore, MemoryEventStore
+from events.store.connection import Access
 from gpufleet.natsserver import NatsServer
 from tests.conftest import isolated_settings
 from tests.factories import queued
@@ -156,9 +157,9 @@ def check_invariants(state: dict[str, Any]) -> None:
         assert state["positions"][s] == (positions[-1] if positions else 0)
 
 
-async def run_both(server_url: str, program: list[Op]) -> list[str]:
+async def run_both(server_url: Access, program: list[Op]) -> list[str]:
     memory = MemoryEventStore()
-    jetstream = await JetStreamEventStore.connect(server_url, settings=isolated_settings())
+    jetstream = await JetStreamEventStore.connect(server_url, settings=isolated_settings(), create=True)
     scenario = Scenario()
     trace: list[str] = []
     try:
@@ -187,7 +188,7 @@ async def run_both(server_url: str, program: list[Op]) -> list[str]:
 )
 @given(program=st.lists(ops, min_size=1, max_size=25))
 def test_memory_and_jetstream_stores_agree(nats_server: NatsServer, program: list[Op]) -> None:
-    asyncio.run(run_both(nats_server.url, program))
+    asyncio.run(run_both(nats_server.superuser(), program))
 
 
 def test_a_known_tricky_sequence_agrees(nats_server: NatsServer) -> None:
@@ -204,7 +205,7 @@ def test_a_known_tricky_sequence_agrees(nats_server: NatsServer) -> None:
         Op("new", 0, 0, 0, "all", "stale", 0),  # an empty append checks the expectation
         Op("new", 2, 2, 0, "all", "ahead", 0),
     ]
-    trace = asyncio.run(run_both(nats_server.url, program))
+    trace = asyncio.run(run_both(nats_server.superuser(), program))
     assert len(trace) == len(program)
     assert "duplicate" not in trace[0]
     assert trace[2].endswith("jetstream ('ok', 'task.a', 1, 3, True)")
@@ -215,7 +216,7 @@ def test_found_divergence_stale_batch_with_a_stored_id_is_a_conflict(nats_server
     """Found by the property test: JetStream refuses a batch holding a stored id (10201) before it
     checks the expected sequence, so the store said InvalidPayload where memory said conflict."""
     program = [Op("new", 0, 1, 0, "all", "any", 0), Op("mixed", 0, 1, 0, "all", "no_stream", 0)]
-    trace = asyncio.run(run_both(nats_server.url, program))
+    trace = asyncio.run(run_both(nats_server.superuser(), program))
     assert trace[1] == (
         "append('task.a', ['e1', 'e2'], expected=0) -> "
         "memory ('raised', 'ConcurrencyError'), jetstream ('raised', 'ConcurrencyError')"
@@ -226,7 +227,7 @@ def test_found_divergence_an_id_stored_in_another_stream_is_not_a_duplicate(nats
     """Found by the property test: JetStream de-duplicates ids across all subjects, and the store
     reported ``duplicate=True`` for an event that is not in the stream it was appended to."""
     program = [Op("new", 0, 1, 0, "all", "any", 0), Op("foreign", 0, 1, 0, "all", "any", 0)]
-    trace = asyncio.run(run_both(nats_server.url, program))
+    trace = asyncio.run(run_both(nats_server.superuser(), program))
     assert trace[1] == (
         "append('task.b', ['e1'], expected=ANY) -> "
         "memory ('raised', 'InvalidPayload'), jetstream ('raised', 'InvalidPayload')"

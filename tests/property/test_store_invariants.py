@@ -43,7 +43,7 @@ class LogMachine(RuleBasedStateMachine):
     """Drives one store; ``backend`` and ``url`` are set by the test that runs it."""
 
     backend: ClassVar[str] = "memory"
-    url: ClassVar[str] = ""
+    url: ClassVar[Any] = ""
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,7 +56,7 @@ class LogMachine(RuleBasedStateMachine):
     async def _open(self) -> EventStore:
         if self.backend == "memory":
             return MemoryEventStore()
-        return await JetStreamEventStore.connect(self.url, settings=isolated_settings())
+        return await JetStreamEventStore.connect(self.url, settings=isolated_settings(), create=True)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
@@ -143,7 +143,7 @@ async def _collect(store: EventStore, after: int = 0) -> list[Envelope]:
 
 @pytest.mark.parametrize(("backend", "examples"), [("memory", 150), ("jetstream", 20)])
 def test_log_invariants_hold(nats_server: NatsServer, backend: str, examples: int) -> None:
-    LogMachine.backend, LogMachine.url = backend, nats_server.url
+    LogMachine.backend, LogMachine.url = backend, nats_server.superuser()
     run_state_machine_as_test(
         LogMachine,
         settings=settings(

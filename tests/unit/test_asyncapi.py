@@ -95,13 +95,13 @@ def test_every_ref_resolves() -> None:
 def test_every_intake_verb_and_event_has_its_channel() -> None:
     doc = committed()
     addresses = {ch["address"]: ch for ch in doc["channels"].values()}
-    param = {"job": "{jobId}", "task": "{taskId}", "provider": "{providerId}"}
-    for kind, verb in INTAKE_VERBS:
-        address = intake_subject(kind, param[kind], verb)
+    target = {"self": "", "job": "{job}", "task": "{taskId}"}
+    for (role, verb), spec in INTAKE_VERBS.items():
+        address = intake_subject(role, "{name}", verb, target[spec.target])
         ch = addresses[address]
         (msg,) = ch["messages"].values()
         payload = pointer(doc, msg["$ref"].removeprefix("#"))["payload"]["schema"]["$ref"]
-        assert payload == f"intake/{kind}.{verb}.json"
+        assert payload == f"intake/{role}.{verb}.json"
     seen: dict[str, list[str]] = {}
     for ch in doc["channels"].values():
         if ch["address"].startswith("gf.ev."):
@@ -110,9 +110,9 @@ def test_every_intake_verb_and_event_has_its_channel() -> None:
     types = [m.model_fields["type"].default for m in CATALOGUE]
     assert sorted(seen) == sorted(types)
     assert all(len(where) == 1 for where in seen.values()), seen
-    assert seen["TaskLeased"] == ["gf.ev.task.{taskId}"]
-    assert seen["ProviderCredited"] == ["gf.ev.job.{jobId}"]
-    assert seen["InputRejected"] == ["gf.ev.intake.outcomes"]
+    assert seen["TaskLeased"] == ["gf.ev.task.{submitter}.{job}.{index}"]
+    assert seen["ProviderCredited"] == ["gf.ev.job.{submitter}.{job}"]
+    assert seen["InputRejected"] == ["gf.ev.intake.{role}.{name}"]
     assert seen["AuditCheckpointed"] == ["gf.ev.audit.chain"]
     assert {"gf.dispatch.{providerId}", "$KV.gf_heartbeats.{providerId}"} <= set(addresses)
 
@@ -134,18 +134,24 @@ def test_each_role_has_its_operations() -> None:
     for op in ops.values():
         role = op["tags"][0]["$ref"].rsplit("/", 1)[1]
         by_role.setdefault(role, set()).add((op["action"], op["channel"]["$ref"].rsplit("/", 1)[1]))
-    assert {("send", "jobSubmit"), ("receive", "jobEvents"), ("receive", "intakeOutcomes")} <= by_role["submitter"]
-    assert {("send", "providerRegister"), ("send", "heartbeat"), ("receive", "dispatch"), ("send", "taskReport")} <= (
-        by_role["provider"]
-    )
+    assert {("send", "submitterSubmit"), ("receive", "jobEvents"), ("receive", "intakeOutcomes")} <= by_role[
+        "submitter"
+    ]
+    assert {
+        ("send", "providerRegister"),
+        ("send", "heartbeat"),
+        ("receive", "dispatch"),
+        ("send", "providerReport"),
+    } <= by_role["provider"]
     assert {a for a, _ in by_role["auditor"]} == {"receive"} and ("receive", "auditChain") in by_role["auditor"]
 
 
 def test_stream_names_match_the_writers() -> None:
     """events/ cannot import the actors or the projections; the names it documents must still be theirs."""
-    from actors.orchestrator import OUTCOMES_STREAM
+    from events.subjects import outcomes_stream, outcomes_stream_of
     from projections.chain import CHAIN_STREAM
 
-    assert OUTCOMES_STREAM == INTAKE_OUTCOMES_STREAM
+    assert outcomes_stream("{role}", "{name}") == INTAKE_OUTCOMES_STREAM
+    assert outcomes_stream_of("gf.in.submitter.alice.submit.j1") == "intake.submitter.alice"
     assert CHAIN_STREAM == AUDIT_CHAIN_STREAM
-    assert event_subject(INTAKE_OUTCOMES_STREAM) == "gf.ev.intake.outcomes"
+    assert event_subject(INTAKE_OUTCOMES_STREAM) == "gf.ev.intake.{role}.{name}"
