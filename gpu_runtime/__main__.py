@@ -1,4 +1,6 @@
-"""Run a provider: ``python -m gpu_runtime --nats nats://host:4222 --provider-id my-gpu-1``.
+"""Run a provider: ``python -m gpu_runtime --nats nats://host:4222 --creds my-gpu-1.creds``.
+
+The provider's id is the name in its credentials (``--provider-id`` may repeat it, nothing more).
 
 SIGTERM or Ctrl-C drains: nothing new is taken, running work finishes, then the provider leaves.
 """
@@ -11,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 import structlog
 
@@ -21,6 +24,8 @@ from gpu_runtime.service import ProviderRuntime, RuntimeConfig
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m gpu_runtime", description="Run a gpufleet provider.")
     p.add_argument("--nats", default=os.environ.get("GPUFLEET_NATS_URL", "nats://127.0.0.1:4222"))
+    p.add_argument("--creds", default=os.environ.get("GPUFLEET_CREDS"), help="the provider's NATS credentials")
+    p.add_argument("--tls-ca", default=os.environ.get("GPUFLEET_TLS_CA"), help="the network's TLS CA (PEM)")
     p.add_argument("--provider-id", default=os.environ.get("GPUFLEET_PROVIDER_ID"))
     p.add_argument("--name", default="")
     backend = os.environ.get("GPUFLEET_BACKEND", "auto")
@@ -58,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = RuntimeConfig(
             nats_url=args.nats,
+            creds=Path(args.creds) if args.creds else None,
+            tls_ca=Path(args.tls_ca) if args.tls_ca else None,
             name=args.name,
             backend=args.backend,
             slots=args.slots,

@@ -8,11 +8,12 @@ never a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import sys
 import tempfile
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -74,6 +75,17 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     except TimeoutError:
         _fail("timed out")
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _one_line() -> Iterator[None]:
+    """For commands that run no coroutine: expected failures become one line and an exit code."""
+    try:
+        yield
+    except GpufleetError as e:
+        _fail(str(e))
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        _fail(f"{e.strerror}: {e.filename}")
 
 
 def _url(nats_url: str | None, data_dir: Path | None = None) -> str:
@@ -756,10 +768,10 @@ def creds_issue(
     """Issue credentials for ROLE NAME as a standard NATS .creds file (stdout, or --out)."""
     import os
 
-    authority = _authority(data_dir)
-    text = authority.issue(
-        role, name, bearer=bearer, rotate=rotate, expires_s=expires_days * 86400 if expires_days else None
-    )
+    with _one_line():
+        authority = _authority(data_dir)
+        expires = expires_days * 86400 if expires_days else None
+        text = authority.issue(role, name, bearer=bearer, rotate=rotate, expires_s=expires)
     if rotate:
         _push_if_running(authority, data_dir)
     if out is None:
@@ -788,8 +800,9 @@ def _push_if_running(authority: Any, data_dir: Path | None) -> bool:
 @creds_app.command("revoke")
 def creds_revoke(role: RoleArg, name: NameArg, data_dir: DataDirOpt = None) -> None:
     """Revoke every credential of ROLE NAME: the running server disconnects it and refuses it from now on."""
-    authority = _authority(data_dir)
-    revoked = authority.revoke(role, name)
+    with _one_line():
+        authority = _authority(data_dir)
+        revoked = authority.revoke(role, name)
     if not revoked:
         _fail(f"no live credentials for {role} {name}")
     live = _push_if_running(authority, data_dir)
@@ -800,7 +813,8 @@ def creds_revoke(role: RoleArg, name: NameArg, data_dir: DataDirOpt = None) -> N
 @creds_app.command("list")
 def creds_list(data_dir: DataDirOpt = None) -> None:
     """Every credential issued: role, name, public key, when, and whether it is revoked."""
-    authority = _authority(data_dir)
+    with _one_line():
+        authority = _authority(data_dir)
     t = Table(title="credentials issued")
     for col in ("role", "name", "public key", "issued", "state"):
         t.add_column(col)
@@ -817,7 +831,8 @@ def creds_server_config(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Print the nats-server configuration that trusts this network's operator (for your own servers)."""
-    sys.stdout.write(_authority(data_dir).server_config(resolver_dir))
+    with _one_line():
+        sys.stdout.write(_authority(data_dir).server_config(resolver_dir))
 
 
 def main() -> None:

@@ -344,13 +344,24 @@ class Job:
         Ends after the job's ending event when ``until_ended`` (settlement events may follow it in
         the log). If the connection drops, it resumes where it was.
         """
+        if self.intake_seq is None:
+            await self._exists(wait=10.0)
         after = 0
+        # With our submission's intake sequence, the job's end counts only once that submission's
+        # outcome is known: an earlier job under the same id may have ended already (and a different
+        # spec under its id is refused: that refusal, not the old job's end, is this job's end).
+        decided = self.intake_seq is None
+        ended = False
         while True:
             try:
                 async for env in self.client._read(self.id, after, follow=True, intake_seq=self.intake_seq):
                     after = env.sequence
                     yield env
-                    if until_ended and _ends(env, self.id):
+                    if env.type == "InputRejected":
+                        return
+                    decided = decided or env.type == "InputAccepted" or env.id.startswith(f"in-{self.intake_seq}.")
+                    ended = ended or _ends(env, self.id)
+                    if until_ended and decided and ended:
                         return
             except (nats.errors.Error, OSError):
                 await asyncio.sleep(0.5)  # reconnecting: the connection retries by itself
@@ -359,19 +370,34 @@ class Job:
                     raise
                 await asyncio.sleep(0.5)
 
+    async def _exists(self, wait: float) -> None:
+        """Raise ``UnknownJobError`` unless the job has an event within ``wait`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        after = 0
+        while True:
+            left = deadline - loop.time()
+            events, last, _ = await self.client.feed([f"job.{self.id}"], after, wait_s=max(0.0, min(left, 5.0)))
+            if events:
+                return
+            after = last
+            if loop.time() >= deadline:
+                raise UnknownJobError(self.id)
+
     async def status(self) -> JobStatus:
         """The job now, folded from its events (``UnknownJobError`` if it does not exist)."""
         world = World()
         last: Any = None
         position = 0
         async for env in self.client._read(self.id, 0, follow=False, intake_seq=self.intake_seq):
-            world.apply(env)
             position = env.sequence
+            if isinstance(env.data, InputRejected):
+                # Our submission was refused: whatever else holds this id is not our job.
+                return _refused(self.id, env.data, position)
+            world.apply(env)
             if _ends(env, self.id):
                 last = env.data
         if self.id not in world.jobs:
-            if isinstance(last, InputRejected):
-                return _refused(self.id, last, position)
             raise UnknownJobError(self.id)
         return _status(self.id, world, last, position)
 

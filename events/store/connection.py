@@ -106,7 +106,8 @@ async def connect_nats(
             log.warning("nats.permission_denied", error=text)
         elif "authorization violation" in text.lower() or "authentication" in text.lower():
             refused.append(text)
-            log.warning("nats.refused", error=text)
+            # At the first connect the refusal is raised as one clear error; later it is news.
+            (log.warning if holder else log.debug)("nats.refused", error=text)
             if connecting and not connecting[0].done():
                 connecting[0].cancel()  # the first connect: fail now, the server will not change its mind
         else:

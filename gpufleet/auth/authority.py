@@ -17,9 +17,11 @@ user at once.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,7 +207,7 @@ class Authority:
             nats["signing_keys"] = keys
         revoked = {
             c.public_key: c.revoked_at
-            for c in self._registry
+            for c in self.issued()
             if c.revoked_at is not None and ROLE_RULES[c.role].account == account
         }
         if revoked:
@@ -264,30 +266,34 @@ class Authority:
         user = new_key("user")
         jwt = self._user_jwt(r, name, user, bearer=bearer, expires_s=expires_s)
         issued = IssuedCredential(r, name, public_key(user), int(claims_of(jwt)["iat"]))
-        self._registry.append(issued)
-        self._save_registry()
+        with self._registry_lock():
+            self._registry.append(issued)
+            self._save_registry()
         return creds_text(jwt, user.seed)
 
     def revoke(self, role: str, name: str) -> list[str]:
         """Revoke every live credential of ``role``/``name``; the public keys revoked."""
         now = int(time.time())
         done = []
-        for i, c in enumerate(self._registry):
-            if c.role == role and c.name == name and c.revoked_at is None:
-                # Revokes JWTs issued at or before this instant: every credential issued so far.
-                self._registry[i] = IssuedCredential(c.role, c.name, c.public_key, c.issued_at, max(now, c.issued_at))
-                done.append(c.public_key)
-        if done:
-            self._save_registry()
+        with self._registry_lock():
+            for i, c in enumerate(self._registry):
+                if c.role == role and c.name == name and c.revoked_at is None:
+                    # Revokes JWTs issued at or before this instant: every credential issued so far.
+                    revoked = IssuedCredential(c.role, c.name, c.public_key, c.issued_at, max(now, c.issued_at))
+                    self._registry[i] = revoked
+                    done.append(c.public_key)
+            if done:
+                self._save_registry()
         return done
 
     def issued(self) -> list[IssuedCredential]:
         """Every credential issued, oldest first."""
+        self._registry = self._load_registry()
         return list(self._registry)
 
     def is_revoked(self, public_key_: str) -> bool:
         """True when the credential with this public key was revoked."""
-        return any(c.public_key == public_key_ and c.revoked_at is not None for c in self._registry)
+        return any(c.public_key == public_key_ and c.revoked_at is not None for c in self.issued())
 
     def own_creds(self, role: str, name: str) -> Path:
         """The path of one of the network's own identities, issued on first use and kept (0600)."""
@@ -314,6 +320,18 @@ class Authority:
         return path
 
     # ---- registry --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _registry_lock(self) -> Iterator[None]:
+        """Hold the registry exclusively (``gpufleet up`` and ``gpufleet creds`` may run at once), fresh."""
+        fd = os.open(self.directory / ".issued.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._registry = self._load_registry()
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     def _load_registry(self) -> list[IssuedCredential]:
         path = self.directory / "issued.json"

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
+from events.store.blobs import BlobStore
+from events.subjects import OBJECTS_STREAM, object_name
 from events.types import ObjectRef
 from events.workloads import validate_params
 from gpu_runtime import ProviderRuntime
@@ -20,8 +22,8 @@ from gpu_runtime.results import sha256_hex
 from gpu_runtime.rng import hash_u64
 from gpu_runtime.worker import TaskSpec, execute
 from gpu_runtime.workloads import TaskContext, load_arrays, run_workload
-from gpufleet.natsserver import NatsServer
 from tests.integration.runtime_support import Orchestrator, new_id, provider
+from tests.secure import SecureServer
 
 pytestmark = pytest.mark.gpu
 
@@ -104,7 +106,8 @@ def test_custom_kernel_compiles_and_runs(cuda: Backend) -> None:
     n = 1000
     x = np.arange(n, dtype=np.float32)
     y_blob = np.full(n, 0.5, dtype=np.float32).tobytes()
-    ref = {"bucket": "gf_objects", "name": "inputs/y", "sha256": sha256_hex(y_blob), "size": len(y_blob)}
+    y_name = object_name("submitter", "alice", sha256_hex(y_blob))
+    ref = {"bucket": OBJECTS_STREAM, "name": y_name, "sha256": sha256_hex(y_blob), "size": len(y_blob)}
     params: dict[str, Any] = {
         "source": SAXPY,
         "name": "saxpy",
@@ -119,7 +122,7 @@ def test_custom_kernel_compiles_and_runs(cuda: Backend) -> None:
         ],
     }
     outcome = run_workload(
-        TaskContext(cuda, blobs={"inputs/y": y_blob}), "custom_kernel", validate_params("custom_kernel", params)
+        TaskContext(cuda, blobs={y_name: y_blob}), "custom_kernel", validate_params("custom_kernel", params)
     )
     expect = 2.0 * x + 0.5
     out = outcome.summary["outputs"]["arg3"]
@@ -164,12 +167,10 @@ def test_memory_cap_turns_a_big_allocation_into_out_of_memory(cuda: Backend) -> 
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def env(nats_server: NatsServer, cuda: Backend) -> AsyncIterator[tuple[ProviderRuntime, Orchestrator]]:
+async def env(nats_server: SecureServer, cuda: Backend) -> AsyncIterator[tuple[ProviderRuntime, Orchestrator]]:
     async with (
-        provider(
-            nats_server.url, backend="cuda", memory_limit_mb=512, calibrate=True, worker_start_timeout_s=180.0
-        ) as rt,
-        Orchestrator.connect(nats_server.url) as orch,
+        Orchestrator.connect(nats_server) as orch,
+        provider(nats_server, backend="cuda", memory_limit_mb=512, calibrate=True, worker_start_timeout_s=180.0) as rt,
     ):
         yield rt, orch
 
@@ -184,14 +185,18 @@ async def test_cuda_provider_registers_calibrated_figures(env: tuple[ProviderRun
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_custom_kernel_end_to_end_with_object_store_input(env: tuple[ProviderRuntime, Orchestrator]) -> None:
+async def test_custom_kernel_end_to_end_with_object_store_input(
+    env: tuple[ProviderRuntime, Orchestrator], nats_server: SecureServer
+) -> None:
     rt, orch = env
     n = 4096
     y = np.linspace(0, 1, n, dtype=np.float32)
-    store = await orch.js.object_store("gf_objects")
-    name = f"inputs/{new_id('y')}"
-    await store.put(name, y.tobytes())
-    ref = {"bucket": "gf_objects", "name": name, "sha256": sha256_hex(y.tobytes()), "size": y.nbytes}
+    # The input is the submitter's object, stored under its own name; the provider reads it by digest.
+    submitter = new_id("s")
+    async with nats_server.connection("submitter", submitter) as nc:
+        stored = await BlobStore(nc, "submitter", submitter).put(y.tobytes())
+    assert stored.name == object_name("submitter", submitter, sha256_hex(y.tobytes())) and stored.size == y.nbytes
+    ref = stored.model_dump(mode="json")
     params: dict[str, Any] = {
         "source": SAXPY,
         "name": "saxpy",

@@ -1,4 +1,9 @@
-"""Helpers for the provider-runtime tests: the test plays the orchestrator over a real nats-server."""
+"""Helpers for the provider-runtime tests: the test plays the orchestrator over a real, secured nats-server.
+
+Each provider runtime connects with credentials of its own (provider ``<id>``); the test double of the
+orchestrator is an unrestricted hub user, as the real orchestrator's service is: it sees every intake
+message, creates each provider's dispatch consumer, sends dispatch and reads objects.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -16,11 +22,17 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from events.dispatch import LeaseGranted, LeaseRevoked
+from events.errors import InvalidPayload
 from events.intake import decode_intake
+from events.store.blobs import BlobStore
 from events.store.connection import connect_nats
+from events.store.topology import Topology
 from events.subjects import dispatch_subject
 from events.types import ObjectRef
 from gpu_runtime import ProviderRuntime, RuntimeConfig
+from tests.secure import SecureServer
+
+_log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
 
@@ -44,32 +56,84 @@ class Seen:
 
 @dataclass
 class Orchestrator:
-    """The other side of the provider's subjects: sends leases and revocations, reads reports."""
+    """The other side of the provider's subjects: sends leases and revocations, reads reports.
+
+    As the real orchestrator does, it creates a provider's dispatch consumer (``prov-<id>``, the only
+    way a provider can read its dispatch) when it sees the provider register, and in any case before
+    it sends the provider its first dispatch message.
+    """
 
     nc: NATS
     js: Any
+    topology: Topology = field(default_factory=Topology)
     reports: dict[str, list[Seen]] = field(default_factory=dict)
     intake: list[tuple[str, Any]] = field(default_factory=list)
+    #: Intake messages from providers this double talks to that did not validate: a contract breach.
+    invalid: list[tuple[str, str]] = field(default_factory=list)
+    _consumers: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def connect(cls, url: str) -> AsyncIterator[Orchestrator]:
-        nc = await connect_nats(url, name="test-orchestrator")
+    async def connect(cls, server: SecureServer) -> AsyncIterator[Orchestrator]:
+        nc = await connect_nats(server.superuser(), name="test-orchestrator")
         orch = cls(nc, nc.jetstream())
-        # Core NATS sees every message the intake stream stores, as it is stored.
-        await nc.subscribe("gf.in.>", cb=orch._on_intake)
+        # Core NATS sees every message the intake stream stores, as it is stored (the edge's intake
+        # is a service the hub exports: a hub subscriber receives what providers publish to it).
+        # Providers' intake only: what submitters of other tests send is no business of this double.
+        await nc.subscribe("gf.in.provider.>", cb=orch._on_intake)
+        await nc.flush()
         try:
             yield orch
         finally:
+            for t in orch._consumers.values():
+                if not t.done():
+                    t.cancel()
+                elif not t.cancelled():
+                    t.exception()  # retrieved (logged where it happened)
             await nc.close()
 
+    @property
+    def blobs(self) -> BlobStore:
+        """Objects, read as the orchestrator reads them: by reference, checked against their digest."""
+        return BlobStore(self.nc, "test", "orchestrator", self.topology)
+
     async def _on_intake(self, msg: Any) -> None:
-        decoded = decode_intake(msg.subject, msg.data)  # the contract check: every body must validate
+        parts = msg.subject.split(".")
+        try:
+            decoded = decode_intake(msg.subject, msg.data)  # the contract check: every body must validate
+        except InvalidPayload as e:
+            if len(parts) > 3 and parts[3] in self._consumers:  # one of ours: a breach, not noise
+                self.invalid.append((msg.subject, str(e)))
+                self._changed.set()
+            _log.warning("invalid intake on %s: %s", msg.subject, e)
+            return
+        if decoded.role == "provider" and decoded.verb == "register":
+            self.open_dispatch(decoded.sender)
         self.intake.append((msg.subject, decoded.body))
         if decoded.kind == "task":
             self.reports.setdefault(decoded.target_id, []).append(Seen(time.monotonic(), decoded.body))
         self._changed.set()
+
+    def open_dispatch(self, provider_id: str) -> asyncio.Task[None]:
+        """Create ``provider_id``'s dispatch consumer (once; idempotent on the server as well)."""
+        task = self._consumers.get(provider_id)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            config = self.topology.dispatch_consumer_config(provider_id)
+            task = asyncio.ensure_future(self._add_consumer(provider_id, config))
+            self._consumers[provider_id] = task
+        return task
+
+    async def _add_consumer(self, provider_id: str, config: Any) -> None:
+        try:
+            await self.js.add_consumer(self.topology.dispatch_stream, config=config)
+        except Exception:
+            _log.exception("cannot create the dispatch consumer of %s", provider_id)
+            raise
+
+    def _check_contract(self) -> None:
+        if self.invalid:
+            raise AssertionError(f"a provider sent intake that does not validate: {self.invalid}")
 
     def lease(
         self,
@@ -99,6 +163,7 @@ class Orchestrator:
         )
 
     async def send(self, message: LeaseGranted | LeaseRevoked) -> None:
+        await self.open_dispatch(message.provider_id)  # the consumer exists before the first dispatch
         await self.js.publish(dispatch_subject(message.provider_id), message.model_dump_json().encode())
 
     async def grant(self, provider_id: str, workload: str, params: dict[str, Any] | None = None, **kw: Any) -> str:
@@ -119,6 +184,7 @@ class Orchestrator:
         """The first report of ``task_id`` with a kind in ``kinds`` (and ``where(body)`` true)."""
         deadline = time.monotonic() + timeout
         while True:
+            self._check_contract()
             for s in self.reports.get(task_id, []):
                 if s.kind in kinds and (where is None or where(s.body)):
                     return s
@@ -135,6 +201,7 @@ class Orchestrator:
         """The body of the first intake message on ``subject``."""
         deadline = time.monotonic() + timeout
         while True:
+            self._check_contract()
             for s, body in self.intake:
                 if s == subject:
                     return body
@@ -158,26 +225,32 @@ class Orchestrator:
         return await self.finished(lease.task_id, lease.timeout_s + 10, lease_id=lease.lease_id)
 
     async def result(self, body: Any) -> Any:
-        """The result value of a completed report, inline or fetched from the object store."""
+        """The result value of a completed report, inline or fetched from the objects stream."""
         assert body.report == "completed", f"expected completed, got {body.report}: {getattr(body, 'message', '')}"
         if body.result.object is None:
             return body.result.inline
-        store = await self.js.object_store(body.result.object.bucket)
-        return json.loads((await store.get(body.result.object.name)).data)
+        return json.loads(await self.get_object(body.result.object))
 
     async def get_object(self, ref: ObjectRef) -> bytes:
-        store = await self.js.object_store(ref.bucket)
-        return bytes((await store.get(ref.name)).data)
+        """The object's bytes, checked against ``ref.sha256``."""
+        return await self.blobs.get(ref)
 
 
-@contextlib.asynccontextmanager
-async def provider(url: str, **kw: Any) -> AsyncIterator[ProviderRuntime]:
-    """A started provider runtime (no calibration unless asked: it is slow on a shared CPU)."""
-    kw.setdefault("provider_id", new_id("p"))
+def provider_config(server: SecureServer, **kw: Any) -> RuntimeConfig:
+    """A provider's settings with credentials of its own: provider ``kw["provider_id"]`` (default: a fresh id)."""
+    name = kw.pop("provider_id", None) or new_id("p")
+    access = server.access("provider", name)
     kw.setdefault("calibrate", False)
     kw.setdefault("heartbeat_s", 0.2)
     kw.setdefault("worker_start_timeout_s", 60.0)  # fail clearly, well inside pytest's own timeout
-    runtime = ProviderRuntime(RuntimeConfig(nats_url=url, **kw))
+    return RuntimeConfig(nats_url=access.url, creds=access.creds, tls_ca=access.tls_ca, **kw)
+
+
+@contextlib.asynccontextmanager
+async def provider(server: SecureServer, **kw: Any) -> AsyncIterator[ProviderRuntime]:
+    """A started provider runtime with credentials of its own (no calibration unless asked: it is slow
+    on a shared CPU). Its dispatch consumer is the orchestrator's to create (``Orchestrator.send``)."""
+    runtime = ProviderRuntime(provider_config(server, **kw))
     await runtime.start()
     try:
         yield runtime

@@ -16,19 +16,23 @@ from pathlib import Path
 import pytest
 
 from gpufleet import Client, JobCancelledError, JobRejectedError
-from gpufleet.natsserver import NatsServer
+from gpufleet.auth import Authority
+from tests.secure import SecureServer
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
 
 
-def gpufleet(*args: str, timeout: float = 120.0, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the CLI as a user would."""
+def gpufleet(
+    *args: str, timeout: float = 120.0, stdin: str | None = None, home: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would (on the machine whose `gpufleet up` keeps its data in ``home``)."""
+    env = {**ENV, "GPUFLEET_HOME": str(home)} if home is not None else ENV
     return subprocess.run(
         [sys.executable, "-m", "gpufleet", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=ENV,
+        env=env,
         input=stdin,
         check=False,
     )
@@ -73,6 +77,18 @@ class Up:
             time.sleep(0.1)
         raise AssertionError("gpufleet up did not come up")
 
+    def cli(self, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+        """The CLI on this machine: it finds the network and its own credentials in the data directory."""
+        return gpufleet(*args, home=self.data_dir, **kw)  # type: ignore[arg-type]
+
+    def creds(self, role: str, name: str) -> Path:
+        """Credentials issued by this network, as `gpufleet creds issue` would write them."""
+        return Authority.open(self.data_dir / "auth", create=False).own_creds(role, name)
+
+    async def client(self, name: str = "tester") -> Client:
+        """The Python client, as submitter ``name``."""
+        return await Client.connect(self.url, creds=self.creds("submitter", name))
+
     def stop(self) -> str:
         """Ctrl-C, as a user would; returns what it printed."""
         assert self.proc is not None
@@ -94,28 +110,28 @@ def test_submit_watch_status_result_from_the_cli(up: Up, tmp_path: Path) -> None
     job_file.write_text(
         "workload: montecarlo\nparams: {samples: 200000}\nsplit: {kind: params, params: [{seed: 1}, {seed: 2}]}\n"
     )
-    sub = gpufleet("submit", str(job_file), "--nats", up.url)
+    sub = up.cli("submit", str(job_file), "--nats", up.url)
     assert sub.returncode == 0, sub.stderr
     job_id = sub.stdout.strip()
-    watch = gpufleet("watch", job_id, "--nats", up.url)
+    watch = up.cli("watch", job_id, "--nats", up.url)
     assert watch.returncode == 0, watch.stdout + watch.stderr
     assert f"job {job_id} completed" in watch.stdout
     out = tmp_path / "result.json"
-    res = gpufleet("result", job_id, "--out", str(out), "--nats", up.url)
+    res = up.cli("result", job_id, "--out", str(out), "--nats", up.url)
     assert res.returncode == 0, res.stderr
     results = json.loads(out.read_text())
     assert [r["index"] for r in results] == [0, 1]
     assert all(3.0 < r["value"]["pi"] < 3.3 and len(r["sha256"]) == 64 for r in results)
-    st = gpufleet("status", job_id, "--nats", up.url)
-    assert st.returncode == 0 and "completed" in st.stdout and f"{job_id}-1" in st.stdout
-    jobs = gpufleet("jobs", "--nats", up.url, "--data-dir", str(up.data_dir))
+    st = up.cli("status", job_id, "--nats", up.url)
+    assert st.returncode == 0 and "completed" in st.stdout and f"{job_id}.1" in st.stdout
+    jobs = up.cli("jobs", "--nats", up.url, "--data-dir", str(up.data_dir))
     assert jobs.returncode == 0 and job_id in jobs.stdout, jobs.stdout + jobs.stderr
-    fleet = gpufleet("providers", "--nats", up.url, "--data-dir", str(up.data_dir))
+    fleet = up.cli("providers", "--nats", up.url, "--data-dir", str(up.data_dir))
     assert fleet.returncode == 0 and "online" in fleet.stdout and "cpu" in fleet.stdout
 
 
 def test_submit_with_flags_and_watch(up: Up) -> None:
-    sub = gpufleet(
+    sub = up.cli(
         "submit",
         "--workload",
         "matmul",
@@ -134,7 +150,7 @@ def test_submit_with_flags_and_watch(up: Up) -> None:
 
 
 async def test_the_python_client_submits_follows_and_gets_results(up: Up) -> None:
-    async with await Client.connect(up.url) as client:
+    async with await up.client() as client:
         job = await client.submit(
             {"workload": "stencil", "params": {"n": 32, "steps": 60, "checkpoint_every": 20, "step_delay_s": 0.02}}
         )
@@ -148,14 +164,24 @@ async def test_the_python_client_submits_follows_and_gets_results(up: Up) -> Non
 
 
 async def test_cancel_from_the_cli_and_the_client_sees_it(up: Up) -> None:
-    async with await Client.connect(up.url) as client:
+    async with await up.client() as client:
         job = await client.submit(
             {"workload": "sleep", "params": {"seconds": 60}, "split": {"kind": "count", "count": 2}}
         )
         async for e in job.events():
             if e.type == "TaskStarted":
                 break
-        out = await asyncio.to_thread(gpufleet, "cancel", job.id, "--reason", "changed my mind", "--nats", up.url)
+        out = await asyncio.to_thread(
+            up.cli,
+            "cancel",
+            job.id,
+            "--reason",
+            "changed my mind",
+            "--nats",
+            up.url,
+            "--creds",
+            str(up.creds("submitter", "tester")),
+        )
         assert out.returncode == 0, out.stderr
         with pytest.raises(JobCancelledError) as info:
             await job.result(timeout=30)
@@ -163,7 +189,7 @@ async def test_cancel_from_the_cli_and_the_client_sees_it(up: Up) -> None:
 
 
 async def test_a_refused_submission_surfaces_as_a_typed_error(up: Up) -> None:
-    async with await Client.connect(up.url) as client:
+    async with await up.client() as client:
         # Valid as far as the client can tell, refused by the orchestrator: the id is already used.
         first = await client.submit({"workload": "noop"}, job_id="reused-id")
         await first.wait(timeout=30)
@@ -174,7 +200,7 @@ async def test_a_refused_submission_surfaces_as_a_typed_error(up: Up) -> None:
 
 
 def test_replay_audit_is_clean(up: Up) -> None:
-    out = gpufleet("replay", "--audit", "--nats", up.url, timeout=180)
+    out = up.cli("replay", "--audit", "--nats", up.url, timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "books balance: yes" in out.stdout
     assert "FAIL" not in out.stdout
@@ -186,34 +212,40 @@ def test_stopping_up_mid_job_and_starting_again_finishes_the_job(tmp_path: Path)
         spec = json.dumps(
             {"workload": "stencil", "params": {"n": 32, "steps": 150, "checkpoint_every": 25, "step_delay_s": 0.03}}
         )
-        sub = gpufleet("submit", "-", "--nats", net.url, stdin=spec)
+        sub = net.cli("submit", "-", "--nats", net.url, stdin=spec)
         assert sub.returncode == 0, sub.stderr
         job_id = sub.stdout.strip()
         time.sleep(2.5)  # a checkpoint or two, then Ctrl-C mid-job
         printed = net.stop()
         assert "resumes from the same log" in printed, printed
         net.start()
-        watch = gpufleet("watch", job_id, "--nats", net.url, timeout=120)
+        watch = net.cli("watch", job_id, "--nats", net.url, timeout=120)
         assert watch.returncode == 0, watch.stdout + watch.stderr
-        res = gpufleet("result", job_id, "--nats", net.url)
+        res = net.cli("result", job_id, "--nats", net.url)
         value = json.loads(res.stdout.split(": ", 1)[1])
         assert value["resumed_from_step"] > 0, "the restarted network resumed from a checkpoint"
-        audit = gpufleet("replay", "--audit", "--nats", net.url, timeout=180)
+        audit = net.cli("replay", "--audit", "--nats", net.url, timeout=180)
         assert audit.returncode == 0, audit.stdout
     finally:
         if net.proc is not None and net.proc.poll() is None:
             net.stop()
 
 
-async def test_watch_reconnects_when_the_connection_drops(own_nats_server: NatsServer) -> None:
+async def test_watch_reconnects_when_the_connection_drops(own_nats_server: SecureServer) -> None:
     from actors.orchestrator import Orchestrator, OrchestratorConfig
-    from events.store.connection import connect_nats
+    from events.store import JetStreamEventStore
     from gpufleet.sim import SimulatedProvider
+    from projections.feed import EventFeed
 
-    orch = await Orchestrator.connect(own_nats_server.url, config=OrchestratorConfig(heartbeat_timeout_s=5.0))
-    nc = await connect_nats(own_nats_server.url)
-    sim = await SimulatedProvider(nc, "p1", slots=2).start()
-    client = await Client.connect(own_nats_server.url)
+    orch = await Orchestrator.connect(
+        own_nats_server.access("orchestrator"), config=OrchestratorConfig(heartbeat_timeout_s=5.0)
+    )
+    feed_store = await JetStreamEventStore.connect(own_nats_server.access("orchestrator"))
+    feed = EventFeed(feed_store)
+    await feed.start()
+    sim = await (await SimulatedProvider.connect(own_nats_server.access("provider", "p1"), slots=2)).start()
+    me = own_nats_server.access("submitter", "alice")
+    client = await Client.connect(me.url, creds=me.creds)
     try:
         job = await client.submit(
             {"workload": "sleep", "params": {"seconds": 4.0}, "split": {"kind": "count", "count": 2}}
@@ -237,8 +269,9 @@ async def test_watch_reconnects_when_the_connection_drops(own_nats_server: NatsS
     finally:
         await client.close()
         await sim.kill()
+        await feed.stop()
+        await feed_store.close()
         await orch.close()
-        await nc.close()
 
 
 @pytest.mark.parametrize(
@@ -252,16 +285,48 @@ async def test_watch_reconnects_when_the_connection_drops(own_nats_server: NatsS
         (["submit", "--workload", "noop", "-p", "oops", "--nats", "{url}"], None, "name=value"),
         (["submit", "/no/such/job.yaml", "--nats", "{url}"], None, "No such file"),
         (["submit", "--workload", "noop", "--nats", "nats://127.0.0.1:1"], None, "cannot reach NATS"),
-        (["status", "no-such-job", "--nats", "{url}"], None, "unknown job 'no-such-job'"),
-        (["watch", "no-such-job", "--nats", "{url}"], None, "unknown job 'no-such-job'"),
-        (["result", "no-such-job", "--nats", "{url}"], None, "unknown job 'no-such-job'"),
+        (["status", "no-such-job", "--nats", "{url}"], None, "no-such-job"),
+        (["watch", "no-such-job", "--nats", "{url}"], None, "no-such-job"),
+        (["result", "no-such-job", "--nats", "{url}"], None, "no-such-job"),
+        (["status", "bob.his-job", "--nats", "{url}"], None, "may not read"),
+        (["cancel", "bob.his-job", "--nats", "{url}"], None, "not yours"),
+        (["submit", "--workload", "noop", "--creds", "/no/such.creds", "--nats", "{url}"], None, "no credentials file"),
+        (["creds", "issue", "emperor", "x"], None, "unknown role"),
+        (["creds", "issue", "submitter", "two words"], None, "name"),
         (["--log-format", "xml", "jobs"], None, "--log-format"),
     ],
 )
 def test_bad_input_gives_one_line_and_a_nonzero_exit(up: Up, args: list[str], stdin: str | None, expect: str) -> None:
-    out = gpufleet(*[a.replace("{url}", up.url) for a in args], stdin=stdin, timeout=60)
+    out = up.cli(*[a.replace("{url}", up.url) for a in args], stdin=stdin, timeout=60)
     assert out.returncode != 0
     assert "Traceback" not in out.stderr + out.stdout
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, out.stderr
     assert expect in lines[0], lines[0]
+
+
+def test_credentials_are_issued_used_elsewhere_and_revoked_on_the_running_network(up: Up, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "another-machine"  # no network data here: only what the operator hands over
+    creds = tmp_path / "dora.creds"
+    issued = up.cli("creds", "issue", "submitter", "dora", "--out", str(creds))
+    assert issued.returncode == 0, issued.stderr
+    assert creds.stat().st_mode & 0o777 == 0o600
+    sub = gpufleet("submit", "--workload", "noop", "--watch", "--nats", up.url, "--creds", str(creds), home=elsewhere)
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    assert sub.stdout.startswith("dora."), sub.stdout  # the submitter is the credential
+    anonymous = gpufleet("submit", "--workload", "noop", "--nats", up.url, home=elsewhere)
+    assert anonymous.returncode != 0 and "without credentials" in anonymous.stderr, anonymous.stderr
+    assert "Traceback" not in anonymous.stderr and len(anonymous.stderr.strip().splitlines()) == 1
+
+    revoked = up.cli("creds", "revoke", "submitter", "dora")
+    assert revoked.returncode == 0 and "on the running network now" in revoked.stdout, revoked.stdout + revoked.stderr
+    again = gpufleet("submit", "--workload", "noop", "--nats", up.url, "--creds", str(creds), home=elsewhere)
+    assert again.returncode != 0 and "refused the credentials" in again.stderr, again.stderr
+    listed = up.cli("creds", "list")
+    row = next(line for line in listed.stdout.splitlines() if "dora" in line)
+    assert "revoked" in row
+    # A new credential for the same name works again (rotation): revocation is per credential.
+    fresh = up.cli("creds", "issue", "submitter", "dora", "--out", str(creds))
+    assert fresh.returncode == 0
+    ok = gpufleet("submit", "--workload", "noop", "--nats", up.url, "--creds", str(creds), home=elsewhere)
+    assert ok.returncode == 0, ok.stderr

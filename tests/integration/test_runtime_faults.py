@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 
-from gpu_runtime import ProviderRuntime, RuntimeConfig, WorkerStartError
+from gpu_runtime import ProviderRuntime, WorkerStartError
 from gpu_runtime.backend import has_cupy_gpu
 from gpu_runtime.workloads import FAULT_WORKLOAD
-from gpufleet.natsserver import NatsServer
-from tests.integration.runtime_support import Orchestrator, new_id, provider
+from tests.integration.runtime_support import Orchestrator, provider, provider_config
+from tests.secure import SecureServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -32,10 +32,10 @@ def faults_on() -> Iterator[None]:
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def env(nats_server: NatsServer, faults_on: None) -> AsyncIterator[Env]:
+async def env(nats_server: SecureServer, faults_on: None) -> AsyncIterator[Env]:
     async with (
-        provider(nats_server.url, cancel_grace_s=0.5) as rt,
-        Orchestrator.connect(nats_server.url) as orch,
+        Orchestrator.connect(nats_server) as orch,
+        provider(nats_server, cancel_grace_s=0.5) as rt,
     ):
         yield rt, orch
 
@@ -93,8 +93,8 @@ async def test_revoking_a_task_that_ignores_cancellation_kills_its_worker(env: E
 
 
 @pytest.mark.skipif(has_cupy_gpu(), reason="this machine has a GPU")
-async def test_asking_for_cuda_without_a_gpu_fails_clearly_instead_of_falling_back(nats_server: NatsServer) -> None:
-    runtime = ProviderRuntime(RuntimeConfig(nats_url=nats_server.url, provider_id=new_id("p"), backend="cuda"))
+async def test_asking_for_cuda_without_a_gpu_fails_clearly_instead_of_falling_back(nats_server: SecureServer) -> None:
+    runtime = ProviderRuntime(provider_config(nats_server, backend="cuda"))
     with pytest.raises(WorkerStartError, match="CuPy"):
         await runtime.start()
     assert runtime.worker_pids() == []

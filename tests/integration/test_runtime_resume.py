@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
+import json
 import os
 import signal
 from typing import Any
@@ -12,17 +14,20 @@ import nats.js.errors
 import numpy as np
 import pytest
 
-from gpufleet.natsserver import NatsServer
+from events.store.blobs import ObjectIntegrityError
+from events.store.topology import OBJECT_CHUNK_BYTES, Topology
+from events.subjects import intake_subject, object_name, report_subject
+from events.types import ObjectRef
 from tests.integration.runtime_support import Orchestrator, provider
 from tests.runtime_reference import ref_stencil
+from tests.secure import SecureServer
 
 STENCIL: dict[str, Any] = {"n": 40, "steps": 240, "alpha": 0.2, "checkpoint_every": 20, "step_delay_s": 0.01}
 
 
-async def test_killed_mid_task_then_resumed_elsewhere_from_the_checkpoint(nats_server: NatsServer) -> None:
-    url = nats_server.url
-    async with Orchestrator.connect(url) as orch:
-        async with provider(url) as a:
+async def test_killed_mid_task_then_resumed_elsewhere_from_the_checkpoint(nats_server: SecureServer) -> None:
+    async with Orchestrator.connect(nats_server) as orch:
+        async with provider(nats_server) as a:
             task = await orch.grant(a.provider_id, "stencil", STENCIL)
             await orch.wait_for(task, ("progress",), where=lambda b: b.checkpoint_step >= 60)
             (pid,) = a.worker_pids()
@@ -33,12 +38,17 @@ async def test_killed_mid_task_then_resumed_elsewhere_from_the_checkpoint(nats_s
         # task to another provider with the newest checkpoint it was told about.
         latest = max((s.body for s in orch.of(task, "progress") if s.body.checkpoint), key=lambda b: b.checkpoint_step)
         step, ref = latest.checkpoint_step, latest.checkpoint
-        assert 60 <= step < STENCIL["steps"] and ref.name == f"checkpoints/{task}/{step}"
-        with np.load(io.BytesIO(await orch.get_object(ref))) as saved:
+        assert 60 <= step < STENCIL["steps"]
+        # The checkpoint is a's own object, named by its digest; another provider can still read it.
+        assert ref.name == object_name("provider", a.provider_id, ref.sha256)
+        assert ref.name.startswith(f"provider.{a.provider_id}.")
+        saved_bytes = await orch.get_object(ref)
+        assert hashlib.sha256(saved_bytes).hexdigest() == ref.sha256 and len(saved_bytes) == ref.size
+        with np.load(io.BytesIO(saved_bytes)) as saved:
             assert int(saved["_step"]) == step and saved["u"].shape == (40, 40)
         n_reports = len(orch.reports[task])
 
-        async with provider(url) as b:
+        async with provider(nats_server) as b:
             body = await orch.run(
                 b.provider_id, "stencil", STENCIL, task_id=task, attempt=2, resume_from=ref, resume_step=step
             )
@@ -57,29 +67,55 @@ async def test_killed_mid_task_then_resumed_elsewhere_from_the_checkpoint(nats_s
             u = ref_stencil(40, STENCIL["steps"], 0.2)
             assert resumed["sum"] == pytest.approx(u.sum(), rel=1e-12)
 
-            # A checkpoint whose digest does not match is refused, not silently used.
+            # A checkpoint whose digest does not match is refused, not silently used: a reference
+            # whose sha256 is not that of the bytes it names, ...
             bad = ref.model_copy(update={"sha256": "0" * 64})
             refused = await orch.run(
                 b.provider_id, "stencil", STENCIL, task_id=task, attempt=3, resume_from=bad, resume_step=step
             )
             assert refused.report == "failed" and refused.reason == "invalid_params" and "sha256" in refused.message
+            # ... and a consistent reference to stored bytes that are not what its digest says (written
+            # behind the providers' backs by a hub user: no provider may write under a's name).
+            forged = await forge_object(orch, a.provider_id, saved_bytes)
+            with pytest.raises(ObjectIntegrityError):
+                await orch.get_object(forged)
+            refused = await orch.run(
+                b.provider_id, "stencil", STENCIL, task_id=task, attempt=4, resume_from=forged, resume_step=step
+            )
+            assert refused.report == "failed" and refused.reason == "invalid_params" and "sha256" in refused.message
+            assert all(s.body.lease_id != refused.lease_id for s in orch.of(task, "started"))  # never ran
 
 
-async def test_drain_finishes_running_work_then_leaves(nats_server: NatsServer) -> None:
-    url = nats_server.url
-    async with Orchestrator.connect(url) as orch, provider(url) as rt:
+async def forge_object(orch: Orchestrator, owner: str, original: bytes) -> ObjectRef:
+    """Store tampered bytes of ``original`` under provider ``owner``'s name and a digest they do not have."""
+    t = Topology()
+    tampered = bytearray(original)
+    tampered[len(tampered) // 2] ^= 0xFF
+    digest = hashlib.sha256(b"forged" + original).hexdigest()  # not the digest of any bytes stored here
+    name = object_name("provider", owner, digest)
+    chunks = [bytes(tampered[i : i + OBJECT_CHUNK_BYTES]) for i in range(0, len(tampered), OBJECT_CHUNK_BYTES)]
+    for i, chunk in enumerate(chunks):
+        await orch.js.publish(f"{t.object_prefix}.{name}.{i}", chunk)
+    manifest = {"size": len(tampered), "chunks": len(chunks), "sha256": digest}
+    await orch.js.publish(f"{t.object_prefix}.{name}.m", json.dumps(manifest, sort_keys=True).encode())
+    return ObjectRef(bucket=t.objects_stream, name=name, sha256=digest, size=len(tampered))
+
+
+async def test_drain_finishes_running_work_then_leaves(nats_server: SecureServer) -> None:
+    async with Orchestrator.connect(nats_server) as orch, provider(nats_server) as rt:
         pid = rt.provider_id
         task = await orch.grant(pid, "sleep", {"seconds": 1.0, "steps": 10})
         await orch.wait_for(task, ("started",))
         drain = asyncio.create_task(rt.drain("maintenance"))
-        await orch.wait_for_subject(f"gf.in.provider.{pid}.drain")
+        await orch.wait_for_subject(intake_subject("provider", pid, "drain"))
         late = await orch.grant(pid, "noop", {})
         refused = await orch.finished(late)
         assert refused.report == "failed" and refused.reason == "provider_error" and "draining" in refused.message
         await asyncio.wait_for(drain, 10)
         assert (await orch.finished(task)).report == "completed"
         subjects = [s for s, _ in orch.intake]
-        assert subjects.index(f"gf.in.provider.{pid}.leave") > subjects.index(f"gf.in.task.{task}.report")
+        leave = subjects.index(intake_subject("provider", pid, "leave"))
+        assert leave > max(i for i, s in enumerate(subjects) if s == report_subject(pid, task))
         kv = await orch.js.key_value("gf_heartbeats")
         with pytest.raises(nats.js.errors.KeyNotFoundError):
             await kv.get(pid)

@@ -1,4 +1,5 @@
-"""The provider service on a real nats-server: results, admission, cancellation, timeouts, throttling."""
+"""The provider service on a real, secured nats-server: results, admission, cancellation, timeouts,
+throttling, and what its credentials let it (and others) do."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ import json
 import time
 from collections.abc import AsyncIterator
 
+import nats.errors
 import pytest
 import pytest_asyncio
+from nats.aio.client import Client as NATS
 
-from events.dispatch import Heartbeat, LeaseRevoked
-from gpu_runtime import ProviderRuntime
+from events.dispatch import Heartbeat, LeaseGranted, LeaseRevoked
+from events.store.connection import denied_subjects
+from events.subjects import DISPATCH_STREAM, OBJECTS_STREAM, dispatch_consumer, object_name
+from gpu_runtime import ProviderRuntime, RuntimeConfig, RuntimeServiceError
 from gpu_runtime.results import canonical_json, sha256_hex
-from gpufleet.natsserver import NatsServer
-from tests.integration.runtime_support import Orchestrator, provider
+from tests.integration.runtime_support import Orchestrator, new_id, provider
+from tests.secure import SecureServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -22,10 +27,10 @@ Env = tuple[ProviderRuntime, Orchestrator]
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def env(nats_server: NatsServer) -> AsyncIterator[Env]:
+async def env(nats_server: SecureServer) -> AsyncIterator[Env]:
     async with (
-        provider(nats_server.url, cancel_grace_s=1.0, memory_limit_mb=64) as rt,
-        Orchestrator.connect(nats_server.url) as orch,
+        Orchestrator.connect(nats_server) as orch,
+        provider(nats_server, cancel_grace_s=1.0, memory_limit_mb=64) as rt,
     ):
         yield rt, orch
 
@@ -44,7 +49,9 @@ async def test_large_result_goes_to_the_object_store(env: Env) -> None:
     body = await orch.run(rt.provider_id, "noop", {"payload": payload})
     assert body.report == "completed" and body.result.inline is None
     ref = body.result.object
-    assert ref is not None and ref.bucket == "gf_objects" and ref.name.startswith("results/")
+    # Stored under the provider's own name (the only place its credentials let it write), by digest.
+    assert ref is not None and ref.bucket == OBJECTS_STREAM
+    assert ref.name == object_name("provider", rt.provider_id, ref.sha256)
     data = await orch.get_object(ref)
     assert sha256_hex(data) == ref.sha256 == body.result.sha256 and len(data) == ref.size == body.result.size
     assert json.loads(data) == {"workload": "noop", "payload": payload}
@@ -142,3 +149,81 @@ async def test_duplicate_lease_runs_once(env: Env) -> None:
     await asyncio.sleep(0.4)
     assert len(orch.of(lease.task_id, "started")) == 1
     assert len(orch.of(lease.task_id, "completed")) == 1
+
+
+# ---- identity: the credentials are the provider ------------------------------------------------
+
+
+async def _pull(nc: NATS, consumer: str, timeout: float = 1.0) -> list[LeaseGranted]:
+    """What a fetch from ``consumer`` on the dispatch stream gets on connection ``nc`` (nothing on a timeout)."""
+    sub = await nc.jetstream().pull_subscribe_bind(consumer, DISPATCH_STREAM)
+    try:
+        msgs = await sub.fetch(batch=4, timeout=timeout)
+    except nats.errors.TimeoutError:
+        msgs = []
+    for m in msgs:
+        await m.ack()
+    return [LeaseGranted.model_validate_json(m.data) for m in msgs]
+
+
+async def _denied(nc: NATS, subject: str, timeout: float = 2.0) -> bool:
+    """True once the server has reported a permission violation on ``subject`` to ``nc``."""
+    deadline = time.monotonic() + timeout
+    while subject.lower() not in denied_subjects(nc):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def test_another_provider_cannot_read_this_providers_dispatch(env: Env, nats_server: SecureServer) -> None:
+    rt, orch = env
+    thief = new_id("p")
+    x = dispatch_consumer(rt.provider_id)
+    async with nats_server.connection("provider", thief) as nc:
+        # While provider X's runtime serves, Y asks X's consumer for X's leases: the server refuses.
+        stolen = asyncio.create_task(_pull(nc, x, timeout=2.0))
+        lease = orch.lease(rt.provider_id, "sleep", {"seconds": 0.3, "steps": 3})
+        await orch.send(lease)
+        assert await stolen == []
+        assert await _denied(nc, f"$JS.API.CONSUMER.MSG.NEXT.{DISPATCH_STREAM}.{x}")
+        # X got its lease and ran it; Y saw none of it.
+        assert (await orch.finished(lease.task_id)).report == "completed"
+        assert len(orch.of(lease.task_id, "started")) == 1
+
+        # Nor can Y make a consumer of its own on X's dispatch subject (providers create no consumers).
+        config = orch.topology.dispatch_consumer_config(rt.provider_id)
+        config.durable_name = dispatch_consumer(thief)
+        with pytest.raises(nats.errors.Error):
+            await nc.jetstream().add_consumer(DISPATCH_STREAM, config=config, timeout=1.0)
+        assert any(s.startswith("$js.api.consumer.") and "create" in s for s in denied_subjects(nc))
+
+        # With nobody serving provider Z, a lease for Z waits in Z's queue: Y still gets nothing of it,
+        # and Z's own credentials get it (so only the permissions stood between Y and the lease).
+        z = new_id("p")
+        parked = orch.lease(z, "noop", {})
+        await orch.send(parked)
+        assert await _pull(nc, dispatch_consumer(z)) == []
+        assert await _denied(nc, f"$JS.API.CONSUMER.MSG.NEXT.{DISPATCH_STREAM}.{dispatch_consumer(z)}")
+        async with nats_server.connection("provider", z) as own:
+            assert [g.lease_id for g in await _pull(own, dispatch_consumer(z))] == [parked.lease_id]
+            assert not denied_subjects(own)
+    # The runtime itself never strayed outside what its credentials allow.
+    assert not denied_subjects(rt._nc)
+
+
+@pytest.mark.parametrize("role", ["submitter", "auditor"])
+async def test_a_runtime_with_credentials_of_another_role_refuses_to_start(
+    nats_server: SecureServer, role: str
+) -> None:
+    access = nats_server.access(role, new_id("s"))
+    with pytest.raises(RuntimeServiceError, match=f"are {role} credentials, not a provider's"):
+        ProviderRuntime(RuntimeConfig(nats_url=access.url, creds=access.creds))
+
+
+async def test_a_runtime_is_the_provider_its_credentials_name(nats_server: SecureServer) -> None:
+    name = new_id("p")
+    access = nats_server.access("provider", name)
+    assert RuntimeConfig(nats_url=access.url, creds=access.creds).provider_id == name
+    with pytest.raises(RuntimeServiceError, match=f"the credentials are provider '{name}'"):
+        RuntimeConfig(nats_url=access.url, creds=access.creds, provider_id=new_id("p"))

@@ -15,16 +15,16 @@ from events.dispatch import Heartbeat
 from events.intake import decode_intake
 from gpu_runtime import ProviderRuntime
 from gpu_runtime.results import canonical_json, sha256_hex
-from gpufleet.natsserver import NatsServer
 from tests.integration.runtime_support import Orchestrator, provider
 from tests.runtime_reference import ref_hits, ref_pm1, ref_stencil, ref_uniform
+from tests.secure import SecureServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def env(nats_server: NatsServer) -> AsyncIterator[tuple[ProviderRuntime, Orchestrator]]:
-    async with provider(nats_server.url, calibrate=True) as rt, Orchestrator.connect(nats_server.url) as orch:
+async def env(nats_server: SecureServer) -> AsyncIterator[tuple[ProviderRuntime, Orchestrator]]:
+    async with Orchestrator.connect(nats_server) as orch, provider(nats_server, calibrate=True) as rt:
         yield rt, orch
 
 
