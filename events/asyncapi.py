@@ -28,7 +28,6 @@ from events.subjects import (
     EVENT_PREFIX,
     EVENTS_STREAM,
     HEARTBEAT_BUCKET,
-    INTAKE_PREFIX,
     INTAKE_STREAM,
 )
 from events.types import ID_PATTERN, EventModel

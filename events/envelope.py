@@ -83,7 +83,7 @@ def check_event_id(value: str, field_name: str = "id") -> str:
 
 
 def check_stream(value: str) -> str:
-    """``value`` if it names an aggregate stream ``<kind>.<id>`` (an id of up to three tokens), else ``InvalidPayload``."""
+    """``value`` if it names an aggregate stream ``<kind>.<id>`` (an id of one to three tokens), else an error."""
     if not _STREAM.match(value):
         raise InvalidPayload(f"invalid stream name {value!r}; expected <kind>.<id>", field="subject")
     return value

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import signal
 import sys
@@ -17,7 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from events.store.jetstream import JetStreamEventStore, StreamSettings
+from events.store.connection import Access
+from events.store.jetstream import JetStreamEventStore, Reads, StreamSettings
 from events.subjects import EVENT_PREFIX, EVENTS_STREAM, INTAKE_STREAM
 from projections.audit import audit_jetstream
 from projections.projector import Projector
@@ -43,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("run", "rebuild", "audit"):
         c = sub.add_parser(name)
         c.add_argument("--url", default="nats://127.0.0.1:4222")
+        c.add_argument("--creds", default=os.environ.get("GPUFLEET_CREDS"), help="NATS credentials (.creds)")
+        c.add_argument("--tls-ca", default=os.environ.get("GPUFLEET_TLS_CA"), help="the network's TLS CA")
         c.add_argument("--stream", default=EVENTS_STREAM, help="the JetStream stream of domain events")
         c.add_argument("--prefix", default=EVENT_PREFIX, help="its subject prefix")
         if name == "audit":
@@ -66,7 +70,10 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _store(args: argparse.Namespace) -> JetStreamEventStore:
     settings = StreamSettings(name=args.stream, prefix=args.prefix)
-    return await JetStreamEventStore.connect(args.url, settings=settings, name="gpufleet-projections")
+    access = Access(args.url, Path(args.creds) if args.creds else None, Path(args.tls_ca) if args.tls_ca else None)
+    # An auditor may read the log only with direct gets; the network's own projector uses a consumer.
+    reads: Reads = "direct" if args.command == "audit" else "consumer"
+    return await JetStreamEventStore.connect(access, settings=settings, name="gpufleet-projections", reads=reads)
 
 
 async def _run(args: argparse.Namespace) -> int:

@@ -50,7 +50,7 @@ def isolated_settings() -> StreamSettings:
 
 
 @pytest.fixture(params=["memory", "jetstream"])
-async def store(request: pytest.FixtureRequest, nats_server: NatsServer) -> AsyncIterator[object]:
+async def store(request: pytest.FixtureRequest, nats_server: SecureServer) -> AsyncIterator[object]:
     """Each EventStore implementation in turn: the contract suite runs against both."""
     if request.param == "memory":
         mem = MemoryEventStore()

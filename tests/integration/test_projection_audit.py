@@ -7,24 +7,21 @@ import asyncio
 import json
 from pathlib import Path
 
-import nats
 import pytest
 
 from events import JetStreamEventStore, new_envelope, to_json_line
 from events.job import ProviderCredited
-from events.store.topology import Topology, ensure_topology
 from events.task import TaskCompleted
 from events.types import ResultRef
-from gpufleet.natsserver import NatsServer
 from projections import Projector, SqliteStore
 from projections.audit import AuditReport, audit_jetstream, audit_jsonl, read_intake
 from tests.golden.loggen import Sim, golden_scenario
+from tests.secure import SecureServer
 
 
 async def write(store: JetStreamEventStore, sim: Sim, *, live: Projector | None = None) -> None:
     """Append the simulation as the orchestrator would (atomic appends, expected positions) and
     publish its intake messages."""
-    await ensure_topology(store.js, Topology())
     for subject, body in sim.intake:
         await store.js.publish(subject, body)
     last: dict[str, int] = {}
@@ -42,9 +39,10 @@ def forge_completion(sim: Sim, task_id: str, provider: str, lease: str, n: int) 
 
 
 @pytest.fixture
-async def clean(own_nats_server: NatsServer, tmp_path: Path) -> tuple[JetStreamEventStore, Sim, AuditReport]:
+async def clean(own_nats_server: SecureServer, tmp_path: Path) -> tuple[JetStreamEventStore, Sim, AuditReport]:
     """The golden story written to a fresh server while a live projector appends chain checkpoints."""
-    store = await JetStreamEventStore.connect(own_nats_server.url)
+    # The synthetic log is written as raw storage (no orchestrator decides it): an unrestricted writer.
+    store = await JetStreamEventStore.connect(own_nats_server.superuser())
     sim = golden_scenario(checkpoint_every=None)
     sim.submit("jx", count=1)  # one more job, left running: a target for forgeries
     sim.lease("jx-0", "gpu-a")
@@ -99,18 +97,16 @@ async def test_unbalanced_books_missing_outcomes_and_invalid_events_are_caught(
     store, sim, _ = clean
     extra = ProviderCredited(at=sim.now, job_id="j1", provider_id="gpu-a", amount_micros=7, gpu_ms=0)
     await store.append("job.j1", [new_envelope("job.j1", extra, id="forged-credit", source="mallory")], None)
-    nc = await nats.connect(store.nc.connected_url.geturl())  # type: ignore[union-attr]
-    js = nc.jetstream()
+    js = store.js
     await js.publish("gf.in.job.jz.submit", b'{"workload":"noop"}')  # nobody recorded an outcome
     await js.publish("gf.ev.task.j1-0", b'{"type":"TaskQueued","v":1}', headers={"ce-id": "junk"})
-    await nc.close()
     report = await audit_jetstream(store)
     ledger = [f.message for f in report.of("ledger")]
     assert any("not in the append of its charge" in m for m in ledger), ledger
     assert any("provider gpu-a credited" in m for m in ledger), ledger
     assert any("has no outcome" in m for m in (f.message for f in report.of("intake")))
     assert [f.message.split(":")[0] for f in report.of("schema")] == ["does not validate"]
-    intake = await read_intake(store.js)
+    intake = await read_intake(store)
     assert len(intake) == len(sim.intake) + 1
     await store.close()
 
@@ -123,7 +119,7 @@ async def test_a_tampered_copy_names_where_it_diverges(
     copy = tmp_path / "copy.jsonl"
     lines = [to_json_line(env) async for env in store.read_all()]
     copy.write_text("\n".join(lines) + "\n")
-    intake = await read_intake(store.js)
+    intake = await read_intake(store)
     assert (await audit_jsonl(copy, intake)).ok  # the faithful copy verifies
 
     # Alter one progress report (nothing but the chain can tell), late enough to follow a checkpoint.

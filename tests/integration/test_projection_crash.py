@@ -10,22 +10,22 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import nats
 import pytest
 
 from events import encode
 from events.store import JetStreamEventStore, StreamSettings
-from gpufleet.natsserver import NatsServer
+from events.store.connection import connect_nats
 from projections import Projector, SqliteStore
 from projections.query import ReadModels
 from tests.conftest import isolated_settings
 from tests.golden.loggen import random_log
+from tests.secure import SecureServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def publish(url: str, settings: StreamSettings, envs: list[object]) -> None:
-    nc = await nats.connect(url)
+async def publish(server: SecureServer, settings: StreamSettings, envs: list[object]) -> None:
+    nc = await connect_nats(server.superuser())  # raw writes into a synthetic log
     for env in envs:
         body, headers = encode(env)  # type: ignore[arg-type]
         await nc.publish(f"{settings.prefix}.{env.subject}", body, headers=headers)  # type: ignore[attr-defined]
@@ -36,14 +36,16 @@ async def publish(url: str, settings: StreamSettings, envs: list[object]) -> Non
 STARTED: list[asyncio.subprocess.Process] = []
 
 
-async def start(url: str, settings: StreamSettings, db: Path, *extra: str) -> asyncio.subprocess.Process:
+async def start(server: SecureServer, settings: StreamSettings, db: Path, *extra: str) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "projections",
         "run",
         "--url",
-        url,
+        server.url,
+        "--creds",
+        str(server.superuser().creds),
         "--stream",
         settings.name,
         "--prefix",
@@ -97,16 +99,16 @@ def positions_of(db: Path) -> dict[str, int]:
     return out
 
 
-async def test_killed_mid_batch_then_at_random_restarts_exactly(nats_server: NatsServer, tmp_path: Path) -> None:
+async def test_killed_mid_batch_then_at_random_restarts_exactly(nats_server: SecureServer, tmp_path: Path) -> None:
     settings = isolated_settings()
-    store = await JetStreamEventStore.connect(nats_server.url, settings=settings)
+    store = await JetStreamEventStore.connect(nats_server.superuser(), settings=settings, create=True)
     sim = random_log(21, max_events=5000, providers=5)
     head, tail = sim.events[:3500], sim.events[3500:]
-    await publish(nats_server.url, settings, head)
+    await publish(nats_server, settings, head)
     db = tmp_path / "crash.db"
 
     # 1. Every commit sleeps inside its transaction; kill the process during the third one.
-    proc = await start(nats_server.url, settings, db, "--hold-commit", "0.5")
+    proc = await start(nats_server, settings, db, "--hold-commit", "0.5")
     assert proc.stdout is not None
     seen: list[int] = []
     while len(seen) < 3:
@@ -122,16 +124,16 @@ async def test_killed_mid_batch_then_at_random_restarts_exactly(nats_server: Nat
     assert 0 < seen[1] < seen[2]
 
     # 2. Restart; append the rest live; kill it again at an arbitrary moment.
-    proc = await start(nats_server.url, settings, db)
-    await publish(nats_server.url, settings, tail[:700])
+    proc = await start(nats_server, settings, db)
+    await publish(nats_server, settings, tail[:700])
     await wait_for_checkpoint(db, seen[2])
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
     assert len(set(positions_of(db).values())) == 1
 
     # 3. Restart again, append the last events, and stop it gracefully once it has them all.
-    proc = await start(nats_server.url, settings, db)
-    await publish(nats_server.url, settings, tail[700:])
+    proc = await start(nats_server, settings, db)
+    await publish(nats_server, settings, tail[700:])
     await wait_for_checkpoint(db, len(sim.events))
     os.kill(proc.pid, signal.SIGTERM)
     await asyncio.wait_for(proc.wait(), 30)
