@@ -26,13 +26,13 @@ from events import Envelope
 from events.job import JobCancelled, JobRejected
 from events.provider import ProviderLost
 from events.store import JetStreamEventStore
-from events.subjects import intake_subject
+from events.store.blobs import BlobStore
 from events.task import TaskCancelled, TaskCompleted, TaskLeased, TaskLeaseExpired, TaskProgressed
 from events.types import ResultRef
-from gpufleet.natsserver import NatsServer
-from tests.integration.orchestra import assert_exactly_once, read_world, submit, wait_for
+from tests.integration.orchestra import Tenants, assert_exactly_once, read_world, wait_for
 from tests.integration.runtime_support import provider
 from tests.runtime_reference import ref_hits, ref_pm1, ref_stencil
+from tests.secure import SecureServer
 
 #: Short timeouts: a provider silent for 1.5 s is lost. Providers heartbeat every 0.2 s.
 CONFIG = OrchestratorConfig(heartbeat_timeout_s=1.5, lease_start_timeout_s=15.0, lease_grace_s=10.0)
@@ -45,14 +45,24 @@ def ended(*job_ids: str) -> Callable[[World], bool]:
     return lambda w: all(j in w.jobs and w.jobs[j].status in ENDED for j in job_ids)
 
 
+#: Who submits in these tests: one submitter, with credentials of her own.
+ME = "alice"
+
+
+def jid(name: str) -> str:
+    """The full id of job ``name`` of the tests' submitter."""
+    return f"{ME}.{name}"
+
+
 @dataclass
 class Network:
-    """A server, an orchestrator in this process, and a client connection of its own."""
+    """A server, an orchestrator in this process, a reader of the log, and a submitter."""
 
-    server: NatsServer
+    server: SecureServer
     orch: Orchestrator
     client: JetStreamEventStore
     logs: Path
+    tenants: Tenants
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     #: The log as a follower saw it arrive: (monotonic time, envelope).
     seen: list[tuple[float, Envelope]] = field(default_factory=list)
@@ -63,14 +73,15 @@ class Network:
 
     def spawn_provider(self, provider_id: str) -> subprocess.Popen[bytes]:
         """``python -m gpu_runtime`` on the NumPy backend, in a process group of its own."""
+        creds = self.server.access("provider", provider_id).creds
         cmd = [
             sys.executable,
             "-m",
             "gpu_runtime",
             "--nats",
             self.server.url,
-            "--provider-id",
-            provider_id,
+            "--creds",
+            str(creds),
             "--backend",
             "cpu",
             "--heartbeat",
@@ -101,18 +112,18 @@ class Network:
         async for env in self.client.subscribe(0):
             self.seen.append((time.monotonic(), env))
 
-    async def submit(self, job_id: str, spec: dict[str, Any]) -> None:
-        await submit(self.nc, job_id, spec)
+    async def submit(self, name: str, spec: dict[str, Any]) -> None:
+        await self.tenants.submit(ME, name, spec)
 
     async def until(self, predicate: Callable[[World], bool], timeout: float = 40.0) -> tuple[World, list[Envelope]]:
         return await wait_for(self.client, predicate, timeout=timeout, poll=0.2)
 
 
 @pytest.fixture
-async def net(own_nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Network]:
-    orch = await Orchestrator.connect(own_nats_server.url, config=CONFIG)
-    client = await JetStreamEventStore.connect(own_nats_server.url, name="test-client")
-    network = Network(own_nats_server, orch, client, tmp_path)
+async def net(own_nats_server: SecureServer, tmp_path: Path) -> AsyncIterator[Network]:
+    orch = await Orchestrator.connect(own_nats_server.access("orchestrator"), config=CONFIG)
+    client = await JetStreamEventStore.connect(own_nats_server.access("orchestrator"), name="test-client")
+    network = Network(own_nats_server, orch, client, tmp_path, Tenants(own_nats_server))
     follower = asyncio.create_task(network.follow())
     try:
         yield network
@@ -127,6 +138,7 @@ async def net(own_nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Netw
             proc.wait(10)
         await orch.close()
         await client.close()
+        await network.tenants.close()
 
 
 def canonical(value: Any) -> bytes:
@@ -140,8 +152,9 @@ async def fetch_result(net: Network, ref: ResultRef) -> tuple[str, Any]:
         data = canonical(ref.inline)
         where = "inline"
     else:
-        store = await net.nc.jetstream().object_store(ref.object.bucket)
-        data = bytes((await store.get(ref.object.name)).data)
+        # As the job's submitter reads it: by digest, with her own credentials.
+        nc = await net.tenants.nc("submitter", ME)
+        data = await BlobStore(nc, "submitter", ME).get(ref.object)
         assert hashlib.sha256(data).hexdigest() == ref.object.sha256, "the object does not match its reference"
         where = "object"
     assert hashlib.sha256(data).hexdigest() == ref.sha256, f"{where} result does not match its sha256"
@@ -225,22 +238,21 @@ def check(job: str, index: int, value: dict[str, Any]) -> None:
 
 
 async def test_a_mixed_job_set_runs_to_completion_with_verified_results_and_live_progress(net: Network) -> None:
-    url = net.server.url
     # Two real runtimes; one sends every result through the object store, the other inline.
     async with (
-        provider(url, provider_id="inline", heartbeat_s=0.2) as a,
-        provider(url, provider_id="objects", heartbeat_s=0.2, inline_limit=0) as b,
+        provider(net.server, provider_id="inline", heartbeat_s=0.2) as a,
+        provider(net.server, provider_id="objects", heartbeat_s=0.2, inline_limit=0) as b,
     ):
         await net.online(a.provider_id, b.provider_id)
         for job_id, spec in MIXED.items():
             await net.submit(job_id, spec)
-        w, log = await net.until(ended(*MIXED), timeout=40)
+        w, log = await net.until(ended(*map(jid, MIXED)), timeout=40)
 
-    assert {j: w.jobs[j].status for j in MIXED} == dict.fromkeys(MIXED, "completed")
+    assert {j: w.jobs[jid(j)].status for j in MIXED} == dict.fromkeys(MIXED, "completed")
     assert_exactly_once(log)
     paths = set()
     for task_id in sorted(w.tasks):
-        job, index = task_id.rsplit("-", 1)
+        _, job, index = task_id.split(".")
         (done,) = of_task(log, task_id, TaskCompleted)
         where, value = await fetch_result(net, done.result)
         paths.add((where, done.provider_id))
@@ -251,7 +263,7 @@ async def test_a_mixed_job_set_runs_to_completion_with_verified_results_and_live
     assert all((where == "object") == (pid == "objects") for where, pid in paths)
 
     # Progress arrived while the stencil ran: the follower saw it well before the completion.
-    stencil = [(t, e.data) for t, e in net.seen if e.subject == "task.st-0"]
+    stencil = [(t, e.data) for t, e in net.seen if e.subject == f"task.{jid('st')}.0"]
     progress = [(t, d) for t, d in stencil if isinstance(d, TaskProgressed) and d.fraction < 1.0]
     completed = [t for t, d in stencil if isinstance(d, TaskCompleted)]
     assert len(progress) >= 2 and len(completed) == 1
@@ -268,44 +280,46 @@ async def test_a_killed_provider_s_task_resumes_on_another_from_its_checkpoint(n
     params = {"n": 40, "steps": 300, "alpha": 0.2, "checkpoint_every": 30, "step_delay_s": 0.01}
     await net.submit("long", {"workload": "stencil", "params": params, "retry": {"max_attempts": 1}})
 
+    long0 = f"{jid('long')}.0"
+
     def checkpointed(w: World) -> bool:
-        t = w.tasks.get("long-0")
+        t = w.tasks.get(long0)
         return t is not None and t.status == "running" and t.checkpoint_step >= 60
 
     w, _ = await net.until(checkpointed, timeout=20)
-    lease = w.tasks["long-0"].lease
+    lease = w.tasks[long0].lease
     assert lease is not None
     victim, survivor = lease.provider_id, ({"pa", "pb"} - {lease.provider_id}).pop()
     workers = _children(net.procs[victim].pid)
     assert workers, "the provider runs its tasks in worker processes"
     net.procs[victim].send_signal(signal.SIGKILL)  # the service only, mid-task, without a word
 
-    w, log = await net.until(ended("long"), timeout=30)
-    assert w.jobs["long"].status == "completed"
-    leases = of_task(log, "long-0", TaskLeased)
+    w, log = await net.until(ended(jid("long")), timeout=30)
+    assert w.jobs[jid("long")].status == "completed"
+    leases = of_task(log, long0, TaskLeased)
     assert [x.provider_id for x in leases] == [victim, survivor]
-    (expired,) = of_task(log, "long-0", TaskLeaseExpired)
+    (expired,) = of_task(log, long0, TaskLeaseExpired)
     assert (expired.provider_id, expired.reason) == (victim, "provider_lost")
     assert any(isinstance(e.data, ProviderLost) and e.data.provider_id == victim for e in log)
 
     # The second lease resumes from the newest checkpoint the first attempt reported...
-    first = [p for p in of_task(log, "long-0", TaskProgressed) if p.lease_id == leases[0].lease_id]
+    first = [p for p in of_task(log, long0, TaskProgressed) if p.lease_id == leases[0].lease_id]
     newest = max((p for p in first if p.checkpoint is not None), key=lambda p: p.checkpoint_step)
     second = leases[1]
     assert second.resume_from == newest.checkpoint and second.resume_step == newest.checkpoint_step >= 60
     # ...and the result proves it did: it ran only the remaining steps.
-    (done,) = of_task(log, "long-0", TaskCompleted)
+    (done,) = of_task(log, long0, TaskCompleted)
     assert done.provider_id == survivor
     _, value = await fetch_result(net, done.result)
     assert value["resumed_from_step"] == second.resume_step
     assert value["steps_run"] == params["steps"] - second.resume_step
-    later = [p for p in of_task(log, "long-0", TaskProgressed) if p.lease_id == second.lease_id]
+    later = [p for p in of_task(log, long0, TaskProgressed) if p.lease_id == second.lease_id]
     assert later and later[0].fraction > second.resume_step / params["steps"]
 
     # It equals an uninterrupted run, bit for bit, and the independent reference.
     await net.submit("fresh", {"workload": "stencil", "params": {**params, "step_delay_s": 0.0}})
-    w, log = await net.until(ended("fresh"), timeout=20)
-    (fresh,) = of_task(log, "fresh-0", TaskCompleted)
+    w, log = await net.until(ended(jid("fresh")), timeout=20)
+    (fresh,) = of_task(log, f"{jid('fresh')}.0", TaskCompleted)
     _, uninterrupted = await fetch_result(net, fresh.result)
     assert uninterrupted["resumed_from_step"] == 0
     for key in ("sum", "l2", "center"):
@@ -326,30 +340,33 @@ KERNEL = {
 
 
 async def test_a_custom_kernel_needs_cuda_and_never_lands_on_a_cpu(net: Network) -> None:
-    async with provider(net.server.url, provider_id="cpu1", heartbeat_s=0.2):
+    async with provider(net.server, provider_id="cpu1", heartbeat_s=0.2):
         await net.online("cpu1")
         await net.submit("any", {"workload": "custom_kernel", "params": KERNEL})
         await net.submit("cuda", {"workload": "custom_kernel", "params": KERNEL, "resources": {"backend": "cuda"}})
         # Work the CPU can do still flows past the kernel that waits for a GPU.
         await net.submit("ok", {"workload": "reduction", "params": {"n": 1000}})
-        w, log = await net.until(ended("ok"))
-        assert w.jobs["ok"].status == "completed"
-        await asyncio.sleep(1.0)  # give a wrong placement every chance to happen
+        w, log = await net.until(ended(jid("ok")))
+        assert w.jobs[jid("ok")].status == "completed"
+        # Give a wrong placement every chance to happen: the CPU provider has been idle, heartbeating,
+        # for a second, while the kernel's task sat in the queue.
+        await asyncio.sleep(1.0)
         w, log = await read_world(net.client)
+        any0, cuda0 = f"{jid('any')}.0", f"{jid('cuda')}.0"
 
         (rejected,) = [e.data for e in log if isinstance(e.data, JobRejected)]
-        assert rejected.job_id == "any" and rejected.field == "resources.backend"
-        assert w.jobs["any"].status == "rejected" and "any-0" not in w.tasks
-        assert w.jobs["cuda"].status == "accepted" and w.tasks["cuda-0"].status == "queued"
-        assert not of_task(log, "cuda-0", TaskLeased)
+        assert rejected.job_id == jid("any") and rejected.field == "resources.backend"
+        assert w.jobs[jid("any")].status == "rejected" and any0 not in w.tasks
+        assert w.jobs[jid("cuda")].status == "accepted" and w.tasks[cuda0].status == "queued"
+        assert not of_task(log, cuda0, TaskLeased)
 
-        await net.nc.jetstream().publish(intake_subject("job", "cuda", "cancel"), b'{"reason": "no GPU today"}')
-        w, log = await net.until(lambda w: w.tasks["cuda-0"].status == "cancelled", timeout=10)
-        assert w.jobs["cuda"].status == "cancelled"
-        (cancelled,) = of_task(log, "cuda-0", TaskCancelled)
+        await net.tenants.cancel(ME, "cuda", "no GPU today")
+        w, log = await net.until(lambda w: w.tasks[cuda0].status == "cancelled", timeout=10)
+        assert w.jobs[jid("cuda")].status == "cancelled"
+        (cancelled,) = of_task(log, cuda0, TaskCancelled)
         assert cancelled.lease_id is None  # it never held a lease
-        assert any(isinstance(e.data, JobCancelled) and e.data.job_id == "cuda" for e in log)
-        assert not of_task(log, "cuda-0", TaskLeased)
+        assert any(isinstance(e.data, JobCancelled) and e.data.job_id == jid("cuda") for e in log)
+        assert not of_task(log, cuda0, TaskLeased)
 
 
 def _children(pid: int) -> list[int]:
