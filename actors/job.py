@@ -25,12 +25,13 @@ from events.job import (
     JobRejected,
     JobSpec,
     JobSubmitted,
+    ParamsSplit,
     ProviderCredited,
     ShardSplit,
     SubmitterCharged,
     UsageMetered,
 )
-from events.subjects import job_owner
+from events.subjects import OBJECTS_STREAM, job_owner, object_owner
 from events.types import EventModel
 from events.workloads import contract, validate_params
 
@@ -235,7 +236,32 @@ def owned_spec(cmd: SubmitJob) -> JobSpec:
     owner = job_owner(cmd.job_id)
     if owner is not None and owner != who:
         raise NotYours(f"job {cmd.job_id!r} belongs to {owner!r}, not {who!r}", field="job_id")
+    for path, name in _object_names(cmd.spec):
+        if object_owner(name) != ("submitter", who):
+            raise NotYours(f"object {name} is not one of {who!r}'s inputs", field=path)
     return cmd.spec.model_copy(update={"submitter": who})
+
+
+def _object_names(spec: JobSpec) -> list[tuple[str, str]]:
+    """(field path, name) of every object of this network's objects stream that the spec names."""
+    found: list[tuple[str, str]] = []
+    if isinstance(spec.split, ShardSplit) and spec.split.input.bucket == OBJECTS_STREAM:
+        found.append(("split.input", spec.split.input.name))
+
+    def walk(value: object, path: str) -> None:
+        if isinstance(value, dict):
+            if value.get("bucket") == OBJECTS_STREAM and isinstance(value.get("name"), str):
+                found.append((path, value["name"]))
+            for k, v in value.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{path}.{i}")
+
+    walk(spec.params, "params")
+    if isinstance(spec.split, ParamsSplit):
+        walk(spec.split.params, "split.params")
+    return found
 
 
 def decide(cmd: JobCommand, s: JobState) -> list[EventModel]:

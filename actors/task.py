@@ -14,7 +14,7 @@ from typing import Literal
 
 from actors.decider import Decider
 from actors.errors import InvalidTransition, UnknownAggregate
-from events.subjects import OBJECTS_STREAM, object_owner
+from events.subjects import OBJECTS_STREAM, job_owner, object_owner, object_reader
 from events.task import (
     LeaseEndReason,
     TaskCancelled,
@@ -235,17 +235,20 @@ def _lease_problem(cmd: ReportStarted | ReportProgress | ReportCompleted | Repor
     return None
 
 
-def _foreign_object(ref: ObjectRef | None, provider_id: str, what: str) -> str | None:
+def _foreign_object(ref: ObjectRef | None, provider_id: str, what: str, for_submitter: str | None) -> str | None:
     """Why a provider may not report object ``ref`` as its own work, or None.
 
-    Objects are named by owner (``provider.<id>.<sha256>``): a checkpoint or result stored under
-    another identity's name is someone else's data, not this provider's output.
+    Objects are named by who wrote them (``provider.<id>.<sha256>``) and, for a result, for whom
+    (``result.<submitter>.<id>.<sha256>``): an object stored under another identity's name is
+    someone else's data, and a result written for another submitter would not reach this one.
     """
     if ref is None or ref.bucket != OBJECTS_STREAM:
         return None
-    owner = object_owner(ref.name)
-    if owner != ("provider", provider_id):
+    if object_owner(ref.name) != ("provider", provider_id):
         return f"{what} {ref.name} is not stored under provider {provider_id}'s name"
+    reader = object_reader(ref.name)
+    if reader is not None and reader != for_submitter:
+        return f"{what} {ref.name} is written for {reader}, not for this job's submitter"
     return None
 
 
@@ -315,7 +318,8 @@ def decide(cmd: TaskCommand, s: TaskState) -> list[EventModel]:
                 )
             ]
         case ReportProgress():
-            if (why := _lease_problem(cmd, s) or _foreign_object(cmd.checkpoint, cmd.provider_id, "checkpoint")):
+            owner = job_owner(s.spec.job_id)
+            if why := _lease_problem(cmd, s) or _foreign_object(cmd.checkpoint, cmd.provider_id, "checkpoint", owner):
                 return _refuse(cmd, s, why)
             out: list[EventModel] = []
             if s.status == "leased":  # the started report was lost or overtaken
@@ -347,7 +351,8 @@ def decide(cmd: TaskCommand, s: TaskState) -> list[EventModel]:
         case ReportCompleted():
             if s.status == "completed" and s.completed_lease == cmd.lease_id and s.result == cmd.result:
                 return []  # a duplicate of the winning completion: idempotent
-            if (why := _lease_problem(cmd, s) or _foreign_object(cmd.result.object, cmd.provider_id, "result")):
+            owner = job_owner(s.spec.job_id)
+            if why := _lease_problem(cmd, s) or _foreign_object(cmd.result.object, cmd.provider_id, "result", owner):
                 return _refuse(cmd, s, why)
             return [
                 TaskCompleted(

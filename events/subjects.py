@@ -5,7 +5,7 @@ Every subject an outsider may touch carries its identity as plain tokens, so tha
 
 - intake: ``gf.in.submitter.<name>.submit.<job>``, ``gf.in.provider.<name>.report.<task id>``;
 - the domain log: ``gf.ev.job.<submitter>.<job>``, ``gf.ev.task.<submitter>.<job>.<index>``;
-- objects: ``gf.obj.<role>.<owner>.<sha256>.<part>``;
+- objects: ``gf.obj.<role>.<owner>.<sha256>.<part>``, results ``gf.obj.result.<submitter>.<provider>.…``;
 - requests to the network's services: ``gf.api.<role>.<name>.<operation>``.
 """
 
@@ -33,6 +33,7 @@ __all__ = [
     "job_owner",
     "object_name",
     "object_owner",
+    "object_reader",
     "outcomes_stream",
     "outcomes_stream_of",
     "readable",
@@ -124,17 +125,35 @@ def heartbeat_subject(provider_id: str, bucket: str = HEARTBEAT_BUCKET) -> str:
     return f"$KV.{bucket}.{provider_id}"
 
 
-def object_name(role: str, owner: str, sha256: str) -> str:
-    """An object's name: its owner and its content digest, ``<role>.<owner>.<sha256>``."""
+def object_name(role: str, owner: str, sha256: str, *, for_submitter: str | None = None) -> str:
+    """An object's name: who wrote it, for whom, and its content digest.
+
+    ``<role>.<owner>.<sha256>`` for an identity's own objects (a submitter's inputs, a provider's
+    checkpoints); ``result.<submitter>.<provider>.<sha256>`` for a result a provider writes for the
+    submitter of the job, so that NATS permissions can let that submitter, and no other, read it.
+    """
+    if for_submitter is not None:
+        return f"result.{for_submitter}.{owner}.{sha256}"
     return f"{role}.{owner}.{sha256}"
 
 
 def object_owner(name: str) -> tuple[str, str] | None:
-    """``(role, owner)`` of an object named by :func:`object_name`; None for any other name."""
+    """``(role, name)`` of the identity that wrote the object ``name``; None for a name not made by
+    :func:`object_name` (an object store reference from before identities, for one)."""
     parts = name.split(".")
-    if len(parts) != 3 or len(parts[2]) != 64:
+    if len(parts[-1]) != 64:
         return None
-    return parts[0], parts[1]
+    if len(parts) == 4 and parts[0] == "result":
+        return "provider", parts[2]
+    if len(parts) == 3 and parts[0] in ("submitter", "provider"):
+        return parts[0], parts[1]
+    return None
+
+
+def object_reader(name: str) -> str | None:
+    """The submitter a result object was written for (None for any other object)."""
+    parts = name.split(".")
+    return parts[1] if len(parts) == 4 and parts[0] == "result" else None
 
 
 def api_subject(role: str, name: str, operation: str) -> str:

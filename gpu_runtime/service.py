@@ -39,7 +39,7 @@ from events.intake import (
 from events.store.blobs import BlobStore, ObjectIntegrityError, ObjectNotFound
 from events.store.connection import Access, connect_nats
 from events.store.topology import Topology
-from events.subjects import dispatch_consumer, heartbeat_subject, intake_subject, report_subject
+from events.subjects import dispatch_consumer, heartbeat_subject, intake_subject, job_owner, report_subject
 from events.types import Calibration, Capabilities, FailureReason, ObjectRef, ResultRef, is_valid_id, utc_now
 from events.workloads import (
     WORKLOADS,
@@ -433,10 +433,10 @@ class ProviderRuntime:
         """Publish one task report to ``gf.in.provider.<id>.report.<task_id>``."""
         await self._publish(report_subject(self.provider_id, lease.task_id), body, msg_id, wait=wait)
 
-    async def put_object(self, data: bytes) -> ObjectRef:
-        """Store ``data`` under this provider's name; returns its reference with sha256."""
+    async def put_object(self, data: bytes, *, for_submitter: str | None = None) -> ObjectRef:
+        """Store ``data`` under this provider's name (a result: for the job's submitter); its reference."""
         assert self._blobs is not None
-        return await self._blobs.put(data)
+        return await self._blobs.put(data, for_submitter=for_submitter)
 
     async def get_object(self, ref: ObjectRef, what: str) -> bytes:
         """Fetch ``ref`` and check its sha256; problems raise ``WorkloadError`` naming ``what``."""
@@ -636,7 +636,7 @@ class ProviderRuntime:
         lease = run.lease
         summary = dict(outcome.summary)
         if outcome.arrays is not None:
-            ref = await self.put_object(outcome.arrays)
+            ref = await self.put_object(outcome.arrays, for_submitter=job_owner(lease.job_id))
             summary["arrays"] = ref.model_dump(mode="json")
         value = json_safe(summary)
         data = canonical_json(value)
@@ -644,7 +644,7 @@ class ProviderRuntime:
         if len(data) <= self.config.inline_limit:
             result = ResultRef(sha256=digest, size=len(data), inline=value)
         else:
-            ref = await self.put_object(data)
+            ref = await self.put_object(data, for_submitter=job_owner(lease.job_id))
             result = ResultRef(sha256=digest, size=len(data), object=ref)
         metrics = {k: float(v) for k, v in outcome.metrics.items()}
         metrics["wall_s"] = wall_s

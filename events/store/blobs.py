@@ -1,6 +1,7 @@
 """Objects (inputs, results, checkpoints): content-addressed, stored under their owner's name.
 
-An object is named ``<role>.<owner>.<sha256>`` and stored in the objects stream as chunks on
+An object is named ``<role>.<owner>.<sha256>`` (a result: ``result.<submitter>.<provider>.<sha256>``,
+see ``events.subjects.object_name``) and stored in the objects stream as chunks on
 ``gf.obj.<name>.<i>`` and a manifest on ``gf.obj.<name>.m``, each subject holding one message for ever
 (the stream refuses a second). Why not the JetStream Object Store: its subjects are random chunk ids
 and base64 names, which NATS permissions cannot give to an owner, and reading it needs a consumer,
@@ -61,12 +62,16 @@ class BlobStore:
     def _subject(self, name: str, part: str) -> str:
         return f"{self._t.object_prefix}.{name}.{part}"
 
-    async def put(self, data: bytes) -> ObjectRef:
-        """Store ``data`` (once: the same bytes again change nothing) and return its reference."""
+    async def put(self, data: bytes, *, for_submitter: str | None = None) -> ObjectRef:
+        """Store ``data`` (once: the same bytes again change nothing) and return its reference.
+
+        ``for_submitter``: a result, readable by that submitter (and by nobody else who is not given
+        its digest by the log).
+        """
         if len(data) > MAX_OBJECT_BYTES:
             raise InvalidPayload(f"object is {len(data)} bytes, over {MAX_OBJECT_BYTES}", field="object")
         digest = hashlib.sha256(data).hexdigest()
-        name = object_name(self.role, self.owner, digest)
+        name = object_name(self.role, self.owner, digest, for_submitter=for_submitter)
         ref = ObjectRef(bucket=self._t.objects_stream, name=name, sha256=digest, size=len(data))
         if await self._manifest(name) is not None:
             return ref

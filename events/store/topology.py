@@ -87,6 +87,7 @@ class Topology:
             max_age=24 * 3600.0,
             max_msg_size=MAX_INTAKE_BYTES,
             max_msgs_per_subject=100_000,
+            allow_direct=True,  # an auditor reads every stream, with direct gets
         )
 
     def objects_config(self) -> api.StreamConfig:

@@ -130,13 +130,17 @@ ROLE_RULES: dict[str, RoleRules] = {
         pub_allow=(
             f"{INTAKE_PREFIX}.provider.{_NAME}.>",
             f"{OBJECT_PREFIX}.provider.{_NAME}.>",
+            # Results, written for the job's submitter: result.<submitter>.<provider>.<sha256>.
+            f"{OBJECT_PREFIX}.result.*.{_NAME}.>",
             f"{API_PREFIX}.provider.{_NAME}.>",
             heartbeat_subject(_NAME),
             f"$JS.API.CONSUMER.MSG.NEXT.{DISPATCH_STREAM}.{_provider_consumer}",
             f"$JS.ACK.{DISPATCH_STREAM}.{_provider_consumer}.>",
             f"$JS.ACK.*.*.{DISPATCH_STREAM}.{_provider_consumer}.>",
             # Inputs and checkpoints, by digest: a provider learns a digest only from its leases.
-            _direct_get(OBJECTS_STREAM, f"{OBJECT_PREFIX}.>"),
+            _direct_get(OBJECTS_STREAM, f"{OBJECT_PREFIX}.submitter.>"),
+            _direct_get(OBJECTS_STREAM, f"{OBJECT_PREFIX}.provider.>"),
+            _direct_get(OBJECTS_STREAM, f"{OBJECT_PREFIX}.result.*.{_NAME}.>"),
         ),
         sub_allow=(_inbox("provider"),),
     ),
@@ -149,8 +153,8 @@ ROLE_RULES: dict[str, RoleRules] = {
             f"{OBJECT_PREFIX}.submitter.{_NAME}.>",
             f"{API_PREFIX}.submitter.{_NAME}.>",
             _direct_get(OBJECTS_STREAM, f"{OBJECT_PREFIX}.submitter.{_NAME}.>"),
-            # Results, by digest: a submitter learns a result's digest only from its own jobs' events.
-            _direct_get(OBJECTS_STREAM, f"{OBJECT_PREFIX}.provider.*.>"),
+            # The results of its own jobs, and nobody else's.
+            _direct_get(OBJECTS_STREAM, f"{OBJECT_PREFIX}.result.{_NAME}.>"),
         ),
         sub_allow=(_inbox("submitter"),),
         subs=256,
