@@ -281,7 +281,10 @@ class LocalNetwork:
             "port": self.server.port if self.server else 0,
             "tls_ca": str(self.tls_ca) if self.tls_ca else None,
         }
-        (cfg.data_dir / "network.json").write_text(json.dumps(info))
+        # Atomically: whoever looks for the file (a CLI command, a test) never reads half of it.
+        tmp = cfg.data_dir / ".network.json.tmp"
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, cfg.data_dir / "network.json")
 
     async def _ensure_streams(self) -> None:
         """As the network's admin: create or update every stream and bucket."""

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from actors.errors import DuplicateJob, UnknownAggregate
+from actors.errors import DuplicateJob, NotYours, UnknownAggregate
 from actors.job import (
     CancelJob,
     CompleteJob,
@@ -202,3 +202,76 @@ def test_deadline_cancel_or_fail_per_spec() -> None:
         .then_types("JobDeadlineMissed", "JobFailed")
     )
     assert missed.unfinished == 2 and missed.deadline == at(0) + timedelta(seconds=60)  # type: ignore[attr-defined]
+
+
+# ---- identity: the submitter is the credential, never the body -------------------------------------
+
+MINE = JobSpec(workload="sleep", params={"seconds": 1.0}, split=CountSplit(count=2))
+
+
+def test_the_sender_becomes_the_submitter_of_a_spec_that_names_nobody() -> None:
+    cmd = SubmitJob(command_id="c1", at=at(0), job_id="ann.j1", spec=MINE, submitter="ann")
+    given(J).when(cmd).then(JobSubmitted(at=at(0), job_id="ann.j1", spec=MINE.model_copy(update={"submitter": "ann"})))
+    # Repeating one's own name in the body is the same submission.
+    named = MINE.model_copy(update={"submitter": "ann"})
+    given(J).when(SubmitJob(command_id="c1", at=at(0), job_id="ann.j1", spec=named, submitter="ann")).then(
+        JobSubmitted(at=at(0), job_id="ann.j1", spec=named)
+    )
+
+
+def test_a_body_naming_another_submitter_is_refused_naming_the_field() -> None:
+    spec = MINE.model_copy(update={"submitter": "bob"})
+    err = (
+        given(J)
+        .when(SubmitJob(command_id="c1", at=at(0), job_id="ann.j1", spec=spec, submitter="ann"))
+        .then_raises(NotYours)
+    )
+    assert err.field == "submitter" and "bob" in str(err) and "ann" in str(err)  # type: ignore[attr-defined]
+
+
+def test_a_job_id_owned_by_someone_else_is_refused() -> None:
+    err = (
+        given(J)
+        .when(SubmitJob(command_id="c1", at=at(0), job_id="bob.j1", spec=MINE, submitter="ann"))
+        .then_raises(NotYours)
+    )
+    assert err.field == "job_id"  # type: ignore[attr-defined]
+
+
+def _ref(name: str) -> dict[str, object]:
+    return {"bucket": "GF_OBJECTS", "name": name, "sha256": "c" * 64, "size": 10}
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        (
+            JobSpec(workload="noop", params={"input": _ref(f"submitter.bob.{'c' * 64}")}),
+            "params.input",
+        ),
+        (
+            JobSpec(
+                workload="noop",
+                split=ParamsSplit(params=[{"a": 1}, {"deep": [{"ref": _ref(f"result.bob.gpu.{'c' * 64}")}]}]),
+            ),
+            "split.params.1.deep.0.ref",
+        ),
+    ],
+)
+def test_a_job_may_name_only_its_submitter_s_own_objects(spec: JobSpec, field: str) -> None:
+    cmd = SubmitJob(command_id="c1", at=at(0), job_id="ann.j1", spec=spec, submitter="ann")
+    err = given(J).when(cmd).then_raises(NotYours)
+    assert err.field == field  # type: ignore[attr-defined]
+    mine = spec.model_copy(update={"params": {"input": _ref(f"submitter.ann.{'c' * 64}")}, "split": CountSplit()})
+    given(J).when(SubmitJob(command_id="c1", at=at(0), job_id="ann.j1", spec=mine, submitter="ann")).then_types(
+        "JobSubmitted"
+    )
+
+
+def test_only_the_submitter_may_cancel() -> None:
+    spec = MINE.model_copy(update={"submitter": "ann"})
+    story = (JobSubmitted(at=at(0), job_id="ann.j1", spec=spec), accepted())
+    given(J, *story).when(CancelJob(command_id="c2", at=at(1), requester="bob")).then_raises(NotYours)
+    given(J, *story).when(CancelJob(command_id="c2", at=at(1), requester="ann", reason="mine")).then_types(
+        "JobCancelled"
+    )

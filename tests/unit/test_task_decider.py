@@ -306,3 +306,51 @@ def test_cancel_reaches_the_lease_holder_and_is_terminal() -> None:
     given(T, created(), leased(), TaskCancelled(at=at(5), task_id="t1", lease_id="L1", provider_id="p1")).when(
         late
     ).then_types("TaskResultRejected")
+
+
+# ---- objects a provider reports must be its own, and results must be for the job's submitter ---------
+
+
+def created_for(owner: str) -> TaskCreated:
+    return created().model_copy(update={"task_id": f"{owner}.j1.0", "job_id": f"{owner}.j1", "submitter": owner})
+
+
+def _obj(name: str) -> ObjectRef:
+    return ObjectRef(bucket="GF_OBJECTS", name=name, sha256="c" * 64, size=10)
+
+
+STORY = (created_for("ann"), leased(), started())
+
+
+def test_a_checkpoint_stored_under_another_identity_is_refused() -> None:
+    def progress(name: str) -> ReportProgress:
+        return ReportProgress(
+            command_id="x",
+            at=at(4),
+            lease_id="L1",
+            provider_id="p1",
+            fraction=0.5,
+            checkpoint=_obj(name),
+            checkpoint_step=5,
+        )
+
+    (e,) = given(T, *STORY).when(progress(f"provider.p2.{'c' * 64}")).then_types("TaskResultRejected")
+    assert isinstance(e, TaskResultRejected) and "not stored under provider p1" in e.reason
+    (e,) = given(T, *STORY).when(progress(f"submitter.ann.{'c' * 64}")).then_types("TaskResultRejected")
+    given(T, *STORY).when(progress(f"provider.p1.{'c' * 64}")).then_types("TaskProgressed")
+
+
+def test_a_result_must_be_the_provider_s_and_written_for_the_job_s_submitter() -> None:
+    def done(name: str) -> ReportCompleted:
+        result = ResultRef(sha256="c" * 64, size=10, object=_obj(name))
+        return ReportCompleted(command_id="x", at=at(5), lease_id="L1", provider_id="p1", result=result, gpu_ms=5)
+
+    (e,) = given(T, *STORY).when(done(f"result.bob.p1.{'c' * 64}")).then_types("TaskResultRejected")
+    assert isinstance(e, TaskResultRejected) and "written for bob" in e.reason
+    (e,) = given(T, *STORY).when(done(f"result.ann.p2.{'c' * 64}")).then_types("TaskResultRejected")
+    assert isinstance(e, TaskResultRejected) and "not stored under provider p1" in e.reason
+    given(T, *STORY).when(done(f"result.ann.p1.{'c' * 64}")).then_types("TaskCompleted")
+    # An old object-store reference (from before identities) is not judged by these names.
+    legacy = ResultRef(sha256="c" * 64, size=10, object=CKPT)
+    cmd = ReportCompleted(command_id="x", at=at(5), lease_id="L1", provider_id="p1", result=legacy, gpu_ms=5)
+    given(T, *STORY).when(cmd).then_types("TaskCompleted")
