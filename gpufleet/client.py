@@ -248,6 +248,10 @@ class Client:
         try:
             ack = await self.js.publish(subject, body, headers=headers, timeout=10.0)
         except nats.js.errors.APIError as e:
+            if "maximum" in str(e.description or ""):
+                raise StoreUnavailable(
+                    f"the network's intake is full ({e.description}): nothing was taken; try again later"
+                ) from e
             raise StoreUnavailable(f"the network refused the message: {e.description or e}") from e
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
             raise_if_denied(self.nc, subject, str(self.identity or "a client without credentials"))

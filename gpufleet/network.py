@@ -35,6 +35,7 @@ from projections.storage import SqliteStore
 
 __all__ = [
     "DEFAULT_DATA_DIR",
+    "EmbeddedServer",
     "LocalNetwork",
     "NetworkConfig",
     "discover_access",
@@ -158,6 +159,83 @@ class NetworkConfig:
     topology: Topology = field(default_factory=Topology)
 
 
+class EmbeddedServer:
+    """A nats-server with JetStream that trusts this data directory's operator, and its identities.
+
+    What ``gpufleet up`` runs, on its own: tests and benchmarks use it to run a secured server the
+    same way. ``access(role, name)`` gives an identity's credentials (issued once, kept in the data
+    directory); ``ensure_streams()`` creates the streams as the network's admin.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        tls_ca: Path | None = None,
+        limits: AccountLimits | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.authority = Authority.open(data_dir / "auth", limits=limits)
+        store_dir = data_dir / "nats"
+        self.tls_ca = tls_ca
+        self.server = NatsServer(
+            store_dir,
+            port=port,
+            host=host,
+            config=self.authority.server_config(store_dir / "accounts"),
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+        )
+
+    @property
+    def url(self) -> str:
+        """The URL clients on this machine use."""
+        url = self.server.url
+        for anywhere in ("0.0.0.0", "::"):
+            url = url.replace(f"//{anywhere}:", "//127.0.0.1:")
+        return url
+
+    def start(self) -> EmbeddedServer:
+        """Start the server (blocking until it is ready)."""
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop it gracefully."""
+        self.server.stop()
+
+    def kill(self) -> None:
+        """Kill it, as a crash would."""
+        self.server.kill()
+
+    def access(self, role: str, name: str | None = None) -> Access:
+        """How identity ``role``/``name`` reaches this server (credentials issued on first use)."""
+        return Access(self.url, self.authority.own_creds(role, name or local_name(role)), self.tls_ca)
+
+    def unrestricted(self) -> Access:
+        """The operator's own unrestricted hub user (``Authority.unrestricted_creds``)."""
+        return Access(self.url, self.authority.unrestricted_creds(), self.tls_ca)
+
+    async def ensure_streams(self, topology: Topology | None = None) -> Topology:
+        """As the network's admin: create or update every stream and bucket."""
+        nc = await connect_nats(self.access("admin"), name="gpufleet-admin")
+        try:
+            return await ensure_topology(nc.jetstream(), topology)
+        finally:
+            await nc.close()
+
+    def __enter__(self) -> EmbeddedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def _port_free(port: int, host: str) -> bool:
     with socket.socket() as s:
         try:
@@ -172,7 +250,7 @@ class LocalNetwork:
 
     def __init__(self, config: NetworkConfig) -> None:
         self.config = config
-        self.server: NatsServer | None = None
+        self.embedded: EmbeddedServer | None = None
         self.url = config.nats_url or ""
         self.tls_ca: Path | None = config.tls_ca
         self.authority: Authority | None = None
@@ -189,6 +267,11 @@ class LocalNetwork:
     def db_path(self) -> Path:
         """The read models' SQLite file."""
         return self.config.data_dir / "readmodels.sqlite"
+
+    @property
+    def server(self) -> NatsServer | None:
+        """The embedded nats-server (None with an existing server)."""
+        return self.embedded.server if self.embedded is not None else None
 
     def access(self, role: str, name: str | None = None) -> Access:
         """How one of this network's identities reaches it (credentials issued on first use)."""
@@ -227,23 +310,25 @@ class LocalNetwork:
             if cfg.tls and (cert is None or key is None):
                 made = ensure_server_tls(cfg.data_dir / "tls", cfg.tls_hosts)
                 cert, key, self.tls_ca = made.cert, made.key, made.ca
-            store_dir = cfg.data_dir / "nats"
-            self.server = NatsServer(
-                store_dir,
+            self.embedded = EmbeddedServer(
+                cfg.data_dir,
                 port=port if port and _port_free(port, cfg.host) else 0,
                 host=cfg.host,
-                config=self.authority.server_config(store_dir / "accounts"),
                 tls_cert=cert if cfg.tls else None,
                 tls_key=key if cfg.tls else None,
+                tls_ca=self.tls_ca,
+                limits=cfg.limits,
             )
-            await asyncio.to_thread(self.server.start)
-            self.url = self.server.url
-            if cfg.host in ("0.0.0.0", "::"):
-                self.url = self.url.replace(f"//{cfg.host}:", "//127.0.0.1:")
+            self.authority = self.embedded.authority
+            await asyncio.to_thread(self.embedded.start)
+            self.url = self.embedded.url
         else:
             # An existing server: make sure it knows the latest accounts (revocations included).
             await push_accounts(self.url, self.authority, **_tls_kw(self.tls_ca, self.url))
-        await self._ensure_streams()
+        if self.embedded is not None:
+            await self.embedded.ensure_streams(cfg.topology)
+        else:
+            await self._ensure_streams()
         self.orchestrator = await Orchestrator.connect(
             self.access("orchestrator"), topology=cfg.topology, config=cfg.orchestrator
         )
@@ -328,9 +413,9 @@ class LocalNetwork:
         if self.orchestrator is not None:
             await self.orchestrator.close()
             self.orchestrator = None
-        if self.server is not None:
-            await asyncio.to_thread(self.server.stop)
-            self.server = None
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+            self.embedded = None
         with contextlib.suppress(OSError):
             info = _read_info(self.config.data_dir)
             if info and info.get("pid") == os.getpid():

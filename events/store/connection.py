@@ -96,6 +96,7 @@ async def connect_nats(
     if access.tls_ca is not None or url.startswith("tls://"):
         kw.setdefault("tls", _tls_context(access.tls_ca))
     refused: list[str] = []
+    tls_failed: list[str] = []
     connecting: list[asyncio.Task[NATS]] = []
 
     async def on_error(e: Exception) -> None:
@@ -104,6 +105,11 @@ async def connect_nats(
             subject = text.split('"')[1] if text.count('"') >= 2 else text
             denied_subjects(holder[0]).append(subject.lower())
             log.warning("nats.permission_denied", error=text)
+        elif isinstance(e, ssl.SSLError) or "certificate" in text.lower():
+            tls_failed.append(getattr(e, "reason", None) or text)
+            (log.warning if holder else log.debug)("nats.tls_failed", error=text)
+            if connecting and not connecting[0].done():
+                connecting[0].cancel()  # a server that cannot be verified will not become verifiable
         elif "authorization violation" in text.lower() or "authentication" in text.lower():
             refused.append(text)
             # At the first connect the refusal is raised as one clear error; later it is news.
@@ -140,10 +146,14 @@ async def connect_nats(
     try:
         nc = await asyncio.wait_for(task, timeout)
     except asyncio.CancelledError as e:
+        if tls_failed:
+            raise StoreUnavailable(f"TLS with {url} failed: {tls_failed[-1]} (is --tls-ca the network's CA?)") from e
         if not refused:
             raise
         raise _refusal(url, access, refused[-1]) from e
     except TimeoutError as e:
+        if tls_failed:
+            raise StoreUnavailable(f"TLS with {url} failed: {tls_failed[-1]} (is --tls-ca the network's CA?)") from e
         if refused:
             raise _refusal(url, access, refused[-1]) from e
         raise StoreUnavailable(f"cannot reach NATS at {url}: no answer within {timeout:g}s") from e

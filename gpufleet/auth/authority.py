@@ -308,6 +308,22 @@ class Authority:
         _write_private(path, self.issue(role, name))
         return path
 
+    def unrestricted_creds(self) -> Path:
+        """Credentials of an unrestricted user of the hub account, for the operator's own tools.
+
+        Signed with the hub account's key and no template: it may do anything in the hub (create its
+        own streams next to the network's, publish anywhere in them). Benchmarks use it to measure the
+        raw JetStream floor on the same server, and storage tests to exercise JetStream itself. Only
+        whoever holds the account key can make one; the network never issues one to anybody.
+        """
+        path = self.directory / "creds" / "unrestricted.creds"
+        if not path.exists():
+            user = new_key("user")
+            nats = {"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1}
+            claims = {"name": "operator-tool", "sub": public_key(user), "nats": nats}
+            _write_private(path, creds_text(encode(claims, self._keys[f"account-{HUB_ACCOUNT}"]), user.seed))
+        return path
+
     def system_creds(self) -> Path:
         """Credentials of a system-account user: it pushes account updates to the server."""
         path = self.directory / "creds" / "system.creds"
