@@ -124,6 +124,7 @@ class FailedReport(_Report):
 
 TaskReport = Annotated[StartedReport | ProgressReport | CompletedReport | FailedReport, Field(discriminator="report")]
 
+
 @dataclass(frozen=True, slots=True)
 class IntakeVerb:
     """One kind of intake message: who sends it, what it targets, and the model of its body."""
@@ -172,9 +173,7 @@ INTAKE_VERBS: dict[tuple[str, str], IntakeVerb] = {
             TypeAdapter(ProviderRegistration),
             "Register (or re-register) as the provider your credentials name, with measured capabilities.",
         ),
-        IntakeVerb(
-            "provider", "drain", "provider", "self", TypeAdapter(ProviderDeparture), "Stop taking new leases."
-        ),
+        IntakeVerb("provider", "drain", "provider", "self", TypeAdapter(ProviderDeparture), "Stop taking new leases."),
         IntakeVerb("provider", "leave", "provider", "self", TypeAdapter(ProviderDeparture), "Leave the network."),
         IntakeVerb(
             "provider",

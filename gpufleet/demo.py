@@ -73,7 +73,7 @@ def demo_jobs(gpu: bool) -> list[dict[str, Any]]:
                     ],
                 },
                 "resources": {"backend": "cuda"},
-                    "labels": {"demo": "custom CUDA kernel"},
+                "labels": {"demo": "custom CUDA kernel"},
             }
         )
     return jobs

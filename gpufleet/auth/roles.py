@@ -204,7 +204,5 @@ def hub_exports() -> list[dict[str, Any]]:
 def edge_imports(hub_public_key: str) -> list[dict[str, Any]]:
     """The edge account's imports of every hub service (permissions then narrow them per role)."""
     return [
-        {"name": subject, "subject": subject, "account": hub_public_key, "type": "service"}
-        for subject, _ in _EXPORTS
+        {"name": subject, "subject": subject, "account": hub_public_key, "type": "service"} for subject, _ in _EXPORTS
     ]
-

@@ -114,4 +114,3 @@ def ensure_server_tls(directory: Path, hosts: list[str] | None = None, *, days: 
     except (OSError, ValueError) as e:
         raise TlsError(f"cannot make TLS certificates in {directory}: {e}") from e
     return ServerTls(cert_path, key_path, ca_cert_path)
-
