@@ -46,10 +46,11 @@ from actors.world import World
 from events.estimates import base_seconds, shape_of
 from events.provider import ProviderCalibrated
 from events.store import JetStreamEventStore
+from events.store.connection import Access, connect_nats
 from events.subjects import intake_subject
 from events.task import TaskCompleted, TaskCreated, TaskLeased, TaskStarted
 from events.types import Calibration
-from gpufleet.natsserver import NatsServer
+from gpufleet.network import EmbeddedServer
 from projections.eta import ETA_TASKS, eta_error
 from projections.query import ReadModels
 
@@ -312,7 +313,7 @@ def noise_floor(got: list[Sample]) -> tuple[float, int]:
     return (statistics.median(errors) if errors else math.nan), len(errors)
 
 
-async def projections_view(url: str, db: Path, log: Path) -> tuple[Any, float, int]:
+async def projections_view(access: Access, db: Path, log: Path) -> tuple[Any, float, int]:
     """Rebuild the read models from the log; the ETA view's error, and how its replayed model agrees."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -320,7 +321,9 @@ async def projections_view(url: str, db: Path, log: Path) -> tuple[Any, float, i
         "projections",
         "rebuild",
         "--url",
-        url,
+        access.url,
+        "--creds",
+        str(access.creds),
         "--db",
         str(db),
         cwd=ROOT,
@@ -359,29 +362,24 @@ async def main() -> None:
 
     work = args.dir or Path(tempfile.mkdtemp(prefix="gpufleet-bench-eta-"))
     work.mkdir(parents=True, exist_ok=True)
-    server = NatsServer(work / "nats").start()
+    server = EmbeddedServer(work / "net").start()
     url = server.url
     procs: list[subprocess.Popen[bytes]] = []
     store: JetStreamEventStore | None = None
     try:
-        procs.append(
-            spawn(["-m", "gpufleet", "--log-format", "json", "orchestrator", "run", "--nats", url], work / "orch.log")
-        )
-        for _ in range(100):  # the orchestrator creates the streams
-            try:
-                store = await JetStreamEventStore.connect(url, name="bench-eta")
-                await store.head()
-                break
-            except Exception:
-                await asyncio.sleep(0.1)
-        assert store is not None
+        await server.ensure_streams()
+        orchestrator = server.access("orchestrator")
+        cmd = ["-m", "gpufleet", "--log-format", "json", "orchestrator", "run", "--nats", url]
+        procs.append(spawn([*cmd, "--creds", str(orchestrator.creds)], work / "orch.log"))
+        store = await JetStreamEventStore.connect(orchestrator, name="bench-eta")
         follower = Follower(store)
         follow = asyncio.create_task(follower.run())
         ids = [f"bench-p{i}" for i in range(args.providers)]
         t0 = time.monotonic()
         for pid in ids:
             # One after another: each calibrates its device alone, as it would on a machine of its own.
-            cmd = ["-m", "gpu_runtime", "--nats", url, "--provider-id", pid, "--backend", "cpu"]
+            creds = str(server.access("provider", pid).creds)
+            cmd = ["-m", "gpu_runtime", "--nats", url, "--creds", creds, "--backend", "cpu"]
             procs.append(spawn(cmd, work / f"{pid}.log"))
             await follower.until(lambda w, p=pid: p in w.providers and w.providers[p].status == "online", 120, pid)
         console.print(f"{len(ids)} providers online in {time.monotonic() - t0:.1f}s (started and calibrated)")
@@ -389,9 +387,12 @@ async def main() -> None:
         jobs = job_mix(random.Random(args.seed), args.scale)
         tasks = sum(len(spec["split"]["params"]) for _, spec in jobs)
         t0 = time.monotonic()
+        submitter = await connect_nats(server.access("submitter", "bench"), name="bench-eta-submitter")
         for job_id, spec in jobs:
-            await store.js.publish(intake_subject("job", job_id, "submit"), json.dumps(spec).encode())
-        names = {j for j, _ in jobs}
+            subject = intake_subject("submitter", "bench", "submit", job_id)
+            await submitter.jetstream().publish(subject, json.dumps(spec).encode())
+        await submitter.close()
+        names = {f"bench.{j}" for j, _ in jobs}
         await follower.until(
             lambda w: all(j in w.jobs and w.jobs[j].status in TERMINAL_JOBS for j in names), args.timeout, "jobs"
         )
@@ -413,7 +414,9 @@ async def main() -> None:
         verdict = "meets" if overall.median < TARGET_MEDIAN else "MISSES"
         console.print(f"bench (this script):  {overall}  -> {verdict} the target median < {TARGET_MEDIAN:.0%}")
 
-        view, worst, total = await projections_view(url, work / "views.sqlite", work / "projections.log")
+        view, worst, total = await projections_view(
+            server.access("auditor", "bench"), work / "views.sqlite", work / "projections.log"
+        )
         console.print(f"projections ETA view: {view}")
         # The view keeps times as float epoch seconds (a resolution of ~0.2 us today), hence the tolerance.
         agree = view.n == overall.n and all(

@@ -35,15 +35,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import nats
 from nats.aio.client import __version__ as nats_version
 from nats.js import api
 
 from events import Envelope, encode, new_envelope
 from events.store import JetStreamEventStore, StreamSettings, ensure_stream
+from events.store.connection import Access, connect_nats
 from events.task import TaskProgressed
+from gpufleet.auth import AccountLimits
 from gpufleet.logging import configure_logging
-from gpufleet.natsserver import NatsServer, find_nats_server
+from gpufleet.natsserver import find_nats_server
+from gpufleet.network import EmbeddedServer
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -271,9 +273,10 @@ class Profiling:
         return self.profile if self.what == name else None
 
 
-async def one_round(url: str, plan: Plan, run: int, rows: dict[str, Row], prof: Profiling) -> None:
-    raw_nc = await nats.connect(url, name="bench-raw")
-    store_nc = await nats.connect(url, name="bench-store")
+async def one_round(access: Access, plan: Plan, run: int, rows: dict[str, Row], prof: Profiling) -> None:
+    # Both sides as the same identity on the same secured server: the operator's unrestricted user.
+    raw_nc = await connect_nats(access, name="bench-raw")
+    store_nc = await connect_nats(access, name="bench-store")
     raw_js = raw_nc.jetstream(timeout=10.0)
     n = plan.events
     created: list[str] = []
@@ -287,7 +290,7 @@ async def one_round(url: str, plan: Plan, run: int, rows: dict[str, Row], prof: 
     async def store_on_fresh_stream(kind: str) -> JetStreamEventStore:
         settings = fresh_settings(kind)
         store = JetStreamEventStore(store_nc, settings=settings, timeout=10.0, max_inflight_batches=50)
-        await store.ensure()
+        await store.ensure(create=True)
         created.append(settings.name)
         return store
 
@@ -458,10 +461,10 @@ async def main(argv: list[str] | None = None) -> int:
     # Production logging: info and above (the store's per-append debug line is then a no-op).
     configure_logging("json", "info", sys.stderr)
     with tempfile.TemporaryDirectory(prefix="gf-bench-") as tmp:
-        server = NatsServer(Path(tmp) / "nats").start()
+        server = EmbeddedServer(Path(tmp) / "net", limits=AccountLimits(streams=10_000)).start()
         try:
             for run in range(plan.repeat):
-                await one_round(server.url, plan, run, rows, prof)
+                await one_round(server.unrestricted(), plan, run, rows, prof)
                 print(f"  run {run + 1}/{plan.repeat} done", file=sys.stderr)
         finally:
             server.stop()

@@ -38,18 +38,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from nats.js import api
-
 from events.dispatch import LeaseGranted
 from events.store.connection import connect_nats
-from events.store.topology import ensure_topology
-from events.subjects import dispatch_subject, intake_subject
+from events.store.topology import Topology
+from events.subjects import dispatch_subject, report_subject
 from events.workloads import NoopParams
 from gpu_runtime import ProviderRuntime, RuntimeConfig, TaskContext, run_workload, select_backend
 from gpu_runtime.backend import Backend
 from gpu_runtime.workloads.context import FLOATS
 from gpu_runtime.workloads.dense import matmul_inputs
-from gpufleet.natsserver import NatsServer
+from gpufleet.network import EmbeddedServer
 
 #: (precision, n, repeat) per backend. On a GPU the repeat makes the product loop long enough
 #: (about 0.55 s on an H100) that fixed costs (seeded inputs, ~10 ms) stay under 3%; the CPU
@@ -106,7 +104,11 @@ class Client:
         self.n = 0
 
     async def start(self) -> None:
-        await self.nc.subscribe(intake_subject("task", "*", "report"), cb=self._on_report)
+        await self.nc.subscribe("gf.in.provider.*.report.>", cb=self._on_report)
+
+    async def open_dispatch(self, provider_id: str) -> None:
+        """Create the provider's dispatch consumer, as the orchestrator does when it registers."""
+        await self.js.add_consumer("GF_DISPATCH", config=Topology().dispatch_consumer_config(provider_id))
 
     async def _on_report(self, msg: Any) -> None:
         body = json.loads(msg.data)
@@ -147,12 +149,8 @@ async def transport_floor(client: Client, rounds: int) -> list[float]:
     """The same NATS round trip as a task, with nothing behind it: publish a lease to the dispatch
     stream, pull it, ack it, publish a completion to the intake stream, receive it."""
     js = client.js
-    sub = await js.pull_subscribe(
-        dispatch_subject("rawfloor"),
-        durable="prov-rawfloor",
-        stream="GF_DISPATCH",
-        config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT),
-    )
+    await client.open_dispatch("rawfloor")
+    sub = await js.pull_subscribe_bind("prov-rawfloor", "GF_DISPATCH")
 
     stop = False
 
@@ -166,7 +164,7 @@ async def transport_floor(client: Client, rounds: int) -> list[float]:
                 await msg.ack()
                 lease = json.loads(msg.data)
                 body = {"report": "completed", "lease_id": lease["lease_id"], "provider_id": "rawfloor"}
-                await js.publish(intake_subject("task", lease["task_id"], "report"), json.dumps(body).encode())
+                await js.publish(report_subject("rawfloor", lease["task_id"]), json.dumps(body).encode())
 
     task = asyncio.create_task(echo())
     times = []
@@ -201,13 +199,16 @@ async def bench(backend_name: str, quick: bool) -> list[Row]:
         run_workload(TaskContext(backend), "noop", NoopParams())
     in_process_ms = (time.perf_counter() - t0) / 1000 * 1e3
 
-    with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "nats") as server:
-        nc = await connect_nats(server.url, name="bench-orchestrator")
-        await ensure_topology(nc.jetstream())
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedServer(Path(tmp) / "net") as server:
+        await server.ensure_streams()
+        # The orchestrator's side, played by the operator's unrestricted user (it sees every report).
+        nc = await connect_nats(server.unrestricted(), name="bench-orchestrator")
         client = Client(nc)
         await client.start()
         floor = await transport_floor(client, rounds)
-        config = RuntimeConfig(nats_url=server.url, provider_id="bench", backend=backend.name, calibrate=False)
+        await client.open_dispatch("bench")
+        creds = server.access("provider", "bench").creds
+        config = RuntimeConfig(nats_url=server.url, creds=creds, backend=backend.name, calibrate=False)
         runtime = ProviderRuntime(config)
         t_start = time.perf_counter()
         await runtime.start()

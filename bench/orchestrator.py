@@ -1,7 +1,8 @@
 """Orchestrator benchmark: end-to-end no-op throughput and latency, raw floors, Ray, scheduler cost.
 
-Run: ``python bench/orchestrator.py`` (``--help`` for sizes). It starts its own nats-server, an
-orchestrator process and a simulated-provider process, and measures in the same run:
+Run: ``python bench/orchestrator.py`` (``--help`` for sizes). It starts its own secured nats-server
+(as ``gpufleet up`` does), an orchestrator process and a simulated-provider process, each with
+credentials of its own, and measures in the same run:
 
 - end-to-end no-op tasks/s, submit to completed, every transition durable in JetStream;
 - p50/p99 latency from submit to completed (one single-task job at a time);
@@ -32,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.scheduler import PendingTask, Scheduler
 from events.store import JetStreamEventStore
-from events.store.connection import connect_nats
+from events.store.connection import Access, connect_nats
 from events.subjects import intake_subject
 from events.types import Calibration, Capabilities, Estimate, Resources
-from gpufleet.natsserver import NatsServer
+from gpufleet.network import EmbeddedServer
 
 console = Console()
 
@@ -50,11 +51,12 @@ def spawn(*args: str) -> subprocess.Popen[bytes]:
     )
 
 
-async def raw_publish_async(url: str, n: int) -> float:
-    """Raw nats-py JetStream publish_async, bounded in flight, to its own stream on the same server."""
+async def raw_publish_async(access: Access, n: int) -> float:
+    """Raw nats-py JetStream publish_async, bounded in flight, to its own stream on the same server
+    (as the operator's unrestricted user: the floor has no permissions to check but the account's)."""
     from nats.js.api import StreamConfig
 
-    nc = await connect_nats(url, name="bench-raw")
+    nc = await connect_nats(access, name="bench-raw")
     js = nc.jetstream(publish_async_max_pending=4000)
     await js.add_stream(StreamConfig(name="BENCH_RAW", subjects=["bench.raw.>"]))
     body = b'{"type":"TaskProgressed","v":1,"at":"2026-01-01T00:00:00Z","task_id":"x","fraction":0.5}'
@@ -79,7 +81,7 @@ async def watch_jobs(store: JetStreamEventStore, after: int, want: set[str], don
     try:
         async for msg in sub.messages:
             if msg.headers and msg.headers.get("ce-type") == "JobCompleted":
-                job_id = msg.subject.rsplit(".", 1)[1]
+                job_id = msg.subject.rsplit(".", 1)[1]  # gf.ev.job.<submitter>.<name>: the name
                 if job_id in want:
                     done[job_id] = time.perf_counter()
                     if len(done) >= len(want):
@@ -88,26 +90,30 @@ async def watch_jobs(store: JetStreamEventStore, after: int, want: set[str], don
         await sub.unsubscribe()
 
 
-async def throughput(url: str, store: JetStreamEventStore, jobs: int, tasks: int, tag: str) -> tuple[float, float]:
-    nc = await connect_nats(url, name="bench-submit")
-    js = nc.jetstream()
+async def throughput(
+    server: EmbeddedServer, store: JetStreamEventStore, jobs: int, tasks: int, tag: str
+) -> tuple[float, float]:
+    """Four submitters, each on a connection with its own credentials, share ``jobs`` jobs."""
+    who = [f"u{i}" for i in range(4)]
+    conns = [await connect_nats(server.access("submitter", w), name=f"bench-{w}") for w in who]
     want = {f"{tag}{j}" for j in range(jobs)}
     done: dict[str, float] = {}
     head = await store.head()
     watcher = asyncio.create_task(watch_jobs(store, head, want, done))
-    spec = {"workload": "noop", "split": {"kind": "count", "count": tasks}}
+    body = json.dumps({"workload": "noop", "split": {"kind": "count", "count": tasks}}).encode()
     t0 = time.perf_counter()
     for j in range(jobs):
-        body = json.dumps({**spec, "submitter": f"u{j % 4}"}).encode()
-        await js.publish(intake_subject("job", f"{tag}{j}", "submit"), body)
+        k = j % len(who)
+        await conns[k].jetstream().publish(intake_subject("submitter", who[k], "submit", f"{tag}{j}"), body)
     await asyncio.wait_for(watcher, timeout=600)
     dt = max(done.values()) - t0
-    await nc.close()
+    for nc in conns:
+        await nc.close()
     return jobs * tasks / dt, dt
 
 
-async def latency(url: str, store: JetStreamEventStore, n: int) -> list[float]:
-    nc = await connect_nats(url, name="bench-latency")
+async def latency(server: EmbeddedServer, store: JetStreamEventStore, n: int) -> list[float]:
+    nc = await connect_nats(server.access("submitter", "lat"), name="bench-latency")
     js = nc.jetstream()
     out = []
     for i in range(n):
@@ -117,22 +123,19 @@ async def latency(url: str, store: JetStreamEventStore, n: int) -> list[float]:
         watcher = asyncio.create_task(watch_jobs(store, head, {job_id}, done))
         await asyncio.sleep(0)
         t0 = time.perf_counter()
-        await js.publish(intake_subject("job", job_id, "submit"), b'{"workload":"noop"}')
+        await js.publish(intake_subject("submitter", "lat", "submit", job_id), b'{"workload":"noop"}')
         await asyncio.wait_for(watcher, timeout=30)
         out.append((done[job_id] - t0) * 1000)
     await nc.close()
     return out
 
 
-async def events_per_task(store: JetStreamEventStore, url: str) -> tuple[float, Counter[str]]:
+async def events_per_task(store: JetStreamEventStore) -> tuple[float, Counter[str]]:
     kinds: Counter[str] = Counter()
     async for env in store.read_all():
         kinds[env.type] += 1
     tasks = kinds["TaskCreated"]
-    nc = await connect_nats(url)
-    js = nc.jetstream()
-    intake = (await js.stream_info("GF_INTAKE")).state.messages
-    await nc.close()
+    intake = (await store.js.stream_info("GF_INTAKE")).state.messages
     # Every durable write a task causes: its domain events, its intake reports, its dispatch.
     writes = sum(kinds.values()) + intake + kinds["TaskLeased"]
     return writes / max(1, tasks), kinds
@@ -223,26 +226,23 @@ async def main() -> None:
     ap.add_argument("--decisions", type=int, default=20000)
     args = ap.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "nats") as server:
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedServer(Path(tmp) / "net") as server:
         url = server.url
-        orch = spawn("orchestrator", "run", "--nats", url)
-        fleet = spawn("provider", "simulate", "--nats", url, "--count", str(args.providers), "--slots", str(args.slots))
+        await server.ensure_streams()
+        orchestrator = server.access("orchestrator")
+        orch = spawn("orchestrator", "run", "--nats", url, "--creds", str(orchestrator.creds))
+        fleet = spawn(
+            "provider", "simulate", "--nats", url, "--data-dir", str(server.data_dir),
+            "--count", str(args.providers), "--slots", str(args.slots),
+        )  # fmt: skip
         try:
-            store = None
-            for _ in range(200):
-                try:
-                    store = await JetStreamEventStore.connect(url)
-                    await store.head()
-                    break
-                except Exception:
-                    await asyncio.sleep(0.1)
-            assert store is not None
-            await asyncio.sleep(2.0)  # providers registered and heartbeating
-            await throughput(url, store, 4, 25, "warm")
-            rate, secs = await throughput(url, store, args.jobs, args.tasks, "job")
-            lat = await latency(url, store, args.latency_samples)
-            per_task, kinds = await events_per_task(store, url)
-            raw = await raw_publish_async(url, args.raw)
+            store = await JetStreamEventStore.connect(orchestrator)
+            await asyncio.sleep(3.0)  # the orchestrator up, the providers registered and heartbeating
+            await throughput(server, store, 4, 25, "warm")
+            rate, secs = await throughput(server, store, args.jobs, args.tasks, "job")
+            lat = await latency(server, store, args.latency_samples)
+            per_task, kinds = await events_per_task(store)
+            raw = await raw_publish_async(server.unrestricted(), args.raw)
             await store.close()
         finally:
             for p in (orch, fleet):
@@ -266,7 +266,7 @@ async def main() -> None:
     if ray is not None:
         t.add_row("Ray @ray.remote no-op tasks/s", f"{ray:,.0f}", f"gpufleet/Ray = {rate / ray:.2f}x")
     else:
-        t.add_row("Ray @ray.remote no-op tasks/s", "not installed", "pip install -e '.[bench]'")
+        t.add_row("Ray @ray.remote no-op tasks/s", "not installed", "pip install -e '.\\[bench]'")
     lat.sort()
     t.add_row("latency p50 submit->completed", f"{statistics.median(lat):.1f} ms", f"{len(lat)} single-task jobs")
     t.add_row("latency p99 submit->completed", f"{lat[min(len(lat) - 1, math.ceil(0.99 * len(lat)) - 1)]:.1f} ms", "")

@@ -34,13 +34,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-async def _raw_child(url: str, events: int) -> dict[str, Any]:
-    import nats
+async def _raw_child(url: str, creds: str, events: int) -> dict[str, Any]:
     from nats.js import api
 
+    from events.store.connection import Access, connect_nats
     from projections.__main__ import peak_rss_kb
 
-    nc = await nats.connect(url)
+    nc = await connect_nats(Access(url, Path(creds)))
     js = nc.jetstream()
     started = time.perf_counter()
     sub = await js.subscribe(
@@ -79,17 +79,13 @@ def _child(args: list[str]) -> dict[str, Any]:
     return result
 
 
-async def _publish(url: str, sim: Any) -> tuple[float, float]:
-    """Publish the log (and the intake) raw, in order; the seconds each took."""
-    import nats
-
+async def _publish(server: Any, sim: Any) -> tuple[float, float]:
+    """Publish the log (and the intake) raw, in order, as the operator's own user; the seconds each took."""
     from events.codec import encode
-    from events.store.jetstream import JetStreamEventStore
-    from events.store.topology import Topology, ensure_topology
+    from events.store.connection import connect_nats
 
-    store = await JetStreamEventStore.connect(url)
-    await ensure_topology(store.js, Topology())
-    nc = await nats.connect(url, pending_size=256 * 1024 * 1024)
+    await server.ensure_streams()
+    nc = await connect_nats(server.unrestricted(), pending_size=256 * 1024 * 1024)
     started = time.perf_counter()
     for i, env in enumerate(sim.events, start=1):
         body, headers = encode(env)
@@ -104,14 +100,13 @@ async def _publish(url: str, sim: Any) -> tuple[float, float]:
     await nc.flush(timeout=60)
     intake_s = time.perf_counter() - started
     for _ in range(600):
-        info = await store.js.stream_info("GF_EVENTS")
+        info = await nc.jetstream().stream_info("GF_EVENTS")
         if info.state.last_seq >= len(sim.events):
             break
         await asyncio.sleep(0.1)
     if info.state.messages != len(sim.events):
         raise SystemExit(f"published {len(sim.events)} events, the stream holds {info.state.messages}")
     await nc.close()
-    await store.close()
     return events_s, intake_s
 
 
@@ -146,47 +141,46 @@ def main() -> int:
     p.add_argument("--eta-log", type=Path, help="JSON-lines log of a real job-mix run for the ETA figures")
     p.add_argument("--child", choices=["raw"], help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
+    p.add_argument("--creds", help=argparse.SUPPRESS)
+    p.add_argument("--auditor", action="store_true", help="also rebuild as an auditor (direct gets, no consumer)")
     args = p.parse_args()
 
     if args.child == "raw":
-        print(json.dumps(asyncio.run(_raw_child(args.url, args.events))))
+        print(json.dumps(asyncio.run(_raw_child(args.url, args.creds, args.events))))
         return 0
 
-    from gpufleet.natsserver import NatsServer
+    from gpufleet.network import EmbeddedServer
     from tests.golden.loggen import random_log
 
     with tempfile.TemporaryDirectory(prefix="gf-bench-") as tmp:
-        server = NatsServer(Path(tmp) / "nats")
+        server = EmbeddedServer(Path(tmp) / "net")
         server.start()
         try:
             t = time.perf_counter()
             sim = random_log(args.seed, max_events=args.events, providers=args.providers, tasks_per_job=(1, 12))
             gen_s = time.perf_counter() - t
             n = len(sim.events)
-            pub_s, intake_s = asyncio.run(_publish(server.url, sim))
+            pub_s, intake_s = asyncio.run(_publish(server, sim))
             n_intake = len(sim.intake)
             del sim
             gc.collect()
 
             py = sys.executable
-            raw1 = _child([py, __file__, "--child", "raw", "--url", server.url, "--events", str(n)])
+            # The floor reads as the network's own projector does (the orchestrator's credentials).
+            orch = str(server.access("orchestrator").creds)
+            raw = [py, __file__, "--child", "raw", "--url", server.url, "--creds", orch, "--events", str(n)]
+            raw1 = _child(raw)
             db = Path(tmp) / "readmodels.db"
-            rebuild = _child(
-                [
-                    py,
-                    "-m",
-                    "projections",
-                    "rebuild",
-                    "--url",
-                    server.url,
-                    "--db",
-                    str(db),
-                    "--batch-size",
-                    str(args.batch_size),
-                    "--json",
-                ]
-            )
-            raw2 = _child([py, __file__, "--child", "raw", "--url", server.url, "--events", str(n)])
+
+            def rebuild_as(creds: str, into: Path) -> dict[str, Any]:
+                cmd = [py, "-m", "projections", "rebuild", "--url", server.url, "--creds", creds]
+                return _child([*cmd, "--db", str(into), "--batch-size", str(args.batch_size), "--json"])
+
+            rebuild = rebuild_as(orch, db)
+            audited = None
+            if args.auditor:
+                audited = rebuild_as(str(server.access("auditor", "bench").creds), Path(tmp) / "auditor.db")
+            raw2 = _child(raw)
             raw_rate = max(raw1["events_per_s"], raw2["events_per_s"])
             eta_synth = _eta_from_db(db)
             eta_real = _eta_from_log(args.eta_log) if args.eta_log else None
@@ -208,6 +202,12 @@ def main() -> int:
             f"{rebuild['events_per_s']:,.0f} events/s, {rebuild['seconds']:.1f} s, {rebuild['batches']} commits",
         ),
         ("rebuild / raw", f"{ratio:.2f}  (target >= 0.5: {'met' if ratio >= 0.5 else 'NOT met'})"),
+        (
+            "rebuild as an auditor",
+            f"{audited['events_per_s']:,.0f} events/s with direct gets, {audited['events_per_s'] / raw_rate:.2f} of raw"
+            if audited is not None
+            else "not measured (--auditor)",
+        ),
         ("rebuild peak memory", f"{rebuild['max_rss_kb'] / 1024:.0f} MiB max RSS; SQLite files {db_mb:.0f} MiB"),
         ("ETA error, synthetic log", f"{eta_synth}  (generated durations: checks the plumbing, not the model)"),
         (

@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from events.identity import CredentialsError
 from events.store.connection import Access
 from events.store.jetstream import JetStreamEventStore, Reads, StreamSettings
 from events.subjects import EVENT_PREFIX, EVENTS_STREAM, INTAKE_STREAM
@@ -72,7 +73,11 @@ async def _store(args: argparse.Namespace) -> JetStreamEventStore:
     settings = StreamSettings(name=args.stream, prefix=args.prefix)
     access = Access(args.url, Path(args.creds) if args.creds else None, Path(args.tls_ca) if args.tls_ca else None)
     # An auditor may read the log only with direct gets; the network's own projector uses a consumer.
-    reads: Reads = "direct" if args.command == "audit" else "consumer"
+    try:
+        who = access.identity()
+    except CredentialsError:
+        who = None  # the operator's own user: it may do anything
+    reads: Reads = "direct" if who is not None and who.role == "auditor" else "consumer"
     return await JetStreamEventStore.connect(access, settings=settings, name="gpufleet-projections", reads=reads)
 
 
