@@ -467,6 +467,7 @@ class ProviderRuntime:
                 self._log.warning("heartbeat.failed", error=str(e) or type(e).__name__)
 
     async def _fetch_loop(self) -> None:
+        waited = False
         while not self._stopping:
             try:
                 msgs = await self._psub.fetch(batch=16, timeout=1.0)
@@ -474,6 +475,13 @@ class ProviderRuntime:
                 continue
             except asyncio.CancelledError:
                 raise
+            except nats.js.errors.ServiceUnavailableError:
+                # No consumer yet: the orchestrator creates it when it takes our registration.
+                if not waited:
+                    self._log.info("dispatch.waiting_for_orchestrator")
+                    waited = True
+                await asyncio.sleep(0.2)
+                continue
             except Exception as e:
                 self._log.warning("dispatch.fetch_failed", error=str(e) or type(e).__name__)
                 await asyncio.sleep(0.5)

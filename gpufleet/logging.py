@@ -22,6 +22,7 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: obje
         if use_console
         else structlog.processors.JSONRenderer()
     )
+    logging.getLogger("asyncio").addFilter(_QuietTlsEof())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -35,3 +36,11 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: obje
         logger_factory=structlog.PrintLoggerFactory(file=out),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
+
+
+class _QuietTlsEof(logging.Filter):
+    """asyncio warns on every TLS connection nats-py closes ("returning true from eof_received() has
+    no effect when using ssl"): harmless, and not a line a person should see."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received" not in record.getMessage()

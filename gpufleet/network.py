@@ -27,7 +27,7 @@ from events.store import JetStreamEventStore
 from events.store.connection import Access, connect_nats
 from events.store.topology import Topology, ensure_topology
 from gpu_runtime.service import ProviderRuntime, RuntimeConfig
-from gpufleet.auth import AccountLimits, Authority, ensure_server_tls, push_accounts
+from gpufleet.auth import HUB_ACCOUNT, AccountLimits, Authority, ensure_server_tls, push_accounts
 from gpufleet.natsserver import NatsServer
 from projections.feed import EventFeed
 from projections.projector import Projector
@@ -202,8 +202,20 @@ class EmbeddedServer:
 
     def start(self) -> EmbeddedServer:
         """Start the server (blocking until it is ready)."""
+        self._adopt_open_store()
         self.server.start()
         return self
+
+    def _adopt_open_store(self) -> None:
+        """A data directory from before identities keeps its log in the open server's global account
+        (``$G``); secured, the same streams belong to the hub account. Moving the account's directory
+        before the server starts carries the whole log over, untouched (nats-server keeps JetStream
+        state per account, in a directory named after it)."""
+        js = self.server.store_dir / "jetstream"
+        old, new = js / "$G", js / self.authority.account_key(HUB_ACCOUNT)
+        if old.is_dir() and not new.exists():
+            old.rename(new)
+            _log.warning("up.adopted_open_log", moved=str(old), to=str(new))
 
     def stop(self) -> None:
         """Stop it gracefully."""

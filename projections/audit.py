@@ -792,7 +792,7 @@ async def _jetstream_records(store: JetStreamEventStore) -> AsyncIterator[LogRec
     s = store.settings
     cut = len(s.prefix) + 1
     end = await store.head()
-    async for m in store.read_raw(subject=f"{s.prefix}.>", end=end):
+    async for m in store.read_raw(end=end):  # the stream holds only the event subjects
         try:
             yield decode_message(m.subject[cut:], m.data, m.headers, m.sequence)
         except InvalidPayload as e:

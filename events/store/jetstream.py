@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
@@ -511,35 +512,82 @@ class JetStreamEventStore:
         after: int = 0,
         end: int | None = None,
         batch: int = 1000,
+        window: int = 4,
     ) -> AsyncIterator[RawMessage]:
         """Stored messages of ``stream`` (default: the event stream) after ``after``, raw, in order.
 
         ``subject`` filters (wildcards allowed); ``end`` stops at that position, else at the head as
         it is when each batch is asked for. Batched direct gets: it needs no consumer, so any identity
         allowed to direct-get the stream can read it, and a record that would not decode is still
-        returned (its reader decides).
+        returned (its reader decides). Unfiltered and with an ``end``, up to ``window`` batches are
+        asked for at once: a batch from position ``s`` holds the first ``batch`` messages at or after
+        ``s``, so batches from ``s``, ``s + batch``, ... cover the stream whole (overlapping only where
+        the stream has gaps, and what was already delivered is skipped).
         """
         name = stream or self.settings.name
+        if subject is None and end is not None and window > 1:
+            async for m in self._read_pipelined(name, after, end, batch, window):
+                yield m
+            return
         seq = after + 1
         while end is None or seq <= end:
-            pending = 0
-            got = 0
-            request: dict[str, Any] = {"seq": seq, "batch": batch}
-            if subject is not None:
-                request["next_by_subj"] = subject
-            async for msg in self._direct_get(request, name):
-                h = dict(msg.headers or {})
-                if not msg.data and "Status" in h:
-                    pending = int(h.get("Nats-Num-Pending", "0") or 0)
-                    break
-                position = int(h["Nats-Sequence"])
-                if end is not None and position > end:
+            msgs, pending = await self._batch(name, seq, batch, subject)
+            for m in msgs:
+                if end is not None and m.sequence > end:
                     return
-                seq = position + 1
-                got += 1
-                yield RawMessage(position, h.get("Nats-Subject", ""), bytes(msg.data), h)
-            if pending == 0 or got == 0:
+                seq = m.sequence + 1
+                yield m
+            if pending == 0 or not msgs:
                 return
+
+    async def _batch(
+        self, name: str, seq: int, batch: int, subject: str | None = None
+    ) -> tuple[list[RawMessage], int]:
+        """One batched direct get: the messages, and how many more the server says follow."""
+        request: dict[str, Any] = {"seq": seq, "batch": batch}
+        if subject is not None:
+            request["next_by_subj"] = subject
+        out: list[RawMessage] = []
+        pending = 0
+        async for msg in self._direct_get(request, name):
+            h = dict(msg.headers or {})
+            if not msg.data and "Status" in h:
+                pending = int(h.get("Nats-Num-Pending", "0") or 0)
+                break
+            out.append(RawMessage(int(h["Nats-Sequence"]), h.get("Nats-Subject", ""), bytes(msg.data), h))
+        return out, pending
+
+    async def _read_pipelined(
+        self, name: str, after: int, end: int, batch: int, window: int
+    ) -> AsyncIterator[RawMessage]:
+        starts = iter(range(after + 1, end + 1, batch))
+        inflight: deque[asyncio.Task[tuple[list[RawMessage], int]]] = deque()
+        delivered = after
+
+        def launch() -> None:
+            start = next(starts, None)
+            if start is not None:
+                inflight.append(asyncio.ensure_future(self._batch(name, start, batch)))
+
+        try:
+            for _ in range(window):
+                launch()
+            while inflight:
+                msgs, _ = await inflight.popleft()
+                launch()
+                for m in msgs:
+                    if m.sequence <= delivered:
+                        continue  # an overlap (the stream has a gap before it)
+                    if m.sequence > end:
+                        return
+                    delivered = m.sequence
+                    yield m
+                if delivered >= end:
+                    return
+        finally:
+            for t in inflight:
+                t.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
 
     async def read_all(self, after: int = 0) -> AsyncIterator[Envelope]:
         """See ``EventStore.read_all``: an ordered consumer (or direct gets), stopped at the head seen on entry."""
@@ -547,7 +595,8 @@ class JetStreamEventStore:
         if end <= after:
             return
         if self.reads == "direct":
-            async for raw in self.read_raw(subject=f"{self.settings.prefix}.>", after=after, end=end):
+            # The stream holds only the event subjects: no filter, so batches go out several at a time.
+            async for raw in self.read_raw(after=after, end=end):
                 env = self._decode(raw.subject, raw.data, raw.headers, raw.sequence)
                 if env is not None:
                     yield env

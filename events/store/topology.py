@@ -46,6 +46,8 @@ class Topology:
     intake_prefix: str = INTAKE_PREFIX
     #: The intake stream holds at most this much; past it, publishers are told the intake is full.
     intake_max_bytes: int = 2 * _GIB
+    #: And at most this many messages on one subject (one sender's reports on one task, say).
+    intake_max_per_subject: int = 100_000
     dispatch_stream: str = DISPATCH_STREAM
     dispatch_prefix: str = DISPATCH_PREFIX
     heartbeat_bucket: str = HEARTBEAT_BUCKET
@@ -68,6 +70,8 @@ class Topology:
             duplicate_window=self.events.duplicate_window_s,
             max_msg_size=2 * MAX_INTAKE_BYTES,
             max_bytes=self.intake_max_bytes,
+            max_msgs_per_subject=self.intake_max_per_subject,
+            discard_new_per_subject=True,
             deny_delete=True,
             deny_purge=True,
             allow_direct=True,

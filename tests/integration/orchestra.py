@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -17,6 +18,25 @@ from events.store.connection import connect_nats
 from events.subjects import intake_subject
 from events.task import TaskCompleted
 from tests.secure import SecureServer
+
+
+@contextlib.asynccontextmanager
+async def orchestrated(server: SecureServer, config: Any = None) -> AsyncIterator[JetStreamEventStore]:
+    """The orchestrator and the event feed on ``server``, as the network runs them; yields a reader
+    of the log (with the orchestrator's credentials)."""
+    from actors.orchestrator import Orchestrator
+    from projections.feed import EventFeed
+
+    orch = await Orchestrator.connect(server.access("orchestrator"), config=config)
+    store = await JetStreamEventStore.connect(server.access("orchestrator"))
+    feed = EventFeed(store)
+    await feed.start()
+    try:
+        yield store
+    finally:
+        await feed.stop()
+        await store.close()
+        await orch.close()
 
 
 class Tenants:

@@ -39,12 +39,14 @@ def gpufleet(
 
 
 class Up:
-    """`gpufleet up` in a subprocess, on a data directory of its own."""
+    """`gpufleet up` in a subprocess, on a data directory of its own (with ``tls``: over TLS)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, tls: bool = False) -> None:
         self.data_dir = data_dir
+        self.tls = tls
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
+        self.ca: Path | None = None
 
     def start(self, timeout: float = 90.0) -> Up:
         info = self.data_dir / "network.json"
@@ -61,6 +63,7 @@ class Up:
                 "0",
                 "--backend",
                 "cpu",
+                *(["--tls"] if self.tls else []),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -72,7 +75,9 @@ class Up:
             if self.proc.poll() is not None:
                 raise AssertionError(f"gpufleet up exited: {self.proc.stdout.read() if self.proc.stdout else ''}")
             if info.exists():
-                self.url = json.loads(info.read_text())["url"]
+                doc = json.loads(info.read_text())
+                self.url = doc["url"]
+                self.ca = Path(doc["tls_ca"]) if doc.get("tls_ca") else None
                 return self
             time.sleep(0.1)
         raise AssertionError("gpufleet up did not come up")
@@ -87,7 +92,11 @@ class Up:
 
     async def client(self, name: str = "tester") -> Client:
         """The Python client, as submitter ``name``."""
-        return await Client.connect(self.url, creds=self.creds("submitter", name))
+        return await Client.connect(self.url, creds=self.creds("submitter", name), tls_ca=self.ca)
+
+    def ca_args(self) -> list[str]:
+        """What a machine without the network's data needs to verify its server."""
+        return ["--tls-ca", str(self.ca)] if self.ca else []
 
     def stop(self) -> str:
         """Ctrl-C, as a user would; returns what it printed."""
@@ -99,7 +108,9 @@ class Up:
 
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
-    net = Up(tmp_path_factory.mktemp("up")).start()
+    """The network these tests share runs over TLS: every command below verifies its server."""
+    net = Up(tmp_path_factory.mktemp("up"), tls=True).start()
+    assert net.url.startswith("tls://") and net.ca is not None
     yield net
     if net.proc is not None and net.proc.poll() is None:
         net.stop()
@@ -311,16 +322,19 @@ def test_credentials_are_issued_used_elsewhere_and_revoked_on_the_running_networ
     issued = up.cli("creds", "issue", "submitter", "dora", "--out", str(creds))
     assert issued.returncode == 0, issued.stderr
     assert creds.stat().st_mode & 0o777 == 0o600
-    sub = gpufleet("submit", "--workload", "noop", "--watch", "--nats", up.url, "--creds", str(creds), home=elsewhere)
+    ca = up.ca_args()
+    sub = gpufleet(
+        "submit", "--workload", "noop", "--watch", "--nats", up.url, "--creds", str(creds), *ca, home=elsewhere
+    )
     assert sub.returncode == 0, sub.stdout + sub.stderr
     assert sub.stdout.startswith("dora."), sub.stdout  # the submitter is the credential
-    anonymous = gpufleet("submit", "--workload", "noop", "--nats", up.url, home=elsewhere)
+    anonymous = gpufleet("submit", "--workload", "noop", "--nats", up.url, *ca, home=elsewhere)
     assert anonymous.returncode != 0 and "without credentials" in anonymous.stderr, anonymous.stderr
     assert "Traceback" not in anonymous.stderr and len(anonymous.stderr.strip().splitlines()) == 1
 
     revoked = up.cli("creds", "revoke", "submitter", "dora")
     assert revoked.returncode == 0 and "on the running network now" in revoked.stdout, revoked.stdout + revoked.stderr
-    again = gpufleet("submit", "--workload", "noop", "--nats", up.url, "--creds", str(creds), home=elsewhere)
+    again = gpufleet("submit", "--workload", "noop", "--nats", up.url, "--creds", str(creds), *ca, home=elsewhere)
     assert again.returncode != 0 and "refused the credentials" in again.stderr, again.stderr
     listed = up.cli("creds", "list")
     row = next(line for line in listed.stdout.splitlines() if "dora" in line)
@@ -328,5 +342,38 @@ def test_credentials_are_issued_used_elsewhere_and_revoked_on_the_running_networ
     # A new credential for the same name works again (rotation): revocation is per credential.
     fresh = up.cli("creds", "issue", "submitter", "dora", "--out", str(creds))
     assert fresh.returncode == 0
-    ok = gpufleet("submit", "--workload", "noop", "--nats", up.url, "--creds", str(creds), home=elsewhere)
+    ok = gpufleet("submit", "--workload", "noop", "--nats", up.url, "--creds", str(creds), *ca, home=elsewhere)
     assert ok.returncode == 0, ok.stderr
+    # Without the network's CA, another machine cannot verify the server, and says so in one line.
+    blind = gpufleet("submit", "--workload", "noop", "--nats", up.url, "--creds", str(creds), home=elsewhere)
+    assert blind.returncode != 0 and "TLS" in blind.stderr and len(blind.stderr.strip().splitlines()) == 1
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_a_provider_joins_from_another_process_with_only_its_credentials(up: Up, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "gpu-box"
+    creds = tmp_path / "gpu-box-1.creds"
+    assert up.cli("creds", "issue", "provider", "gpu-box-1", "--out", str(creds)).returncode == 0
+    args = [sys.executable, "-m", "gpufleet", "provider", "run", "--nats", up.url, "--creds", str(creds)]
+    provider = subprocess.Popen(
+        [*args, *up.ca_args(), "--backend", "cpu", "--slots", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**ENV, "GPUFLEET_HOME": str(elsewhere)},
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            fleet = up.cli("providers", "--nats", up.url, "--data-dir", str(up.data_dir))
+            row = next((line for line in fleet.stdout.splitlines() if "gpu-box-1" in line), "")
+            if "online" in row:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"gpu-box-1 never came online: {fleet.stdout}")
+    finally:
+        provider.send_signal(signal.SIGTERM)  # drains: finishes its work, then leaves
+        out, _ = provider.communicate(timeout=60)
+    assert provider.returncode == 0, out
+    assert "provider gpu-box-1:" in out and "draining" in out, out

@@ -4,7 +4,6 @@ one identity from exhausting the server."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import nats.js.errors
 import pytest
 from nats.js import api
 
-from actors.orchestrator import Orchestrator, OrchestratorConfig
+from actors.orchestrator import OrchestratorConfig
 from events import AccessDenied, JetStreamEventStore, StoreUnavailable
 from events.store.connection import Access, connect_nats
 from events.store.topology import Topology
@@ -22,26 +21,10 @@ from gpufleet import Client
 from gpufleet.auth import AccountLimits, ensure_server_tls, push_accounts
 from gpufleet.sim import SimulatedProvider
 from projections.audit import audit_jetstream
-from projections.feed import EventFeed
-from tests.integration.orchestra import Tenants, wait_for
+from tests.integration.orchestra import Tenants, orchestrated, wait_for
 from tests.secure import SecureServer
 
 FAST = OrchestratorConfig(heartbeat_timeout_s=1.5, lease_start_timeout_s=3.0, lease_grace_s=5.0)
-
-
-@contextlib.asynccontextmanager
-async def orchestrated(server: SecureServer) -> AsyncIterator[JetStreamEventStore]:
-    """The orchestrator and the event feed on ``server``; yields a reader of the log."""
-    orch = await Orchestrator.connect(server.access("orchestrator"), config=FAST)
-    store = await JetStreamEventStore.connect(server.access("orchestrator"))
-    feed = EventFeed(store)
-    await feed.start()
-    try:
-        yield store
-    finally:
-        await feed.stop()
-        await store.close()
-        await orch.close()
 
 
 async def test_a_revoked_provider_is_cut_off_and_its_task_runs_elsewhere(
@@ -50,7 +33,7 @@ async def test_a_revoked_provider_is_cut_off_and_its_task_runs_elsewhere(
     server = own_nats_server
     tenants = Tenants(server)
     p1_creds = Access(server.url, server.creds("provider", "p1", tmp_path / "p1.creds"))
-    async with orchestrated(server) as store:
+    async with orchestrated(server, FAST) as store:
         p1 = await (await SimulatedProvider.connect(p1_creds, slots=1, heartbeat_s=0.2)).start()
         job = await tenants.submit("alice", "j", {"workload": "sleep", "params": {"seconds": 3.0}})
         await wait_for(store, lambda w: any(t.status == "running" for t in w.tasks.values()), timeout=20, poll=0.1)
@@ -84,7 +67,7 @@ async def test_a_revoked_submitter_cannot_submit_and_a_rotated_one_can(
     own_nats_server: SecureServer, tmp_path: Path
 ) -> None:
     server = own_nats_server
-    async with orchestrated(server) as store:
+    async with orchestrated(server, FAST) as store:
         creds = server.creds("submitter", "ann", tmp_path / "ann.creds")
         client = await Client.connect(server.url, creds=creds)
         await client.submit({"workload": "noop"}, job_id="before")
@@ -114,7 +97,7 @@ async def test_over_tls_a_job_runs_end_to_end_and_a_client_that_cannot_verify_th
 ) -> None:
     server = tls_server
     assert server.url.startswith("tls://")
-    async with orchestrated(server) as store:
+    async with orchestrated(server, FAST) as store:
         sim = await (await SimulatedProvider.connect(server.access("provider", "p1"), slots=1)).start()
         try:
             me = server.access("submitter", "ann")
@@ -189,3 +172,30 @@ async def test_the_hub_account_s_limits_hold_even_for_the_admin(tmp_path: Path) 
                 await js.add_stream(api.StreamConfig(name="TOO_MANY", subjects=["many.>"]))
     finally:
         server.kill()
+
+
+async def test_a_log_written_before_identities_is_carried_into_the_secured_network(tmp_path: Path) -> None:
+    """Upgrading: the open server kept the log in its global account; the secured one finds it in the hub."""
+    from events.store import NO_STREAM
+    from gpufleet.natsserver import NatsServer
+    from gpufleet.network import EmbeddedServer
+    from tests.factories import queued
+
+    open_server = NatsServer(tmp_path / "net" / "nats").start()
+    try:
+        store = await JetStreamEventStore.connect(open_server.url, create=True)
+        written = [queued(f"task.old{i}") for i in range(5)]
+        for env in written:
+            await store.append(env.subject, [env], expected=NO_STREAM)
+        await store.close()
+    finally:
+        open_server.stop()
+    secured = EmbeddedServer(tmp_path / "net").start()
+    try:
+        store = await JetStreamEventStore.connect(secured.access("auditor", "aud"), reads="direct")
+        assert [e.id async for e in store.read_all()] == [e.id for e in written]
+        await store.close()
+        with pytest.raises(AccessDenied):
+            await connect_nats(secured.url, timeout=3.0)  # and now it is secured
+    finally:
+        secured.stop()

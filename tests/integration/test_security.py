@@ -26,7 +26,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import api
 
-from actors.orchestrator import Orchestrator, OrchestratorConfig
+from actors.orchestrator import OrchestratorConfig
 from events import AccessDenied, JetStreamEventStore, encode, new_envelope
 from events.dispatch import LeaseGranted
 from events.job import JobCancelled, ProviderCredited
@@ -37,8 +37,7 @@ from events.subjects import heartbeat_subject, intake_subject, report_subject
 from events.types import Capabilities
 from gpufleet.sim import SimulatedProvider
 from projections.audit import audit_jetstream
-from projections.feed import EventFeed
-from tests.integration.orchestra import Tenants, read_world, wait_for
+from tests.integration.orchestra import Tenants, orchestrated, read_world, wait_for
 from tests.secure import SecureServer
 
 MARK = "FORGED-by-an-attacker"
@@ -427,6 +426,7 @@ class Network:
     tenants: Tenants
     store: JetStreamEventStore
     before: dict[str, Any] = field(default_factory=dict)
+    cleanup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 async def _state(nc: NATS) -> dict[str, Any]:
@@ -441,11 +441,17 @@ async def _state(nc: NATS) -> dict[str, Any]:
 
 @pytest.fixture
 async def network(own_nats_server: SecureServer) -> AsyncIterator[Network]:
-    server = own_nats_server
-    orch = await Orchestrator.connect(server.access("orchestrator"), config=FAST)
-    store = await JetStreamEventStore.connect(server.access("orchestrator"))
-    feed = EventFeed(store)
-    await feed.start()
+    async with orchestrated(own_nats_server, FAST) as store:
+        net = await _victims(own_nats_server, store)
+        try:
+            yield net
+        finally:
+            for done in net.cleanup:
+                await done()
+
+
+async def _victims(server: SecureServer, store: JetStreamEventStore) -> Network:
+    """alice's running job, her input, a result written for her, and the honest provider running it."""
     honest = await (await SimulatedProvider.connect(server.access("provider", "honest"), slots=1)).start()
     tenants = Tenants(server)
     job = await tenants.submit("alice", "j1", {"workload": "sleep", "params": {"seconds": 120.0}})
@@ -458,15 +464,7 @@ async def network(own_nats_server: SecureServer) -> AsyncIterator[Network]:
     victims = Victims(job, task_id, inp.name, res.name)
     async with server.connection("admin") as admin:
         before = await _state(admin)
-    net = Network(server, victims, tenants, store, before)
-    try:
-        yield net
-    finally:
-        await honest.kill()
-        await tenants.close()
-        await feed.stop()
-        await store.close()
-        await orch.close()
+    return Network(server, victims, tenants, store, before, cleanup=[honest.kill, tenants.close])
 
 
 async def _refused(nc: NATS, subject: str, timeout: float = 3.0) -> bool:
