@@ -305,6 +305,21 @@ class Scheduler:
             for t in reversed(back):
                 self._push(t, front=True)
 
+    def _reoffer(self) -> None:
+        """Give waiting tasks back to every class that has a free slot now.
+
+        ``_unblock`` returns only as many tasks as a freed slot can take; if one of those is then
+        cancelled before the next round, the slot would stay free while the tasks behind it still
+        wait aside. Looking again at the start of each round closes that gap, at the cost of one pass
+        over the classes (few) for the waiting shapes.
+        """
+        if not self._blocked:
+            return
+        for cls in list(self._classes.values()):
+            p = self._best_in(cls)
+            if p is not None:
+                self._unblock(cls, p.free)
+
     def _eligible_classes(self, shape: tuple[object, ...], t: PendingTask) -> list[_Class]:
         found = self._eligible.get(shape)
         if found is None:
@@ -379,6 +394,7 @@ class Scheduler:
         """Place as many queued tasks as providers can take now (up to ``limit``); reserves slots."""
         out: list[Assignment] = []
         full: set[tuple[object, ...]] = set()  # shapes that found no provider in this round
+        self._reoffer()
         for prio in _LEVELS:
             level = self._levels[prio]
             while len(out) < limit:
