@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -25,6 +26,7 @@ from actors.core import Core
 from actors.errors import DomainError, NotYours
 from actors.ids import new_id
 from actors.job import CancelJob, SubmitJob, job_decider
+from actors.leader import Leadership
 from actors.provider import (
     DrainProvider,
     HeartbeatLapsed,
@@ -72,6 +74,8 @@ __all__ = ["Orchestrator", "OrchestratorConfig"]
 _log = structlog.get_logger("gpufleet.orchestrator")
 
 #: Each kind of provider report and the task command that carries it (same field names).
+#: The durable consumer on the intake stream that every orchestrator of a network shares.
+INTAKE_CONSUMER = "orchestrators"
 _REPORTS: dict[type, type] = {
     StartedReport: ReportStarted,
     ProgressReport: ReportProgress,
@@ -98,6 +102,8 @@ class OrchestratorConfig:
     heartbeat_timeout_s: float = 6.0
     #: Intake messages in flight at once.
     intake_concurrency: int = 512
+    #: An intake message not acknowledged this long after delivery goes to an orchestrator again.
+    intake_ack_wait_s: float = 20.0
     #: Fair-share weights by submitter (default 1).
     weights: dict[str, float] = field(default_factory=dict)
 
@@ -124,6 +130,15 @@ class Orchestrator:
         self._inflight: set[asyncio.Task[Any]] = set()
         self._live = False
         self._started_at = utc_now()
+        #: Intake messages JetStream delivered to this orchestrator (with others, each gets a share).
+        self.intake_delivered = 0
+        self.leadership = Leadership(
+            self.js,
+            self.topology.leader_bucket,
+            new_id(f"{source.rsplit('/', 1)[-1]}-"),
+            ttl_s=self.topology.leader_ttl_s,
+            on_change=self._leadership_changed,
+        )
         self.log = _log.bind(source=source)
 
     @classmethod
@@ -171,6 +186,7 @@ class Orchestrator:
         self._running = [
             asyncio.create_task(self._supervise("follow", lambda: self._follow(position)), name="follow"),
             asyncio.create_task(self._supervise("intake", self._intake), name="intake"),
+            asyncio.create_task(self._supervise("leader", self.leadership.run), name="leader"),
             asyncio.create_task(self._supervise("schedule", self._schedule_loop), name="schedule"),
             asyncio.create_task(self._supervise("timers", self._timer_loop), name="timers"),
             asyncio.create_task(self._supervise("liveness", self._liveness), name="liveness"),
@@ -187,8 +203,15 @@ class Orchestrator:
                 self.log.exception("orchestrator.loop_crashed", loop=name)
                 await asyncio.sleep(0.5)
 
+    def _leadership_changed(self, leading: bool) -> None:
+        """Leading now: providers not seen since get one heartbeat timeout, and the queue is looked at."""
+        if leading:
+            self._started_at = utc_now()
+            self._kick.set()
+
     async def stop(self) -> None:
         """Stop every loop; in-flight commands finish or are abandoned (the log makes that safe)."""
+        await self.leadership.resign()
         self._live = False
         for t in self._running:
             t.cancel()
@@ -311,6 +334,8 @@ class Orchestrator:
         while True:
             await self._kick.wait()
             self._kick.clear()
+            if not self.leadership.leading:
+                continue  # another orchestrator places work; we are kicked again if we take over
             plans = self.core.plan_leases(utc_now(), self.config.lease_start_timeout_s, lambda: new_id("l"))
             if len(plans) < _MIN_BATCH:
                 for plan in plans:
@@ -424,7 +449,7 @@ class Orchestrator:
         seen = created.astimezone(UTC) if created is not None else hb.at
         self._last_seen[provider_id] = max(seen, self._last_seen.get(provider_id, seen))
         p = self.world.providers.get(provider_id)
-        if p is not None and p.status == "lost" and self._fresh(provider_id, utc_now()):
+        if p is not None and p.status == "lost" and self.leadership.leading and self._fresh(provider_id, utc_now()):
             cmd = HeartbeatSeen(command_id=new_id("hb-"), at=utc_now())
             self._submit(Intent("provider", provider_id, cmd))
 
@@ -443,6 +468,8 @@ class Orchestrator:
         while True:
             await asyncio.sleep(min(0.25, self.config.heartbeat_timeout_s / 4))
             now = utc_now()
+            if not self.leadership.leading:
+                continue  # the leader judges liveness
             for provider_id, p in list(self.world.providers.items()):
                 if p.status in ("online", "draining") and not self._fresh(provider_id, now):
                     cmd = HeartbeatLapsed(
@@ -450,42 +477,71 @@ class Orchestrator:
                         at=now,
                         reason=f"no heartbeat for {self.config.heartbeat_timeout_s:g}s",
                     )
-                    # Mark it seen so that one lapse is reported once, not every tick.
+                    # Mark it seen so that one lapse is reported once, not every tick; and place
+                    # nothing more on it from now on, before the loss is even in the log.
                     self._last_seen[provider_id] = now
+                    self.core.scheduler.set_available(provider_id, False)
                     self._submit(Intent("provider", provider_id, cmd))
 
     # ---- intake ----------------------------------------------------------------------------------
 
     async def _intake(self) -> None:
+        """Take intake messages from the consumer every orchestrator of the network shares.
+
+        One durable pull consumer, ``orchestrators``: JetStream hands each message to one orchestrator
+        at a time, and hands it again (to whichever asks) if it is not acknowledged in time, so with
+        several orchestrators each message still gets exactly one outcome. A message is acknowledged
+        once its outcome (its facts, or an ``InputAccepted``/``InputRejected``) is in the log.
+        """
         sem = asyncio.Semaphore(self.config.intake_concurrency)
-        after = self.world.intake_low - 1
         while True:
             try:
-                config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
-                sub = await self.js.subscribe(
-                    f"{self.topology.intake_prefix}.>",
-                    stream=self.topology.intake_stream,
-                    ordered_consumer=True,
-                    config=config,
-                    idle_heartbeat=2.0,
-                    pending_msgs_limit=-1,
-                    pending_bytes_limit=-1,
-                )
-                try:
-                    async for msg in sub.messages:
+                psub = await self._intake_consumer()
+                while True:
+                    await sem.acquire()
+                    sem.release()
+                    try:
+                        msgs = await psub.fetch(batch=min(256, self.config.intake_concurrency), timeout=1.0)
+                    except (TimeoutError, nats.errors.TimeoutError):
+                        continue
+                    self.intake_delivered += len(msgs)
+                    for msg in msgs:
                         meta = msg.metadata
                         seq = meta.sequence.stream
-                        after = max(after, seq)
-                        if self.world.intake_done(seq):
-                            continue
                         await sem.acquire()
+                        if self.world.intake_done(seq):
+                            sem.release()
+                            self._spawn(self._ack(msg))
+                            continue
                         self._spawn(self._intake_one(msg, seq, meta.timestamp, sem))
-                finally:
-                    with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
-            except (nats.errors.Error, OSError) as e:
-                self.log.warning("intake.interrupted", error=str(e) or type(e).__name__, position=after)
+            except (nats.errors.Error, OSError, GpufleetError) as e:
+                self.log.warning("intake.interrupted", error=str(e) or type(e).__name__)
                 await asyncio.sleep(0.5)
+
+    async def _intake_consumer(self) -> Any:
+        """The shared durable consumer (created by the first orchestrator, from the first message
+        without an outcome), bound."""
+        t = self.topology
+        config = api.ConsumerConfig(
+            durable_name=INTAKE_CONSUMER,
+            filter_subject=f"{t.intake_prefix}.>",
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self.config.intake_ack_wait_s,
+            max_deliver=-1,
+            max_ack_pending=max(64, 2 * self.config.intake_concurrency),
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.world.intake_low,
+        )
+        try:
+            await self.js.consumer_info(t.intake_stream, INTAKE_CONSUMER)
+        except nats.js.errors.NotFoundError:
+            with contextlib.suppress(nats.js.errors.BadRequestError):  # another orchestrator made it first
+                await self.js.add_consumer(t.intake_stream, config=config)
+        return await self.js.pull_subscribe_bind(INTAKE_CONSUMER, t.intake_stream)
+
+    async def _ack(self, msg: Msg) -> None:
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await msg.ack()
 
     async def _intake_one(self, msg: Msg, seq: int, at: datetime, sem: asyncio.Semaphore) -> None:
         try:
@@ -494,12 +550,15 @@ class Orchestrator:
                 try:
                     outcome = await self._accept(msg, seq, at.astimezone(UTC))
                     if outcome is None:
+                        await self._ack(msg)
                         return  # its facts (ids in-<seq>.<n>) are the record that it was accepted
                     break
                 except GpufleetError as e:
                     # Not the input's fault (the store, a conflict storm): keep it and try again; never
-                    # record a false outcome.
+                    # record a false outcome. Tell JetStream we are still on it.
                     self.log.warning("intake.retry", seq=seq, error=str(e))
+                    with contextlib.suppress(nats.errors.Error, OSError):
+                        await msg.in_progress()
                     await asyncio.sleep(min(5.0, 0.1 * 2 ** min(attempt, 6)))
                 except Exception as e:
                     bugs += 1
@@ -521,7 +580,9 @@ class Orchestrator:
             env = new_envelope(stream, outcome, id=f"in-{seq}", source=self.config.source)
             for attempt in range(100):
                 try:
-                    await self.store.append(stream, [env], ANY)
+                    if not self.world.intake_done(seq):  # another orchestrator may have recorded it
+                        await self.store.append(stream, [env], ANY)
+                    await self._ack(msg)
                     break
                 except GpufleetError as e:
                     self.log.warning("intake.outcome_retry", seq=seq, error=str(e))
@@ -577,9 +638,11 @@ class Orchestrator:
                 field=field_name,
                 excerpt=msg.data[:300].decode("utf-8", errors="replace")[:300],
             )
-        if handled.events:
+        if handled.events or handled.duplicate:
+            # Its facts are the record (a duplicate: this very message was applied before, by us or
+            # another orchestrator, and its facts are already in the log).
             return None
-        note = "no change (a duplicate)" if handled.duplicate else "no change"
+        note = "no change"
         return InputAccepted(at=at, intake_seq=seq, subject=subject[:256], facts=0, note=note)
 
     def _report(self, cmd_id: str, at: datetime, body: object, sender: str) -> Any:

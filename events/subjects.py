@@ -20,6 +20,7 @@ __all__ = [
     "HEARTBEAT_BUCKET",
     "INTAKE_PREFIX",
     "INTAKE_STREAM",
+    "LEADER_BUCKET",
     "LEGACY_OUTCOMES_STREAM",
     "OBJECTS_STREAM",
     "OBJECT_PREFIX",
@@ -49,6 +50,7 @@ INTAKE_PREFIX = "gf.in"
 DISPATCH_STREAM = "GF_DISPATCH"
 DISPATCH_PREFIX = "gf.dispatch"
 HEARTBEAT_BUCKET = "gf_heartbeats"
+LEADER_BUCKET = "gf_orchestrators"
 OBJECTS_STREAM = "GF_OBJECTS"
 OBJECT_PREFIX = "gf.obj"
 API_PREFIX = "gf.api"

@@ -70,6 +70,7 @@ class SimulatedProvider:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _sub: Any = None
     _draining: bool = False
+    _dead: bool = False
 
     @property
     def capabilities(self) -> Capabilities:
@@ -143,6 +144,8 @@ class SimulatedProvider:
                 await self._heartbeat_once()
 
     async def _on_dispatch(self, msg: Msg) -> None:
+        if self._dead:
+            return  # killed: a crashed provider takes nothing (the lease expires)
         try:
             d = _DISPATCH.validate_json(msg.data)
         except ValidationError:
@@ -155,13 +158,15 @@ class SimulatedProvider:
                 self.revoked += 1
                 t.cancel()
             return
-        if d.lease_id in self.running or self._draining:
+        if d.lease_id in self.running or self._draining or self._dead:
             return
         self.running[d.lease_id] = asyncio.create_task(self._run(d))
 
     async def _report(self, task_id: str, body: StartedReport | ProgressReport | CompletedReport) -> None:
         js = self.nc.jetstream()
         for attempt in range(1000):
+            if self._dead:
+                return
             try:
                 await js.publish(report_subject(self.provider_id, task_id), body.model_dump_json().encode())
                 return
@@ -217,6 +222,7 @@ class SimulatedProvider:
 
     async def kill(self) -> None:
         """Crash: stop heartbeating and working at once, telling nobody."""
+        self._dead = True
         for t in self._tasks:
             t.cancel()
         for t in list(self.running.values()):

@@ -7,8 +7,9 @@ Checks, each with its findings (an empty list is a pass):
   stream starts with its creation event and holds only its own kind of events, for its own id.
 - ``leases``: every lease went to a registered, online provider with the needed capability
   (backend, VRAM, compute capability, workload) at a price under the task's ceiling.
-- ``completions``: every completed task was completed by the provider that held the lease then,
-  while it was live; no task completed twice; exactly one terminal state per task; no forged
+- ``completions``: every completed task was completed by the provider that held the lease then
+  (a provider declared lost still holds its leases until they expire; one that left holds none); no
+  task completed twice; exactly one terminal state per task; no forged
   (not the lease holder) or posthumous (after the end) records.
 - ``intake``: every intake message got exactly one outcome, and every rejection a reason. The
   outcome of an accepted input is its facts (event ids ``in-<intake seq>.<n>``); an input that
@@ -571,8 +572,12 @@ class Auditor:
                 f"but the lease is {t.provider_id}/{t.lease_id} ({t.state})",
             )
         else:
+            # The lease is the authority, not the orchestrator's suspicion: a provider declared lost
+            # still holds its leases until they expire (a reaction that follows the loss), and work
+            # it reported in that window is its work. A provider that left, or never came online,
+            # holds nothing.
             p = self._providers.get(e.provider_id)
-            if p is None or p.status not in ("online", "draining"):
+            if p is None or p.status not in ("online", "draining", "lost"):
                 status = p.status if p else "unknown"
                 self.find("completions", pos, f"{e.task_id} completed by {e.provider_id} while {status}")
         t.state = "completed"

@@ -540,9 +540,7 @@ class JetStreamEventStore:
             if pending == 0 or not msgs:
                 return
 
-    async def _batch(
-        self, name: str, seq: int, batch: int, subject: str | None = None
-    ) -> tuple[list[RawMessage], int]:
+    async def _batch(self, name: str, seq: int, batch: int, subject: str | None = None) -> tuple[list[RawMessage], int]:
         """One batched direct get: the messages, and how many more the server says follow."""
         request: dict[str, Any] = {"seq": seq, "batch": batch}
         if subject is not None:

@@ -23,6 +23,7 @@ from events.subjects import (
     HEARTBEAT_BUCKET,
     INTAKE_PREFIX,
     INTAKE_STREAM,
+    LEADER_BUCKET,
     OBJECT_PREFIX,
     OBJECTS_STREAM,
     dispatch_consumer,
@@ -53,6 +54,9 @@ class Topology:
     heartbeat_bucket: str = HEARTBEAT_BUCKET
     #: A provider whose heartbeat key is older than this is lost.
     heartbeat_ttl_s: float = 6.0
+    #: Where orchestrators elect the one that places work and judges liveness (a key with a TTL).
+    leader_bucket: str = LEADER_BUCKET
+    leader_ttl_s: float = 3.0
     objects_stream: str = OBJECTS_STREAM
     object_prefix: str = OBJECT_PREFIX
     objects_max_bytes: int = 8 * _GIB
@@ -153,6 +157,20 @@ async def ensure_topology(js: Any, topology: Topology | None = None) -> Topology
                     ttl=t.heartbeat_ttl_s,
                     max_value_size=4096,
                     # File-backed: the bucket (and who was alive) must survive a server restart.
+                    storage=api.StorageType.FILE,
+                    replicas=t.replicas,
+                )
+            )
+        try:
+            await js.key_value(t.leader_bucket)
+        except nats.js.errors.BucketNotFoundError:
+            await js.create_key_value(
+                api.KeyValueConfig(
+                    bucket=t.leader_bucket,
+                    description="the orchestrator that places work and judges liveness; the key expires with it",
+                    history=1,
+                    ttl=t.leader_ttl_s,
+                    max_value_size=256,
                     storage=api.StorageType.FILE,
                     replicas=t.replicas,
                 )

@@ -25,6 +25,7 @@ from events.subjects import (
     EVENT_PREFIX,
     HEARTBEAT_BUCKET,
     INTAKE_PREFIX,
+    LEADER_BUCKET,
     OBJECT_PREFIX,
     OBJECTS_STREAM,
     dispatch_consumer,
@@ -109,6 +110,7 @@ ROLE_RULES: dict[str, RoleRules] = {
         pub_allow=(
             f"{EVENT_PREFIX}.>",
             f"{DISPATCH_PREFIX}.>",
+            f"$KV.{LEADER_BUCKET}.>",
             "$JS.API.INFO",
             "$JS.API.STREAM.INFO.>",
             "$JS.API.STREAM.NAMES",

@@ -143,6 +143,13 @@ async def wait_for(
         await asyncio.sleep(poll)
 
 
+async def every_input_has_its_outcome(store: JetStreamEventStore, timeout: float = 30.0) -> list[Any]:
+    """Wait until every message now in the intake stream has its outcome in the log; the log."""
+    last = (await store.js.stream_info("GF_INTAKE")).state.last_seq
+    _, log = await wait_for(store, lambda w: w.intake_low > last, timeout=timeout, poll=0.2)
+    return log
+
+
 def all_jobs_ended(n: int) -> Callable[[World], bool]:
     """At least ``n`` jobs, every one of them ended (completed, failed, cancelled or rejected)."""
     ended = ("completed", "failed", "cancelled", "rejected")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -22,10 +23,12 @@ from events.store import JetStreamEventStore
 from events.subjects import intake_subject, report_subject
 from events.task import TaskCancelled, TaskLeased, TaskResultRejected
 from gpufleet.sim import SimulatedProvider, inline_result
+from projections.audit import audit_jetstream
 from tests.integration.orchestra import (
     Tenants,
     all_jobs_ended,
     assert_exactly_once,
+    every_input_has_its_outcome,
     intake_outcomes,
     read_world,
     wait_for,
@@ -129,6 +132,11 @@ async def test_two_hundred_jobs_survive_random_provider_kills(net: Network) -> N
     types = Counter(type(e.data).__name__ for e in log)
     assert types["ProviderLost"] >= 3 and types["TaskLeaseExpired"] >= 1
     assert types["JobCompleted"] == jobs
+    for p in net.providers:
+        await p.kill()
+    await every_input_has_its_outcome(net.store)
+    report = await audit_jetstream(net.store)
+    assert report.ok, report.render()
 
 
 async def test_a_cancellation_reaches_the_provider_holding_the_lease(net: Network) -> None:
@@ -298,5 +306,82 @@ async def test_killing_the_orchestrator_mid_run_loses_and_duplicates_nothing(own
             first.kill()
         for p in providers:
             await p.kill()
+        await store.close()
+        await tenants.close()
+
+
+async def test_two_orchestrators_share_the_intake_under_provider_chaos_and_the_audit_passes(
+    own_nats_server: SecureServer,
+) -> None:
+    """Two orchestrator processes' worth of orchestrators on one network: every intake message gets
+    exactly one outcome (they share one durable consumer), nothing is leased or completed twice, the
+    books balance, the audit of the whole log passes, and both did part of the work."""
+    from dataclasses import replace
+
+    server = own_nats_server
+    orchs = [
+        await Orchestrator.connect(server.access("orchestrator"), config=replace(FAST, source="gpufleet/orch-a")),
+        await Orchestrator.connect(
+            server.access("orchestrator", "orch-b"), config=replace(FAST, source="gpufleet/orch-b")
+        ),
+    ]
+    store = await JetStreamEventStore.connect(server.access("orchestrator"))
+    tenants = Tenants(server)
+    providers: list[SimulatedProvider] = []
+    rng = random.Random(11)
+
+    async def join(pid: str) -> None:
+        sim = await SimulatedProvider.connect(server.access("provider", pid), slots=3, heartbeat_s=0.2)
+        providers.append(await sim.start())
+
+    try:
+        for i in range(6):
+            await join(f"p{i}")
+        jobs = 120
+        for j in range(jobs):
+            spec = sleep_job(rng.randint(1, 4), rng.choice([0.02, 0.05]), timeout_s=10.0)
+            await tenants.submit(f"u{j % 4}", f"job{j}", spec)
+        serial = 6
+
+        async def chaos() -> None:
+            nonlocal serial
+            while True:
+                await asyncio.sleep(0.8)
+                busy = [p for p in providers if p.running]
+                if busy:
+                    victim = rng.choice(busy)
+                    await victim.kill()
+                    providers.remove(victim)
+                serial += 1
+                await join(f"p{serial}")
+
+        monkey = asyncio.create_task(chaos())
+        try:
+            w, log = await wait_for(store, all_jobs_ended(jobs), timeout=90, poll=1.0)
+        finally:
+            monkey.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monkey
+        for p in providers:
+            await p.kill()  # nothing more arrives: every input sent so far must get its outcome
+        log = await every_input_has_its_outcome(store)
+        assert {j.status for j in w.jobs.values()} == {"completed"}
+        assert_exactly_once(log)
+        outcomes = intake_outcomes(log)
+        assert set(outcomes.values()) == {1}, "an intake message got two outcomes"
+        intake = await store.js.stream_info("GF_INTAKE")
+        assert len(outcomes) == intake.state.last_seq, "an intake message got no outcome"
+        by_source = Counter(e.source for e in log)
+        assert by_source["gpufleet/orch-a"] > 0 and by_source["gpufleet/orch-b"] > 0, by_source
+        # They shared the intake: each message went to one of them (a few again, after a redelivery).
+        delivered = [o.intake_delivered for o in orchs]
+        assert all(d > 0 for d in delivered) and sum(delivered) <= 1.1 * intake.state.last_seq, delivered
+        report = await audit_jetstream(store)
+        assert report.ok, report.render()
+    finally:
+        for p in providers:
+            await p.kill()
+        for o in orchs:
+            await o.close()
         await store.close()
         await tenants.close()
