@@ -1,22 +1,23 @@
-"""Regenerate the golden log and the read models and audit it must replay to.
+"""Regenerate the synthetic golden log (from ``loggen``) and the read models and audit it must replay to.
 
     .venv/bin/python -m tests.golden.make_golden
 
 Run it only when a change of the contract or of a view is intended; review the diff of the JSON.
-The lead may later replace ``golden_log.jsonl`` by the export of a real orchestrator run.
+The log is generated, not recorded: it never touched the deciders, and it keeps the pre-identity
+ids (``j1``, ``j1-0``) and intake subjects of an open network's log. The history recorded from a
+real run is ``record.py``'s (``golden_real_*``), which the deciders and World replay as well.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from events import MemoryEventStore, to_json_line
-from projections import Projector, SqliteStore
+from events import to_json_line
 from projections.audit import audit_jsonl
+from tests.golden.history import read_log, read_models
 from tests.golden.loggen import golden_scenario
 
 HERE = Path(__file__).parent
@@ -37,20 +38,7 @@ def load_intake(path: Path = INTAKE) -> dict[int, str]:
 
 async def replay(log: Path = LOG) -> dict[str, Any]:
     """The read models that the golden log replays to, as JSON-ready tables."""
-    from events import from_json_line
-
-    store = MemoryEventStore()
-    for line in log.read_text().splitlines():  # noqa: ASYNC240 (a small file, in a test)
-        env = from_json_line(line)
-        result = await store.append(env.subject, [env], expected=None)
-        assert result.first == env.sequence, "the golden log's positions must be 1..n"
-    with tempfile.TemporaryDirectory() as tmp:
-        db = SqliteStore(Path(tmp) / "golden.db")
-        projector = Projector(store, db, batch_size=17)  # odd batches: commits fall mid-story
-        await projector.catch_up()
-        tables = {name: [list(row) for row in rows] for name, rows in projector.dump().items()}
-        db.close()
-    return tables
+    return await read_models(read_log(log))
 
 
 async def main() -> None:
