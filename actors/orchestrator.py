@@ -20,19 +20,16 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
-from pydantic import BaseModel
 
 from actors.core import Core
-from actors.errors import DomainError, NotYours
+from actors.errors import DomainError
 from actors.ids import new_id
-from actors.job import CancelJob, SubmitJob, job_decider
+from actors.intake import intake_command
+from actors.job import job_decider
 from actors.leader import Leadership
 from actors.provider import (
-    DrainProvider,
     HeartbeatLapsed,
     HeartbeatSeen,
-    LeaveProvider,
-    RegisterProvider,
     provider_decider,
 )
 from actors.reactions import Intent
@@ -40,10 +37,6 @@ from actors.scheduler import Assignment
 from actors.shell import ActorShell
 from actors.task import (
     LeaseTask,
-    ReportCompleted,
-    ReportFailed,
-    ReportProgress,
-    ReportStarted,
     TaskState,
     task_decider,
 )
@@ -51,18 +44,11 @@ from actors.world import World
 from events import ANY, Envelope, GpufleetError, InvalidPayload, StoreUnavailable, new_envelope
 from events.dispatch import Heartbeat, LeaseGranted, LeaseRevoked
 from events.intake import (
-    CompletedReport,
-    FailedReport,
     InputAccepted,
     InputRejected,
-    JobCancellation,
-    ProgressReport,
-    ProviderDeparture,
     ProviderRegistration,
-    StartedReport,
     decode_intake,
 )
-from events.job import JobSpec
 from events.store import JetStreamEventStore
 from events.store.connection import Access, connect_nats
 from events.store.topology import Topology, check_topology
@@ -73,15 +59,8 @@ __all__ = ["Orchestrator", "OrchestratorConfig"]
 
 _log = structlog.get_logger("gpufleet.orchestrator")
 
-#: Each kind of provider report and the task command that carries it (same field names).
 #: The durable consumer on the intake stream that every orchestrator of a network shares.
 INTAKE_CONSUMER = "orchestrators"
-_REPORTS: dict[type, type] = {
-    StartedReport: ReportStarted,
-    ProgressReport: ReportProgress,
-    CompletedReport: ReportCompleted,
-    FailedReport: ReportFailed,
-}
 #: Commands for many aggregates go to the store as atomic batches of at most this many...
 _BATCH = 500
 #: ...but only from this many on: an atomic batch costs the server a few milliseconds on a file-backed
@@ -597,31 +576,8 @@ class Orchestrator:
             # The subject names the sender, and only the sender's credentials may publish on it.
             im = decode_intake(subject, msg.data)
             cmd_id = f"in-{seq}"
-            body = im.body
-            kind, target, sender = im.kind, im.target_id, im.sender
-            command: Any
-            if isinstance(body, JobSpec):
-                command = SubmitJob(command_id=cmd_id, at=at, job_id=target, spec=body, submitter=sender)
-            elif isinstance(body, JobCancellation):
-                reason = body.reason or "cancelled by the submitter"
-                command = CancelJob(command_id=cmd_id, at=at, reason=reason, requester=sender)
-            elif isinstance(body, ProviderRegistration):
-                command = RegisterProvider(
-                    command_id=cmd_id,
-                    at=at,
-                    provider_id=target,
-                    name=body.name,
-                    capabilities=body.capabilities,
-                    calibration=body.calibration,
-                    runtime_version=body.runtime_version,
-                )
-            elif isinstance(body, ProviderDeparture):
-                if im.verb == "drain":
-                    command = DrainProvider(command_id=cmd_id, at=at, reason=body.reason)
-                else:
-                    command = LeaveProvider(command_id=cmd_id, at=at, reason=body.reason)
-            else:
-                command = self._report(cmd_id, at, body, sender)
+            body, kind, target = im.body, im.kind, im.target_id
+            command = intake_command(im, cmd_id, at, self.config.lease_grace_s)
             if isinstance(body, ProviderRegistration):
                 # Before the registration lands, so that no lease is dispatched to a provider with no
                 # consumer; a refused registration leaves an idle consumer that expires by itself.
@@ -644,20 +600,6 @@ class Orchestrator:
             return None
         note = "no change"
         return InputAccepted(at=at, intake_seq=seq, subject=subject[:256], facts=0, note=note)
-
-    def _report(self, cmd_id: str, at: datetime, body: object, sender: str) -> Any:
-        """The task command for a provider's report: the report's fields, from the sender, with time and grace."""
-        command = _REPORTS.get(type(body))
-        if command is None or not isinstance(body, BaseModel):
-            raise InvalidPayload("unknown report", field="report")
-        fields = {name: getattr(body, name) for name in type(body).model_fields if name != "report"}
-        named = fields.get("provider_id")
-        if named is not None and named != sender:
-            raise NotYours(f"names provider {named!r}, but these credentials are {sender!r}", field="provider_id")
-        fields["provider_id"] = sender
-        if command in (ReportStarted, ReportProgress):
-            fields["grace_s"] = self.config.lease_grace_s
-        return command(command_id=cmd_id, at=at, **fields)
 
     async def _open_dispatch(self, provider_id: str) -> None:
         """Create the provider's dispatch consumer: the provider itself may only read from it."""

@@ -85,6 +85,9 @@ class TaskState:
     completed_lease: str | None = None
     gpu_ms: int = 0
     completed_at: datetime | None = None
+    #: Every lease this task was given, as (lease id, provider id): a refused report that names one
+    #: of the sender's own ended leases is a late report (a race), not a forgery.
+    held: frozenset[tuple[str, str]] = frozenset()
 
 
 # ---- commands --------------------------------------------------------------------------------------
@@ -210,6 +213,7 @@ def _refuse(
         ReportFailed: "failed",
     }[type(cmd)]  # type: ignore[assignment]
     assert s.spec is not None
+    current = s.lease is not None and s.lease.lease_id == cmd.lease_id and s.status not in TERMINAL
     return [
         TaskResultRejected(
             at=cmd.at,
@@ -218,6 +222,7 @@ def _refuse(
             provider_id=cmd.provider_id[:64],
             report=kind,
             reason=why,
+            late=not current and (cmd.lease_id, cmd.provider_id) in s.held,
         )
     ]
 
@@ -385,8 +390,10 @@ def decide(cmd: TaskCommand, s: TaskState) -> list[EventModel]:
                 )
             ]
             if cmd.reason == "expired" and s.status == "running":
-                # Alive but silent past its timeout: that is the task's failure, not the provider's.
-                return ended + _failure(replace(s, status="queued"), cmd.at, "timeout", "lease expired while running")
+                # Alive but still running past its timeout: the attempt fails. The expiry above already
+                # names the lease and counts once against the provider; the failure is the task's.
+                failed = replace(s, status="queued", lease=None)
+                return ended + _failure(failed, cmd.at, "timeout", "lease expired while running")
             if s.lost_leases + 1 > s.spec.retry.max_lost_leases:
                 return [
                     *ended,
@@ -437,6 +444,7 @@ def evolve(s: TaskState, e: EventModel) -> TaskState:
                 attempt=e.attempt,
                 lease=Lease(e.lease_id, e.provider_id, e.expires_at, None, e.price_micros, e.predicted_s),
                 progress=0.0,
+                held=s.held | {(e.lease_id, e.provider_id)},
             )
         case TaskStarted():
             lease = s.lease

@@ -14,13 +14,13 @@ from actors.provider import ProviderState, provider_decider
 from actors.task import TERMINAL, TaskState, task_decider
 from events import Envelope
 from events.intake import InputAccepted, InputRejected
+from events.reputation import counts_against, reputation
 from events.task import TaskFailed, TaskLeaseExpired, TaskResultRejected
 from events.types import EventModel
 
 __all__ = ["LIVE_LEASE", "Change", "Reputation", "World"]
 
 LIVE_LEASE = frozenset({"leased", "running"})
-_PROVIDER_FAULTS = frozenset({"worker_crashed", "timeout", "provider_error"})
 
 
 @dataclass(slots=True)
@@ -34,9 +34,8 @@ class Reputation:
 
     @property
     def value(self) -> float:
-        """Share of good outcomes, with one good outcome assumed (so newcomers start at 1)."""
-        bad = self.failed + self.expired + 2 * self.refused
-        return (self.completed + 1) / (self.completed + bad + 1)
+        """The one reputation rule (``events.reputation``): newcomers start at 0.5."""
+        return reputation(self.completed, self.failed, self.expired, self.refused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +61,6 @@ class World:
         #: provider -> tasks it holds a live lease on.
         self.active: dict[str, set[str]] = {}
         self.reputation: dict[str, Reputation] = {}
-        #: task -> providers that ever held a lease on it (a refusal counts only against those).
-        self.holders: dict[str, set[str]] = {}
         self._intake_seen: set[int] = set()
         #: The lowest intake sequence without a recorded outcome.
         self.intake_low = 1
@@ -125,15 +122,14 @@ class World:
                 self.active.get(old, set()).discard(task_id)
             if new is not None:
                 self.active.setdefault(new, set()).add(task_id)
-                self.holders.setdefault(task_id, set()).add(new)
-        # Reputation: completions, provider-caused failures, expired leases, refused late reports.
+        # Reputation (events.reputation): completions, and what counts against the provider.
         if after.status == "completed" and before.status != "completed" and after.lease is not None:
             self._rep(after.lease.provider_id).completed += 1
-        elif isinstance(e, TaskFailed) and e.provider_id and e.reason in _PROVIDER_FAULTS:
+        elif isinstance(e, TaskFailed) and e.provider_id and counts_against(e):
             self._rep(e.provider_id).failed += 1
-        elif isinstance(e, TaskLeaseExpired):
+        elif isinstance(e, TaskLeaseExpired) and counts_against(e):
             self._rep(e.provider_id).expired += 1
-        elif isinstance(e, TaskResultRejected) and e.provider_id in self.holders.get(task_id, ()):
+        elif isinstance(e, TaskResultRejected) and counts_against(e):
             self._rep(e.provider_id).refused += 1
 
     def _rep(self, provider_id: str) -> Reputation:

@@ -196,3 +196,9 @@ class TaskResultRejected(EventModel):
     provider_id: str = Field(max_length=64)
     report: Literal["started", "progress", "completed", "failed"]
     reason: str = Field(max_length=500)
+    #: The report names a lease this provider was given for this task, which has since ended (expired,
+    #: revoked, cancelled, or another report won): a race, not a fault. A report that is not late
+    #: names a lease the sender never held, or carries another identity's object: it costs the
+    #: sender reputation (``events.reputation``). Added after v1 shipped, so it is stored only when
+    #: true: a log written before it encodes (and chains) byte for byte as it did.
+    late: bool = Field(default=False, exclude_if=lambda late: not late)

@@ -243,6 +243,8 @@ class _Task:
     completed_by: str | None = None
     gpu_ms: int = 0
     metered: int = 0
+    #: The lease that last ended by expiring (logs before 2026-11 name it in the timeout failure after).
+    expired_lease: str | None = None
 
 
 @dataclass
@@ -588,7 +590,8 @@ class Auditor:
         t = self._task(e.task_id, pos, "TaskFailed")
         if t is None:
             return
-        if e.lease_id is not None and not self._holder(t, e.lease_id, e.provider_id):
+        timed_out = e.reason == "timeout" and t.state == "queued" and e.lease_id == t.expired_lease
+        if e.lease_id is not None and not self._holder(t, e.lease_id, e.provider_id) and not timed_out:
             self.find("sequence", pos, f"{e.task_id} failed under {e.provider_id}/{e.lease_id}, not the lease")
         t.state = "dead" if e.terminal else "retrying"
 
@@ -612,6 +615,7 @@ class Auditor:
         if not self._holder(t, e.lease_id, e.provider_id):
             self.find("sequence", pos, f"{e.task_id}: lease {e.lease_id} expired, but it is not the lease")
         t.state = "queued"
+        t.expired_lease = e.lease_id
 
     def on_TaskCancelled(self, e: TaskCancelled, pos: int, env: Envelope) -> None:
         t = self._task(e.task_id, pos, "TaskCancelled")

@@ -1,14 +1,8 @@
 """The fleet view: providers online, lost, draining or gone; capabilities, utilisation, reputation, earnings.
 
-Reputation is a smoothed success ratio over what a provider did with the leases it was given::
-
-    reputation = (completions + 1) / (completions + faults + lost_leases + 2 * refused_reports + 2)
-
-``faults`` are failures a provider is accountable for (its worker crashed, a provider error, a
-timeout); failures caused by the job itself (invalid parameters, a kernel error, out of memory)
-do not count. ``lost_leases`` are leases that expired or were revoked because the provider was lost.
-A report the orchestrator refused (forged, late, not the lease holder) counts twice. A new
-provider starts at 0.5; the value is always in (0, 1].
+Reputation follows the one rule in ``events.reputation`` (the scheduler's own, so what a provider
+sees here is what the scheduler ranks it by): a smoothed share of good outcomes, where faults, lost
+leases and refused reports (twice) count against it.
 """
 
 from __future__ import annotations
@@ -27,6 +21,7 @@ from events.provider import (
     ProviderOnline,
     ProviderRegistered,
 )
+from events.reputation import PROVIDER_FAULTS, counts_against, reputation
 from events.task import (
     TaskCancelled,
     TaskCompleted,
@@ -51,13 +46,6 @@ __all__ = [
 
 #: registered -> online <-> lost; online -> draining -> left (left is final).
 PROVIDER_STATUSES = ("registered", "online", "lost", "draining", "left")
-#: Failure reasons a provider answers for.
-PROVIDER_FAULTS = frozenset({"worker_crashed", "provider_error", "timeout"})
-
-
-def reputation(completions: int, faults: int, lost_leases: int, refused_reports: int) -> float:
-    """The reputation formula (see the module docstring)."""
-    return (completions + 1) / (completions + faults + lost_leases + 2 * refused_reports + 2)
 
 
 @dataclass(slots=True)
@@ -231,14 +219,14 @@ class FleetView(View):
         p = self._provider(e.provider_id or (held.provider_id if held else None), env)
         if p is not None:
             p.failures += 1
-            if e.reason in PROVIDER_FAULTS:
+            if counts_against(e):
                 p.faults += 1
             self._score(p)
 
     def on_TaskLeaseExpired(self, e: TaskLeaseExpired, env: Envelope) -> None:
         self._release(e.task_id, env)
         p = self._provider(e.provider_id, env)
-        if p is not None and e.reason != "provider_left":
+        if p is not None and counts_against(e):
             p.lost_leases += 1
             self._score(p)
 
@@ -247,7 +235,7 @@ class FleetView(View):
 
     def on_TaskResultRejected(self, e: TaskResultRejected, env: Envelope) -> None:
         p = self._provider(e.provider_id, env)
-        if p is not None:
+        if p is not None and counts_against(e):
             p.refused_reports += 1
             self._score(p)
 

@@ -115,7 +115,7 @@ def world_summary(log: list[Envelope]) -> dict[str, Any]:
             "completed_lease": t.completed_lease,
             "gpu_ms": t.gpu_ms,
             "waiting_until_set": t.not_before is not None,
-            "holders": sorted(w.holders.get(task_id, ())),
+            "holders": sorted({provider for _, provider in t.held}),
         }
     providers = {}
     for pid, p in sorted(w.providers.items()):

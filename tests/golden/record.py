@@ -70,9 +70,9 @@ SCENARIO = [
     "drainer (CUDA) drains while running bob's CUDA sleep: it finishes it, then leaves",
     "the surviving runtime drains and leaves; sim-a and flaky are still online when the recording stops",
 ]
-#: With ``--running-timeout``: a task silent past its timeout while running. Off by default: the audit
-#: flags the TaskFailed that follows TaskLeaseExpired in that decision ("failed under <provider>/<lease>,
-#: not the lease"), so such a log cannot pass its own audit until the decider or the audit changes.
+#: A task still running past its timeout (on by default; ``--no-running-timeout`` leaves it out). The
+#: lease expiry names the lease and counts against the provider once; the timeout failure that follows
+#: names no lease (logs recorded before that change named it there too, and the audit accepts both).
 RUNNING_TIMEOUT = (
     "bob's 30 s sleep with a 1 s timeout is silent past it while running: lease expired, task failed "
     "(timeout, no retry left), job failed"
@@ -435,7 +435,9 @@ async def main(argv: list[str] | None = None) -> int:
     from gpufleet.logging import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m tests.golden.record", description=__doc__.split("\n")[0])
-    parser.add_argument("--running-timeout", action="store_true", help=RUNNING_TIMEOUT)
+    parser.add_argument(
+        "--no-running-timeout", dest="running_timeout", action="store_false", help="leave out: " + RUNNING_TIMEOUT
+    )
     args = parser.parse_args(argv)
     configure_logging("console", "info")
     with tempfile.TemporaryDirectory(prefix="gpufleet-golden-") as tmp:

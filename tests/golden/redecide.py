@@ -22,8 +22,9 @@ from datetime import datetime
 from typing import Any
 
 from actors.decider import Decider
-from actors.errors import DomainError, NotYours
+from actors.errors import DomainError
 from actors.ids import split_event_id
+from actors.intake import intake_command as translate_intake
 from actors.job import (
     CancelJob,
     CompleteJob,
@@ -36,10 +37,8 @@ from actors.job import (
     job_decider,
 )
 from actors.provider import (
-    DrainProvider,
     HeartbeatLapsed,
     HeartbeatSeen,
-    LeaveProvider,
     RegisterProvider,
     provider_decider,
 )
@@ -50,23 +49,14 @@ from actors.task import (
     ExpireLease,
     LeaseTask,
     QueueTask,
-    ReportCompleted,
     ReportFailed,
     ReportProgress,
-    ReportStarted,
     task_decider,
 )
 from events import Envelope, InvalidPayload
 from events.intake import (
-    CompletedReport,
-    FailedReport,
     InputAccepted,
     InputRejected,
-    JobCancellation,
-    ProgressReport,
-    ProviderDeparture,
-    ProviderRegistration,
-    StartedReport,
     decode_intake,
 )
 from events.job import (
@@ -153,48 +143,12 @@ def decisions(log: list[Envelope]) -> list[Decision | Envelope]:
 
 
 def intake_command(rec: IntakeRecord, command_id: str, at: datetime, grace_s: float) -> tuple[str, str, Any]:
-    """(kind, aggregate id, command) of an intake message, as the orchestrator translates it.
+    """(kind, aggregate id, command) of an intake message, by the orchestrator's own translation.
 
-    Mirrors ``Orchestrator._accept`` and ``_report``; ``InvalidPayload`` or ``DomainError`` if it refuses.
+    ``InvalidPayload`` or ``DomainError`` if it refuses.
     """
     im = decode_intake(rec.subject, rec.body)
-    body, sender = im.body, im.sender
-    cmd: Any
-    if isinstance(body, JobSpec):
-        cmd = SubmitJob(command_id=command_id, at=at, job_id=im.target_id, spec=body, submitter=sender)
-    elif isinstance(body, JobCancellation):
-        reason = body.reason or "cancelled by the submitter"
-        cmd = CancelJob(command_id=command_id, at=at, reason=reason, requester=sender)
-    elif isinstance(body, ProviderRegistration):
-        cmd = RegisterProvider(
-            command_id=command_id,
-            at=at,
-            provider_id=im.target_id,
-            name=body.name,
-            capabilities=body.capabilities,
-            calibration=body.calibration,
-            runtime_version=body.runtime_version,
-        )
-    elif isinstance(body, ProviderDeparture):
-        departure = DrainProvider if im.verb == "drain" else LeaveProvider
-        cmd = departure(command_id=command_id, at=at, reason=body.reason)
-    else:
-        reports: dict[type, type] = {
-            StartedReport: ReportStarted,
-            ProgressReport: ReportProgress,
-            CompletedReport: ReportCompleted,
-            FailedReport: ReportFailed,
-        }
-        command = reports[type(body)]
-        fields = {name: getattr(body, name) for name in type(body).model_fields if name != "report"}
-        named = fields.get("provider_id")
-        if named is not None and named != sender:
-            raise NotYours(f"names provider {named!r}, but these credentials are {sender!r}", field="provider_id")
-        fields["provider_id"] = sender
-        if command in (ReportStarted, ReportProgress):
-            fields["grace_s"] = grace_s
-        cmd = command(command_id=command_id, at=at, **fields)
-    return im.kind, im.target_id, cmd
+    return im.kind, im.target_id, translate_intake(im, command_id, at, grace_s)
 
 
 def internal_command(d: Decision, job_spec: Callable[[str], JobSpec | None]) -> Any:

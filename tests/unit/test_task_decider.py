@@ -276,7 +276,56 @@ def test_early_or_stale_expiry_timers_change_nothing() -> None:
 
 def test_silent_past_the_timeout_is_a_timeout_failure() -> None:
     cmd = ExpireLease(command_id="e", at=at(200), lease_id="L1", reason="expired")
-    given(T, created(), leased(), started()).when(cmd).then_types("TaskLeaseExpired", "TaskFailed", "TaskRetried")
+    expired, failed, _ = (
+        given(T, created(), leased(), started()).when(cmd).then_types("TaskLeaseExpired", "TaskFailed", "TaskRetried")
+    )
+    assert isinstance(expired, TaskLeaseExpired) and (expired.lease_id, expired.provider_id) == ("L1", "p1")
+    # The expiry names the lease (and counts against the provider once); the failure is the task's.
+    assert isinstance(failed, TaskFailed) and failed.reason == "timeout"
+    assert failed.lease_id is None and failed.provider_id is None
+
+
+def test_a_late_report_for_an_own_ended_lease_is_a_race_and_a_stranger_s_is_not() -> None:
+    history = (
+        created(),
+        leased(),
+        started(),
+        TaskLeaseExpired(at=at(100), task_id="t1", lease_id="L1", provider_id="p1", reason="provider_lost"),
+        leased("L2", "p2", 2, 101),
+    )
+
+    def report(lease: str, provider: str) -> TaskResultRejected:
+        cmd = ReportCompleted(command_id="x", at=at(102), lease_id=lease, provider_id=provider, result=RESULT, gpu_ms=5)
+        (e,) = given(T, *history).when(cmd).then_types("TaskResultRejected")
+        assert isinstance(e, TaskResultRejected)
+        return e
+
+    assert report("L1", "p1").late  # its own lease, which ended: an honest race
+    assert not report("L1", "p3").late  # a lease it never held
+    assert not report("L2", "p1").late  # someone else's current lease
+    assert not report("L9", "p1").late  # a lease that never existed
+    # After the end, the winner's late duplicate with another result is a race too; a stranger's is not.
+    done = (*history, completed("L2", "p2"))
+    cmd = ReportProgress(command_id="y", at=at(103), lease_id="L2", provider_id="p2", fraction=1.0)
+    (e,) = given(T, *done).when(cmd).then_types("TaskResultRejected")
+    assert isinstance(e, TaskResultRejected) and e.late
+    cmd = ReportProgress(command_id="y", at=at(103), lease_id="L2", provider_id="p3", fraction=1.0)
+    (e,) = given(T, *done).when(cmd).then_types("TaskResultRejected")
+    assert isinstance(e, TaskResultRejected) and not e.late
+
+
+def test_a_foreign_object_from_the_lease_holder_is_not_late() -> None:
+    cmd = ReportProgress(
+        command_id="x",
+        at=at(4),
+        lease_id="L1",
+        provider_id="p1",
+        fraction=0.5,
+        checkpoint=ObjectRef(bucket="GF_OBJECTS", name=f"provider.p2.{'c' * 64}", sha256="c" * 64, size=10),
+        checkpoint_step=5,
+    )
+    (e,) = given(T, created(), leased(), started()).when(cmd).then_types("TaskResultRejected")
+    assert isinstance(e, TaskResultRejected) and not e.late
 
 
 def test_provider_loss_requeues_without_counting_a_failure() -> None:
