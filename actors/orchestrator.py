@@ -428,14 +428,33 @@ class Orchestrator:
         seen = created.astimezone(UTC) if created is not None else hb.at
         self._last_seen[provider_id] = max(seen, self._last_seen.get(provider_id, seen))
         p = self.world.providers.get(provider_id)
-        if p is not None and p.status == "lost" and self.leadership.leading and self._fresh(provider_id, utc_now()):
+        now = utc_now()
+        # Back from lost only on a heartbeat that is itself recent: a watch that starts over replays
+        # every provider's last heartbeat, however old, and the grace after a (re)start is no proof.
+        recent = (now - seen).total_seconds() <= self.config.heartbeat_timeout_s
+        if p is not None and p.status == "lost" and self.leadership.leading and recent:
             cmd = HeartbeatSeen(command_id=new_id("hb-"), at=utc_now())
             self._submit(Intent("provider", provider_id, cmd))
 
     def reconnected(self) -> None:
-        """The link to NATS came back: while it was down nobody could heartbeat, so start the clocks again."""
+        """The link to NATS came back: start the clocks again, and subscribe again at once.
+
+        While it was down nobody could heartbeat. A server that restarted lost the consumers behind
+        the heartbeat watch and the log follower (they live in its memory), and the client would
+        only notice after its idle-heartbeat check, many seconds later: meanwhile a provider
+        heartbeating all along would look silent. So both start over now, from where they were.
+        """
         self._started_at = utc_now()
         self._last_seen.clear()
+        if self._live:
+            self._restart("follow", lambda: self._follow(self.world.position))
+            self._restart("liveness", self._liveness)
+
+    def _restart(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        for i, task in enumerate(self._running):
+            if task.get_name() == name and not task.done():
+                task.cancel()
+                self._running[i] = asyncio.create_task(self._supervise(name, loop), name=name)
 
     def _fresh(self, provider_id: str, now: datetime) -> bool:
         seen = self._last_seen.get(provider_id)
@@ -447,8 +466,10 @@ class Orchestrator:
         while True:
             await asyncio.sleep(min(0.25, self.config.heartbeat_timeout_s / 4))
             now = utc_now()
-            if not self.leadership.leading:
-                continue  # the leader judges liveness
+            if not self.leadership.leading or not self.nc.is_connected:
+                # The leader judges liveness, and only while it can hear heartbeats: when the link
+                # comes back, ``reconnected`` gives every provider one timeout from then.
+                continue
             for provider_id, p in list(self.world.providers.items()):
                 if p.status in ("online", "draining") and not self._fresh(provider_id, now):
                     cmd = HeartbeatLapsed(

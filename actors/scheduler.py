@@ -14,7 +14,13 @@ Fairness:
 - Strict priority levels (9 first). Within a level, submitters share by weight (stride scheduling):
   each placed task advances its submitter's pass by 1/weight and the lowest pass goes next, so one
   submitter's 10,000 tasks cannot starve another's 10.
-- A task that fits no provider now waits aside by shape and never blocks the tasks behind it.
+- A task that fits no provider now waits aside by shape and never blocks the tasks behind it. Aside,
+  the tasks of one shape keep their order: priority first, then each submitter's fair-share tag
+  (start-time fair queueing: a submitter's k-th waiting task is tagged k/weight after its pass), so
+  a freed slot goes to the task that fair share would have placed next, not to the one that waited
+  longest.
+- When no provider at all has a free slot, a round stops at once and leaves every task in its fair
+  queue: a saturated fleet costs nothing per round, and the order is exactly the fair order.
 """
 
 from __future__ import annotations
@@ -96,6 +102,15 @@ class _Level:
     vtime: float = 0.0
 
 
+@dataclass(slots=True)
+class _Waiting:
+    """Tasks of one shape that no provider can take now, in the order they should go when one can."""
+
+    heap: list[tuple[int, float, int, PendingTask]] = field(default_factory=list)
+    #: (priority, submitter) -> the fair-share tag of its last task waiting here.
+    tags: dict[tuple[int, str], float] = field(default_factory=dict)
+
+
 def _class_key(c: Capabilities) -> tuple[object, ...]:
     return (
         c.backend,
@@ -130,7 +145,7 @@ class Scheduler:
         self._classes: dict[tuple[object, ...], _Class] = {}
         self._eligible: dict[tuple[object, ...], list[_Class]] = {}
         self._levels = {p: _Level() for p in _LEVELS}
-        self._blocked: dict[tuple[object, ...], deque[PendingTask]] = {}
+        self._blocked: dict[tuple[object, ...], _Waiting] = {}
         self._pending: dict[str, PendingTask] = {}
         self._weights: dict[str, float] = {}
         self._seq = itertools.count()
@@ -293,17 +308,32 @@ class Scheduler:
             return
         for shape in list(self._blocked):
             waiting = self._blocked[shape]
-            if cls not in self._eligible_classes(shape, waiting[0]):
+            if cls not in self._eligible_classes(shape, waiting.heap[0][3]):
                 continue
             back: list[PendingTask] = []
-            while waiting and len(back) < free:
-                t = waiting.popleft()
+            while waiting.heap and len(back) < free:
+                t = heapq.heappop(waiting.heap)[3]
                 if t.task_id in self._pending:
                     back.append(t)
-            if not waiting:
+            if not waiting.heap:
                 del self._blocked[shape]
             for t in reversed(back):
                 self._push(t, front=True)
+
+    def _wait_aside(self, shape: tuple[object, ...], t: PendingTask, level: _Level) -> None:
+        """Set ``t`` aside until its shape can be placed, tagged by priority and fair share."""
+        waiting = self._blocked.get(shape)
+        if waiting is None:
+            waiting = self._blocked[shape] = _Waiting()
+        key = (t.priority, t.submitter)
+        start = max(level.passes.get(t.submitter, 0.0), level.vtime, waiting.tags.get(key, 0.0))
+        tag = start + 1.0 / self._weights.get(t.submitter, 1.0)
+        waiting.tags[key] = tag
+        heapq.heappush(waiting.heap, (-t.priority, tag, next(self._seq), t))
+
+    def _any_free(self) -> bool:
+        """Whether any available provider has a free slot (one look per class)."""
+        return any(self._best_in(cls) is not None for cls in list(self._classes.values()))
 
     def _reoffer(self) -> None:
         """Give waiting tasks back to every class that has a free slot now.
@@ -406,7 +436,13 @@ class Scheduler:
                 self.decisions += 1
                 if a is None:
                     full.add(shape)
-                    self._blocked.setdefault(shape, deque()).append(t)
+                    if not self._any_free():
+                        # Saturated: nothing can be placed this round. The task goes back to the head
+                        # of its fair queue, uncharged, and the round ends.
+                        level.queues[t.submitter].appendleft(t)
+                        self._requeue(level, t.submitter, charge=False)
+                        return out
+                    self._wait_aside(shape, t, level)
                     self._requeue(level, t.submitter, charge=False)
                     continue
                 del self._pending[t.task_id]

@@ -165,8 +165,9 @@ class ActorShell(Generic[C, S]):
                 if results is not None:
                     for (i, a, entry, events, envs), r in zip(plans, results, strict=True):
                         if r.duplicate:
+                            # Applied before (by us, or a retry of ours): answer with the state in the log.
                             self._cache.pop(a, None)
-                            out[i] = Handled([], entry.state, duplicate=True)
+                            out[i] = Handled([], (await self._load(a)).state, duplicate=True)
                             continue
                         state = self.decider.fold(events, entry.state)
                         entry.state, entry.version = state, r.last
@@ -174,14 +175,18 @@ class ActorShell(Generic[C, S]):
                         self._remember(a, entry)
                         out[i] = Handled([env.at_position(r.first + n) for n, env in enumerate(envs)], state)
                     plans = []
+            # Conflicts: settle the planned ones one by one (each reloads and decides again), still
+            # holding the locks, so that no command that arrived meanwhile overtakes them.
+            for i, a, _, _, _ in plans:
+                try:
+                    out[i] = await self._handle(a, commands[i][1], correlationid, causationid)
+                except GpufleetError as e:
+                    out[i] = e
         finally:
             for a in held:
                 self._locks[a][0].release()
             for a, _ in locks:
                 self._unlock(a)
-        # Conflicts: settle the planned ones one by one (each reloads and decides again).
-        for i, a, _, _, _ in plans:
-            out[i] = await self._one(a, commands[i][1], correlationid, causationid)
         return out
 
     async def _one(

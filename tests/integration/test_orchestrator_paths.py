@@ -184,14 +184,6 @@ async def restarted_network(
             1.5,
             3.0,
             id="outage_longer_than_the_timeout",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: while the orchestrator is disconnected its lapse loop keeps judging providers by "
-                "heartbeats it cannot receive; after `heartbeat_timeout_s` it submits HeartbeatLapsed for every "
-                "provider, _run retries the appends until the link is back, and they land right after the "
-                "reconnect (at= during the outage): every provider, alive or not, is declared lost at once "
-                "and reconnected() comes too late to help.",
-            ),
         ),
     ],
 )
@@ -209,13 +201,6 @@ async def test_a_provider_silent_across_a_restart_is_lost_one_timeout_after_the_
     assert lost[0].at <= reconnected + timedelta(seconds=timeout + 1.0), (lost[0].at - reconnected).total_seconds()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after a nats-server restart the orchestrator's heartbeat watcher (kv.watchall, an ordered "
-    "consumer in server memory, gone with the restart) delivers nothing until nats-py's missed-heartbeat "
-    "check resets it (~10-20 s); reconnected() restarts the clocks but nothing restarts the watcher, so a "
-    "provider heartbeating all along is declared lost one heartbeat timeout after the reconnect.",
-)
 async def test_a_provider_heartbeating_through_a_short_server_restart_is_never_lost(
     own_nats_server: SecureServer,
 ) -> None:

@@ -148,12 +148,6 @@ def test_a_high_priority_task_arriving_late_takes_the_next_free_slot() -> None:
     assert [a.task.task_id for a in s.assign()] == [urgent.task_id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: under saturation, Scheduler.assign parks every task that finds no free slot in the "
-    "per-shape FIFO _blocked, and _unblock hands them back in that FIFO order; a high-priority task "
-    "blocked after low-priority ones then waits behind all of them (priority inversion).",
-)
 def test_priority_holds_while_capacity_is_saturated() -> None:
     # Given one slot and a backlog of five low-priority tasks, one of them running
     s = scheduler_with(p=caps(1))
@@ -270,12 +264,6 @@ def test_a_submitter_arriving_late_is_neither_starved_nor_credited_for_its_idle_
         assert abs(bob - k / 2) <= 1, subs[:20]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: under saturation, tasks that find no free slot are parked in Scheduler._blocked in the "
-    "order they were tried and given back FIFO by _unblock, so stride order is lost: a submitter "
-    "whose 10 tasks arrive while another's 10,000 are parked waits for all 10,000.",
-)
 def test_ten_tasks_are_not_starved_by_ten_thousand_while_capacity_is_saturated() -> None:
     # Given one slot, running one of ann's 10,000 tasks (the rest wait for it)
     s = scheduler_with(p=caps(1))
@@ -293,11 +281,6 @@ def test_ten_tasks_are_not_starved_by_ten_thousand_while_capacity_is_saturated()
     assert len(positions) == 10 and positions[-1] <= 20, positions
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: same cause (FIFO _blocked under saturation): with weights 3:1 and a saturated "
-    "provider, placements follow the order tasks were parked, not the weights.",
-)
 def test_weights_hold_while_capacity_is_saturated() -> None:
     # Given ten slots and two backlogged submitters with weights 3 and 1
     s = scheduler_with(p=caps(10))
@@ -552,3 +535,71 @@ def test_each_freed_slot_takes_a_waiting_task_that_fits_it() -> None:
         # Then each is taken at once by a task that fits it, and nothing else moves
         assert [x.provider_id for x in got] == [a.provider_id]
         assert _fits(_PROVIDERS[a.provider_id], got[0].task.workload, got[0].task.resources)
+
+
+# ---- one shape saturated while another has room ---------------------------------------------------
+
+
+def _mixed() -> Scheduler:
+    """A CUDA provider with one slot that runs only ``noop`` (saturated below), and a CPU provider with room."""
+    return scheduler_with(gpu=caps(1, backend="cuda", cc=9.0, workloads=("noop",)), cpu=caps(1000))
+
+
+def _cuda(submitter: str, priority: int = 5) -> PendingTask:
+    return task(submitter, priority, resources=Resources(backend="cuda"))
+
+
+def test_waiting_aside_keeps_priority_when_another_shape_has_room() -> None:
+    # Given CUDA tasks waiting aside (the CUDA slot is busy) while CPU work still flows
+    s = _mixed()
+    for _ in range(5):
+        s.enqueue(_cuda("ann", 1))
+    s.enqueue(task("cy", workload="sleep"))
+    first = s.assign()
+    assert sorted(a.provider_id for a in first) == ["cpu", "gpu"]
+    # When two urgent CUDA tasks arrive, wait aside too, and the CUDA slot frees six times
+    s.enqueue(_cuda("bob", 9))
+    s.enqueue(_cuda("bob", 9))
+    s.enqueue(task("cy", workload="sleep"))
+    assert [a.provider_id for a in s.assign()] == ["cpu"]
+    order = []
+    for _ in range(6):
+        s.release("gpu")
+        order += [a.task.priority for a in s.assign() if a.provider_id == "gpu"]
+    # Then both urgent tasks take the CUDA slot before any further low-priority one
+    assert order == [9, 9, 1, 1, 1, 1]
+
+
+def test_waiting_aside_keeps_fair_share_when_another_shape_has_room() -> None:
+    # Given ann's 2,000 CUDA tasks waiting aside behind a busy CUDA slot, CPU work flowing
+    s = _mixed()
+    for _ in range(2000):
+        s.enqueue(_cuda("ann"))
+    s.enqueue(task("cy", workload="sleep"))
+    s.assign()
+    # When bob's ten CUDA tasks arrive and the CUDA slot frees one task at a time
+    for _ in range(10):
+        s.enqueue(_cuda("bob"))
+    s.enqueue(task("cy", workload="sleep"))
+    s.assign()
+    subs = []
+    for _ in range(40):
+        s.release("gpu")
+        subs += [a.task.submitter for a in s.assign() if a.provider_id == "gpu"]
+    # Then bob's ten run within the first twenty, alternating with ann's
+    positions = [i for i, sub in enumerate(subs, 1) if sub == "bob"]
+    assert len(positions) == 10 and positions[-1] <= 21, (positions, subs)
+
+
+def test_a_saturated_round_costs_one_look_not_the_backlog() -> None:
+    # Given one slot and a backlog of 10,000
+    s = scheduler_with(p=caps(1))
+    for _ in range(10_000):
+        s.enqueue(task("ann"))
+    # When a round places one and then finds the fleet full, and 100 more rounds find it full
+    assert len(s.assign()) == 1
+    for _ in range(100):
+        assert s.assign() == []
+    # Then each round looked at one task (not the whole backlog), and all the rest still wait
+    assert s.decisions <= 2 + 100, s.decisions
+    assert s.pending() == 9_999

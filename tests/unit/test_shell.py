@@ -407,12 +407,6 @@ async def test_handle_many_yields_a_refusal_in_place_and_applies_the_rest() -> N
     assert isinstance(out[1], Handled) and [e.type for e in out[1].events] == ["TaskProgressed"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when handle_many's atomic batch conflicts it releases every lock and re-handles each "
-    "command with handle(), which queues it at the back of the aggregate's FIFO: a command for the "
-    "same aggregate that arrived while the batch held the lock is applied before the batch's command.",
-)
 async def test_handle_many_keeps_per_aggregate_order_when_it_falls_back() -> None:
     # Given two tasks in the cache, a batch that will conflict (a rival writes to the second), and a
     # gate that holds the batch at the store
@@ -442,11 +436,6 @@ async def test_handle_many_keeps_per_aggregate_order_when_it_falls_back() -> Non
     assert [e.id for e in stream if e.type == "TaskProgressed"] == ["first.0", "second.0"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): handle_many answers a duplicate (the batch had already landed) with the state "
-    "from before the command, where handle reloads and answers with the state the log has.",
-)
 async def test_handle_many_answers_a_duplicate_with_the_state_in_the_log() -> None:
     # Given a batch that lands but whose acknowledgement is lost
     store = FaultyStore()
