@@ -12,6 +12,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from actors.world import World
+from events import StoreUnavailable
 from events.job import ProviderCredited, SubmitterCharged, UsageMetered
 from events.store import JetStreamEventStore
 from events.store.connection import connect_nats
@@ -92,7 +93,13 @@ async def wait_for(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        w, log = await read_world(store)
+        try:
+            w, log = await read_world(store)
+        except StoreUnavailable:
+            # The server is restarting (a test killed it): the log comes back with it.
+            assert loop.time() < deadline, "the log stayed unavailable"
+            await asyncio.sleep(poll)
+            continue
         if predicate(w):
             return w, log
         if loop.time() > deadline:

@@ -30,7 +30,6 @@ from tests.integration.orchestra import (
     assert_exactly_once,
     every_input_has_its_outcome,
     intake_outcomes,
-    read_world,
     wait_for,
 )
 from tests.secure import SecureServer
@@ -240,20 +239,27 @@ async def test_drain_finishes_running_work_and_takes_nothing_new(net: Network) -
     assert w.jobs["alice.j2"].status == "completed"
 
 
-async def test_killing_the_orchestrator_mid_run_loses_and_duplicates_nothing(own_nats_server: SecureServer) -> None:
-    url = own_nats_server.url
-    orchestrator = own_nats_server.access("orchestrator")
+def _process(*args: str) -> subprocess.Popen[bytes]:
+    """A gpufleet command as its own process (killed with SIGKILL, as a crash would)."""
+    cmd = [sys.executable, "-m", "gpufleet", "--log-format", "json", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def test_sigkilled_orchestrator_nats_server_and_provider_lose_and_duplicate_nothing(
+    own_nats_server: SecureServer,
+) -> None:
+    """Real processes, real SIGKILLs: the orchestrator mid-run, then nats-server while the next
+    orchestrator runs, then a provider. Every job completes once, every intake message has one
+    outcome, and the full audit of the log passes."""
+    server = own_nats_server
+    orchestrator = server.access("orchestrator")
     assert orchestrator.creds is not None
-    cmd = [
-        sys.executable,
-        "-m",
-        "gpufleet",
-        "--log-format",
-        "json",
+    orch_cmd = (
         "orchestrator",
         "run",
         "--nats",
-        url,
+        server.url,
         "--creds",
         str(orchestrator.creds),
         "--heartbeat-timeout",
@@ -262,50 +268,57 @@ async def test_killing_the_orchestrator_mid_run_loses_and_duplicates_nothing(own
         "3",
         "--lease-grace",
         "5",
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tenants = Tenants(own_nats_server)
+    )
+
+    def provider(prefix: str) -> subprocess.Popen[bytes]:
+        return _process(
+            "provider", "simulate", "--nats", server.url, "--data-dir", str(server.root),
+            "--count", "1", "--slots", "3", "--prefix", prefix,
+        )  # fmt: skip
+
+    procs = {"orch-1": _process(*orch_cmd), **{f"prov-{i}": provider(f"k{i}-") for i in range(4)}}
+    tenants = Tenants(server)
     store = await JetStreamEventStore.connect(orchestrator)
-    providers: list[SimulatedProvider] = []
     owner: dict[str, str] = {}
     try:
-        for i in range(4):
-            sim = await SimulatedProvider.connect(own_nats_server.access("provider", f"p{i}"), slots=3, heartbeat_s=0.3)
-            providers.append(await sim.start())
+        await wait_for(store, lambda w: sum(p.status == "online" for p in w.providers.values()) >= 4, timeout=60)
         jobs = 40
         for j in range(jobs):
             owner[f"job{j}"] = await tenants.submit(f"u{j % 3}", f"job{j}", sleep_job(4, 0.1))
-        await wait_for(
-            store, lambda w: sum(j.status == "completed" for j in w.jobs.values()) >= 8, timeout=60, poll=0.2
-        )
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-        # More work arrives while no orchestrator runs: intake keeps it.
+        await wait_for(store, lambda w: sum(j.status == "completed" for j in w.jobs.values()) >= 8, timeout=60)
+        # 1. The orchestrator dies mid-run; more work arrives while none runs (the intake keeps it).
+        procs["orch-1"].send_signal(signal.SIGKILL)
+        procs["orch-1"].wait()
         for j in range(jobs, jobs + 10):
             owner[f"job{j}"] = await tenants.submit("alice", f"job{j}", sleep_job(2, 0.05))
-        second = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            w, log = await wait_for(store, all_jobs_ended(jobs + 10), timeout=120, poll=1.0)
-        finally:
-            second.send_signal(signal.SIGINT)
-            second.wait(10)
+        procs["orch-2"] = _process(*orch_cmd)
+        await wait_for(store, lambda w: sum(j.status == "completed" for j in w.jobs.values()) >= 20, timeout=60)
+        # 2. nats-server dies while the new orchestrator and the providers are mid-run, and comes back.
+        server.kill()
+        server.start()
+        # 3. A provider dies holding leases; its work moves to the others.
+        procs["prov-0"].send_signal(signal.SIGKILL)
+        procs["prov-0"].wait()
+        w, log = await wait_for(store, all_jobs_ended(jobs + 10), timeout=180, poll=1.0)
         assert {j.status for j in w.jobs.values()} == {"completed"}
-        assert_exactly_once(log)
         assert Counter(e.data.job_id for e in log if isinstance(e.data, JobCompleted)) == {
             owner[f"job{j}"]: 1 for j in range(jobs + 10)
         }
-        outcomes = intake_outcomes(log)
-        assert set(outcomes.values()) == {1}, "an intake message got two outcomes"
-        intake = await store.js.stream_info("GF_INTAKE")
-        assert len(outcomes) == intake.state.last_seq, "an intake message got no outcome"
-        w2, _ = await read_world(store)
-        assert w2.tasks == w.tasks
+        await wait_for(store, lambda w: w.providers["k0-0"].status == "lost", timeout=30)
+        # Stop the survivors (nothing more arrives), then every input sent must have its one outcome.
+        for name, proc in procs.items():
+            if name.startswith("prov-") and proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+        log = await every_input_has_its_outcome(store)
+        assert_exactly_once(log)
+        report = await audit_jetstream(store)
+        assert report.ok, report.render()
     finally:
-        if first.poll() is None:
-            first.kill()
-        for p in providers:
-            await p.kill()
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         await store.close()
         await tenants.close()
 
