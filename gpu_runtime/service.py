@@ -253,7 +253,7 @@ class ProviderRuntime:
         self._js = self._nc.jetstream()
         self._blobs = BlobStore(self._nc, "provider", self.provider_id, self._topology)
         await self._start_workers()
-        assert self._pool is not None and self.calibration is not None
+        assert self._pool is not None
         # The orchestrator creates this consumer when it takes our registration; until then a fetch
         # finds nothing and the loop asks again.
         self._psub = await self._js.pull_subscribe_bind(
@@ -274,7 +274,7 @@ class ProviderRuntime:
             backend=self.backend,
             device=self.capabilities.gpu_model if self.capabilities else "",
             slots=self._pool.size,
-            calibration=self.calibration.model_dump(),
+            calibration=self.calibration.model_dump() if self.calibration else None,
         )
 
     async def _start_workers(self) -> None:
@@ -309,8 +309,13 @@ class ProviderRuntime:
         caps = dict(info["capabilities"])
         caps.update(slots=slots, price_micros=cfg.price_micros, workloads=list(supported))
         self.capabilities = Capabilities.model_validate_json(json.dumps(caps))
+        if not cfg.calibrate:
+            # Measured nothing: say so (no calibration), rather than register a calibration of zeros
+            # that the scheduler's runtime model would read as an infinitely fast device.
+            self.calibration = None
+            return
         measured = Calibration.model_validate_json(json.dumps(info.get("calibration") or {}))
-        overhead = await self._measure_overhead(first) if cfg.calibrate else 0.0
+        overhead = await self._measure_overhead(first)
         self.calibration = measured.model_copy(update={"task_overhead_s": round(overhead, 6)})
 
     async def _measure_overhead(self, worker: WorkerProcess, rounds: int = 15) -> float:
