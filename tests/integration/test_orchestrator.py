@@ -58,12 +58,20 @@ async def net(own_nats_server: SecureServer) -> AsyncIterator[Network]:
     store = await JetStreamEventStore.connect(own_nats_server.access("orchestrator"))
     network = Network(own_nats_server, orch, store, Tenants(own_nats_server))
     yield network
-    for p in network.providers:
-        await p.kill()
-    if network.orch is not None:
-        await network.orch.close()
-    await store.close()
-    await network.tenants.close()
+    try:
+        for p in network.providers:
+            await p.kill()
+        if network.orch is not None:
+            # Every test here ends with the full audit of what it left in the log: nothing sent is
+            # without its outcome, and no check of the auditor finds anything.
+            await every_input_has_its_outcome(store)
+            report = await audit_jetstream(store)
+            assert report.ok, report.render()
+    finally:
+        if network.orch is not None:
+            await network.orch.close()
+        await store.close()
+        await network.tenants.close()
 
 
 def sleep_job(n: int, seconds: float, **extra: object) -> dict[str, object]:
