@@ -108,7 +108,8 @@ async def test_subscription_survives_a_server_restart(own_nats_server: SecureSer
                 await store.append("task.live2", [after], expected=NO_STREAM)
                 return
             except StoreUnavailable:
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # retrying while the store reconnects
+        raise AssertionError("the store could not append for 20 s after the server came back")
 
     writer = asyncio.create_task(write_when_back())
     got = await collect(sub, 1, timeout=30)

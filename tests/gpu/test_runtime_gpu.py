@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -230,10 +229,11 @@ async def test_memory_cap_through_the_service(env: tuple[ProviderRuntime, Orches
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_warm_worker_noop_is_fast(env: tuple[ProviderRuntime, Orchestrator]) -> None:
+async def test_a_warm_worker_serves_noop_after_noop(env: tuple[ProviderRuntime, Orchestrator]) -> None:
     rt, orch = env
     await orch.run(rt.provider_id, "noop", {})
-    t0 = time.perf_counter()
+    warm = rt.worker_pids()
     for _ in range(20):
         assert (await orch.run(rt.provider_id, "noop", {})).report == "completed"
-    assert (time.perf_counter() - t0) / 20 < 0.05
+    # The same warm worker served every one (how fast it does is the benchmarks' business).
+    assert warm and rt.worker_pids() == warm

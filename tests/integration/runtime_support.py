@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +30,8 @@ from events.store.topology import Topology
 from events.subjects import dispatch_subject
 from events.types import ObjectRef
 from gpu_runtime import ProviderRuntime, RuntimeConfig
+from gpu_runtime.results import canonical_json, sha256_hex
+from tests.integration.audited import eventually
 from tests.secure import SecureServer
 
 _log = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ class Seen:
 
     at: float
     body: Any
+    #: The provider whose intake subject it came on (the server vouches for it: only it may publish there).
+    sender: str = ""
 
     @property
     def kind(self) -> str:
@@ -70,6 +74,9 @@ class Orchestrator:
     intake: list[tuple[str, Any]] = field(default_factory=list)
     #: Intake messages from providers this double talks to that did not validate: a contract breach.
     invalid: list[tuple[str, str]] = field(default_factory=list)
+    #: Every lease this double sent, and the leases it revoked (by lease id).
+    granted: dict[str, LeaseGranted] = field(default_factory=dict)
+    revoked: set[str] = field(default_factory=set)
     _consumers: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -112,7 +119,7 @@ class Orchestrator:
             self.open_dispatch(decoded.sender)
         self.intake.append((msg.subject, decoded.body))
         if decoded.kind == "task":
-            self.reports.setdefault(decoded.target_id, []).append(Seen(time.monotonic(), decoded.body))
+            self.reports.setdefault(decoded.target_id, []).append(Seen(time.monotonic(), decoded.body, decoded.sender))
         self._changed.set()
 
     def open_dispatch(self, provider_id: str) -> asyncio.Task[None]:
@@ -163,6 +170,10 @@ class Orchestrator:
         )
 
     async def send(self, message: LeaseGranted | LeaseRevoked) -> None:
+        if isinstance(message, LeaseGranted):
+            self.granted[message.lease_id] = message
+        else:
+            self.revoked.add(message.lease_id)
         await self.open_dispatch(message.provider_id)  # the consumer exists before the first dispatch
         await self.js.publish(dispatch_subject(message.provider_id), message.model_dump_json().encode())
 
@@ -234,6 +245,93 @@ class Orchestrator:
     async def get_object(self, ref: ObjectRef) -> bytes:
         """The object's bytes, checked against ``ref.sha256``."""
         return await self.blobs.get(ref)
+
+    # ---- the audit of the runtime's side of the contract ---------------------------------------
+
+    def audit(self, must_end: Iterable[str] = ()) -> list[str]:
+        """What the runtimes did wrong, judged from every report this double received (an empty list
+        is a pass). These tests grant leases outside any log, so there is no log for the auditor of
+        ``projections.audit`` to read; this is its counterpart for the provider's side:
+
+        - every intake message validates, and every report names a lease this double granted, for that
+          task, on the intake subject of the provider that holds it;
+        - per lease: at most one ``started``, first; ``progress`` and ``completed`` only after it;
+          exactly one end (``completed`` or ``failed``) at most, and nothing after it; progress and
+          checkpoints never go back; an inline result matches its digest;
+        - every lease granted to a provider in ``must_end`` (and not revoked) has ended.
+        """
+        findings = [f"intake on {subject} does not validate: {error}" for subject, error in self.invalid]
+        per_lease: dict[str, list[Seen]] = {}
+        for task_id, seen in self.reports.items():
+            for s in seen:
+                lease = self.granted.get(s.body.lease_id)
+                if lease is None:
+                    findings.append(f"{task_id}: {s.kind} report under {s.body.lease_id!r}, a lease never granted")
+                    continue
+                said = s.body.provider_id
+                if lease.task_id != task_id or s.sender != lease.provider_id or said not in (None, lease.provider_id):
+                    findings.append(
+                        f"{task_id}: {s.kind} report from {s.sender} (saying {said}) under lease "
+                        f"{lease.lease_id} of {lease.provider_id} for {lease.task_id}"
+                    )
+                per_lease.setdefault(lease.lease_id, []).append(s)
+        ending = ("completed", "failed")
+        must = set(must_end)
+        for lease_id, lease in self.granted.items():
+            seen = per_lease.get(lease_id, [])
+            kinds = [s.kind for s in seen]
+            where = f"lease {lease_id} ({lease.workload}, task {lease.task_id}): {kinds}"
+            ends = [k for k in kinds if k in ending]
+            if len(ends) > 1:
+                findings.append(f"{where}: {len(ends)} ends")
+            if ends and len(kinds) > kinds.index(ends[0]) + 1:
+                findings.append(f"{where}: reports after its end")
+            if kinds.count("started") > 1 or ("started" in kinds and kinds[0] != "started"):
+                findings.append(f"{where}: started twice, or after other reports")
+            if ("progress" in kinds or "completed" in kinds) and "started" not in kinds:
+                findings.append(f"{where}: ran without a started report")
+            progress = [s.body for s in seen if s.kind == "progress"]
+            fractions = [b.fraction for b in progress]
+            steps = [b.checkpoint_step for b in progress if b.checkpoint is not None]
+            if fractions != sorted(fractions) or steps != sorted(steps):
+                findings.append(f"{where}: progress went back: fractions {fractions}, checkpoints {steps}")
+            for s in seen:
+                result = s.body.result if s.kind == "completed" else None
+                inline = None if result is None else result.inline
+                if inline is not None and sha256_hex(canonical_json(inline)) != result.sha256:
+                    findings.append(f"{where}: the inline result does not match its sha256")
+            if lease.provider_id in must and lease_id not in self.revoked and not ends:
+                findings.append(f"{where}: never ended")
+        return findings
+
+    async def assert_contract_kept(self, *runtimes: ProviderRuntime, ended: Iterable[str] = ()) -> None:
+        """At rest, the audit of what the runtimes sent passes.
+
+        ``runtimes`` still serve: every lease granted to one of them must end, and once it has, each is
+        sent one more lease (a ``noop``) as a barrier: a runtime publishes its reports in order on one
+        connection, so once that lease's end is here, anything it sent before is here too. ``ended``:
+        providers gone since (closed, drained), whose leases must have ended as well.
+        """
+        serving = {rt.provider_id for rt in runtimes}
+
+        def unfinished() -> list[str]:
+            return [f for f in self.audit(serving) if f.endswith("never ended")]
+
+        deadline = time.monotonic() + 30.0
+        while unfinished() and time.monotonic() < deadline:
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await self._changed.wait()
+        for rt in runtimes:
+            await eventually(
+                lambda: not rt.running,  # noqa: B023 (awaited at once)
+                lambda: f"{rt.provider_id} to be idle with every lease ended (it runs {rt.running})",  # noqa: B023
+                poll=0.02,
+            )
+            assert (await self.run(rt.provider_id, "noop", {})).report == "completed"
+        findings = self.audit(serving | set(ended))
+        assert not findings, "the runtime broke its side of the contract:\n" + "\n".join(findings)
 
 
 def provider_config(server: SecureServer, **kw: Any) -> RuntimeConfig:

@@ -31,7 +31,9 @@ from events.store.connection import raise_if_denied
 from events.subjects import intake_subject
 from events.workloads import validate_params
 from gpufleet.sim import SimulatedProvider
+from projections.audit import read_intake
 from projections.feed import EventFeed
+from tests.integration.audited import assert_audit_passes
 from tests.integration.orchestra import Tenants, read_world, wait_for
 from tests.secure import SecureServer
 
@@ -177,6 +179,7 @@ async def test_node_submits_and_follows_a_job_to_completion(
     rc, out = await run([*argv, "--timeout", "30"], work, timeout=60)
     assert rc == 0, out
     assert "InputAccepted" in out and "JobSubmitted" in out and "JobCompleted" in out, out
+    await assert_audit_passes(net.store)
 
 
 async def test_node_reports_a_refused_input(net: Network, node_example: tuple[str, Path], tmp_path: Path) -> None:
@@ -198,6 +201,7 @@ async def test_node_reports_a_refused_input(net: Network, node_example: tuple[st
     assert "InputRejected" in out and "field submitter" in out, out
     w, _ = await read_world(net.store)
     assert "alice.impostor" not in w.jobs and "mallory.impostor" not in w.jobs
+    await assert_audit_passes(net.store)
 
 
 async def test_node_refused_credentials_and_no_gpufleet(node_example: tuple[str, Path], tmp_path: Path) -> None:
@@ -242,6 +246,7 @@ async def test_plain_bash_submits_over_raw_nats(net: Network, tmp_path: Path) ->
         env={"GF_SPEC": json.dumps(other)},
     )
     assert rc == 1 and "InputRejected" in out, out
+    await assert_audit_passes(net.store)
 
 
 async def test_plain_bash_reports_a_refused_input(net: Network, tmp_path: Path) -> None:
@@ -259,6 +264,7 @@ async def test_plain_bash_reports_a_refused_input(net: Network, tmp_path: Path) 
     rejected = [e.data for e in log if isinstance(e.data, InputRejected) and "badbash" in e.data.subject]
     assert len(rejected) == 1 and rejected[0].field is not None
     assert rejected[0].subject == "gf.in.submitter.carol.submit.badbash"
+    await assert_audit_passes(net.store)
 
 
 async def test_plain_bash_without_gpufleet_says_so(tmp_path: Path) -> None:
@@ -284,8 +290,12 @@ async def test_plain_bash_with_refused_credentials_says_so(net: Network, tmp_pat
         assert rc == 3, out
         assert "refused the credentials" in out and "Authorization Violation" in out, out
         assert len(out.strip().splitlines()) == 1, out
+    # Nothing it sent was stored (the intake stream itself, not a world that might not have caught up),
+    # so there is nothing for the orchestrator to decide; and the log passes its audit.
+    assert not [s for s in (await read_intake(net.store)).values() if s.endswith(".refused")]
     w, _ = await read_world(net.store)
     assert "carol.refused" not in w.jobs
+    await assert_audit_passes(net.store)
 
 
 async def test_a_submitter_cannot_submit_under_another_name(net: Network, tmp_path: Path) -> None:
@@ -311,3 +321,6 @@ async def test_a_submitter_cannot_submit_under_another_name(net: Network, tmp_pa
     assert set(w.jobs) == {"alice.mine"}
     assert not any("stolen" in getattr(e.data, "subject", "") for e in log)
     assert all(t.startswith("alice.mine.") for t in w.tasks)
+    submitted = [s for s in (await read_intake(net.store)).values() if s.startswith("gf.in.submitter.")]
+    assert submitted == ["gf.in.submitter.alice.submit.mine"]  # the stolen one was never stored
+    await assert_audit_passes(net.store)

@@ -15,8 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from events.store import JetStreamEventStore
+from events.store.connection import Access
 from gpufleet import Client, JobCancelledError, JobRejectedError
 from gpufleet.auth import Authority
+from tests.integration.audited import assert_audit_passes, eventually, eventually_sync
+from tests.integration.orchestra import every_input_has_its_outcome
 from tests.secure import SecureServer
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
@@ -97,6 +101,43 @@ class Up:
     def ca_args(self) -> list[str]:
         """What a machine without the network's data needs to verify its server."""
         return ["--tls-ca", str(self.ca)] if self.ca else []
+
+    def audit(self) -> str:
+        """The full audit of this network's log, at rest, as a user runs it: once every intake message
+        has its outcome (waited for as an auditor), ``gpufleet replay --audit`` must pass."""
+
+        async def at_rest() -> None:
+            access = Access(self.url, self.creds("auditor", "test-auditor"), self.ca)
+            store = await JetStreamEventStore.connect(access, reads="direct")
+            try:
+                await every_input_has_its_outcome(store, timeout=60)
+            finally:
+                await store.close()
+
+        asyncio.run(at_rest())
+        out = self.cli("replay", "--audit", "--nats", self.url, timeout=180)
+        assert out.returncode == 0 and "PASS" in out.stdout, out.stdout + out.stderr
+        assert "books balance: yes" in out.stdout and "FAIL" not in out.stdout, out.stdout
+        return out.stdout
+
+    def checkpointed(self, job_id: str, timeout: float = 60.0) -> int:
+        """Wait until the log records a checkpoint of ``job_id``'s first task; its step. Read as the
+        job's submitter, with the Python client."""
+
+        async def first_checkpoint() -> int:
+            async with await self.client(job_id.partition(".")[0]) as client:
+                async for e in client.job(job_id).events(until_ended=False):
+                    if e.type == "TaskProgressed" and e.data.checkpoint is not None:  # type: ignore[attr-defined]
+                        return int(e.data.checkpoint_step)  # type: ignore[attr-defined]
+            raise AssertionError(f"{job_id}'s events ended without a checkpoint")
+
+        async def waited() -> int:
+            try:
+                return await asyncio.wait_for(first_checkpoint(), timeout)
+            except TimeoutError:
+                raise AssertionError(f"no checkpoint of {job_id} in the log within {timeout:g}s") from None
+
+        return asyncio.run(waited())
 
     def stop(self) -> str:
         """Ctrl-C, as a user would; returns what it printed."""
@@ -210,13 +251,6 @@ async def test_a_refused_submission_surfaces_as_a_typed_error(up: Up) -> None:
         assert "already used" in str(info.value)
 
 
-def test_replay_audit_is_clean(up: Up) -> None:
-    out = up.cli("replay", "--audit", "--nats", up.url, timeout=180)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "books balance: yes" in out.stdout
-    assert "FAIL" not in out.stdout
-
-
 def test_stopping_up_mid_job_and_starting_again_finishes_the_job(tmp_path: Path) -> None:
     net = Up(tmp_path / "restart").start()
     try:
@@ -226,7 +260,7 @@ def test_stopping_up_mid_job_and_starting_again_finishes_the_job(tmp_path: Path)
         sub = net.cli("submit", "-", "--nats", net.url, stdin=spec)
         assert sub.returncode == 0, sub.stderr
         job_id = sub.stdout.strip()
-        time.sleep(2.5)  # a checkpoint or two, then Ctrl-C mid-job
+        assert net.checkpointed(job_id) > 0  # a checkpoint is in the log: then Ctrl-C mid-job
         printed = net.stop()
         assert "resumes from the same log" in printed, printed
         net.start()
@@ -235,8 +269,7 @@ def test_stopping_up_mid_job_and_starting_again_finishes_the_job(tmp_path: Path)
         res = net.cli("result", job_id, "--nats", net.url)
         value = json.loads(res.stdout.split(": ", 1)[1])
         assert value["resumed_from_step"] > 0, "the restarted network resumed from a checkpoint"
-        audit = net.cli("replay", "--audit", "--nats", net.url, timeout=180)
-        assert audit.returncode == 0, audit.stdout
+        net.audit()
     finally:
         if net.proc is not None and net.proc.poll() is None:
             net.stop()
@@ -268,15 +301,13 @@ async def test_watch_reconnects_when_the_connection_drops(own_nats_server: Secur
                 seen.append(e.type)
 
         follower = asyncio.create_task(follow())
-        for _ in range(400):
-            if "TaskStarted" in seen:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: "TaskStarted" in seen, lambda: f"a task to start (the watcher saw {seen})", timeout=20)
         own_nats_server.stop()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # the scenario: the server is down for a while
         own_nats_server.start()
         await asyncio.wait_for(follower, 60)
         assert seen[-1] == "JobCompleted" and seen.count("TaskCompleted") == 2
+        await assert_audit_passes(feed_store)
     finally:
         await client.close()
         await sim.kill()
@@ -363,17 +394,21 @@ def test_a_provider_joins_from_another_process_with_only_its_credentials(up: Up,
         env={**ENV, "GPUFLEET_HOME": str(elsewhere)},
     )
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
+
+        def online() -> bool:
             fleet = up.cli("providers", "--nats", up.url, "--data-dir", str(up.data_dir))
-            row = next((line for line in fleet.stdout.splitlines() if "gpu-box-1" in line), "")
-            if "online" in row:
-                break
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"gpu-box-1 never came online: {fleet.stdout}")
+            return any("gpu-box-1" in line and "online" in line for line in fleet.stdout.splitlines())
+
+        eventually_sync(online, "gpu-box-1 to come online", timeout=90, poll=0.5)
     finally:
         provider.send_signal(signal.SIGTERM)  # drains: finishes its work, then leaves
         out, _ = provider.communicate(timeout=60)
     assert provider.returncode == 0, out
     assert "provider gpu-box-1:" in out and "draining" in out, out
+
+
+def test_replay_audit_is_clean(up: Up) -> None:
+    """Last in this module: the audit of the log the tests above wrote on the shared network (jobs
+    completed, cancelled and refused; credentials issued and revoked; a provider that joined and
+    drained), at rest, from the command line."""
+    up.audit()

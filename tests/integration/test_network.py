@@ -29,7 +29,8 @@ from events.store import JetStreamEventStore
 from events.store.blobs import BlobStore
 from events.task import TaskCancelled, TaskCompleted, TaskLeased, TaskLeaseExpired, TaskProgressed
 from events.types import ResultRef
-from tests.integration.orchestra import Tenants, assert_exactly_once, read_world, wait_for
+from tests.integration.audited import assert_audit_passes
+from tests.integration.orchestra import Tenants, assert_exactly_once, wait_for
 from tests.integration.runtime_support import provider
 from tests.runtime_reference import ref_hits, ref_pm1, ref_stencil
 from tests.secure import SecureServer
@@ -271,6 +272,7 @@ async def test_a_mixed_job_set_runs_to_completion_with_verified_results_and_live
     fractions = [d.fraction for _, d in progress]
     assert fractions == sorted(fractions) and 0.0 < fractions[0] < fractions[-1] < 1.0
     assert any(d.checkpoint is not None for _, d in progress)
+    await assert_audit_passes(net.client)
 
 
 async def test_a_killed_provider_s_task_resumes_on_another_from_its_checkpoint(net: Network) -> None:
@@ -328,6 +330,9 @@ async def test_a_killed_provider_s_task_resumes_on_another_from_its_checkpoint(n
 
     # The dead service's workers did not linger, burning a CPU for nobody.
     assert not [p for p in workers if _alive(p)], "orphaned worker processes outlived their service"
+    # The lost provider held its lease until it expired; nothing it did counts twice; the books balance.
+    assert_exactly_once(log)
+    await assert_audit_passes(net.client)
 
 
 KERNEL = {
@@ -344,15 +349,22 @@ async def test_a_custom_kernel_needs_cuda_and_never_lands_on_a_cpu(net: Network)
         await net.online("cpu1")
         await net.submit("any", {"workload": "custom_kernel", "params": KERNEL})
         await net.submit("cuda", {"workload": "custom_kernel", "params": KERNEL, "resources": {"backend": "cuda"}})
-        # Work the CPU can do still flows past the kernel that waits for a GPU.
+        # Work the CPU can do still flows past the kernel that waits for a GPU: each of these was
+        # queued behind the kernel's task and leased to the CPU provider while it sat in the queue, the
+        # second once the CPU provider was idle again. A wrong placement had every chance to happen
+        # before them, and the log shows the order in which the scheduler decided.
         await net.submit("ok", {"workload": "reduction", "params": {"n": 1000}})
         w, log = await net.until(ended(jid("ok")))
         assert w.jobs[jid("ok")].status == "completed"
-        # Give a wrong placement every chance to happen: the CPU provider has been idle, heartbeating,
-        # for a second, while the kernel's task sat in the queue.
-        await asyncio.sleep(1.0)
-        w, log = await read_world(net.client)
+        await net.submit("ok2", {"workload": "reduction", "params": {"n": 1000}})
+        w, log = await net.until(ended(jid("ok2")))
+        assert w.jobs[jid("ok2")].status == "completed"
         any0, cuda0 = f"{jid('any')}.0", f"{jid('cuda')}.0"
+        queued_at = min(e.sequence for e in log if e.subject == f"task.{cuda0}")
+        leased_at = [
+            e.sequence for n in ("ok", "ok2") for e in log if e.subject == f"task.{jid(n)}.0" and e.type == "TaskLeased"
+        ]
+        assert len(leased_at) == 2 and queued_at < min(leased_at), (queued_at, leased_at)
 
         (rejected,) = [e.data for e in log if isinstance(e.data, JobRejected)]
         assert rejected.job_id == jid("any") and rejected.field == "resources.backend"
@@ -367,6 +379,7 @@ async def test_a_custom_kernel_needs_cuda_and_never_lands_on_a_cpu(net: Network)
         assert cancelled.lease_id is None  # it never held a lease
         assert any(isinstance(e.data, JobCancelled) and e.data.job_id == jid("cuda") for e in log)
         assert not of_task(log, cuda0, TaskLeased)
+        await assert_audit_passes(net.client)
 
 
 def _children(pid: int) -> list[int]:

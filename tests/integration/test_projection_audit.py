@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from events import JetStreamEventStore, new_envelope, to_json_line
-from events.job import ProviderCredited
+from events.job import ProviderCredited, SubmitterCharged
 from events.task import TaskCompleted
 from events.types import ResultRef
 from projections import Projector, SqliteStore
-from projections.audit import AuditReport, audit_jetstream, audit_jsonl, read_intake
+from projections.audit import AuditReport, audit_jetstream, audit_jsonl, read_intake, read_jsonl
+from projections.chain import GENESIS, chain_step
 from tests.golden.loggen import Sim, golden_scenario
+from tests.integration.audited import assert_findings, eventually
 from tests.secure import SecureServer
 
 
@@ -29,7 +32,9 @@ async def write(store: JetStreamEventStore, sim: Sim, *, live: Projector | None 
         result = await store.append(stream, group, expected=last.get(stream, 0))
         last[stream] = result.last
         if live is not None and i % 7 == 0:
-            await asyncio.sleep(0.02)  # let the live projector follow (and checkpoint)
+            # The live projector follows (and checkpoints) as the log grows, not once at the end.
+            at = result.last
+            await eventually(lambda: live.position >= at, f"the live projector to fold {at}", poll=0.01)  # noqa: B023
 
 
 def forge_completion(sim: Sim, task_id: str, provider: str, lease: str, n: int) -> object:
@@ -51,8 +56,7 @@ async def clean(own_nats_server: SecureServer, tmp_path: Path) -> tuple[JetStrea
     runner = asyncio.create_task(live.run())
     await write(store, sim, live=live)
     head = await store.head()
-    while live.position < head:  # noqa: ASYNC110
-        await asyncio.sleep(0.02)
+    await eventually(lambda: live.position >= head, f"the live projector to fold the whole log (to {head})", poll=0.01)
     runner.cancel()
     await asyncio.gather(runner, return_exceptions=True)
     report = await audit_jetstream(store)
@@ -77,16 +81,27 @@ async def test_forged_and_double_completions_are_caught(
 ) -> None:
     store, sim, _ = clean
     holder = sim.tasks["jx-0"]
+    head = await store.head()
     # Not the lease holder, a made-up lease, then a second completion of a completed task.
     for n, (task, provider, lease) in enumerate(
         [("jx-0", "gpu-b", holder.lease_id or ""), ("jx-0", "gpu-a", "l999"), ("j2-0", "gpu-a", "l7")]
     ):
         await store.append(f"task.{task}", [forge_completion(sim, task, provider, lease, n)], expected=None)  # type: ignore[list-item]
     report = await audit_jetstream(store)
-    found = [f.message for f in report.of("completions")]
-    assert any("forged: jx-0 completed by gpu-b" in m for m in found), found
-    assert any("completed twice" in m and "jx-0" in m for m in found), found  # the second forgery
-    assert any("completed twice" in m and "j2-0" in m for m in found), found
+    lease = f"{holder.provider}/{holder.lease_id}"
+    assert_findings(
+        report,
+        [
+            (
+                "completions",
+                head + 1,
+                f"forged: jx-0 completed by gpu-b/{holder.lease_id}, but the lease is {lease} (running)",
+            ),
+            # The forgery was recorded as the task's end: the second one finds it completed.
+            ("completions", head + 2, "TaskCompleted for jx-0 completed twice (it is completed)"),
+            ("completions", head + 3, "TaskCompleted for j2-0 completed twice (it is completed)"),
+        ],
+    )
     assert not report.ok
     await store.close()
 
@@ -95,17 +110,38 @@ async def test_unbalanced_books_missing_outcomes_and_invalid_events_are_caught(
     clean: tuple[JetStreamEventStore, Sim, AuditReport],
 ) -> None:
     store, sim, _ = clean
+    # The books as they stand (they balance: the clean log passes), to name what the forgery unbalances.
+    credited: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    charged = 0
+    async for env in store.read_all():
+        if isinstance(env.data, ProviderCredited):
+            row = credited[(env.data.job_id, env.data.provider_id)]
+            row[0] += env.data.amount_micros
+            row[1] += env.data.gpu_ms
+        elif isinstance(env.data, SubmitterCharged):
+            charged += env.data.amount_micros
+    j1 = credited[("j1", "gpu-a")]
+    gpu_a = sum(amount for (_, pid), (amount, _) in credited.items() if pid == "gpu-a")
+    head = await store.head()
+
     extra = ProviderCredited(at=sim.now, job_id="j1", provider_id="gpu-a", amount_micros=7, gpu_ms=0)
     await store.append("job.j1", [new_envelope("job.j1", extra, id="forged-credit", source="mallory")], None)
     js = store.js
     await js.publish("gf.in.job.jz.submit", b'{"workload":"noop"}')  # nobody recorded an outcome
     await js.publish("gf.ev.task.j1-0", b'{"type":"TaskQueued","v":1}', headers={"ce-id": "junk"})
     report = await audit_jetstream(store)
-    ledger = [f.message for f in report.of("ledger")]
-    assert any("not in the append of its charge" in m for m in ledger), ledger
-    assert any("provider gpu-a credited" in m for m in ledger), ledger
-    assert any("has no outcome" in m for m in (f.message for f in report.of("intake")))
-    assert [f.message.split(":")[0] for f in report.of("schema")] == ["does not validate"]
+    assert_findings(
+        report,
+        [
+            ("schema", head + 2, "does not validate: at: Field required"),
+            ("intake", None, f"intake message {len(sim.intake) + 1} (gf.in.job.jz.submit) has no outcome"),
+            ("ledger", head + 1, "credit for j1 is not in the append of its charge"),
+            ("ledger", None, f"job j1: provider gpu-a credited {[j1[0] + 7, j1[1]]}, metered {j1}"),
+            ("ledger", None, f"provider gpu-a: credited {gpu_a + 7}, metered {gpu_a} on settled jobs"),
+            ("ledger", None, f"charged {charged} in all, credited {charged + 7}"),
+        ],
+    )
+    assert (report.events, report.invalid, report.last_position) == (head + 1, 1, head + 2)
     intake = await read_intake(store)
     assert len(intake) == len(sim.intake) + 1
     await store.close()
@@ -133,9 +169,25 @@ async def test_a_tampered_copy_names_where_it_diverges(
     bad = await audit_jsonl(copy, intake)
     position = obj["sequence"]
     first_after = min(c for c in checkpoints if c >= position)
+    last_good = max(c for c in checkpoints if c < position)
     assert bad.diverged_at == first_after
-    assert bad.last_good_checkpoint == max(c for c in checkpoints if c < position)
-    assert [f.check for f in bad.findings] and {f.check for f in bad.findings} == {"chain"}
-    assert f"diverges from checkpoint at position {first_after}" in bad.findings[0].message
+    assert bad.last_good_checkpoint == last_good
+    # Exactly one finding: the first checkpoint after the alteration, with the digest it recorded and
+    # the one the altered log hashes to (recomputed here: sha256 over the previous digest and the event).
+    at, recorded, events = next(
+        (env.sequence, env.data.digest, env.data.events)
+        for env in read_jsonl(copy)
+        if env.type == "AuditCheckpointed" and env.data.position == first_after  # type: ignore[union-attr]
+    )
+    digest, count = GENESIS, 0
+    for env in read_jsonl(copy):
+        if env.sequence > first_after:  # type: ignore[union-attr]
+            break
+        digest, count = chain_step(digest, env), count + 1  # type: ignore[arg-type]
+    message = (
+        f"the log diverges from checkpoint at position {first_after}: recorded {recorded[:16]}… ({events} events), "
+        f"recomputed {digest.hex()[:16]}… ({count} events); the last matching checkpoint is at {last_good}"
+    )
+    assert_findings(bad, [("chain", at, message)])
     assert report.chain_digest != bad.chain_digest
     await store.close()

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import nats.errors
 import pytest
@@ -18,6 +19,7 @@ from events.store.connection import denied_subjects
 from events.subjects import DISPATCH_STREAM, OBJECTS_STREAM, dispatch_consumer, object_name
 from gpu_runtime import ProviderRuntime, RuntimeConfig, RuntimeServiceError
 from gpu_runtime.results import canonical_json, sha256_hex
+from tests.integration.audited import eventually
 from tests.integration.runtime_support import Orchestrator, new_id, provider
 from tests.secure import SecureServer
 
@@ -86,11 +88,14 @@ async def test_revoke_cancels_and_silences_the_task(env: Env) -> None:
     task = await orch.grant(rt.provider_id, "sleep", {"seconds": 30, "steps": 300})
     await orch.wait_for(task, ("progress",))
     await orch.revoke(rt.provider_id, task)
-    # The slot frees quickly (cooperative stop), and the revoked task reports nothing more.
+    # The slot frees quickly (cooperative stop): the next lease runs on it. The runtime sends its reports
+    # in order on one connection, and the revoked task's run ended before this one began, so whatever it
+    # sent is here already; it sends nothing more, not up to the audit's barrier (the runtime idle, then
+    # one more lease ended) either.
     nxt = await orch.run(rt.provider_id, "noop", {})
     assert nxt.report == "completed"
     count = len(orch.of(task))
-    await asyncio.sleep(0.8)
+    await orch.assert_contract_kept(rt)
     assert len(orch.of(task)) == count
     assert not orch.of(task, "completed") and not orch.of(task, "failed")
 
@@ -100,10 +105,12 @@ async def test_revoke_right_behind_the_lease_never_lets_it_run(env: Env) -> None
     lease = orch.lease(rt.provider_id, "sleep", {"seconds": 30, "steps": 300})
     await orch.send(lease)
     await orch.send(LeaseRevoked(task_id=lease.task_id, lease_id=lease.lease_id, provider_id=rt.provider_id))
-    t0 = time.monotonic()
+    # The one slot serves the next lease (had the revoked sleep kept it, this would wait out its 30 s
+    # and the sleep would report its end); after the barrier, the revoked lease has said nothing more
+    # than that it started, if it got that far.
     assert (await orch.run(rt.provider_id, "noop", {})).report == "completed"
-    assert time.monotonic() - t0 < 5.0  # the slot was not held by the revoked sleep
-    assert not orch.of(lease.task_id, "completed") and not orch.of(lease.task_id, "failed")
+    await orch.assert_contract_kept(rt)
+    assert [s.kind for s in orch.of(lease.task_id)] in ([], ["started"])
 
 
 async def test_timeout_fails_the_task_and_the_slot_serves_on(env: Env) -> None:
@@ -111,6 +118,7 @@ async def test_timeout_fails_the_task_and_the_slot_serves_on(env: Env) -> None:
     body = await orch.run(rt.provider_id, "sleep", {"seconds": 30, "steps": 30}, timeout_s=0.5)
     assert body.report == "failed" and body.reason == "timeout" and "0.5s" in body.message
     assert (await orch.run(rt.provider_id, "noop", {})).report == "completed"
+    await orch.assert_contract_kept(rt)
 
 
 async def test_progress_is_throttled_to_two_per_second(env: Env) -> None:
@@ -131,12 +139,22 @@ async def test_progress_is_throttled_to_two_per_second(env: Env) -> None:
 async def test_slots_in_heartbeat_follow_running_tasks(env: Env) -> None:
     rt, orch = env
     kv = await orch.js.key_value("gf_heartbeats")
+
+    async def heartbeat() -> Heartbeat:
+        return Heartbeat.model_validate_json((await kv.get(rt.provider_id)).value)
+
     task = await orch.grant(rt.provider_id, "sleep", {"seconds": 1.0, "steps": 10})
     await orch.wait_for(task, ("progress",))
-    await asyncio.sleep(0.3)
-    hb = Heartbeat.model_validate_json((await kv.get(rt.provider_id)).value)
-    assert hb.running == 1 and hb.slots == 1
+    # The task runs for a second: heartbeats every 0.2 s say so while it does, ...
+    hb = await eventually(
+        lambda: heartbeat_if(heartbeat, lambda h: h.running == 1), "a heartbeat with the task running", timeout=5
+    )
+    assert hb.slots == 1
     await orch.finished(task)
+    # ... and, once it has ended, that the slot is free again.
+    await eventually(
+        lambda: heartbeat_if(heartbeat, lambda h: h.running == 0), "a heartbeat with the slot free", timeout=5
+    )
 
 
 async def test_duplicate_lease_runs_once(env: Env) -> None:
@@ -146,12 +164,20 @@ async def test_duplicate_lease_runs_once(env: Env) -> None:
     await orch.send(lease)
     await orch.finished(lease.task_id)
     await orch.send(lease)  # a redelivery after the end must not run it again either
-    await asyncio.sleep(0.4)
+    # The barrier: dispatch is read in order, so the runtime took the redelivery before the audit's
+    # next lease, and would have reported running it before that lease's end.
+    await orch.assert_contract_kept(rt)
     assert len(orch.of(lease.task_id, "started")) == 1
     assert len(orch.of(lease.task_id, "completed")) == 1
 
 
 # ---- identity: the credentials are the provider ------------------------------------------------
+
+
+async def heartbeat_if(read: Any, condition: Any) -> Heartbeat | None:
+    """The heartbeat ``read()`` returns, if ``condition`` holds for it."""
+    hb = await read()
+    return hb if condition(hb) else None
 
 
 async def _pull(nc: NATS, consumer: str, timeout: float = 1.0) -> list[LeaseGranted]:
@@ -208,8 +234,9 @@ async def test_another_provider_cannot_read_this_providers_dispatch(env: Env, na
         async with nats_server.connection("provider", z) as own:
             assert [g.lease_id for g in await _pull(own, dispatch_consumer(z))] == [parked.lease_id]
             assert not denied_subjects(own)
-    # The runtime itself never strayed outside what its credentials allow.
+    # The runtime itself never strayed outside what its credentials allow, and kept its contract.
     assert not denied_subjects(rt._nc)
+    await orch.assert_contract_kept(rt)
 
 
 @pytest.mark.parametrize("role", ["submitter", "auditor"])

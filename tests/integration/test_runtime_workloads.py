@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +14,7 @@ from events.dispatch import Heartbeat
 from events.intake import decode_intake
 from gpu_runtime import ProviderRuntime
 from gpu_runtime.results import canonical_json, sha256_hex
+from tests.integration.audited import eventually
 from tests.integration.runtime_support import Orchestrator, provider
 from tests.runtime_reference import ref_hits, ref_pm1, ref_stencil, ref_uniform
 from tests.secure import SecureServer
@@ -62,10 +62,12 @@ async def test_heartbeat_is_in_the_kv_bucket(env: tuple[ProviderRuntime, Orchest
     rt, orch = env
     kv = await orch.js.key_value("gf_heartbeats")
     first = Heartbeat.model_validate_json((await kv.get(rt.provider_id)).value)
-    await asyncio.sleep(0.5)
-    second = Heartbeat.model_validate_json((await kv.get(rt.provider_id)).value)
     assert first.provider_id == rt.provider_id and first.slots == 1 and not first.draining
-    assert second.at > first.at
+
+    async def newer() -> bool:
+        return Heartbeat.model_validate_json((await kv.get(rt.provider_id)).value).at > first.at
+
+    await eventually(newer, "a newer heartbeat (one every 0.2 s)", timeout=5)
 
 
 async def test_noop_echoes_its_payload(env: tuple[ProviderRuntime, Orchestrator]) -> None:

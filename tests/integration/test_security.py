@@ -36,8 +36,8 @@ from events.store.connection import Access, connect_nats, denied_subjects
 from events.subjects import heartbeat_subject, intake_subject, report_subject
 from events.types import Capabilities
 from gpufleet.sim import SimulatedProvider
-from projections.audit import audit_jetstream
-from tests.integration.orchestra import Tenants, orchestrated, read_world, wait_for
+from tests.integration.audited import assert_audit_passes
+from tests.integration.orchestra import Tenants, every_input_has_its_outcome, orchestrated, read_world, wait_for
 from tests.secure import SecureServer
 
 MARK = "FORGED-by-an-attacker"
@@ -46,6 +46,8 @@ MARK = "FORGED-by-an-attacker"
 DEPUTY = "FORGED-through-the-server"
 STREAMS = ("GF_EVENTS", "GF_INTAKE", "GF_DISPATCH", "GF_OBJECTS", "KV_gf_heartbeats")
 FAST = OrchestratorConfig(heartbeat_timeout_s=2.0, lease_start_timeout_s=5.0, lease_grace_s=10.0)
+#: Alice's job: it runs on the honest provider while the attackers try their catalogue.
+ALICE_SPEC = {"workload": "sleep", "params": {"seconds": 120.0}}
 
 
 @dataclass
@@ -167,12 +169,18 @@ async def _deputy_direct_get(nc: NATS, v: Victims) -> None:
     target = intake_subject("submitter", "alice", "cancel", v.job_id.split(".")[1])
     if role in ("submitter", "provider"):
         ref = await BlobStore(nc, role, name).put(json.dumps({"reason": DEPUTY}).encode())
-        await nc.publish(f"$JS.API.DIRECT.GET.GF_OBJECTS.gf.obj.{ref.name}.0", b"", reply=target)
+        get = f"$JS.API.DIRECT.GET.GF_OBJECTS.gf.obj.{ref.name}.0"
+        await nc.publish(get, b"", reply=target)
+        # (A pull request waits for a dispatch to this provider, which never comes: nothing to await.)
         await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.GF_DISPATCH.prov-{name}", b'{"batch":1}', reply=target)
+        body = b""
     else:
-        await nc.publish("$JS.API.DIRECT.GET.GF_INTAKE", b'{"seq":1}', reply=target)
-    await nc.flush()
-    await asyncio.sleep(0.5)
+        get, body = "$JS.API.DIRECT.GET.GF_INTAKE", b'{"seq":1}'
+        await nc.publish(get, body, reply=target)
+    # The barrier: the same request again, answered to ourselves. Requests to one stream are served in
+    # order, so once this answer is here the server has sent the first one wherever it was going.
+    # (``_assert_untouched`` then waits for every intake message to be decided before looking.)
+    await nc.request(get, body, timeout=5.0)
 
 
 def _identity_of(nc: NATS) -> str:
@@ -454,7 +462,7 @@ async def _victims(server: SecureServer, store: JetStreamEventStore) -> Network:
     """alice's running job, her input, a result written for her, and the honest provider running it."""
     honest = await (await SimulatedProvider.connect(server.access("provider", "honest"), slots=1)).start()
     tenants = Tenants(server)
-    job = await tenants.submit("alice", "j1", {"workload": "sleep", "params": {"seconds": 120.0}})
+    job = await tenants.submit("alice", "j1", ALICE_SPEC)
     w, _ = await wait_for(store, lambda w: any(t.status == "running" for t in w.tasks.values()), timeout=20, poll=0.2)
     task_id = next(iter(w.tasks))
     alice = await tenants.nc("submitter", "alice")
@@ -508,6 +516,11 @@ async def _attack(nc: NATS, role: str, net: Network) -> list[str]:
 
 async def _assert_untouched(net: Network) -> None:
     """The streams, the log, alice's job and the honest provider are as an honest network left them."""
+    # A barrier first: alice sends her submission again (it changes nothing), so the intake stream holds
+    # a message stored after anything an attack got into it; once the orchestrator has decided every
+    # intake message up to that one, whatever got through has had its effect on the log.
+    await net.tenants.submit("alice", net.victims.job_id.split(".")[1], ALICE_SPEC)
+    await every_input_has_its_outcome(net.store)
     async with net.server.connection("admin") as admin:
         after = await _state(admin)
     for name in STREAMS:
@@ -537,8 +550,7 @@ async def _assert_untouched(net: Network) -> None:
     assert honest.status == "online" and honest.capabilities is not None
     assert honest.capabilities.gpu_model == "simulated"
     assert "mallory" not in w.providers
-    report = await audit_jetstream(net.store)
-    assert report.ok, report.render()
+    await assert_audit_passes(net.store)
 
 
 async def test_an_anonymous_client_cannot_even_connect(network: Network) -> None:
@@ -613,6 +625,7 @@ async def test_the_honest_roles_still_do_their_jobs(network: Network) -> None:
         js = admin.jetstream()
         await js.add_stream(api.StreamConfig(name="ADMIN_SCRATCH", subjects=["scratch.>"]))
         await js.delete_stream("ADMIN_SCRATCH")
+    await assert_audit_passes(network.store)
 
 
 async def _ref(net: Network, name: str) -> Any:

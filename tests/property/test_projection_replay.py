@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from events import MemoryEventStore
 from projections import Projector, SqliteStore, default_views
 from tests.golden.loggen import Sim, random_log
+from tests.integration.audited import eventually
 
 logs = st.builds(
     random_log,
@@ -47,8 +48,11 @@ async def test_live_equals_rebuilt(sim: Sim, chunks: list[int], batch: int) -> N
                 await store.append(stream, group, expected=None)
             i += chunks[i % len(chunks)]
             await asyncio.sleep(0.001 * (i % 3))  # let the live projector follow, sometimes mid-batch
-        while live.position < len(sim.events):  # noqa: ASYNC110 (polling the projector's progress)
-            await asyncio.sleep(0.005)
+        await eventually(
+            lambda: live.position >= len(sim.events),
+            lambda: f"the live projector to fold all {len(sim.events)} events (it is at {live.position})",
+            poll=0.005,
+        )
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
         live_tables = live.dump()
