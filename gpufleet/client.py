@@ -167,6 +167,20 @@ class Client:
         self.js = nc.jetstream()
         self.identity = identity
         self.topology = topology or Topology()
+        #: Resolved at the next reconnection (then replaced): a question in flight when the link
+        #: dropped is asked again at once, rather than waited out to its timeout.
+        self._reconnect: asyncio.Future[None] | None = None
+
+    def reconnected(self) -> None:
+        """The connection came back: wake every request that was in flight when it dropped."""
+        if self._reconnect is not None and not self._reconnect.done():
+            self._reconnect.set_result(None)
+        self._reconnect = None
+
+    def _next_reconnect(self) -> asyncio.Future[None]:
+        if self._reconnect is None:
+            self._reconnect = asyncio.get_running_loop().create_future()
+        return self._reconnect
 
     @classmethod
     async def connect(
@@ -183,7 +197,17 @@ class Client:
         """
         access = Access(url, Path(creds) if creds else None, Path(tls_ca) if tls_ca else None)
         identity = access.identity()
-        return cls(await connect_nats(access, name="gpufleet-client", timeout=timeout), identity)
+        holder: list[Client] = []
+
+        async def reconnected() -> None:
+            if holder:
+                holder[0].reconnected()
+
+        client = cls(
+            await connect_nats(access, name="gpufleet-client", timeout=timeout, on_reconnect=reconnected), identity
+        )
+        holder.append(client)
+        return client
 
     async def __aenter__(self) -> Client:
         return self
@@ -287,7 +311,19 @@ class Client:
         req = json.dumps({"streams": streams, "after": after, "wait_s": wait_s}).encode()
         subject = api_subject(me.role, me.name, "events")
         try:
-            msg = await self.nc.request(subject, req, timeout=wait_s + 10.0)
+            while True:
+                # A server that restarts forgets the question; the answer would never come. So the
+                # request races the next reconnection, and is asked again if that comes first.
+                reconnect = self._next_reconnect()
+                request = asyncio.ensure_future(self.nc.request(subject, req, timeout=wait_s + 10.0))
+                racing: list[asyncio.Future[Any]] = [request, reconnect]
+                await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+                if request.done():
+                    msg = request.result()
+                    break
+                request.cancel()
+                with contextlib.suppress(asyncio.CancelledError, nats.errors.Error):
+                    await request
         except nats.errors.NoRespondersError as e:
             raise StoreUnavailable("the network's event feed does not answer (is its orchestrator running?)") from e
         except nats.errors.TimeoutError as e:
