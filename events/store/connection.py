@@ -105,6 +105,10 @@ async def connect_nats(
             subject = text.split('"')[1] if text.count('"') >= 2 else text
             denied_subjects(holder[0]).append(subject.lower())
             log.warning("nats.permission_denied", error=text)
+        elif holder and (holder[0].is_closed or holder[0].is_draining):
+            log.debug("nats.error_while_closing", error=text)  # our own close racing the server's: noise
+        elif isinstance(e, ssl.SSLError) and getattr(e, "reason", None) == "APPLICATION_DATA_AFTER_CLOSE_NOTIFY":
+            log.debug("nats.tls_close_race", error=text)  # one side closed TLS while the other still sent
         elif isinstance(e, ssl.SSLError) or "certificate" in text.lower():
             tls_failed.append(getattr(e, "reason", None) or text)
             (log.warning if holder else log.debug)("nats.tls_failed", error=text)
