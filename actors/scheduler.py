@@ -50,6 +50,8 @@ class PendingTask:
     estimate: Estimate
     max_price_micros: int | None = None
     order: int = 0
+    #: Set aside until its shape can be placed (in a ``_Waiting`` heap, not in its fair queue).
+    aside: bool = False
 
     @property
     def shape(self) -> tuple[object, ...]:
@@ -69,6 +71,8 @@ class ProviderInfo:
     reputation: float = 1.0
     available: bool = True
     key: tuple[object, ...] = ()
+    #: Tasks handed back from waiting aside for this provider's free slots, not yet placed.
+    handed: list[PendingTask] = field(default_factory=list)
 
     @property
     def free(self) -> int:
@@ -238,7 +242,7 @@ class Scheduler:
             if len(cls.heap) > 4 * len(cls.members) + 64:
                 self._compact(cls)
             if unblock:
-                self._unblock(self._classes[p.key], p.free)
+                self._unblock(self._classes[p.key], p)
 
     def _compact(self, cls: _Class) -> None:
         """Rebuild a heap grown stale (amortised O(1) per push): one live entry per provider."""
@@ -272,6 +276,7 @@ class Scheduler:
             return
         if not task.order:
             task.order = next(self._seq)
+        task.aside = False
         self._pending[task.task_id] = task
         self._push(task, front=False)
 
@@ -298,13 +303,24 @@ class Scheduler:
             level.passes[task.submitter] = start
             heapq.heappush(level.heap, (start, next(self._seq), task.submitter))
 
-    def _unblock(self, cls: _Class, free: int) -> None:
-        """Capacity appeared in ``cls``: give back up to ``free`` waiting tasks of each shape it suits.
+    def _owed(self, p: ProviderInfo) -> int:
+        """Free slots of ``p`` that no task handed back for them is already queued to take."""
+        if p.handed:
+            p.handed = [t for t in p.handed if self._pending.get(t.task_id) is t and not t.aside]
+        return p.free - len(p.handed)
+
+    def _unblock(self, cls: _Class, p: ProviderInfo) -> None:
+        """``p`` in ``cls`` has free slots: give back that many waiting tasks of each shape it suits.
 
         Only as many as could fit: releasing every waiting task on every freed slot would make a
-        backlog cost O(n) per completion.
+        backlog cost O(n) per completion. Tasks already handed back for ``p`` and still queued count
+        against its free slots, so a slot is never offered twice (which would let the second task in
+        line overtake the first at the front of the queue).
         """
         if not self._blocked:
+            return
+        free = self._owed(p)
+        if free <= 0:
             return
         for shape in list(self._blocked):
             waiting = self._blocked[shape]
@@ -313,10 +329,12 @@ class Scheduler:
             back: list[PendingTask] = []
             while waiting.heap and len(back) < free:
                 t = heapq.heappop(waiting.heap)[3]
-                if t.task_id in self._pending:
+                if self._pending.get(t.task_id) is t:
+                    t.aside = False
                     back.append(t)
             if not waiting.heap:
                 del self._blocked[shape]
+            p.handed.extend(back)
             for t in reversed(back):
                 self._push(t, front=True)
 
@@ -325,6 +343,7 @@ class Scheduler:
         waiting = self._blocked.get(shape)
         if waiting is None:
             waiting = self._blocked[shape] = _Waiting()
+        t.aside = True
         key = (t.priority, t.submitter)
         start = max(level.passes.get(t.submitter, 0.0), level.vtime, waiting.tags.get(key, 0.0))
         tag = start + 1.0 / self._weights.get(t.submitter, 1.0)
@@ -348,7 +367,7 @@ class Scheduler:
         for cls in list(self._classes.values()):
             p = self._best_in(cls)
             if p is not None:
-                self._unblock(cls, p.free)
+                self._unblock(cls, p)
 
     def _eligible_classes(self, shape: tuple[object, ...], t: PendingTask) -> list[_Class]:
         found = self._eligible.get(shape)
