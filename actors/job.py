@@ -31,8 +31,9 @@ from events.job import (
     SubmitterCharged,
     UsageMetered,
 )
+from events.metering import metered_amount
 from events.subjects import OBJECTS_STREAM, job_owner, object_owner
-from events.types import EventModel
+from events.types import MAX_SECONDS, EventModel
 from events.workloads import contract, validate_params
 
 __all__ = [
@@ -58,11 +59,6 @@ __all__ = [
 JobStatus = Literal["none", "submitted", "accepted", "rejected", "completed", "failed", "cancelled"]
 ACTIVE = "accepted"
 ENDED = frozenset({"completed", "failed", "cancelled"})
-
-
-def metered_amount(gpu_ms: int, price_micros: int) -> int:
-    """What ``gpu_ms`` of GPU time costs at ``price_micros`` per GPU-second, rounded up to a micro."""
-    return -(-gpu_ms * price_micros // 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +281,10 @@ def decide(cmd: JobCommand, s: JobState) -> list[EventModel]:
                 return [JobRejected(at=cmd.at, job_id=s.job_id, reason=problem.problem, field=problem.field)]
             return [
                 JobAccepted(
-                    at=cmd.at, job_id=s.job_id, task_count=spec.task_count(), predicted_s=max(0.0, cmd.predicted_s)
+                    at=cmd.at,
+                    job_id=s.job_id,
+                    task_count=spec.task_count(),
+                    predicted_s=min(MAX_SECONDS, max(0.0, cmd.predicted_s)),
                 )
             ]
         case MeterUsage():

@@ -204,6 +204,7 @@ class ActorShell(Generic[C, S]):
         stream = self.stream(aggregate_id)
         fresh = self.decider.creates(command) and aggregate_id not in self._cache
         for _ in range(self._max_retries + 1):
+            loaded = not fresh
             if fresh:
                 # Most likely new: skip the read. If the stream exists, the append conflicts and
                 # the next round loads it.
@@ -236,6 +237,8 @@ class ActorShell(Generic[C, S]):
                 self.conflicts += 1
                 self._cache.pop(aggregate_id, None)
                 self.log.info("actor.conflict", id=aggregate_id, command=command_id)
+                if loaded:
+                    await self._skip_unreadable(aggregate_id, entry.version)
                 continue
             if result.duplicate:
                 # Our own earlier try landed (its acknowledgement was lost): the log decides.
@@ -250,6 +253,24 @@ class ActorShell(Generic[C, S]):
             self.log.debug("actor.appended", id=aggregate_id, command=command_id, events=[e.type for e in stored])
             return Handled(stored, state)
         raise ConcurrencyError(stream, None)
+
+    async def _skip_unreadable(self, aggregate_id: str, version: int) -> None:
+        """After a conflict on a stream just read: if reading it again ends at the same event while the
+        stream goes further, what follows does not decode (the store reported and skipped it). Those
+        events are quarantined: the aggregate goes on after them, instead of conflicting forever."""
+        entry = await self._load(aggregate_id)
+        if entry.version != version:
+            return  # a real conflict: another writer appended, and the reload has it
+        last = await self.store.stream_position(self.stream(aggregate_id))
+        if last > version:
+            self.log.error(
+                "actor.unreadable_events_skipped",
+                id=aggregate_id,
+                after=version,
+                last=last,
+                hint="the stream holds events that do not decode: see the audit's schema findings",
+            )
+            entry.version = last
 
     async def _load(self, aggregate_id: str) -> _Entry[S]:
         entry = self._cache.get(aggregate_id)

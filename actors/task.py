@@ -14,6 +14,7 @@ from typing import Literal
 
 from actors.decider import Decider
 from actors.errors import InvalidTransition, UnknownAggregate
+from events.metering import billable_ms
 from events.subjects import OBJECTS_STREAM, job_owner, object_owner, object_reader
 from events.task import (
     LeaseEndReason,
@@ -29,7 +30,7 @@ from events.task import (
     TaskRetried,
     TaskStarted,
 )
-from events.types import EventModel, FailureReason, ObjectRef, ResultRef
+from events.types import MAX_SECONDS, EventModel, FailureReason, ObjectRef, ResultRef
 
 __all__ = [
     "NON_RETRYABLE",
@@ -65,6 +66,8 @@ class Lease:
     started_at: datetime | None = None
     price_micros: int = 0
     predicted_s: float = 0.0
+    #: When the lease was granted (the orchestrator's clock): metering starts here.
+    leased_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +285,15 @@ def _failure(s: TaskState, at: datetime, reason: FailureReason, message: str) ->
     return out
 
 
+def _billed_ms(cmd: ReportCompleted, s: TaskState) -> int:
+    """The GPU time billed for this completion: what the provider says, capped by what was observed."""
+    assert s.spec is not None and s.lease is not None
+    leased_at = s.lease.leased_at
+    if leased_at is None:  # not reachable from a log: every lease starts with a TaskLeased
+        return 0
+    return billable_ms(cmd.gpu_ms, leased_at, cmd.at, s.spec.timeout_s)
+
+
 def decide(cmd: TaskCommand, s: TaskState) -> list[EventModel]:
     """The events that ``cmd`` causes in state ``s``; raises a ``DomainError`` to refuse."""
     if isinstance(cmd, CreateTask):
@@ -301,7 +313,7 @@ def decide(cmd: TaskCommand, s: TaskState) -> list[EventModel]:
                     provider_id=cmd.provider_id,
                     attempt=s.attempt + 1,
                     expires_at=cmd.expires_at,
-                    predicted_s=max(0.0, cmd.predicted_s),
+                    predicted_s=min(MAX_SECONDS, max(0.0, cmd.predicted_s)),
                     price_micros=cmd.price_micros,
                     resume_from=s.checkpoint,
                     resume_step=s.checkpoint_step if s.checkpoint else 0,
@@ -366,7 +378,7 @@ def decide(cmd: TaskCommand, s: TaskState) -> list[EventModel]:
                     lease_id=cmd.lease_id,
                     provider_id=cmd.provider_id,
                     result=cmd.result,
-                    gpu_ms=max(0, cmd.gpu_ms),
+                    gpu_ms=_billed_ms(cmd, s),
                     metrics={k: v for k, v in cmd.metrics.items() if math.isfinite(v)},
                 )
             ]
@@ -442,7 +454,7 @@ def evolve(s: TaskState, e: EventModel) -> TaskState:
                 s,
                 status="leased",
                 attempt=e.attempt,
-                lease=Lease(e.lease_id, e.provider_id, e.expires_at, None, e.price_micros, e.predicted_s),
+                lease=Lease(e.lease_id, e.provider_id, e.expires_at, None, e.price_micros, e.predicted_s, e.at),
                 progress=0.0,
                 held=s.held | {(e.lease_id, e.provider_id)},
             )

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
-from events.types import EventModel, Sha256, UtcDateTime
+from events.types import Count, EventModel, Sha256, UtcDateTime
 
 __all__ = ["AuditCheckpointed"]
 
@@ -17,6 +15,6 @@ class AuditCheckpointed(EventModel):
     type: Literal["AuditCheckpointed"] = "AuditCheckpointed"
     v: Literal[1] = 1
     at: UtcDateTime
-    position: int = Field(ge=0)
+    position: Count
     digest: Sha256
-    events: int = Field(ge=0)
+    events: Count

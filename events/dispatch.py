@@ -11,7 +11,19 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from events.types import EventModel, Id, JobId, JsonObject, ObjectRef, TaskId, UtcDateTime
+from events.types import (
+    MAX_COUNT,
+    MAX_TIMEOUT_S,
+    Count,
+    EventModel,
+    Id,
+    JobId,
+    JsonObject,
+    ObjectRef,
+    Seconds,
+    TaskId,
+    UtcDateTime,
+)
 
 __all__ = ["Dispatch", "Heartbeat", "LeaseGranted", "LeaseRevoked"]
 
@@ -24,17 +36,17 @@ class LeaseGranted(EventModel):
     job_id: JobId
     lease_id: Id
     provider_id: Id
-    attempt: int = Field(ge=1)
+    attempt: int = Field(ge=1, le=MAX_COUNT)
     workload: str
     params: JsonObject
-    timeout_s: float = Field(gt=0.0)
+    timeout_s: float = Field(gt=0.0, le=MAX_TIMEOUT_S)
     expires_at: UtcDateTime
-    predicted_s: float = Field(default=0.0, ge=0.0)
+    predicted_s: Seconds = 0.0
     input: ObjectRef | None = None
-    shard: tuple[int, int] | None = None
+    shard: tuple[Count, Count] | None = None
     #: Resume from this checkpoint (written by an earlier attempt) at this step.
     resume_from: ObjectRef | None = None
-    resume_step: int = Field(default=0, ge=0)
+    resume_step: Count = 0
 
 
 class LeaseRevoked(EventModel):
@@ -55,6 +67,6 @@ class Heartbeat(EventModel):
 
     provider_id: Id
     at: UtcDateTime
-    running: int = Field(ge=0)
-    slots: int = Field(ge=1)
+    running: int = Field(ge=0, le=1024)
+    slots: int = Field(ge=1, le=1024)
     draining: bool = False

@@ -23,12 +23,16 @@ from events.errors import InvalidPayload, PayloadTooLarge, first_error
 from events.job import JobSpec
 from events.subjects import INTAKE_PREFIX, job_id_of
 from events.types import (
+    MAX_COUNT,
+    MAX_MEASURE,
     TASK_ID_PATTERN,
     Calibration,
     Capabilities,
+    Count,
     EventModel,
     FailureReason,
     FloatMap,
+    GpuMs,
     Id,
     ObjectRef,
     ResultRef,
@@ -98,11 +102,11 @@ class ProgressReport(_Report):
 
     report: Literal["progress"] = "progress"
     fraction: float = Field(ge=0.0, le=1.0)
-    rate: float = Field(default=0.0, ge=0.0)
+    rate: float = Field(default=0.0, ge=0.0, le=MAX_MEASURE)
     unit: str = Field(default="steps", max_length=32)
     message: str = Field(default="", max_length=500)
     checkpoint: ObjectRef | None = None
-    checkpoint_step: int = Field(default=0, ge=0)
+    checkpoint_step: Count = 0
 
 
 class CompletedReport(_Report):
@@ -110,7 +114,7 @@ class CompletedReport(_Report):
 
     report: Literal["completed"] = "completed"
     result: ResultRef
-    gpu_ms: int = Field(ge=0)
+    gpu_ms: GpuMs
     metrics: FloatMap = Field(default_factory=dict)
 
 
@@ -248,9 +252,9 @@ class InputAccepted(EventModel):
     type: Literal["InputAccepted"] = "InputAccepted"
     v: Literal[1] = 1
     at: UtcDateTime
-    intake_seq: int = Field(ge=1)
+    intake_seq: int = Field(ge=1, le=MAX_COUNT)
     subject: str = Field(max_length=256)
-    facts: int = Field(ge=0)
+    facts: int = Field(ge=0, le=MAX_COUNT)
     note: str = Field(default="", max_length=500)
 
 
@@ -260,7 +264,7 @@ class InputRejected(EventModel):
     type: Literal["InputRejected"] = "InputRejected"
     v: Literal[1] = 1
     at: UtcDateTime
-    intake_seq: int = Field(ge=1)
+    intake_seq: int = Field(ge=1, le=MAX_COUNT)
     subject: str = Field(max_length=256)
     reason: str = Field(max_length=2000)
     field: str | None = None

@@ -7,17 +7,22 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from events.types import (
+    MAX_TIMEOUT_S,
     EventModel,
+    GpuMs,
     Id,
     JobId,
     JsonObject,
     JsonValue,
     Micros,
     ObjectRef,
+    PriceMicros,
     Resources,
     RetryPolicy,
+    Seconds,
     StrMap,
     TaskId,
+    TotalGpuMs,
     UtcDateTime,
 )
 
@@ -75,14 +80,14 @@ class JobSpec(EventModel):
     split: Split = Field(default_factory=CountSplit)
     resources: Resources = Field(default_factory=Resources)
     #: Price ceiling in micro-credits per GPU-second; None accepts any price.
-    max_price_micros: Micros | None = None
+    max_price_micros: PriceMicros | None = None
     deadline: UtcDateTime | None = None
     #: What a missed deadline does to the unfinished tasks: fail the job, or cancel it.
     on_deadline: Literal["fail", "cancel"] = "cancel"
     priority: int = Field(default=5, ge=0, le=9)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     #: Per-attempt limit on a task's runtime, seconds.
-    timeout_s: float = Field(default=600.0, gt=0.0, le=7 * 86400.0)
+    timeout_s: float = Field(default=600.0, gt=0.0, le=MAX_TIMEOUT_S)
     #: Who submitted it: set by the network from the sender's credentials. A body may leave it out
     #: (or repeat the sender's own name); naming anyone else is refused.
     submitter: str = Field(default="", pattern=r"^([A-Za-z0-9][A-Za-z0-9_.@-]{0,127})?$")
@@ -120,8 +125,8 @@ class JobAccepted(EventModel):
     v: Literal[1] = 1
     at: UtcDateTime
     job_id: JobId
-    task_count: int = Field(ge=1)
-    predicted_s: float = Field(default=0.0, ge=0.0)
+    task_count: int = Field(ge=1, le=MAX_TASKS_PER_JOB)
+    predicted_s: Seconds = 0.0
 
 
 class JobRejected(EventModel):
@@ -145,8 +150,8 @@ class UsageMetered(EventModel):
     task_id: TaskId
     provider_id: Id
     submitter: str
-    gpu_ms: int = Field(ge=0)
-    price_micros: Micros
+    gpu_ms: GpuMs
+    price_micros: PriceMicros
     amount_micros: Micros
 
 
@@ -157,8 +162,8 @@ class JobCompleted(EventModel):
     v: Literal[1] = 1
     at: UtcDateTime
     job_id: JobId
-    tasks: int = Field(ge=0)
-    gpu_ms: int = Field(ge=0)
+    tasks: int = Field(ge=0, le=MAX_TASKS_PER_JOB)
+    gpu_ms: TotalGpuMs
     cost_micros: Micros
 
 
@@ -191,7 +196,7 @@ class JobDeadlineMissed(EventModel):
     at: UtcDateTime
     job_id: JobId
     deadline: UtcDateTime
-    unfinished: int = Field(ge=0)
+    unfinished: int = Field(ge=0, le=MAX_TASKS_PER_JOB)
 
 
 class SubmitterCharged(EventModel):
@@ -203,7 +208,7 @@ class SubmitterCharged(EventModel):
     job_id: JobId
     submitter: str
     amount_micros: Micros
-    gpu_ms: int = Field(ge=0)
+    gpu_ms: TotalGpuMs
 
 
 class ProviderCredited(EventModel):
@@ -215,4 +220,4 @@ class ProviderCredited(EventModel):
     job_id: JobId
     provider_id: Id
     amount_micros: Micros
-    gpu_ms: int = Field(ge=0)
+    gpu_ms: TotalGpuMs

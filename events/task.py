@@ -7,18 +7,24 @@ from typing import Literal
 from pydantic import Field
 
 from events.types import (
+    MAX_COUNT,
+    MAX_MEASURE,
+    MAX_TIMEOUT_S,
+    Count,
     Estimate,
     EventModel,
     FailureReason,
     FloatMap,
+    GpuMs,
     Id,
     JobId,
     JsonObject,
-    Micros,
     ObjectRef,
+    PriceMicros,
     Resources,
     ResultRef,
     RetryPolicy,
+    Seconds,
     TaskId,
     UtcDateTime,
 )
@@ -49,20 +55,20 @@ class TaskCreated(EventModel):
     at: UtcDateTime
     task_id: TaskId
     job_id: JobId
-    index: int = Field(ge=0)
+    index: int = Field(ge=0, le=MAX_COUNT)
     submitter: str
     workload: str
     params: JsonObject
     resources: Resources
     estimate: Estimate
-    max_price_micros: Micros | None = None
+    max_price_micros: PriceMicros | None = None
     priority: int = Field(default=5, ge=0, le=9)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
-    timeout_s: float = Field(gt=0.0)
+    timeout_s: float = Field(gt=0.0, le=MAX_TIMEOUT_S)
     deadline: UtcDateTime | None = None
     #: For sharded jobs: the input and which shard of how many this task reads.
     input: ObjectRef | None = None
-    shard: tuple[int, int] | None = None
+    shard: tuple[Count, Count] | None = None
 
 
 class TaskLeased(EventModel):
@@ -74,13 +80,13 @@ class TaskLeased(EventModel):
     task_id: TaskId
     lease_id: Id
     provider_id: Id
-    attempt: int = Field(ge=1)
+    attempt: int = Field(ge=1, le=MAX_COUNT)
     expires_at: UtcDateTime
-    predicted_s: float = Field(default=0.0, ge=0.0)
-    price_micros: Micros = 0
+    predicted_s: Seconds = 0.0
+    price_micros: PriceMicros = 0
     #: The last checkpoint of an earlier attempt: the provider resumes from it, not from zero.
     resume_from: ObjectRef | None = None
-    resume_step: int = Field(default=0, ge=0)
+    resume_step: Count = 0
 
 
 class TaskStarted(EventModel):
@@ -105,11 +111,11 @@ class TaskProgressed(EventModel):
     lease_id: Id
     provider_id: Id
     fraction: float = Field(ge=0.0, le=1.0)
-    rate: float = Field(default=0.0, ge=0.0)
+    rate: float = Field(default=0.0, ge=0.0, le=MAX_MEASURE)
     unit: str = Field(default="steps", max_length=32)
     message: str = Field(default="", max_length=500)
     checkpoint: ObjectRef | None = None
-    checkpoint_step: int = Field(default=0, ge=0)
+    checkpoint_step: Count = 0
 
 
 class TaskCompleted(EventModel):
@@ -122,7 +128,7 @@ class TaskCompleted(EventModel):
     lease_id: Id
     provider_id: Id
     result: ResultRef
-    gpu_ms: int = Field(ge=0)
+    gpu_ms: GpuMs
     metrics: FloatMap = Field(default_factory=dict)
 
 
@@ -137,7 +143,7 @@ class TaskFailed(EventModel):
     provider_id: Id | None = None
     reason: FailureReason
     message: str = Field(default="", max_length=2000)
-    attempt: int = Field(ge=0)
+    attempt: int = Field(ge=0, le=MAX_COUNT)
     terminal: bool
 
 
@@ -148,7 +154,7 @@ class TaskRetried(EventModel):
     v: Literal[1] = 1
     at: UtcDateTime
     task_id: TaskId
-    failures: int = Field(ge=1)
+    failures: int = Field(ge=1, le=MAX_COUNT)
     not_before: UtcDateTime
 
 

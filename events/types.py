@@ -19,27 +19,43 @@ from pydantic import (
 
 __all__ = [
     "ID_PATTERN",
+    "MAX_BYTES",
+    "MAX_COUNT",
+    "MAX_GPU_MS",
+    "MAX_MEASURE",
+    "MAX_MICROS",
+    "MAX_PRICE_MICROS",
+    "MAX_SECONDS",
+    "MAX_TIMEOUT_S",
+    "MAX_TOTAL_GPU_MS",
     "Backend",
     "BackendRequirement",
+    "Bytes",
     "Calibration",
     "CanonicalJson",
     "Capabilities",
+    "Count",
     "Estimate",
     "EventModel",
     "FailureReason",
     "FloatMap",
+    "GpuMs",
     "Id",
     "JobId",
     "JsonObject",
     "JsonValue",
+    "Measure",
     "Micros",
     "ObjectRef",
+    "PriceMicros",
     "Resources",
     "ResultRef",
     "RetryPolicy",
+    "Seconds",
     "Sha256",
     "StrMap",
     "TaskId",
+    "TotalGpuMs",
     "UtcDateTime",
     "canonical_json",
     "strict_model_config",
@@ -59,8 +75,43 @@ Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
 TaskId = Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+# ---- bounds: every number in the catalogue has a range, refused at intake with the field named ------
+#
+# They are sized so that no valid history can overflow a 64-bit integer anywhere (SQLite stores the
+# read models' integers in 64 bits): the largest job (MAX_TASKS_PER_JOB tasks, each billed at most
+# MAX_GPU_MS at MAX_PRICE_MICROS) costs at most 6.0e17 micros, under MAX_MICROS.
+
+#: The longest a task may run per attempt: a week.
+MAX_TIMEOUT_S = 7 * 86_400.0
+#: One attempt's GPU time, in ms: at most its timeout (billing never exceeds what was observed).
+MAX_GPU_MS = int(MAX_TIMEOUT_S * 1000)
+#: A job's total GPU time, in ms.
+MAX_TOTAL_GPU_MS = 10**14
+#: A price, in micro-credits per GPU-second (10 credits per GPU-second).
+MAX_PRICE_MICROS = 10**7
+#: Any amount of money, in micro-credits (a trillion credits), under 2**63.
+MAX_MICROS = 10**18
+#: Sizes of objects and memory, bytes (1 PiB).
+MAX_BYTES = 2**50
+#: Counters and positions (steps, sequences, events).
+MAX_COUNT = 2**62
+#: Seconds anywhere (predictions, fixed durations, overheads): a year.
+MAX_SECONDS = 365 * 86_400.0
+#: A free-form measurement (metrics, rates, calibrated throughputs), either sign.
+MAX_MEASURE = 1e18
+
 #: Money is integer micro-credits (1 credit = 1,000,000 micros); never a float.
-Micros = Annotated[int, Field(ge=0)]
+Micros = Annotated[int, Field(ge=0, le=MAX_MICROS)]
+#: A price per GPU-second, in micro-credits.
+PriceMicros = Annotated[int, Field(ge=0, le=MAX_PRICE_MICROS)]
+#: An attempt's GPU time, in ms.
+GpuMs = Annotated[int, Field(ge=0, le=MAX_GPU_MS)]
+#: A sum of GPU times, in ms.
+TotalGpuMs = Annotated[int, Field(ge=0, le=MAX_TOTAL_GPU_MS)]
+Bytes = Annotated[int, Field(ge=0, le=MAX_BYTES)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Seconds = Annotated[float, Field(ge=0.0, le=MAX_SECONDS)]
+Measure = Annotated[float, Field(ge=-MAX_MEASURE, le=MAX_MEASURE)]
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -100,7 +151,7 @@ def canonical_json(value: Any) -> Any:
 #: encoding whoever built it, and a JSON-lines copy of the log hashes like the log itself.
 CanonicalJson = Annotated[JsonValue, AfterValidator(canonical_json)]
 JsonObject = Annotated[dict[str, JsonValue], AfterValidator(canonical_json)]
-FloatMap = Annotated[dict[str, float], AfterValidator(canonical_json)]
+FloatMap = Annotated[dict[str, Measure], Field(max_length=64), AfterValidator(canonical_json)]
 StrMap = Annotated[dict[str, str], AfterValidator(canonical_json)]
 
 
@@ -126,7 +177,7 @@ def is_valid_id(value: str) -> bool:
 class Resources(EventModel):
     """What a task needs from a provider."""
 
-    min_vram_mb: int = Field(default=0, ge=0)
+    min_vram_mb: int = Field(default=0, ge=0, le=2**24)
     min_compute_capability: float = Field(default=0.0, ge=0.0, le=20.0)
     backend: BackendRequirement = "any"
 
@@ -152,14 +203,14 @@ class ObjectRef(EventModel):
     bucket: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     name: str = Field(min_length=1, max_length=255)
     sha256: Sha256
-    size: int = Field(ge=0)
+    size: Bytes
 
 
 class ResultRef(EventModel):
     """A task result: a small JSON value inline, or a reference to the object store; always a digest."""
 
     sha256: Sha256
-    size: int = Field(ge=0)
+    size: Bytes
     inline: CanonicalJson = None
     object: ObjectRef | None = None
 
@@ -167,11 +218,11 @@ class ResultRef(EventModel):
 class Estimate(EventModel):
     """A workload's own estimate of the work in one task."""
 
-    flops: float = Field(default=0.0, ge=0.0)
-    bytes_moved: float = Field(default=0.0, ge=0.0)
-    memory_bytes: int = Field(default=0, ge=0)
+    flops: float = Field(default=0.0, ge=0.0, le=1e24)
+    bytes_moved: float = Field(default=0.0, ge=0.0, le=1e21)
+    memory_bytes: Bytes = 0
     #: For workloads whose duration is known up front (sleep), the seconds it takes.
-    fixed_seconds: float = Field(default=0.0, ge=0.0)
+    fixed_seconds: Seconds = 0.0
     #: Which calibrated matmul rate bounds the flops: fp64, fp32, tf32, fp16 or bf16.
     precision: str = Field(default="fp32", max_length=8)
 
@@ -180,9 +231,9 @@ class Calibration(EventModel):
     """Throughput measured on the device by the provider runtime."""
 
     matmul_tflops: FloatMap = Field(default_factory=dict)
-    memory_gbps: float = Field(default=0.0, ge=0.0)
+    memory_gbps: float = Field(default=0.0, ge=0.0, le=1e6)
     #: Fixed cost of one task on a warm worker, seconds.
-    task_overhead_s: float = Field(default=0.0, ge=0.0)
+    task_overhead_s: float = Field(default=0.0, ge=0.0, le=3600.0)
 
 
 class Capabilities(EventModel):
@@ -190,13 +241,13 @@ class Capabilities(EventModel):
 
     backend: Backend
     gpu_model: str = Field(max_length=200)
-    vram_mb: int = Field(ge=0)
+    vram_mb: int = Field(ge=0, le=2**24)
     compute_capability: float = Field(default=0.0, ge=0.0, le=20.0)
-    sm_count: int = Field(default=0, ge=0)
+    sm_count: int = Field(default=0, ge=0, le=10**6)
     cuda_version: str = Field(default="", max_length=40)
     driver_version: str = Field(default="", max_length=40)
     slots: int = Field(default=1, ge=1, le=1024)
-    price_micros: Micros = 0
+    price_micros: PriceMicros = 0
     workloads: tuple[str, ...] = ()
     extra: StrMap = Field(default_factory=dict)
 

@@ -10,7 +10,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -108,7 +108,7 @@ class StencilParams(_Params):
     n: int = Field(default=256, ge=4, le=32768)
     steps: int = Field(default=200, ge=1, le=10_000_000)
     alpha: float = Field(default=0.1, gt=0.0, le=0.25)
-    checkpoint_every: int = Field(default=50, ge=1)
+    checkpoint_every: int = Field(default=50, ge=1, le=10_000_000)
     dtype: Literal["fp64", "fp32"] = "fp64"
     #: Sleep this long per step: lets a tiny grid run long enough to watch, in demos and tests.
     step_delay_s: float = Field(default=0.0, ge=0.0, le=10.0)
@@ -127,13 +127,17 @@ class KernelArg(_Params):
     output: bool = False
 
 
+#: One grid or block dimension (CUDA's own limit is 2**31 - 1 for grid x, less elsewhere).
+_Dim = Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
 class CustomKernelParams(_Params):
     """CUDA C source compiled on the provider with NVRTC, launched on the given grid."""
 
     source: str = Field(min_length=1, max_length=60_000)
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    grid: tuple[int, int, int] | tuple[int, int] | tuple[int]
-    block: tuple[int, int, int] | tuple[int, int] | tuple[int]
+    grid: tuple[_Dim, _Dim, _Dim] | tuple[_Dim, _Dim] | tuple[_Dim]
+    block: tuple[_Dim, _Dim, _Dim] | tuple[_Dim, _Dim] | tuple[_Dim]
     args: list[KernelArg] = Field(default_factory=list, max_length=64)
     shared_mem: int = Field(default=0, ge=0, le=227 * 1024)
     options: tuple[str, ...] = ()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import socket
 import statistics
@@ -40,7 +41,17 @@ from events.store.blobs import BlobStore, ObjectIntegrityError, ObjectNotFound
 from events.store.connection import Access, connect_nats
 from events.store.topology import Topology
 from events.subjects import dispatch_consumer, heartbeat_subject, intake_subject, job_owner, report_subject
-from events.types import Calibration, Capabilities, FailureReason, ObjectRef, ResultRef, is_valid_id, utc_now
+from events.types import (
+    MAX_GPU_MS,
+    MAX_MEASURE,
+    Calibration,
+    Capabilities,
+    FailureReason,
+    ObjectRef,
+    ResultRef,
+    is_valid_id,
+    utc_now,
+)
 from events.workloads import (
     WORKLOADS,
     CustomKernelParams,
@@ -659,13 +670,16 @@ class ProviderRuntime:
         else:
             ref = await self.put_object(data, for_submitter=job_owner(lease.job_id))
             result = ResultRef(sha256=digest, size=len(data), object=ref)
-        metrics = {k: float(v) for k, v in outcome.metrics.items()}
+        # Only what the catalogue can carry: a workload's odd metric must not cost the completion.
+        metrics = {
+            k: float(v) for k, v in list(outcome.metrics.items())[:63] if math.isfinite(v) and abs(v) <= MAX_MEASURE
+        }
         metrics["wall_s"] = wall_s
         body = CompletedReport(
             lease_id=lease.lease_id,
             provider_id=self.provider_id,
             result=result,
-            gpu_ms=outcome.gpu_ms,
+            gpu_ms=min(max(0, outcome.gpu_ms), MAX_GPU_MS),
             metrics=metrics,
         )
         if run.revoked:

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from events import GpufleetError, InvalidPayload
+from events.types import MAX_PRICE_MICROS
 
 app = typer.Typer(
     add_completion=False,
@@ -137,7 +138,9 @@ def up(
     provider: Annotated[bool, typer.Option(help="Run a local provider on this machine's GPU (or CPU).")] = True,
     backend: Annotated[str, typer.Option(help="The local provider's backend: auto, cuda or cpu.")] = "auto",
     slots: Annotated[int | None, typer.Option(help="The local provider's worker processes.")] = None,
-    price_micros: Annotated[int, typer.Option(help="The local provider's price, micro-credits per GPU-s.")] = 0,
+    price_micros: Annotated[
+        int, typer.Option(min=0, max=MAX_PRICE_MICROS, help="The local provider's price, micro-credits per GPU-s.")
+    ] = 0,
     port: Annotated[int | None, typer.Option(help="The embedded server's port (default 4222 if free; 0: any).")] = None,
     host: Annotated[
         str, typer.Option(help="Listen on this address: 127.0.0.1 (this machine) or 0.0.0.0 (others, with --tls).")
@@ -286,7 +289,9 @@ def submit(
     workload: Annotated[str | None, typer.Option(help="Workload name (instead of, or over, the file).")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (JSON value).")] = None,
     tasks: Annotated[int | None, typer.Option(help="Split into this many identical tasks.")] = None,
-    max_price: Annotated[int | None, typer.Option(help="Price ceiling, micro-credits per GPU-second.")] = None,
+    max_price: Annotated[
+        int | None, typer.Option(min=0, max=MAX_PRICE_MICROS, help="Price ceiling, micro-credits per GPU-second.")
+    ] = None,
     deadline_in: Annotated[float | None, typer.Option(help="Deadline, seconds from now.")] = None,
     backend: Annotated[str | None, typer.Option(help="Required backend: cuda or any.")] = None,
     priority: Annotated[int | None, typer.Option(help="0 (low) to 9 (high).")] = None,
@@ -550,6 +555,12 @@ def replay(
                 highlight=False,
             )
             console.print(f"books balance: {'yes' if books.balanced else 'NO: ' + '; '.join(books.problems[:3])}")
+            skipped = await models.quarantined()
+            if skipped:
+                console.print(f"[red]quarantined {len(skipped)} stored event(s)[/], skipped by the read models:")
+                for r in skipped[:10]:
+                    where = f" ({r.field})" if r.field else ""
+                    console.print(f"  position {r.position}, view {r.view}{where}: {r.reason}", highlight=False)
             if err.n:
                 console.print(f"ETA error over {err.n} tasks: median {err.median:.1%}, p90 {err.p90:.1%}")
             if audit:
@@ -594,7 +605,9 @@ def provider_run(
     name: Annotated[str, typer.Option(help="A name people will recognise.")] = "",
     backend: Annotated[str, typer.Option(help="auto (CuPy if a GPU is seen), cuda, or cpu.")] = "auto",
     slots: Annotated[int | None, typer.Option(help="Worker processes (default: one per GPU).")] = None,
-    price_micros: Annotated[int, typer.Option(help="Price, micro-credits per GPU-second.")] = 0,
+    price_micros: Annotated[
+        int, typer.Option(min=0, max=MAX_PRICE_MICROS, help="Price, micro-credits per GPU-second.")
+    ] = 0,
     memory_limit_mb: Annotated[int | None, typer.Option(help="Per-task GPU memory cap.")] = None,
 ) -> None:
     """Join this machine's GPU (or CPU) to a network: detect, calibrate, register, take work.
@@ -657,7 +670,7 @@ def provider_simulate(
     count: Annotated[int, typer.Option(help="How many simulated providers.")] = 4,
     slots: Annotated[int, typer.Option(help="Slots per provider.")] = 4,
     prefix: Annotated[str, typer.Option(help="Provider ids are <prefix><n>.")] = "sim",
-    price: Annotated[int, typer.Option(help="Price, micro-credits per GPU-second.")] = 100,
+    price: Annotated[int, typer.Option(min=0, max=MAX_PRICE_MICROS, help="Price, micro-credits per GPU-second.")] = 100,
 ) -> None:
     """Simulated providers (noop and sleep only) that speak the real protocol: for tests and benchmarks.
 

@@ -31,6 +31,7 @@ import re
 from collections import defaultdict
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ from events.job import (
     SubmitterCharged,
     UsageMetered,
 )
+from events.metering import billable_ms, metered_amount
 from events.provider import (
     ProviderCalibrated,
     ProviderDraining,
@@ -76,7 +78,6 @@ from events.task import (
 )
 from events.types import Capabilities
 from projections.chain import GENESIS, canonical_bytes
-from projections.ledger import metered_amount
 
 __all__ = [
     "CHECKS",
@@ -245,6 +246,8 @@ class _Task:
     metered: int = 0
     #: The lease that last ended by expiring (logs before 2026-11 name it in the timeout failure after).
     expired_lease: str | None = None
+    #: When the current lease was granted: the bill may not exceed the time from there to completion.
+    leased_at: datetime | None = None
 
 
 @dataclass
@@ -549,6 +552,7 @@ class Auditor:
         t.state = "leased"
         t.lease_id = e.lease_id
         t.provider_id = e.provider_id
+        t.leased_at = e.at
 
     def _holder(self, t: _Task, lease_id: str | None, provider_id: str | None) -> bool:
         return t.state in ("leased", "running") and t.lease_id == lease_id and t.provider_id == provider_id
@@ -582,6 +586,15 @@ class Auditor:
             if p is None or p.status not in ("online", "draining", "lost"):
                 status = p.status if p else "unknown"
                 self.find("completions", pos, f"{e.task_id} completed by {e.provider_id} while {status}")
+            if t.leased_at is not None:
+                most = billable_ms(e.gpu_ms, t.leased_at, e.at, t.created.timeout_s)
+                if e.gpu_ms > most:
+                    self.find(
+                        "ledger",
+                        pos,
+                        f"{e.task_id} billed {e.gpu_ms} ms of GPU time, more than the {most} ms observed "
+                        "from its lease to its completion, within its timeout",
+                    )
         t.state = "completed"
         t.completed_by = e.provider_id
         t.gpu_ms = e.gpu_ms

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 from events.envelope import Envelope
 from events.job import ProviderCredited, SubmitterCharged, UsageMetered
+from events.metering import metered_amount
 from projections.storage import Table
 from projections.view import View, iso
 
@@ -34,11 +35,6 @@ __all__ = [
     "PostingRow",
     "metered_amount",
 ]
-
-
-def metered_amount(gpu_ms: int, price_micros: int) -> int:
-    """What ``gpu_ms`` of GPU time costs at ``price_micros`` per GPU-second: rounded up, in integers."""
-    return -(-gpu_ms * price_micros // 1000)
 
 
 @dataclass(slots=True)

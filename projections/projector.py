@@ -19,12 +19,14 @@ import structlog
 from events.audit import AuditCheckpointed
 from events.envelope import Envelope, new_envelope
 from events.errors import ConcurrencyError, InvalidPayload, StoreError
+from events.store.jetstream import JetStreamEventStore
 from events.store.protocol import EventStore
 from projections.chain import CHAIN_STREAM, ChainView
 from projections.eta import EtaView
 from projections.fleet import FleetView
 from projections.jobs import JobsView
 from projections.ledger import LedgerView
+from projections.quarantine import ALL_VIEWS, QuarantineView
 from projections.source import read_batches
 from projections.storage import Checkpoint, ReadModelStore, Value
 from projections.view import Changes, Handler, View
@@ -35,8 +37,8 @@ _log = structlog.get_logger("gpufleet.projections")
 
 
 def default_views() -> list[View]:
-    """One of each view: jobs (and tasks), fleet, ledger, ETA, and the audit chain."""
-    return [JobsView(), FleetView(), LedgerView(), EtaView(), ChainView()]
+    """One of each view: jobs (and tasks), fleet, ledger, ETA, the audit chain, and the quarantine."""
+    return [JobsView(), FleetView(), LedgerView(), EtaView(), ChainView(), QuarantineView()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +86,17 @@ class Projector:
         self.in_transaction = in_transaction
         self._position = 0
         self._view_pos: dict[str, int] = {}
-        self._routes: dict[str, list[tuple[int, Handler]]] = {}
+        self._routes: dict[str, list[tuple[int, Handler, str]]] = {}
         self._all: list[tuple[int, View]] = []
         self._uncommitted = 0
         self._lock = asyncio.Lock()
         self._inflight: asyncio.Future[None] | None = None
         self._chain: ChainView | None = next((v for v in self.views if isinstance(v, ChainView)), None)
+        self._quarantine: QuarantineView | None = next((v for v in self.views if isinstance(v, QuarantineView)), None)
+        self.quarantined = 0
+        if isinstance(events, JetStreamEventStore):
+            # Live reads decode in the store: what does not decode is quarantined here too.
+            events.on_invalid = self.quarantine_invalid
         self._appended_events = 0
         self._live_from = 0
         self.applied = 0
@@ -143,7 +150,7 @@ class Projector:
                 self._all.append((start, v))
                 continue
             for type_name, handler in v.handlers.items():
-                self._routes.setdefault(type_name, []).append((start, handler))
+                self._routes.setdefault(type_name, []).append((start, handler, v.name))
 
     def dump(self) -> dict[str, list[tuple[Value, ...]]]:
         """Every table of every view as stored, rows ordered by key: to compare read models."""
@@ -156,15 +163,37 @@ class Projector:
         seq = env.sequence
         if seq <= self._position:
             return  # already applied (a redelivery)
-        for start, handler in self._routes.get(env.type, ()):
+        for start, handler, name in self._routes.get(env.type, ()):
             if seq > start:
-                handler(env.data, env)
+                try:
+                    handler(env.data, env)
+                except Exception as e:  # one bad event never stops the read models
+                    self._quarantine_event(seq, name, env.type, "", f"{type(e).__name__}: {e}")
         for start, view in self._all:
             if seq > start:
-                view.evolve(env)
+                try:
+                    view.evolve(env)
+                except Exception as e:
+                    self._quarantine_event(seq, view.name, env.type, "", f"{type(e).__name__}: {e}")
         self._position = seq
         self._uncommitted += 1
         self.applied += 1
+
+    def quarantine_invalid(self, position: int, error: InvalidPayload) -> None:
+        """A stored event at ``position`` does not decode: every view skips it, and it is recorded."""
+        if position <= self._position:
+            return  # behind the checkpoint: recorded when it was first read
+        # The position does not move here: a batch is decoded before its earlier events are folded.
+        # The next event folded moves it past; a log that ends with such an event shows it again,
+        # as the same row, after a restart.
+        self._quarantine_event(position, ALL_VIEWS, "", error.field or "", error.problem)
+        self._uncommitted += 1
+
+    def _quarantine_event(self, position: int, view: str, type_name: str, field: str, reason: str) -> None:
+        self.quarantined += 1
+        _log.error("projection.quarantined", position=position, view=view, type=type_name, field=field, reason=reason)
+        if self._quarantine is not None:
+            self._quarantine.record(position, view, type_name, field, reason)
 
     def _write(self, changes: list[tuple[View, Changes]], position: int) -> None:
         with self.db.transaction() as tx:
@@ -218,7 +247,9 @@ class Projector:
         if not self._opened:
             self.open()
         fold = self.fold
-        async for envs in read_batches(self.events, self._position, batch=self.read_batch):
+        async for envs in read_batches(
+            self.events, self._position, batch=self.read_batch, on_invalid=self.quarantine_invalid
+        ):
             for env in envs:
                 fold(env)
             if self._uncommitted >= self.batch_size:

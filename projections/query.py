@@ -7,6 +7,7 @@ read from the views' tables; ``positions`` tells how far each view has applied t
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from projections.ledger import (
     AccountRow,
     LedgerJobRow,
 )
+from projections.quarantine import QuarantineRow, QuarantineView
 from projections.storage import CHECKPOINTS, ReadModelStore, SqliteStore, Table
 
 __all__ = ["Balances", "JobDetail", "ReadModels"]
@@ -193,6 +195,17 @@ class ReadModels:
     async def chain(self) -> ChainRow | None:
         """The audit chain's head: position, digest and the last checkpoint seen in the log."""
         return await self._run(lambda: self._one(AUDIT_CHAIN, name="chain"))
+
+    async def quarantined(self) -> list[QuarantineRow]:
+        """Stored events the read models skipped (did not decode, or made a view's fold fail), in order."""
+
+        def q() -> list[QuarantineRow]:
+            try:
+                return sorted(self._rows(QuarantineView.quarantine), key=lambda r: (r.position, r.view))
+            except sqlite3.OperationalError:  # a read model written before the quarantine: no such table
+                return []
+
+        return await self._run(q)
 
     async def positions(self) -> dict[str, int]:
         """The checkpoint (last applied global position) of every view."""

@@ -171,7 +171,8 @@ class JetStreamEventStore:
         self._retries = retries
         # The server accepts at most 50 atomic batches in flight per stream.
         self._batches = asyncio.Semaphore(min(max_inflight_batches, 50))
-        self._on_invalid = on_invalid
+        #: Called for every stored message that does not decode (it is skipped); replaceable.
+        self.on_invalid = on_invalid
         self._owns = owns_connection
         self._inbox = _Inbox(nc)
         self._started = False
@@ -653,7 +654,7 @@ class JetStreamEventStore:
         try:
             return decode_message(subject[self._prefix_len :], body, headers, position, self._registry)
         except InvalidPayload as e:
-            self._on_invalid(position, e)
+            self.on_invalid(position, e)
             return None
 
     async def close(self) -> None:

@@ -26,7 +26,16 @@ from events import (
 )
 from events.job import UsageMetered
 from events.task import TaskFailed, TaskProgressed
-from events.types import EventModel, ObjectRef
+from events.types import (
+    MAX_BYTES,
+    MAX_COUNT,
+    MAX_GPU_MS,
+    MAX_MEASURE,
+    MAX_MICROS,
+    MAX_PRICE_MICROS,
+    EventModel,
+    ObjectRef,
+)
 from tests.unit.catalogue_samples import SAMPLES
 
 
@@ -198,13 +207,14 @@ _ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,20}\Z")
 _times = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.timezones()).filter(
     lambda t: t.utcoffset() is not None
 )
-_finite = st.floats(min_value=0.0, max_value=1e300, allow_nan=False, allow_infinity=False)
+# Up to the catalogue's own bounds, edges included (a cap below them would hide an overflow there).
+_finite = st.floats(min_value=0.0, max_value=MAX_MEASURE, allow_nan=False, allow_infinity=False)
 _refs = st.builds(
     ObjectRef,
     bucket=st.from_regex(r"\A[A-Za-z0-9_-]{1,16}\Z"),
     name=st.text(min_size=1, max_size=40),
     sha256=st.from_regex(r"\A[0-9a-f]{64}\Z"),
-    size=st.integers(min_value=0, max_value=2**62),
+    size=st.integers(min_value=0, max_value=MAX_BYTES),
 )
 _events = st.one_of(
     st.builds(
@@ -218,7 +228,7 @@ _events = st.one_of(
         unit=st.text(max_size=32),
         message=st.text(max_size=500),
         checkpoint=st.none() | _refs,
-        checkpoint_step=st.integers(min_value=0, max_value=2**62),
+        checkpoint_step=st.integers(min_value=0, max_value=MAX_COUNT),
     ),
     st.builds(
         UsageMetered,
@@ -227,9 +237,9 @@ _events = st.one_of(
         task_id=_ids,
         provider_id=_ids,
         submitter=st.text(max_size=30),
-        gpu_ms=st.integers(min_value=0, max_value=2**62),
-        price_micros=st.integers(min_value=0, max_value=2**62),
-        amount_micros=st.integers(min_value=0, max_value=2**62),
+        gpu_ms=st.integers(min_value=0, max_value=MAX_GPU_MS),
+        price_micros=st.integers(min_value=0, max_value=MAX_PRICE_MICROS),
+        amount_micros=st.integers(min_value=0, max_value=MAX_MICROS),
     ),
     st.builds(
         TaskFailed,

@@ -30,7 +30,7 @@ from events.task import (
     TaskRetried,
     TaskStarted,
 )
-from events.types import Estimate, ObjectRef, Resources, ResultRef, RetryPolicy
+from events.types import MAX_SECONDS, Estimate, ObjectRef, Resources, ResultRef, RetryPolicy
 from tests.factories import at
 from tests.unit.decider_spec import given
 
@@ -403,3 +403,47 @@ def test_a_result_must_be_the_provider_s_and_written_for_the_job_s_submitter() -
     legacy = ResultRef(sha256="c" * 64, size=10, object=CKPT)
     cmd = ReportCompleted(command_id="x", at=at(5), lease_id="L1", provider_id="p1", result=legacy, gpu_ms=5)
     given(T, *STORY).when(cmd).then_types("TaskCompleted")
+
+
+# ---- metering: the bill is what the network observed --------------------------------------------
+
+
+def _done(gpu_ms: int, t: float) -> ReportCompleted:
+    return ReportCompleted(command_id="c", at=at(t), lease_id="L1", provider_id="p1", result=RESULT, gpu_ms=gpu_ms)
+
+
+def test_an_over_claimed_time_is_billed_as_observed_from_lease_to_completion() -> None:
+    # Leased at t=1, completed at t=3.25: 2,250 ms observed, whatever the provider claims.
+    (e,) = given(T, created(), leased(), started()).when(_done(10**8, 3.25)).then_types("TaskCompleted")
+    assert e.gpu_ms == 2250  # type: ignore[attr-defined]
+
+
+def test_a_provider_s_lower_figure_lowers_the_bill() -> None:
+    (e,) = given(T, created(), leased(), started()).when(_done(700, 3.25)).then_types("TaskCompleted")
+    assert e.gpu_ms == 700  # type: ignore[attr-defined]
+
+
+def test_the_bill_never_exceeds_the_task_s_timeout() -> None:
+    # Timeout 60 s; the completion arrives 100 s after the lease (inside the grace), claiming 10^8 ms.
+    (e,) = given(T, created(), leased(), started()).when(_done(10**8, 101)).then_types("TaskCompleted")
+    assert e.gpu_ms == 60_000  # type: ignore[attr-defined]
+
+
+def test_a_completion_stamped_before_its_lease_is_billed_nothing() -> None:
+    (e,) = given(T, created(), leased(t=5), started(t=6)).when(_done(500, 4)).then_types("TaskCompleted")
+    assert e.gpu_ms == 0  # type: ignore[attr-defined]
+
+
+def test_the_observed_time_counts_from_the_current_lease_not_the_first() -> None:
+    first = leased(lease="L0", t=1)
+    expired = TaskLeaseExpired(at=at(40), task_id="t1", lease_id="L0", provider_id="p1", reason="expired")
+    second = leased(lease="L1", attempt=2, t=50)
+    cmd = ReportCompleted(command_id="c", at=at(52), lease_id="L1", provider_id="p1", result=RESULT, gpu_ms=10**7)
+    (e,) = given(T, created(), first, expired, second).when(cmd).then_types("TaskCompleted")
+    assert e.gpu_ms == 2000  # type: ignore[attr-defined]
+
+
+def test_a_prediction_past_the_catalogue_s_bound_is_clamped_not_a_crash() -> None:
+    cmd = LeaseTask(command_id="l", at=at(1), lease_id="L1", provider_id="p1", expires_at=at(31), predicted_s=1e30)
+    (e,) = given(T, created()).when(cmd).then_types("TaskLeased")
+    assert e.predicted_s == MAX_SECONDS  # type: ignore[attr-defined]

@@ -56,7 +56,8 @@ async def test_queries(tmp_path: Path) -> None:
     err = await q.eta_error()
     assert err.n == 4  # four completions in the story
     positions = await q.positions()
-    assert set(positions) == {"jobs", "fleet", "ledger", "eta", "audit_chain"}
+    assert set(positions) == {"jobs", "fleet", "ledger", "eta", "audit_chain", "quarantine"}
+    assert await q.quarantined() == []
     assert set(positions.values()) == {len(golden_scenario().events)}
     chain = await q.chain()
     assert chain is not None and chain.checkpoints == 3
