@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import nats.errors
@@ -52,12 +53,16 @@ from events.intake import (
 from events.store import JetStreamEventStore
 from events.store.connection import Access, connect_nats
 from events.store.topology import Topology, check_topology
+from events.store.watermark import Watermark, WatermarkFile, check_watermark
 from events.subjects import outcomes_stream_of
 from events.types import utc_now
 
 __all__ = ["Orchestrator", "OrchestratorConfig"]
 
 _log = structlog.get_logger("gpufleet.orchestrator")
+
+#: The orchestrator's watermark, in its ``state_dir``.
+WATERMARK_FILE = "orchestrator.watermark.json"
 
 #: The durable consumer on the intake stream that every orchestrator of a network shares.
 INTAKE_CONSUMER = "orchestrators"
@@ -85,6 +90,8 @@ class OrchestratorConfig:
     intake_ack_wait_s: float = 20.0
     #: Fair-share weights by submitter (default 1).
     weights: dict[str, float] = field(default_factory=dict)
+    #: Where the watermark (the last event applied) is kept; None: no watermark, no regression check.
+    state_dir: Path | None = None
 
 
 class Orchestrator:
@@ -119,6 +126,14 @@ class Orchestrator:
             on_change=self._leadership_changed,
         )
         self.log = _log.bind(source=source)
+        self._watermark = (
+            WatermarkFile(self.config.state_dir / WATERMARK_FILE) if self.config.state_dir is not None else None
+        )
+        self._applied: Watermark | None = None
+        self._log_id = ""
+        #: The heartbeat watch is established and the bucket answers (liveness is judged only then).
+        self._hearing = False
+        self._saved: Watermark | None = None
 
     @classmethod
     async def connect(
@@ -134,7 +149,11 @@ class Orchestrator:
         nc = await connect_nats(access, name="gpufleet-orchestrator", on_reconnect=reconnected)
         orch = cls(nc, topology=topology, config=config)
         holder.append(orch)
-        await orch.start()
+        try:
+            await orch.start()
+        except BaseException:
+            await orch.close()
+            raise
         return orch
 
     # ---- life cycle ------------------------------------------------------------------------------
@@ -144,6 +163,14 @@ class Orchestrator:
         # The admin creates the streams (``gpufleet up`` does); the orchestrator may not.
         self.topology = await check_topology(self.js, self.topology)
         await self.store.ensure()
+        if self._watermark is not None:
+            # Never write on top of a log that lost what this orchestrator already applied.
+            self._log_id = await self.store.log_id()
+            same = await check_watermark(
+                self.store, self._watermark.load(), "orchestrator", reset_hint=f"delete {self._watermark.path}"
+            )
+            if not same:
+                self.log.info("orchestrator.new_log", log=self._log_id, watermark=str(self._watermark.path))
         self._started_at = utc_now()
         async for env in self.store.read_all():
             self._apply(env)
@@ -170,6 +197,21 @@ class Orchestrator:
             asyncio.create_task(self._supervise("timers", self._timer_loop), name="timers"),
             asyncio.create_task(self._supervise("liveness", self._liveness), name="liveness"),
         ]
+        if self._watermark is not None:
+            self._running.append(
+                asyncio.create_task(self._supervise("watermark", self._watermark_loop), name="watermark")
+            )
+
+    async def _watermark_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            await self._save_watermark()
+
+    async def _save_watermark(self) -> None:
+        mark = self._applied
+        if self._watermark is not None and mark is not None and mark != self._saved:
+            await asyncio.to_thread(self._watermark.save, mark)
+            self._saved = mark
 
     async def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
         """Run a loop forever: a bug in one must be loud, and must not silently stop the orchestrator."""
@@ -200,6 +242,8 @@ class Orchestrator:
         if self._inflight:
             await asyncio.wait(list(self._inflight), timeout=2.0)
         self._running = []
+        with contextlib.suppress(OSError):
+            await self._save_watermark()
 
     async def close(self) -> None:
         """Stop and close the connection."""
@@ -224,6 +268,8 @@ class Orchestrator:
         if self._live and env.sequence and env.sequence <= self.world.position:
             return  # seen already (catch-up overlapped the subscription)
         fx = self.core.apply(env, live=self._live)
+        if env.sequence:
+            self._applied = Watermark(env.sequence, env.id, self._log_id)
         if len(fx.intents) > 1:
             self._submit_many(fx.intents)
         else:
@@ -406,11 +452,18 @@ class Orchestrator:
                 try:
                     kv = await self.js.key_value(self.topology.heartbeat_bucket)
                     watcher = await kv.watchall()
+                    await kv.status()  # the bucket answers: providers can write heartbeats again
+                    if not self._hearing:
+                        # Providers get one timeout from the moment heartbeats can be heard again: a
+                        # server that is back on the wire may still be recovering its streams.
+                        self._started_at = utc_now()
+                        self._hearing = True
                     async for entry in watcher:
                         if entry is None or entry.value is None or entry.operation is not None:
                             continue
                         self._heartbeat(entry.key, entry.value, entry.created)
                 except (nats.errors.Error, OSError) as e:
+                    self._hearing = False
                     self.log.warning("liveness.watch_interrupted", error=str(e) or type(e).__name__)
                     await asyncio.sleep(0.5)
         finally:
@@ -446,6 +499,7 @@ class Orchestrator:
         """
         self._started_at = utc_now()
         self._last_seen.clear()
+        self._hearing = False
         if self._live:
             self._restart("follow", lambda: self._follow(self.world.position))
             self._restart("liveness", self._liveness)
@@ -466,7 +520,7 @@ class Orchestrator:
         while True:
             await asyncio.sleep(min(0.25, self.config.heartbeat_timeout_s / 4))
             now = utc_now()
-            if not self.leadership.leading or not self.nc.is_connected:
+            if not self.leadership.leading or not self.nc.is_connected or not self._hearing:
                 # The leader judges liveness, and only while it can hear heartbeats: when the link
                 # comes back, ``reconnected`` gives every provider one timeout from then.
                 continue

@@ -451,7 +451,14 @@ class Scheduler:
                 if t is None:
                     break
                 shape = t.shape
-                a = None if shape in full else self._place(t)
+                try:
+                    a = None if shape in full else self._place(t)
+                except BaseException:
+                    # A bug while placing must not strand the queue: the task and its submitter go
+                    # back where they were, uncharged, before the error goes up.
+                    level.queues[t.submitter].appendleft(t)
+                    self._requeue(level, t.submitter, charge=False)
+                    raise
                 self.decisions += 1
                 if a is None:
                     full.add(shape)

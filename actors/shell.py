@@ -255,13 +255,14 @@ class ActorShell(Generic[C, S]):
         raise ConcurrencyError(stream, None)
 
     async def _skip_unreadable(self, aggregate_id: str, version: int) -> None:
-        """After a conflict on a stream just read: if reading it again ends at the same event while the
-        stream goes further, what follows does not decode (the store reported and skipped it). Those
-        events are quarantined: the aggregate goes on after them, instead of conflicting forever."""
+        """After a conflict on a stream just read: if reading it again ends at the same event and every
+        stored message after it is permanently unreadable (the store says so from the messages
+        themselves), those are quarantined and the aggregate goes on after them, instead of conflicting
+        forever. A lagging read, or an event of a type or version not known yet, is never skipped."""
         entry = await self._load(aggregate_id)
         if entry.version != version:
             return  # a real conflict: another writer appended, and the reload has it
-        last = await self.store.stream_position(self.stream(aggregate_id))
+        last = await self.store.unreadable_tail(self.stream(aggregate_id), version)
         if last > version:
             self.log.error(
                 "actor.unreadable_events_skipped",

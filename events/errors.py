@@ -90,6 +90,11 @@ class StoreUnavailable(StoreError):
     """The store could not be reached, or did not confirm an operation in time."""
 
 
+class LogRegressed(StoreError):
+    """The log is shorter than, or differs from, what this component already applied: history was lost
+    or rewritten behind its back. It stops rather than write a different history on top."""
+
+
 class AccessDenied(StoreUnavailable):
     """The network refused this identity: no or revoked credentials, or a subject it may not use."""
 

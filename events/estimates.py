@@ -7,6 +7,7 @@ order give the same predictions, so replay reproduces every ETA.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -25,9 +26,11 @@ _DEFAULT_OVERHEAD_S = 0.002
 def base_seconds(estimate: Estimate, calibration: Calibration | None) -> float:
     """A first-principles duration: the slower of compute and memory traffic, plus fixed costs."""
     cal = calibration or Calibration()
-    rates = cal.matmul_tflops
+    # Only positive, finite rates count: a rate of 0 is "not measured", never an infinitely slow (or,
+    # divided by, an infinitely fast) device.
+    rates = {k: v for k, v in cal.matmul_tflops.items() if v > 0 and math.isfinite(v)}
     tflops = rates.get(estimate.precision) or rates.get("fp32") or max(rates.values(), default=_DEFAULT_TFLOPS)
-    gbps = cal.memory_gbps or _DEFAULT_GBPS
+    gbps = cal.memory_gbps if cal.memory_gbps > 0 and math.isfinite(cal.memory_gbps) else _DEFAULT_GBPS
     overhead = cal.task_overhead_s or _DEFAULT_OVERHEAD_S
     compute = estimate.flops / (tflops * 1e12)
     memory = estimate.bytes_moved / (gbps * 1e9)

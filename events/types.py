@@ -227,10 +227,16 @@ class Estimate(EventModel):
     precision: str = Field(default="fp32", max_length=8)
 
 
+#: A measured throughput: never negative; 0 means "not measured" to every reader (events.estimates).
+Rate = Annotated[float, Field(ge=0.0, le=1e6)]
+
+
 class Calibration(EventModel):
     """Throughput measured on the device by the provider runtime."""
 
-    matmul_tflops: FloatMap = Field(default_factory=dict)
+    matmul_tflops: Annotated[dict[str, Rate], Field(max_length=16), AfterValidator(canonical_json)] = Field(
+        default_factory=dict
+    )
     memory_gbps: float = Field(default=0.0, ge=0.0, le=1e6)
     #: Fixed cost of one task on a warm worker, seconds.
     task_overhead_s: float = Field(default=0.0, ge=0.0, le=3600.0)

@@ -472,7 +472,11 @@ class ProviderRuntime:
             slots=self._pool.size if self._pool else 1,
             draining=self._draining,
         )
-        await self._js.publish(self._heartbeat_subject, hb.model_dump_json().encode())
+        # A heartbeat is worth only until the next one: never wait longer than that for its ack. (A
+        # publish in flight when the server went down is never answered: with the default 5 s timeout
+        # the next beats would wait behind it, and the provider would look dead after a reconnect.)
+        timeout = min(max(self.config.heartbeat_s, 0.2), 2.0)
+        await self._js.publish(self._heartbeat_subject, hb.model_dump_json().encode(), timeout=timeout)
 
     async def _heartbeat_loop(self) -> None:
         while not self._stopping:

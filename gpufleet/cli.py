@@ -714,14 +714,22 @@ def orchestrator_run(
     ] = 6.0,
     lease_start_timeout: Annotated[float, typer.Option(help="Seconds for a provider to start a leased task.")] = 30.0,
     lease_grace: Annotated[float, typer.Option(help="Seconds a started lease outlives the task timeout.")] = 30.0,
+    data_dir: DataDirOpt = None,
 ) -> None:
-    """Run an orchestrator (and an event feed) against NATS until interrupted (Ctrl-C stops it cleanly)."""
+    """Run an orchestrator (and an event feed) against NATS until interrupted (Ctrl-C stops it cleanly).
+
+    It keeps its watermark (the last event it applied) in the data directory, and refuses to start on a
+    log that has lost or changed that event."""
     from actors.orchestrator import Orchestrator, OrchestratorConfig
     from events.store import JetStreamEventStore
+    from gpufleet.network import DEFAULT_DATA_DIR
     from projections.feed import EventFeed
 
     config = OrchestratorConfig(
-        heartbeat_timeout_s=heartbeat_timeout, lease_start_timeout_s=lease_start_timeout, lease_grace_s=lease_grace
+        heartbeat_timeout_s=heartbeat_timeout,
+        lease_start_timeout_s=lease_start_timeout,
+        lease_grace_s=lease_grace,
+        state_dir=data_dir or DEFAULT_DATA_DIR,
     )
 
     async def run() -> None:

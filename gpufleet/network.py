@@ -11,6 +11,7 @@ state in the log, so a later ``up`` on the same data directory resumes where the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import getpass
 import json
 import os
@@ -341,8 +342,12 @@ class LocalNetwork:
             await self.embedded.ensure_streams(cfg.topology)
         else:
             await self._ensure_streams()
+        orch_config = cfg.orchestrator
+        if orch_config.state_dir is None:
+            # The watermark lives beside the store it guards, not in it.
+            orch_config = dataclasses.replace(orch_config, state_dir=cfg.data_dir)
         self.orchestrator = await Orchestrator.connect(
-            self.access("orchestrator"), topology=cfg.topology, config=cfg.orchestrator
+            self.access("orchestrator"), topology=cfg.topology, config=orch_config
         )
         self._feed_store = await JetStreamEventStore.connect(
             self.access("orchestrator"), settings=cfg.topology.events, name="gpufleet-feed"

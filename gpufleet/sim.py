@@ -135,7 +135,10 @@ class SimulatedProvider:
             draining=self._draining,
         )
         subject = heartbeat_subject(self.provider_id, self.topology.heartbeat_bucket)
-        await self.nc.jetstream().publish(subject, hb.model_dump_json().encode())
+        # Never wait longer than a beat for the ack (see gpu_runtime.service: a publish lost in a
+        # server restart would otherwise hold the next beats back for the default 5 s).
+        timeout = min(max(self.heartbeat_s, 0.2), 2.0)
+        await self.nc.jetstream().publish(subject, hb.model_dump_json().encode(), timeout=timeout)
 
     async def _heartbeats(self) -> None:
         while True:

@@ -21,6 +21,7 @@ from events.envelope import Envelope, new_envelope
 from events.errors import ConcurrencyError, InvalidPayload, StoreError
 from events.store.jetstream import JetStreamEventStore
 from events.store.protocol import EventStore
+from events.store.watermark import Watermark, check_watermark
 from projections.chain import CHAIN_STREAM, ChainView
 from projections.eta import EtaView
 from projections.fleet import FleetView
@@ -28,7 +29,7 @@ from projections.jobs import JobsView
 from projections.ledger import LedgerView
 from projections.quarantine import ALL_VIEWS, QuarantineView
 from projections.source import read_batches
-from projections.storage import Checkpoint, ReadModelStore, Value
+from projections.storage import Checkpoint, ReadModelStore, Table, Value
 from projections.view import Changes, Handler, View
 
 __all__ = ["ChainHead", "Projector", "default_views"]
@@ -39,6 +40,19 @@ _log = structlog.get_logger("gpufleet.projections")
 def default_views() -> list[View]:
     """One of each view: jobs (and tasks), fleet, ledger, ETA, the audit chain, and the quarantine."""
     return [JobsView(), FleetView(), LedgerView(), EtaView(), ChainView(), QuarantineView()]
+
+
+@dataclass(slots=True)
+class WatermarkRow:
+    """The last event the projector applied (committed with the views' rows): see ``events.store.watermark``."""
+
+    name: str
+    position: int
+    event_id: str
+    log: str
+
+
+WATERMARK = Table.of("log_watermark", WatermarkRow, key=("name",))
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +116,9 @@ class Projector:
         self.applied = 0
         self.batches = 0
         self._opened = False
+        self._last_id = ""
+        self._log_id = ""
+        self._checked = False
 
     @property
     def position(self) -> int:
@@ -113,7 +130,7 @@ class Projector:
     def open(self) -> int:
         """Create tables, reset views whose version changed, load every view's rows; the position."""
         tables = [t for v in self.views for t in v.tables]
-        self.db.ensure(tables)
+        self.db.ensure([*tables, WATERMARK])
         stale = [v for v in self.views if self.db.checkpoint(v.name).version not in (0, v.version)]
         if stale:
             with self.db.transaction() as tx:
@@ -132,8 +149,9 @@ class Projector:
 
     def reset(self) -> None:
         """Empty every view and its checkpoint: the next catch-up rebuilds from position 0."""
-        self.db.ensure([t for v in self.views for t in v.tables])
+        self.db.ensure([*(t for v in self.views for t in v.tables), WATERMARK])
         with self.db.transaction() as tx:
+            tx.clear(WATERMARK)
             for v in self.views:
                 for t in v.tables:
                     tx.clear(t)
@@ -176,6 +194,7 @@ class Projector:
                 except Exception as e:
                     self._quarantine_event(seq, view.name, env.type, "", f"{type(e).__name__}: {e}")
         self._position = seq
+        self._last_id = env.id
         self._uncommitted += 1
         self.applied += 1
 
@@ -195,8 +214,28 @@ class Projector:
         if self._quarantine is not None:
             self._quarantine.record(position, view, type_name, field, reason)
 
-    def _write(self, changes: list[tuple[View, Changes]], position: int) -> None:
+    def watermark(self) -> Watermark | None:
+        """The last event applied, as committed (None before the first commit)."""
+        rows = self.db.select(WATERMARK, {"name": "projector"})
+        if not rows:
+            return None
+        row = WATERMARK.make(rows[0])
+        return Watermark(row.position, row.event_id, row.log)
+
+    async def _check_log(self) -> None:
+        """Before the first read: stop if the log lost what the read models hold; rebuild for a new log."""
+        if self._checked:
+            return
+        self._log_id = await self.events.log_id()
+        if not await check_watermark(self.events, self.watermark(), "projector", reset_hint="gpufleet replay --db"):
+            _log.warning("projection.new_log", log=self._log_id)
+            self.reset()
+        self._checked = True
+
+    def _write(self, changes: list[tuple[View, Changes]], position: int, mark: Watermark | None = None) -> None:
         with self.db.transaction() as tx:
+            if mark is not None:
+                tx.upsert(WATERMARK, [("projector", mark.position, mark.event_id, mark.log)])
             for view, table_changes in changes:
                 for tc in table_changes:
                     tx.delete(tc.table, tc.deletes)
@@ -223,8 +262,9 @@ class Projector:
                 ChainHead(position, chain.digest.hex(), chain.head.events, chain.last_at) if chain is not None else None
             )
             self._uncommitted = 0
+            mark = Watermark(position, self._last_id, self._log_id) if self._last_id else None
             await self._await_inflight()
-            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._write, changes, position))
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._write, changes, position, mark))
             self.batches += 1
             return head
 
@@ -246,6 +286,7 @@ class Projector:
         """Fold every event after the checkpoint up to the current head, then commit; the position."""
         if not self._opened:
             self.open()
+        await self._check_log()
         fold = self.fold
         async for envs in read_batches(
             self.events, self._position, batch=self.read_batch, on_invalid=self.quarantine_invalid

@@ -35,6 +35,8 @@ from events.errors import (
     PayloadTooLarge,
     StoreError,
     StoreUnavailable,
+    UnknownEventType,
+    UnknownSchemaVersion,
 )
 from events.registry import DEFAULT_REGISTRY, MAX_EVENT_BYTES, EventRegistry
 from events.store.connection import Access, connect_nats
@@ -504,6 +506,45 @@ class JetStreamEventStore:
         except nats.errors.TimeoutError as e:
             raise StoreUnavailable("no answer from JetStream for stream info") from e
         return int(info.state.last_seq)
+
+    async def unreadable_tail(self, stream: str, after: int) -> int:
+        """See ``EventStore.unreadable_tail``."""
+        last = 0
+        subject = f"{self.settings.prefix}.{stream}"
+        async for raw in self.read_raw(subject=subject, after=after):
+            try:
+                decode_message(stream, raw.data, raw.headers, raw.sequence, self._registry)
+            except UnknownEventType:
+                return 0  # perhaps a newer writer's: never skipped, the conflict stays (and is loud)
+            except UnknownSchemaVersion as e:
+                if isinstance(e.version, int) and not isinstance(e.version, bool) and e.version > 0:
+                    return 0  # a version this reader does not know yet: never skipped
+                last = raw.sequence  # no version, or not a number: malformed
+                continue
+            except InvalidPayload:
+                last = raw.sequence
+                continue
+            return 0  # a valid event: the reader was behind, nothing to skip
+        return last
+
+    async def log_id(self) -> str:
+        """See ``EventStore.log_id``: the event stream's name and creation time (kept by the server)."""
+        try:
+            info = await self.js.stream_info(self.settings.name)
+        except nats.errors.TimeoutError as e:
+            raise StoreUnavailable("no answer from JetStream for stream info") from e
+        return f"{self.settings.name}@{info.created or ''}"
+
+    async def read_at(self, position: int) -> Envelope | None:
+        """See ``EventStore.read_at``: one direct get by sequence."""
+        if position < 1:
+            return None
+        async for msg in self._direct_get({"seq": position}):
+            h = msg.headers or {}
+            if not msg.data and "Status" in h:
+                return None  # 404: no message at that position (never written, or lost)
+            return self._decode(h.get("Nats-Subject", ""), msg.data, h, position)
+        return None
 
     async def read_raw(
         self,

@@ -128,6 +128,19 @@ class MemoryEventStore:
         """See ``EventStore.head``."""
         return len(self._log)
 
+    async def unreadable_tail(self, stream: str, after: int) -> int:
+        """See ``EventStore.unreadable_tail``: this store holds only valid events."""
+        return 0
+
+    async def log_id(self) -> str:
+        """See ``EventStore.log_id``: this object's identity."""
+        return f"memory-{id(self):x}"
+
+    async def read_at(self, position: int) -> Envelope | None:
+        """See ``EventStore.read_at``."""
+        self._check_open()
+        return self._log[position - 1] if 1 <= position <= len(self._log) else None
+
     async def stream_position(self, stream: str) -> int:
         """See ``EventStore.stream_position``."""
         positions = self._streams.get(stream)

@@ -87,6 +87,21 @@ class EventStore(Protocol):
         """The position of ``stream``'s last event, 0 if it has none."""
         ...
 
+    async def read_at(self, position: int) -> Envelope | None:
+        """The event at global ``position``; None if there is none, or it does not decode."""
+        ...
+
+    async def unreadable_tail(self, stream: str, after: int) -> int:
+        """If every stored message of ``stream`` after ``after`` is permanently unreadable (malformed,
+        out of range: not merely of a type or version this reader does not know yet), the position of
+        the last one; else 0. Positive evidence, read from the messages themselves: a reader that
+        lags behind the stream sees no messages there, and gets 0."""
+        ...
+
+    async def log_id(self) -> str:
+        """Which log this is: the same for as long as the log exists, different for a new one."""
+        ...
+
     async def close(self) -> None:
         """Release connections; subscriptions end."""
         ...

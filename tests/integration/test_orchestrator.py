@@ -276,6 +276,8 @@ async def test_sigkilled_orchestrator_nats_server_and_provider_lose_and_duplicat
         "3",
         "--lease-grace",
         "5",
+        "--data-dir",
+        str(server.root),
     )
 
     def provider(prefix: str) -> subprocess.Popen[bytes]:

@@ -103,6 +103,9 @@ class FaultyStore:
     async def read_stream(self, stream: str, after: int = 0) -> list[Envelope]:
         return await self.inner.read_stream(stream, after)
 
+    async def unreadable_tail(self, stream: str, after: int) -> int:
+        return await self.inner.unreadable_tail(stream, after)
+
     def read_all(self, after: int = 0):  # type: ignore[no-untyped-def]
         return self.inner.read_all(after)
 
