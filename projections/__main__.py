@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import os
 import resource
@@ -147,6 +148,9 @@ async def _audit(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
+    # SIGUSR1 dumps every thread's stack to stderr: for an operator (or a test) asking what a stuck
+    # projector is doing.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     command = {"run": _run, "rebuild": _rebuild, "audit": _audit}[args.command]
     return asyncio.run(command(args))
 

@@ -37,7 +37,9 @@ async def publish(server: SecureServer, settings: StreamSettings, envs: list[obj
 STARTED: list[asyncio.subprocess.Process] = []
 
 
-async def start(server: SecureServer, settings: StreamSettings, db: Path, *extra: str) -> asyncio.subprocess.Process:
+async def start(
+    server: SecureServer, settings: StreamSettings, db: Path, *extra: str, stderr: Path | None = None
+) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -62,7 +64,7 @@ async def start(server: SecureServer, settings: StreamSettings, db: Path, *extra
         *extra,
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=stderr.open("wb") if stderr is not None else asyncio.subprocess.DEVNULL,
     )
     STARTED.append(proc)
     return proc
@@ -138,11 +140,18 @@ async def test_killed_mid_batch_then_at_random_restarts_exactly(nats_server: Sec
     assert len(set(positions_of(db).values())) == 1
 
     # 3. Restart again, append the last events, and stop it gracefully once it has them all.
-    proc = await start(nats_server, settings, db)
+    err = tmp_path / "projector.err"
+    proc = await start(nats_server, settings, db, stderr=err)
     await publish(nats_server, settings, tail[700:])
     await wait_for_checkpoint(db, len(sim.events))
     os.kill(proc.pid, signal.SIGTERM)
-    await asyncio.wait_for(proc.wait(), 30)
+    try:
+        await asyncio.wait_for(proc.wait(), 30)
+    except TimeoutError:
+        # Once seen under load (a projector ignoring SIGTERM for 30 s): say where it was stuck.
+        os.kill(proc.pid, signal.SIGUSR1)
+        await asyncio.sleep(1.0)
+        raise AssertionError("the projector did not stop on SIGTERM; its stacks:\n" + err.read_text()[-8000:]) from None
     assert set(positions_of(db).values()) == {len(sim.events)}
 
     # Nothing lost, nothing applied twice: equal to a rebuild from position 0, table by table.
