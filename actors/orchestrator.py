@@ -42,7 +42,7 @@ from actors.task import (
     task_decider,
 )
 from actors.world import World
-from events import ANY, Envelope, GpufleetError, InvalidPayload, StoreUnavailable, new_envelope
+from events import ANY, Envelope, GpufleetError, InvalidPayload, LogRegressed, StoreUnavailable, new_envelope
 from events.dispatch import Heartbeat, LeaseGranted, LeaseRevoked
 from events.intake import (
     InputAccepted,
@@ -133,6 +133,10 @@ class Orchestrator:
         self._log_id = ""
         #: The heartbeat watch is established and the bucket answers (liveness is judged only then).
         self._hearing = False
+        #: Set when the orchestrator stopped for good on its own (``fatal`` says why).
+        self.halted = asyncio.Event()
+        self.fatal: GpufleetError | None = None
+        self._stopping: asyncio.Future[None] | None = None
         self._saved: Watermark | None = None
 
     @classmethod
@@ -146,7 +150,13 @@ class Orchestrator:
             if holder:
                 holder[0].reconnected()
 
-        nc = await connect_nats(access, name="gpufleet-orchestrator", on_reconnect=reconnected)
+        async def disconnected() -> None:
+            if holder:
+                holder[0].disconnected()
+
+        nc = await connect_nats(
+            access, name="gpufleet-orchestrator", on_reconnect=reconnected, on_disconnect=disconnected
+        )
         orch = cls(nc, topology=topology, config=config)
         holder.append(orch)
         try:
@@ -489,6 +499,40 @@ class Orchestrator:
             cmd = HeartbeatSeen(command_id=new_id("hb-"), at=utc_now())
             self._submit(Intent("provider", provider_id, cmd))
 
+    def disconnected(self) -> None:
+        """The link to NATS is gone: nothing is appended until the log is known to be the same after it."""
+        self.store.pause_writes()
+
+    async def _recheck_log(self) -> None:
+        """After a reconnect: is the log still the one this orchestrator applied? (A server can come
+        back from a crash or a restore with fewer events.) Writes resume only if it is."""
+        while True:
+            try:
+                await check_watermark(self.store, self._applied, "orchestrator")
+                break
+            except LogRegressed as e:
+                self._halt(e)
+                return
+            except (StoreUnavailable, nats.errors.Error) as e:
+                self.log.warning("orchestrator.log_check_failed", error=str(e) or type(e).__name__)
+                await asyncio.sleep(0.5)
+        self.store.resume_writes()
+
+    def _halt(self, error: GpufleetError) -> None:
+        """Stop for good, writing nothing more: the error is one line, for a person."""
+        self.log.error("orchestrator.halted", error=str(error))
+        self.fatal = error
+        self._live = False
+        self.store.pause_writes()
+        self.halted.set()
+        self._stopping = asyncio.ensure_future(self.stop())  # not one of the in-flight tasks it awaits
+
+    async def wait(self) -> None:
+        """Run until the orchestrator halts on its own; then raise why (``LogRegressed``)."""
+        await self.halted.wait()
+        if self.fatal is not None:
+            raise self.fatal
+
     def reconnected(self) -> None:
         """The link to NATS came back: start the clocks again, and subscribe again at once.
 
@@ -500,6 +544,7 @@ class Orchestrator:
         self._started_at = utc_now()
         self._last_seen.clear()
         self._hearing = False
+        self._spawn(self._recheck_log())
         if self._live:
             self._restart("follow", lambda: self._follow(self.world.position))
             self._restart("liveness", self._liveness)

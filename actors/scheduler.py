@@ -52,6 +52,8 @@ class PendingTask:
     order: int = 0
     #: Set aside until its shape can be placed (in a ``_Waiting`` heap, not in its fair queue).
     aside: bool = False
+    #: Its fair-share tag among the tasks waiting aside, kept if it has to wait aside again.
+    tag: float | None = None
 
     @property
     def shape(self) -> tuple[object, ...]:
@@ -344,11 +346,14 @@ class Scheduler:
         if waiting is None:
             waiting = self._blocked[shape] = _Waiting()
         t.aside = True
-        key = (t.priority, t.submitter)
-        start = max(level.passes.get(t.submitter, 0.0), level.vtime, waiting.tags.get(key, 0.0))
-        tag = start + 1.0 / self._weights.get(t.submitter, 1.0)
-        waiting.tags[key] = tag
-        heapq.heappush(waiting.heap, (-t.priority, tag, next(self._seq), t))
+        if t.tag is None:
+            key = (t.priority, t.submitter)
+            start = max(level.passes.get(t.submitter, 0.0), level.vtime, waiting.tags.get(key, 0.0))
+            t.tag = start + 1.0 / self._weights.get(t.submitter, 1.0)
+            waiting.tags[key] = t.tag
+        # A task handed back and set aside again keeps its place: it does not go behind those that
+        # waited after it.
+        heapq.heappush(waiting.heap, (-t.priority, t.tag, t.order, t))
 
     def _any_free(self) -> bool:
         """Whether any available provider has a free slot (one look per class)."""

@@ -188,11 +188,19 @@ def up(
         loop = asyncio.get_running_loop()
         # SIGTERM (systemd, Docker, a supervisor) stops as cleanly as Ctrl-C: nats-server goes too.
         loop.add_signal_handler(signal.SIGTERM, stop.set)
+        orch = net.orchestrator
+        assert orch is not None
         try:
             _print_network(net)
-            await stop.wait()
+            halted = asyncio.ensure_future(orch.halted.wait())
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([halted, stopping], return_when=asyncio.FIRST_COMPLETED)
+            halted.cancel()
+            stopping.cancel()
         finally:
             await net.stop()
+        if orch.fatal is not None:
+            raise orch.fatal  # the log was lost under the running network: one line, non-zero
 
     try:
         _run(run())
@@ -740,7 +748,7 @@ def orchestrator_run(
         await feed.start()
         console.print(f"orchestrator running on {access.url} (log position {orch.world.position})", highlight=False)
         try:
-            await asyncio.Event().wait()
+            await orch.wait()  # until interrupted, or until it halts on its own (a lost log): one line
         finally:
             await feed.stop()
             await store.close()

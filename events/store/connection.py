@@ -69,13 +69,15 @@ async def connect_nats(
     name: str = "gpufleet",
     timeout: float = 5.0,
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
+    on_disconnect: Callable[[], Awaitable[None]] | None = None,
     **kw: Any,
 ) -> NATS:
     """Connect within ``timeout`` seconds, or raise ``StoreUnavailable`` (``AccessDenied`` when refused).
 
     With credentials, the connection's inbox is the identity's own (``_INBOX.<role>.<name>``), the
     only reply subjects its permissions let it read. Once connected, the client reconnects forever
-    and logs each disconnect and reconnect; ``on_reconnect`` is awaited after each reconnection.
+    and logs each disconnect and reconnect; ``on_disconnect`` is awaited after each loss of the link
+    (not our own close), ``on_reconnect`` after each reconnection.
     """
     if isinstance(access, str):
         access = Access(access)
@@ -123,10 +125,12 @@ async def connect_nats(
         else:
             log.debug("nats.error", error=text)
 
-    async def on_disconnect() -> None:
+    async def disconnected() -> None:
         if holder and (holder[0].is_closed or holder[0].is_draining):
             return  # our own close, not a fault
         log.warning("nats.disconnected")
+        if on_disconnect is not None:
+            await on_disconnect()
 
     async def reconnected() -> None:
         log.info("nats.reconnected")
@@ -141,7 +145,7 @@ async def connect_nats(
             reconnect_time_wait=0.25,
             connect_timeout=min(timeout, 2.0),
             error_cb=on_error,
-            disconnected_cb=on_disconnect,
+            disconnected_cb=disconnected,
             reconnected_cb=reconnected,
             **kw,
         )

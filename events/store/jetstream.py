@@ -175,6 +175,9 @@ class JetStreamEventStore:
         self._batches = asyncio.Semaphore(min(max_inflight_batches, 50))
         #: Called for every stored message that does not decode (it is skipped); replaceable.
         self.on_invalid = on_invalid
+        #: Cleared while the log may not be written to (``pause_writes``): appends wait.
+        self._writable = asyncio.Event()
+        self._writable.set()
         self._owns = owns_connection
         self._inbox = _Inbox(nc)
         self._started = False
@@ -225,8 +228,18 @@ class JetStreamEventStore:
 
     # ---- writing -------------------------------------------------------------------------------
 
+    def pause_writes(self) -> None:
+        """Hold every append until ``resume_writes``: while the log is not known to be the one we wrote."""
+        self._writable.clear()
+
+    def resume_writes(self) -> None:
+        """Let appends go again."""
+        self._writable.set()
+
     async def append(self, stream: str, events: Sequence[Envelope], expected: int | None) -> AppendResult:
         """See ``EventStore.append``."""
+        if not self._writable.is_set():
+            await self._writable.wait()
         check_stream(stream)
         if not events:
             current = await self.stream_position(stream)
@@ -364,6 +377,8 @@ class JetStreamEventStore:
         Each stream's first message carries its expected position; the server checks them all when
         the batch commits, so a stale one rejects the whole batch.
         """
+        if not self._writable.is_set():
+            await self._writable.wait()
         streams = [stream for stream, _, _ in appends]
         if len(set(streams)) != len(streams):
             raise InvalidPayload("a stream appears twice in one atomic append", field="subject")

@@ -12,7 +12,9 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from actors.scheduler import Assignment, PendingTask, Scheduler
+import pytest
+
+from actors.scheduler import Assignment, PendingTask, ProviderInfo, Scheduler
 from events.estimates import RuntimeModel, base_seconds
 from events.types import Calibration, Capabilities, Estimate, Resources
 
@@ -423,3 +425,39 @@ def test_a_task_that_fits_nowhere_costs_its_submitter_no_share() -> None:
     # bob's first task goes first (a tie, and bob was backlogged first once alice's CUDA task waits aside);
     # alice's CUDA tasks fit nowhere and must not cost her a turn: her task that fits comes next
     assert [a.task.task_id for a in one_at_a_time(s, 2)] == ["bob.1", "alice.fits"]
+
+
+def test_a_task_handed_back_then_set_aside_again_no_longer_holds_the_slot() -> None:
+    s = gpu_busy_cpu_idle()
+    waiting = [cuda_task() for _ in range(2)]
+    for t in waiting:
+        s.enqueue(t)
+    assert s.assign() == []
+    s.release("gpu")  # waiting[0] is handed back for the freed slot...
+    s.occupy("gpu")  # ...which a lease seen in the log takes first: waiting[0] waits aside again
+    assert s.assign() == []
+    s.release("gpu")  # free again: waiting[0] must be handed back again, not counted as still queued
+    assert [a.task.task_id for a in s.assign()] == [waiting[0].task_id]
+
+
+def test_a_crash_while_placing_charges_nobody_and_strands_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Scheduler()
+    s.upsert_provider("p", caps(1), None, available=True)
+    for _ in range(2):
+        s.enqueue(task("alice"))
+        s.enqueue(task("bob"))
+    real = s._score
+    calls = {"n": 0}
+
+    def flaky(t: PendingTask, p: ProviderInfo) -> tuple[float, float]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected")
+        return real(t, p)
+
+    monkeypatch.setattr(s, "_score", flaky)
+    with pytest.raises(RuntimeError):
+        s.assign(limit=1)
+    # alice was being placed when it failed: she is not charged for it, and everything is placed.
+    assert s._levels[5].passes.get("alice", 0.0) == 0.0
+    assert sorted(a.task.submitter for a in one_at_a_time(s, 4)) == ["alice", "alice", "bob", "bob"]
