@@ -173,9 +173,9 @@ class Orchestrator:
         # The admin creates the streams (``gpufleet up`` does); the orchestrator may not.
         self.topology = await check_topology(self.js, self.topology)
         await self.store.ensure()
+        self._log_id = await self.store.log_id()
         if self._watermark is not None:
             # Never write on top of a log that lost what this orchestrator already applied.
-            self._log_id = await self.store.log_id()
             same = await check_watermark(
                 self.store, self._watermark.load(), "orchestrator", reset_hint=f"delete {self._watermark.path}"
             )
@@ -506,17 +506,25 @@ class Orchestrator:
     async def _recheck_log(self) -> None:
         """After a reconnect: is the log still the one this orchestrator applied? (A server can come
         back from a crash or a restore with fewer events.) Writes resume only if it is."""
+        epoch = self.store.write_epoch
         while True:
+            if epoch != self.store.write_epoch:
+                return  # the link went down again meanwhile: the check after that reconnect decides
             try:
-                await check_watermark(self.store, self._applied, "orchestrator")
+                if not await check_watermark(self.store, self._applied, "orchestrator"):
+                    raise LogRegressed(
+                        "orchestrator: the log was replaced under the running orchestrator (its stream "
+                        "was created again): restore the store from a backup or a replica; nothing was written"
+                    )
                 break
             except LogRegressed as e:
                 self._halt(e)
                 return
-            except (StoreUnavailable, nats.errors.Error) as e:
-                self.log.warning("orchestrator.log_check_failed", error=str(e) or type(e).__name__)
+            except Exception as e:  # not known yet (a server still recovering): writes stay held
+                self.log.warning("orchestrator.log_check_failed", error=f"{type(e).__name__}: {e}")
                 await asyncio.sleep(0.5)
-        self.store.resume_writes()
+        if epoch == self.store.write_epoch and self.nc.is_connected:
+            self.store.resume_writes()
 
     def _halt(self, error: GpufleetError) -> None:
         """Stop for good, writing nothing more: the error is one line, for a person."""

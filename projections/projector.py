@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -142,6 +143,8 @@ class Projector:
         for v in self.views:
             try:
                 v.load(self.db)
+            except sqlite3.Error:
+                raise  # the database itself (locked, damaged): not this view's rows; nothing is cleared
             except Exception as e:
                 # Stored rows this view cannot take back (a fold that failed half-way, once, and was
                 # quarantined; or a bug): read models are disposable, so this one view starts over
@@ -352,6 +355,10 @@ class Projector:
             return
         event = AuditCheckpointed(at=head.at, position=head.position, digest=head.digest, events=head.events)
         env = new_envelope(CHAIN_STREAM, event, id=f"audit-{head.position}", source=self.source)
+        # The projector writes too: never a checkpoint on top of a log that lost what it applied (the
+        # check raises ``LogRegressed``, which stops the projector).
+        if self._last_id:
+            await check_watermark(self.events, Watermark(self._position, self._last_id, self._log_id), "projector")
         try:
             expected = await self.events.stream_position(CHAIN_STREAM)
             await self.events.append(CHAIN_STREAM, [env], expected=expected)

@@ -178,6 +178,11 @@ class JetStreamEventStore:
         #: Cleared while the log may not be written to (``pause_writes``): appends wait.
         self._writable = asyncio.Event()
         self._writable.set()
+        #: Incremented at each ``pause_writes``: an append begun before it is never sent again after.
+        self._epoch = 0
+        #: Set by the first ``pause_writes``: from then on, nothing is sent while disconnected (nats-py
+        #: would buffer it and deliver it to whatever server answers next, before anyone checked it).
+        self._guarded = False
         self._owns = owns_connection
         self._inbox = _Inbox(nc)
         self._started = False
@@ -229,17 +234,32 @@ class JetStreamEventStore:
     # ---- writing -------------------------------------------------------------------------------
 
     def pause_writes(self) -> None:
-        """Hold every append until ``resume_writes``: while the log is not known to be the one we wrote."""
+        """Hold every append until ``resume_writes``: while the log is not known to be the one we wrote.
+
+        An append already under way is not sent again: its next try fails with ``StoreUnavailable``.
+        """
+        self._guarded = True
+        self._epoch += 1
         self._writable.clear()
 
     def resume_writes(self) -> None:
         """Let appends go again."""
         self._writable.set()
 
+    @property
+    def write_epoch(self) -> int:
+        """Changes at every ``pause_writes``."""
+        return self._epoch
+
+    def _guard(self, epoch: int) -> None:
+        if self._guarded and (epoch != self._epoch or not self._writable.is_set() or not self.nc.is_connected):
+            raise StoreUnavailable("the link to the log went down during this append; it is not sent again")
+
     async def append(self, stream: str, events: Sequence[Envelope], expected: int | None) -> AppendResult:
         """See ``EventStore.append``."""
         if not self._writable.is_set():
             await self._writable.wait()
+        epoch = self._epoch
         check_stream(stream)
         if not events:
             current = await self.stream_position(stream)
@@ -262,10 +282,10 @@ class JetStreamEventStore:
             messages[0][1]["Nats-Expected-Last-Subject-Sequence"] = str(expected)
         subject = f"{self.settings.prefix}.{stream}"
         if len(messages) == 1:
-            ack = await self._publish(subject, *messages[0])
+            ack = await self._publish(subject, *messages[0], epoch=epoch)
         else:
             async with self._batches:
-                ack = await self._publish_batch(subject, messages)
+                ack = await self._publish_batch(subject, messages, epoch=epoch)
         err = ack.get("error")
         if err is None:
             seq = int(ack["seq"])
@@ -283,8 +303,9 @@ class JetStreamEventStore:
             return result
         return await self._resolve_error(stream, ids, expected, err)
 
-    async def _publish(self, subject: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    async def _publish(self, subject: str, body: bytes, headers: dict[str, str], *, epoch: int = 0) -> dict[str, Any]:
         for attempt in range(self._retries + 1):
+            self._guard(epoch)
             try:
                 msg = await self.nc.request(subject, body, timeout=self._timeout, headers=headers)
                 return self._ack(msg)
@@ -296,8 +317,11 @@ class JetStreamEventStore:
                 raise StoreUnavailable("the NATS connection is closed") from e
         raise StoreUnavailable(f"no acknowledgement for {subject} after {self._retries + 1} tries")
 
-    async def _publish_batch(self, subject: str, messages: list[tuple[bytes, dict[str, str]]]) -> dict[str, Any]:
+    async def _publish_batch(
+        self, subject: str, messages: list[tuple[bytes, dict[str, str]]], *, epoch: int = 0
+    ) -> dict[str, Any]:
         for attempt in range(self._retries + 1):
+            self._guard(epoch)
             batch_id = self.nc._nuid.next().decode()
             last = len(messages)
             try:
@@ -379,6 +403,7 @@ class JetStreamEventStore:
         """
         if not self._writable.is_set():
             await self._writable.wait()
+        epoch = self._epoch
         streams = [stream for stream, _, _ in appends]
         if len(set(streams)) != len(streams):
             raise InvalidPayload("a stream appears twice in one atomic append", field="subject")
@@ -399,7 +424,7 @@ class JetStreamEventStore:
         if not items:
             return [await self.append(stream, [], expected) for stream, _, expected in appends]
         async with self._batches:
-            ack = await self._publish_atomic(items)
+            ack = await self._publish_atomic(items, epoch=epoch)
         if ack.get("error") is None:
             seq = int(ack["seq"]) - total + 1
             out = []
@@ -422,10 +447,13 @@ class JetStreamEventStore:
                 raise ConcurrencyError(stream, expected, current)
         raise InvalidPayload("an event id of this append is already stored, in another append", field="id")
 
-    async def _publish_atomic(self, items: list[tuple[str, bytes, dict[str, str]]]) -> dict[str, Any]:
+    async def _publish_atomic(
+        self, items: list[tuple[str, bytes, dict[str, str]]], *, epoch: int = 0
+    ) -> dict[str, Any]:
         """Publish ``(subject, body, headers)`` as one atomic batch; the commit's acknowledgement."""
         last = len(items)
         for attempt in range(self._retries + 1):
+            self._guard(epoch)
             batch_id = self.nc._nuid.next().decode()
             try:
                 for i, (subject, body, headers) in enumerate(items[:-1], start=1):
@@ -549,6 +577,18 @@ class JetStreamEventStore:
         except nats.errors.TimeoutError as e:
             raise StoreUnavailable("no answer from JetStream for stream info") from e
         return f"{self.settings.name}@{info.created or ''}"
+
+    async def event_id_at(self, position: int) -> str | None:
+        """See ``EventStore.event_id_at``: one direct get; the id from the headers, nothing decoded (an
+        event of a type this version does not know is still there)."""
+        if position < 1:
+            return None
+        async for msg in self._direct_get({"seq": position}):
+            h = msg.headers or {}
+            if not msg.data and "Status" in h:
+                return None
+            return h.get("ce-id") or h.get("Nats-Msg-Id") or ""
+        return None
 
     async def read_at(self, position: int) -> Envelope | None:
         """See ``EventStore.read_at``: one direct get by sequence."""

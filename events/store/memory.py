@@ -136,6 +136,11 @@ class MemoryEventStore:
         """See ``EventStore.log_id``: this object's identity."""
         return f"memory-{id(self):x}"
 
+    async def event_id_at(self, position: int) -> str | None:
+        """See ``EventStore.event_id_at``."""
+        env = await self.read_at(position)
+        return env.id if env is not None else None
+
     async def read_at(self, position: int) -> Envelope | None:
         """See ``EventStore.read_at``."""
         self._check_open()

@@ -91,6 +91,10 @@ class EventStore(Protocol):
         """The event at global ``position``; None if there is none, or it does not decode."""
         ...
 
+    async def event_id_at(self, position: int) -> str | None:
+        """The id of the message stored at global ``position``, without decoding it; None if none."""
+        ...
+
     async def unreadable_tail(self, stream: str, after: int) -> int:
         """If every stored message of ``stream`` after ``after`` is permanently unreadable (malformed,
         out of range: not merely of a type or version this reader does not know yet), the position of

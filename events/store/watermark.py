@@ -60,15 +60,15 @@ async def check_watermark(store: EventStore, mark: Watermark | None, who: str, *
     head = await store.head()
     if head < mark.position:
         raise LogRegressed(f"{who}: log regressed from {mark.position} to {head} events: {hint}")
-    env = await store.read_at(mark.position)
-    if env is None:
+    found = await store.event_id_at(mark.position)
+    if found is None:
         raise LogRegressed(
             f"{who}: log lost events: position {mark.position} ({mark.event_id!r}, already applied) "
             f"is gone though the log claims {head} events: {hint}"
         )
-    if env.id != mark.event_id:
+    if found != mark.event_id:
         raise LogRegressed(
-            f"{who}: log rewritten at position {mark.position}: it holds {env.id!r} "
+            f"{who}: log rewritten at position {mark.position}: it holds {found!r} "
             f"where {mark.event_id!r} was applied: {hint}"
         )
     return True
