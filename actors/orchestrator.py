@@ -53,7 +53,7 @@ from events.intake import (
 from events.store import JetStreamEventStore
 from events.store.connection import Access, connect_nats
 from events.store.topology import Topology, check_topology
-from events.store.watermark import Watermark, WatermarkFile, check_watermark
+from events.store.watermark import Watermark, WatermarkFile, check_watermark, watermark_file
 from events.subjects import outcomes_stream_of
 from events.types import utc_now
 
@@ -61,8 +61,6 @@ __all__ = ["Orchestrator", "OrchestratorConfig"]
 
 _log = structlog.get_logger("gpufleet.orchestrator")
 
-#: The orchestrator's watermark, in its ``state_dir``.
-WATERMARK_FILE = "orchestrator.watermark.json"
 
 #: The durable consumer on the intake stream that every orchestrator of a network shares.
 INTAKE_CONSUMER = "orchestrators"
@@ -126,9 +124,8 @@ class Orchestrator:
             on_change=self._leadership_changed,
         )
         self.log = _log.bind(source=source)
-        self._watermark = (
-            WatermarkFile(self.config.state_dir / WATERMARK_FILE) if self.config.state_dir is not None else None
-        )
+        #: The watermark file, one per log in ``state_dir`` (known once the log's identity is read).
+        self._watermark: WatermarkFile | None = None
         self._applied: Watermark | None = None
         self._log_id = ""
         #: The heartbeat watch is established and the bucket answers (liveness is judged only then).
@@ -174,7 +171,8 @@ class Orchestrator:
         self.topology = await check_topology(self.js, self.topology)
         await self.store.ensure()
         self._log_id = await self.store.log_id()
-        if self._watermark is not None:
+        if self.config.state_dir is not None:
+            self._watermark = watermark_file(self.config.state_dir, "orchestrator", self._log_id)
             # Never write on top of a log that lost what this orchestrator already applied.
             same = await check_watermark(
                 self.store, self._watermark.load(), "orchestrator", reset_hint=f"delete {self._watermark.path}"

@@ -24,6 +24,7 @@ power, and the signed checkpoints of the audit are the answer to it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from pathlib import Path
 from events.errors import LogRegressed
 from events.store.protocol import EventStore
 
-__all__ = ["Watermark", "WatermarkFile", "check_watermark"]
+__all__ = ["Watermark", "WatermarkFile", "check_watermark", "watermark_file"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,13 @@ async def check_watermark(store: EventStore, mark: Watermark | None, who: str, *
             f"where {mark.event_id!r} was applied: {hint}"
         )
     return True
+
+
+def watermark_file(directory: Path, who: str, log: str) -> WatermarkFile:
+    """The watermark file of ``who`` for log ``log`` in ``directory``: one file per log, so that
+    components of several networks sharing a data directory never overwrite each other's."""
+    digest = hashlib.sha256(log.encode()).hexdigest()[:16]
+    return WatermarkFile(directory / f"{who}.{digest}.watermark.json")
 
 
 class WatermarkFile:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.orchestrator import WATERMARK_FILE, Orchestrator, OrchestratorConfig
+from actors.orchestrator import Orchestrator, OrchestratorConfig
 from events import LogRegressed
 from events.store import JetStreamEventStore
 from events.store.watermark import WatermarkFile
@@ -75,7 +75,8 @@ async def test_a_truncated_store_stops_the_orchestrator_and_the_projector_loudly
     server = own_nats_server
     state, db_path = tmp_path / "state", tmp_path / "readmodels.sqlite"
     head = await _run_some_jobs(server, state, db_path)
-    mark = WatermarkFile(state / WATERMARK_FILE).load()
+    (path,) = state.glob("orchestrator.*.watermark.json")
+    mark = WatermarkFile(path).load()
     assert mark is not None and mark.position == head
 
     # The disk fault: with the server down, the message block loses its second half (and, in one

@@ -20,7 +20,7 @@ from events import NO_STREAM, LogRegressed, MemoryEventStore
 from events.codec import encode
 from events.errors import StoreError
 from events.store.jetstream import JetStreamEventStore
-from events.store.watermark import Watermark, WatermarkFile, check_watermark
+from events.store.watermark import Watermark, check_watermark, watermark_file
 from tests.factories import queued
 
 
@@ -164,22 +164,19 @@ async def test_a_watermark_at_an_event_this_version_does_not_know_is_not_reporte
     assert await check_watermark(store, Watermark(7, env.id, "L"), "orchestrator")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="one watermark file per data dir, not per log: an orchestrator of another network run with "
-    "the same (default) data dir overwrites it, and this network's next start sees a 'new log' and "
-    "skips the regression check entirely",
-)
+# Was a strict xfail (fixed): one watermark file per log, not per data directory.
 async def test_a_shared_data_dir_does_not_disable_the_check_for_the_other_network(tmp_path: Path) -> None:
     ours = MemoryEventStore()
     for i in range(3):
         await ours.append(f"task.t{i}", [queued(f"task.t{i}")], expected=NO_STREAM)
     last = await ours.read_at(3)
     assert last is not None
-    wm = WatermarkFile(tmp_path / "orchestrator.watermark.json")
+    wm = watermark_file(tmp_path, "orchestrator", await ours.log_id())
     wm.save(Watermark(3, last.id, await ours.log_id()))
     # another network's orchestrator, same data dir, saves its own mark
-    wm.save(Watermark(40, "other", "GF_EVENTS@another-network"))
+    watermark_file(tmp_path, "orchestrator", "GF_EVENTS@another-network").save(
+        Watermark(40, "other", "GF_EVENTS@another-network")
+    )
     # our log then loses an event (a regressed store)
     shorter = MemoryEventStore()
     shorter.log_id = ours.log_id  # type: ignore[method-assign]
