@@ -126,7 +126,8 @@ class Orchestrator:
         self.log = _log.bind(source=source)
         #: The watermark file, one per log in ``state_dir`` (known once the log's identity is read).
         self._watermark: WatermarkFile | None = None
-        self._applied: Watermark | None = None
+        #: The last event applied (kept as is: the hot path allocates nothing for the watermark).
+        self._last_env: Envelope | None = None
         self._log_id = ""
         #: The heartbeat watch is established and the bucket answers (liveness is judged only then).
         self._hearing = False
@@ -210,6 +211,11 @@ class Orchestrator:
                 asyncio.create_task(self._supervise("watermark", self._watermark_loop), name="watermark")
             )
 
+    @property
+    def _applied(self) -> Watermark | None:
+        env = self._last_env
+        return Watermark(env.sequence, env.id, self._log_id) if env is not None else None
+
     async def _watermark_loop(self) -> None:
         while True:
             await asyncio.sleep(1.0)
@@ -277,7 +283,7 @@ class Orchestrator:
             return  # seen already (catch-up overlapped the subscription)
         fx = self.core.apply(env, live=self._live)
         if env.sequence:
-            self._applied = Watermark(env.sequence, env.id, self._log_id)
+            self._last_env = env
         if len(fx.intents) > 1:
             self._submit_many(fx.intents)
         else:

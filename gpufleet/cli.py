@@ -568,7 +568,10 @@ def replay(
                 console.print(f"[red]quarantined {len(skipped)} stored event(s)[/], skipped by the read models:")
                 for r in skipped[:10]:
                     where = f" ({r.field})" if r.field else ""
-                    console.print(f"  position {r.position}, view {r.view}{where}: {r.reason}", highlight=False)
+                    # Stored text, not ours: printed as is, never read as rich markup.
+                    console.print(
+                        f"  position {r.position}, view {r.view}{where}: {r.reason}", highlight=False, markup=False
+                    )
             if err.n:
                 console.print(f"ETA error over {err.n} tasks: median {err.median:.1%}, p90 {err.p90:.1%}")
             if audit:

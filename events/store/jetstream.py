@@ -590,17 +590,6 @@ class JetStreamEventStore:
             return h.get("ce-id") or h.get("Nats-Msg-Id") or ""
         return None
 
-    async def read_at(self, position: int) -> Envelope | None:
-        """See ``EventStore.read_at``: one direct get by sequence."""
-        if position < 1:
-            return None
-        async for msg in self._direct_get({"seq": position}):
-            h = msg.headers or {}
-            if not msg.data and "Status" in h:
-                return None  # 404: no message at that position (never written, or lost)
-            return self._decode(h.get("Nats-Subject", ""), msg.data, h, position)
-        return None
-
     async def read_raw(
         self,
         stream: str | None = None,

@@ -138,13 +138,8 @@ class MemoryEventStore:
 
     async def event_id_at(self, position: int) -> str | None:
         """See ``EventStore.event_id_at``."""
-        env = await self.read_at(position)
-        return env.id if env is not None else None
-
-    async def read_at(self, position: int) -> Envelope | None:
-        """See ``EventStore.read_at``."""
         self._check_open()
-        return self._log[position - 1] if 1 <= position <= len(self._log) else None
+        return self._log[position - 1].id if 1 <= position <= len(self._log) else None
 
     async def stream_position(self, stream: str) -> int:
         """See ``EventStore.stream_position``."""

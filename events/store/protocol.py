@@ -87,10 +87,6 @@ class EventStore(Protocol):
         """The position of ``stream``'s last event, 0 if it has none."""
         ...
 
-    async def read_at(self, position: int) -> Envelope | None:
-        """The event at global ``position``; None if there is none, or it does not decode."""
-        ...
-
     async def event_id_at(self, position: int) -> str | None:
         """The id of the message stored at global ``position``, without decoding it; None if none."""
         ...

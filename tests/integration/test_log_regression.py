@@ -96,7 +96,7 @@ async def test_a_truncated_store_stops_the_orchestrator_and_the_projector_loudly
         if shorter < head:
             expected = f"log regressed from {head} to {shorter} events"
         else:
-            assert await reader.read_at(head) is None
+            assert await reader.event_id_at(head) is None
             expected = f"log lost events: position {head} ({mark.event_id!r}, already applied) is gone"
 
         # The orchestrator refuses, before it reads or writes anything.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from unittest.mock import MagicMock
 
@@ -22,6 +23,12 @@ from events.errors import StoreError
 from events.store.jetstream import JetStreamEventStore
 from events.store.watermark import Watermark, check_watermark, watermark_file
 from tests.factories import queued
+
+
+def _apply_mark(orch: Orchestrator, mark: Watermark) -> None:
+    """As if the orchestrator had applied the event ``mark`` names, on log ``mark.log``."""
+    orch._log_id = mark.log
+    orch._last_env = SimpleNamespace(sequence=mark.position, id=mark.event_id)  # type: ignore[assignment]
 
 
 def _orch(tmp_path: Path | None = None) -> Orchestrator:
@@ -56,7 +63,7 @@ async def _settle(orch: Orchestrator) -> None:
 async def test_a_healthy_reconnect_resumes_writes() -> None:
     orch = _orch()
     mark = Watermark(10, "e10", "")
-    orch._applied = mark
+    _apply_mark(orch, mark)
     _healthy(orch, mark)
     orch.disconnected()
     assert not orch.store._writable.is_set()
@@ -84,7 +91,7 @@ async def test_halt_then_close_twice_terminates() -> None:
 async def test_a_transient_direct_get_error_during_the_recheck_does_not_pause_writes_forever() -> None:
     orch = _orch()
     mark = Watermark(10, "e10", "")
-    orch._applied = mark
+    _apply_mark(orch, mark)
     calls = 0
 
     async def flaky_event_id_at(position: int) -> Any:
@@ -105,7 +112,7 @@ async def test_a_transient_direct_get_error_during_the_recheck_does_not_pause_wr
 async def test_a_stale_recheck_does_not_resume_writes_after_a_newer_disconnect() -> None:
     orch = _orch()
     mark = Watermark(10, "e10", "")
-    orch._applied = mark
+    _apply_mark(orch, mark)
     gate = asyncio.Event()
 
     async def slow_event_id_at(position: int) -> Any:
@@ -126,7 +133,7 @@ async def test_a_stale_recheck_does_not_resume_writes_after_a_newer_disconnect()
 async def test_a_log_that_changed_identity_under_a_running_orchestrator_halts() -> None:
     orch = _orch()
     mark = Watermark(10, "e10", "GF_EVENTS@2026-01-01T00:00:00Z")
-    orch._applied = mark
+    _apply_mark(orch, mark)
     _healthy(orch, Watermark(10, "e10", "GF_EVENTS@2026-06-01T00:00:00Z"))  # the server's new stream
     orch.disconnected()
     orch.reconnected()
@@ -159,7 +166,7 @@ async def test_a_watermark_at_an_event_this_version_does_not_know_is_not_reporte
     store._direct_get = direct_get  # type: ignore[method-assign]
     store.head = head  # type: ignore[method-assign]
     store.log_id = log_id  # type: ignore[method-assign]
-    assert await store.read_at(7) is None  # the message is there; it just does not decode here
+    assert await store.event_id_at(7) == env.id  # there, read from its headers, though it does not decode
     # the check reads the id from the headers, and finds the event still there:
     assert await check_watermark(store, Watermark(7, env.id, "L"), "orchestrator")
 
@@ -169,10 +176,10 @@ async def test_a_shared_data_dir_does_not_disable_the_check_for_the_other_networ
     ours = MemoryEventStore()
     for i in range(3):
         await ours.append(f"task.t{i}", [queued(f"task.t{i}")], expected=NO_STREAM)
-    last = await ours.read_at(3)
-    assert last is not None
+    last_id = await ours.event_id_at(3)
+    assert last_id is not None
     wm = watermark_file(tmp_path, "orchestrator", await ours.log_id())
-    wm.save(Watermark(3, last.id, await ours.log_id()))
+    wm.save(Watermark(3, last_id, await ours.log_id()))
     # another network's orchestrator, same data dir, saves its own mark
     watermark_file(tmp_path, "orchestrator", "GF_EVENTS@another-network").save(
         Watermark(40, "other", "GF_EVENTS@another-network")

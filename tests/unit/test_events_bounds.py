@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 
 from events import DEFAULT_REGISTRY
 from events.dispatch import Dispatch, Heartbeat
@@ -183,7 +183,3 @@ def test_a_registration_priced_past_the_bound_is_refused() -> None:
     with pytest.raises(InvalidPayload) as info:
         decode_intake("gf.in.provider.p1.register", json.dumps(body).encode())
     assert info.value.field == "capabilities.price_micros", info.value
-
-
-def test_models_are_pydantic() -> None:
-    assert all(issubclass(m, BaseModel) for m in DEFAULT_REGISTRY.models.values())
