@@ -23,6 +23,7 @@ from events import Envelope, InvalidPayload
 from events.estimates import RuntimeModel
 from events.job import JobSpec
 from events.task import TaskCancelled, TaskCompleted, TaskLeaseExpired
+from events.verification import VerifyPolicy, expected_replicas
 from events.workloads import WORKLOADS, validate_params
 
 __all__ = ["Core", "Effects", "Revoke"]
@@ -60,7 +61,9 @@ class Effects:
 class Core:
     """World, scheduler and timers, kept consistent with the log."""
 
-    def __init__(self, weights: dict[str, float] | None = None) -> None:
+    def __init__(self, weights: dict[str, float] | None = None, default_verify: VerifyPolicy | None = None) -> None:
+        #: The network's verification policy for jobs that name none (``events.verification``).
+        self.default_verify = default_verify
         self.world = World()
         self.runtime = RuntimeModel()
         self.scheduler = Scheduler(self.runtime)
@@ -85,12 +88,12 @@ class Core:
         elif change.kind == "job":
             fx.timers |= self._job_changed(change.aggregate_id, change.after)  # type: ignore[arg-type]
         if live:
-            fx.intents += react(change, self.world, self.predict_job)
+            fx.intents += react(change, self.world, self.predict_job, self.default_verify)
         return fx
 
     def reconcile(self, now: datetime) -> list[Intent]:
         """Whatever reactions still owe after a restart."""
-        return reconcile(self.world, now, self.predict_job)
+        return reconcile(self.world, now, self.predict_job, self.default_verify)
 
     def predict_job(self, spec: JobSpec) -> float:
         """Seconds the whole job should take on the fleet as it is: per-task ETA times the waves."""
@@ -103,7 +106,10 @@ class Core:
             return 0.0
         per_task = self.scheduler.predict(spec.workload, estimate, spec.resources)
         slots = max(1, self.scheduler.capacity(spec.resources, spec.workload))
-        return per_task * math.ceil(spec.task_count() / slots)
+        # Replicas run one after another: a verified task takes as many runs as it gathers results.
+        policy = spec.verify if spec.verify is not None else self.default_verify
+        runs = expected_replicas(policy, spec.max_price_micros != 0, c.compare)
+        return per_task * runs * math.ceil(spec.task_count() / slots)
 
     def _task_changed(self, c: Change, fx: Effects, live: bool) -> None:
         task_id = c.aggregate_id
@@ -122,7 +128,9 @@ class Core:
                     spec.resources,
                     spec.estimate,
                     spec.max_price_micros,
-                )
+                    exclude=after.excluded,
+                ),
+                front=bool(after.excluded),
             )
             fx.schedule = True
         elif before.status == "queued" and after.status != "queued":

@@ -73,6 +73,8 @@ def _report(body: BaseModel, sender: str, command_id: str, at: datetime, grace_s
     command = _REPORTS.get(type(body))
     if command is None:
         raise InvalidPayload("unknown report", field="report")
+    if getattr(body, "reason", None) == "unverifiable":
+        raise InvalidPayload("only verification decides that a task is unverifiable", field="reason")
     fields = {name: getattr(body, name) for name in type(body).model_fields if name != "report"}
     named = fields.get("provider_id")
     if named is not None and named != sender:

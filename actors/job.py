@@ -34,7 +34,8 @@ from events.job import (
 from events.metering import metered_amount
 from events.subjects import OBJECTS_STREAM, job_owner, object_owner
 from events.types import MAX_SECONDS, EventModel
-from events.workloads import contract, validate_params
+from events.verification import VerifyPolicy
+from events.workloads import WORKLOADS, contract, validate_params
 
 __all__ = [
     "ENDED",
@@ -69,7 +70,12 @@ class JobState:
     job_id: str = ""
     spec: JobSpec | None = None
     task_count: int = 0
+    #: Every ``UsageMetered``, keyed by task (and lease, for a verified task's results).
     metered: dict[str, UsageMetered] = field(default_factory=dict)
+    #: The tasks metered so far.
+    done: frozenset[str] = frozenset()
+    #: The verification policy its tasks run under (from ``JobAccepted``).
+    verify: VerifyPolicy | None = None
     #: (micros, gpu_ms) already charged and credited per provider: a settlement charges only the delta.
     settled: dict[str, tuple[int, int]] = field(default_factory=dict)
     deadline_missed: bool = False
@@ -97,9 +103,14 @@ class SubmitJob(_Command):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DecideJob(_Command):
-    """Accept the submitted job, or reject it naming the field; ``predicted_s`` is the scheduler's ETA."""
+    """Accept the submitted job, or reject it naming the field; ``predicted_s`` is the scheduler's ETA.
+
+    ``default_verify`` is the network's verification policy for a spec that names none (its
+    configuration at the time, recorded in ``JobAccepted``).
+    """
 
     predicted_s: float = 0.0
+    default_verify: VerifyPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,14 +123,29 @@ class SettleJob(_Command):
     """The job ended: charge the submitter and credit the providers for what is not settled yet."""
 
 
+@dataclass(frozen=True, slots=True)
+class Share:
+    """One valid result of a verified task, to be paid: its lease, provider, billed time and price."""
+
+    lease_id: str
+    provider_id: str
+    gpu_ms: int
+    price_micros: int
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MeterUsage(_Command):
-    """A task of this job completed on a provider, at the lease's price."""
+    """A task of this job completed on a provider, at the lease's price.
+
+    For a verified task, ``shares`` lists every valid result, each metered (and later paid) on its
+    own; the single provider fields are then the canonical result's.
+    """
 
     task_id: str
     provider_id: str
     gpu_ms: int
     price_micros: int
+    shares: tuple[Share, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -167,6 +193,12 @@ def validate_spec(spec: JobSpec, at: datetime) -> InvalidPayload | None:
         return InvalidPayload("more shards than input bytes", field="split.shards")
     if spec.deadline is not None and spec.deadline <= at:
         return InvalidPayload("deadline is already past", field="deadline")
+    if spec.verify is not None and spec.verify.mode in ("replicate", "spot") and c.compare == "none":
+        return InvalidPayload(
+            f"workload {spec.workload}'s results cannot be compared, so they cannot be verified: "
+            "set verify.mode to none (or auto)",
+            field="verify.mode",
+        )
     return None
 
 
@@ -216,6 +248,40 @@ def _settle(s: JobState, at: datetime) -> list[EventModel]:
         for p, d in deltas.items()
     ]
     return out
+
+
+def _policy(spec: JobSpec, default: VerifyPolicy | None) -> VerifyPolicy | None:
+    """The policy the job's tasks run under: the spec's, else the network's; None when it is none."""
+    policy = spec.verify if spec.verify is not None else default
+    if policy is None or policy.mode == "none":
+        return None
+    c = WORKLOADS.get(spec.workload)
+    if c is not None and c.compare == "none":
+        return None  # nothing to compare: validate_spec refused an explicit request already
+    return policy
+
+
+def _usage(
+    s: JobState,
+    spec: JobSpec,
+    task_id: str,
+    provider_id: str,
+    gpu_ms: int,
+    price_micros: int,
+    lease_id: str | None,
+    at: datetime,
+) -> UsageMetered:
+    return UsageMetered(
+        at=at,
+        job_id=s.job_id,
+        task_id=task_id,
+        provider_id=provider_id,
+        submitter=spec.submitter,
+        gpu_ms=gpu_ms,
+        price_micros=price_micros,
+        amount_micros=metered_amount(gpu_ms, price_micros),
+        lease_id=lease_id,
+    )
 
 
 def owned_spec(cmd: SubmitJob) -> JobSpec:
@@ -285,25 +351,20 @@ def decide(cmd: JobCommand, s: JobState) -> list[EventModel]:
                     job_id=s.job_id,
                     task_count=spec.task_count(),
                     predicted_s=min(MAX_SECONDS, max(0.0, cmd.predicted_s)),
+                    verify=_policy(spec, cmd.default_verify),
                 )
             ]
         case MeterUsage():
-            if cmd.task_id in s.metered or s.status in ("submitted", "rejected"):
+            if cmd.task_id in s.done or s.status in ("submitted", "rejected"):
                 return []
+            if not cmd.shares:
+                return [_usage(s, spec, cmd.task_id, cmd.provider_id, cmd.gpu_ms, cmd.price_micros, None, cmd.at)]
             return [
-                UsageMetered(
-                    at=cmd.at,
-                    job_id=s.job_id,
-                    task_id=cmd.task_id,
-                    provider_id=cmd.provider_id,
-                    submitter=spec.submitter,
-                    gpu_ms=cmd.gpu_ms,
-                    price_micros=cmd.price_micros,
-                    amount_micros=metered_amount(cmd.gpu_ms, cmd.price_micros),
-                )
+                _usage(s, spec, cmd.task_id, x.provider_id, x.gpu_ms, x.price_micros, x.lease_id, cmd.at)
+                for x in cmd.shares
             ]
         case CompleteJob():
-            if s.status != ACTIVE or len(s.metered) < s.task_count:
+            if s.status != ACTIVE or len(s.done) < s.task_count:
                 return []
             total_ms = sum(m.gpu_ms for m in s.metered.values())
             total = sum(m.amount_micros for m in s.metered.values())
@@ -324,7 +385,7 @@ def decide(cmd: JobCommand, s: JobState) -> list[EventModel]:
             if s.status != ACTIVE or spec.deadline is None or cmd.at < spec.deadline:
                 return []
             missed = JobDeadlineMissed(
-                at=cmd.at, job_id=s.job_id, deadline=spec.deadline, unfinished=s.task_count - len(s.metered)
+                at=cmd.at, job_id=s.job_id, deadline=spec.deadline, unfinished=s.task_count - len(s.done)
             )
             ending: EventModel
             if spec.on_deadline == "fail":
@@ -344,11 +405,12 @@ def evolve(s: JobState, e: EventModel) -> JobState:
         case JobSubmitted():
             return JobState(status="submitted", job_id=e.job_id, spec=e.spec, submitted_at=e.at)
         case JobAccepted():
-            return replace(s, status="accepted", task_count=e.task_count, predicted_s=e.predicted_s)
+            return replace(s, status="accepted", task_count=e.task_count, predicted_s=e.predicted_s, verify=e.verify)
         case JobRejected():
             return replace(s, status="rejected")
         case UsageMetered():
-            return replace(s, metered={**s.metered, e.task_id: e})
+            key = e.task_id if e.lease_id is None else f"{e.task_id}@{e.lease_id}"
+            return replace(s, metered={**s.metered, key: e}, done=s.done | {e.task_id})
         case JobCompleted():
             return replace(s, status="completed")
         case JobFailed():

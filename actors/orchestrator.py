@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from actors.scheduler import Assignment
 from actors.shell import ActorShell
 from actors.task import (
     LeaseTask,
+    ReportCompleted,
     TaskState,
     task_decider,
 )
@@ -51,11 +54,13 @@ from events.intake import (
     decode_intake,
 )
 from events.store import JetStreamEventStore
+from events.store.blobs import BlobStore
 from events.store.connection import Access, connect_nats
 from events.store.topology import Topology, check_topology
 from events.store.watermark import Watermark, WatermarkFile, check_watermark, watermark_file
-from events.subjects import outcomes_stream_of
+from events.subjects import object_owner, outcomes_stream_of
 from events.types import utc_now
+from events.verification import VerifyPolicy
 
 __all__ = ["Orchestrator", "OrchestratorConfig"]
 
@@ -66,6 +71,9 @@ _log = structlog.get_logger("gpufleet.orchestrator")
 INTAKE_CONSUMER = "orchestrators"
 #: Commands for many aggregates go to the store as atomic batches of at most this many...
 _BATCH = 500
+#: Results stored as objects are compared element by element up to this size (a result's summary
+#: is small; a bigger one agrees with nothing, and verification asks for another replica).
+_MAX_COMPARED_BYTES = 16 << 20
 #: ...but only from this many on: an atomic batch costs the server a few milliseconds on a file-backed
 #: stream, so small groups go out as concurrent single-event appends (lower latency).
 _MIN_BATCH = 16
@@ -90,6 +98,9 @@ class OrchestratorConfig:
     weights: dict[str, float] = field(default_factory=dict)
     #: Where the watermark (the last event applied) is kept; None: no watermark, no regression check.
     state_dir: Path | None = None
+    #: The verification policy of jobs that name none (``events.verification``). ``auto``: spot
+    #: checks on paid attempts, none on free ones.
+    default_verify: VerifyPolicy | None = field(default_factory=VerifyPolicy)
 
 
 class Orchestrator:
@@ -100,7 +111,7 @@ class Orchestrator:
         self.js = nc.jetstream()
         self.topology = topology or Topology()
         self.config = config or OrchestratorConfig()
-        self.core = Core(self.config.weights)
+        self.core = Core(self.config.weights, self.config.default_verify)
         self.world = self.core.world
         self.store = JetStreamEventStore(nc, settings=self.topology.events)
         source = self.config.source
@@ -136,6 +147,9 @@ class Orchestrator:
         self.fatal: GpufleetError | None = None
         self._stopping: asyncio.Future[None] | None = None
         self._saved: Watermark | None = None
+        self._blob_store: BlobStore | None = None
+        #: Spot-check draws: unpredictable to providers (``events.verification``).
+        self._random = random.SystemRandom()
 
     @classmethod
     async def connect(
@@ -710,6 +724,8 @@ class Orchestrator:
             cmd_id = f"in-{seq}"
             body, kind, target = im.body, im.kind, im.target_id
             command = intake_command(im, cmd_id, at, self.config.lease_grace_s)
+            if isinstance(command, ReportCompleted):
+                command = await self._verification_inputs(target, command)
             if isinstance(body, ProviderRegistration):
                 # Before the registration lands, so that no lease is dispatched to a provider with no
                 # consumer; a refused registration leaves an idle consumer that expires by itself.
@@ -732,6 +748,45 @@ class Orchestrator:
             return None
         note = "no change"
         return InputAccepted(at=at, intake_seq=seq, subject=subject[:256], facts=0, note=note)
+
+    async def _verification_inputs(self, task_id: str, cmd: ReportCompleted) -> ReportCompleted:
+        """What the task decider needs to verify a result, which only the orchestrator can supply.
+
+        A fresh draw for the spot check (made now, when the result is in, so a provider cannot know
+        beforehand whether it will be checked); the sender's trust; and, for results stored as
+        objects, their content (digest checked), so they compare element by element. The decider
+        records all of it in the log.
+        """
+        t = self.world.tasks.get(task_id)
+        if t is None or t.spec is None or t.spec.verify is None:
+            return cmd
+        rec = self.world.reputation.get(cmd.provider_id)
+        loaded: dict[str, Any] = {}
+        refs = [c.result for c in t.candidates]
+        if cmd.result.object is not None and object_owner(cmd.result.object.name) == ("provider", cmd.provider_id):
+            refs.append(cmd.result)  # (another identity's object is refused by the decider: never fetched)
+        for ref in refs:
+            # By name, never by digest alone: a reference to an object that was never stored must not
+            # read another provider's object that has the same digest.
+            if ref.object is None or ref.object.name in loaded or ref.size > _MAX_COMPARED_BYTES:
+                continue
+            try:
+                data = await self._blobs().get(ref.object)
+                loaded[ref.object.name] = json.loads(data)
+            except (GpufleetError, ValueError, nats.errors.Error, OSError) as e:
+                # Not comparable: it agrees with nothing, so verification asks for another replica.
+                self.log.warning("verify.unreadable_result", task_id=task_id, object=ref.object.name, error=str(e))
+        return replace(
+            cmd,
+            draw=self._random.random(),
+            trust=rec.consecutive_valid if rec is not None else 0,
+            loaded=loaded,
+        )
+
+    def _blobs(self) -> BlobStore:
+        if self._blob_store is None:
+            self._blob_store = BlobStore(self.nc, "orchestrator", "orchestrator", self.topology)
+        return self._blob_store
 
     async def _open_dispatch(self, provider_id: str) -> None:
         """Create the provider's dispatch consumer: the provider itself may only read from it."""

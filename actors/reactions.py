@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from actors.ids import derive_id
-from actors.job import ENDED, CompleteJob, DecideJob, FailJob, MeterUsage, SettleJob, unsettled
+from actors.job import ENDED, CompleteJob, DecideJob, FailJob, MeterUsage, SettleJob, Share, unsettled
 from actors.task import TERMINAL, CancelTask, CreateTask, ExpireLease, TaskState
 from actors.world import LIVE_LEASE, Change, World
 from events.job import (
@@ -29,6 +29,7 @@ from events.job import (
 from events.provider import ProviderLeft, ProviderLost
 from events.subjects import task_id_of
 from events.task import LeaseEndReason, TaskCompleted, TaskCreated, TaskFailed
+from events.verification import VerifyPolicy
 from events.workloads import contract, validate_params
 
 __all__ = ["Intent", "plan_task", "react", "reconcile", "task_id_of"]
@@ -45,7 +46,7 @@ class Intent:
     correlation: str | None = None
 
 
-def plan_task(job_id: str, spec: JobSpec, index: int, at: datetime) -> TaskCreated:
+def plan_task(job_id: str, spec: JobSpec, index: int, at: datetime, verify: VerifyPolicy | None = None) -> TaskCreated:
     """The ``TaskCreated`` of task ``index`` of a job: parameters, estimate, input shard."""
     params = spec.task_params(index)
     estimate = contract(spec.workload).estimate(validate_params(spec.workload, params))
@@ -71,17 +72,40 @@ def plan_task(job_id: str, spec: JobSpec, index: int, at: datetime) -> TaskCreat
         deadline=spec.deadline,
         input=input_ref,
         shard=shard,
+        verify=verify,
     )
 
 
-def _create(job_id: str, spec: JobSpec, index: int, at: datetime, cause: str | None) -> Intent:
-    created = plan_task(job_id, spec, index, at)
+def _create(
+    job_id: str, spec: JobSpec, index: int, at: datetime, cause: str | None, verify: VerifyPolicy | None = None
+) -> Intent:
+    created = plan_task(job_id, spec, index, at, verify)
     cmd = CreateTask(command_id=derive_id("ct-", job_id, index), at=at, created=created)
     return Intent("task", created.task_id, cmd, cause, job_id)
 
 
 def _meter(task_id: str, t: TaskState, at: datetime, cause: str | None) -> Intent | None:
-    if t.spec is None or t.lease is None:
+    if t.spec is None:
+        return None
+    if t.candidates:
+        # A verified task: every valid result is paid, at its own lease's price; none other is.
+        shares = tuple(
+            Share(c.lease_id, c.provider_id, c.gpu_ms, c.price_micros) for c in t.candidates if c.verdict == "valid"
+        )
+        canon = next((c for c in t.candidates if c.lease_id == t.completed_lease), None)
+        if not shares or canon is None:
+            return None
+        cmd = MeterUsage(
+            command_id=derive_id("mu-", task_id),
+            at=at,
+            task_id=task_id,
+            provider_id=canon.provider_id,
+            gpu_ms=canon.gpu_ms,
+            price_micros=canon.price_micros,
+            shares=shares,
+        )
+        return Intent("job", t.spec.job_id, cmd, cause, t.spec.job_id)
+    if t.lease is None:
         return None
     cmd = MeterUsage(
         command_id=derive_id("mu-", task_id),
@@ -114,8 +138,10 @@ def _no_prediction(spec: JobSpec) -> float:
     return 0.0
 
 
-def _decide(job_id: str, at: datetime, predict: Predict, spec: JobSpec, cause: str | None) -> Intent:
-    cmd = DecideJob(command_id=derive_id("dj-", job_id), at=at, predicted_s=predict(spec))
+def _decide(
+    job_id: str, at: datetime, predict: Predict, spec: JobSpec, cause: str | None, verify: VerifyPolicy | None
+) -> Intent:
+    cmd = DecideJob(command_id=derive_id("dj-", job_id), at=at, predicted_s=predict(spec), default_verify=verify)
     return Intent("job", job_id, cmd, cause, job_id)
 
 
@@ -127,24 +153,27 @@ def _complete(job_id: str, at: datetime, cause: str | None) -> Intent:
     return Intent("job", job_id, CompleteJob(command_id=derive_id("cj-", job_id), at=at), cause, job_id)
 
 
-def react(change: Change, world: World, predict: Predict = _no_prediction) -> list[Intent]:
-    """Commands owed because of one event (already applied to ``world``)."""
+def react(
+    change: Change, world: World, predict: Predict = _no_prediction, default_verify: VerifyPolicy | None = None
+) -> list[Intent]:
+    """Commands owed because of one event (already applied to ``world``); ``default_verify`` is the
+    network's verification policy for jobs that name none."""
     e = change.event
     cause = change.envelope.id
     out: list[Intent] = []
     match e:
         case JobSubmitted():
-            out.append(_decide(e.job_id, e.at, predict, e.spec, cause))
+            out.append(_decide(e.job_id, e.at, predict, e.spec, cause, default_verify))
         case UsageMetered():
             job = world.jobs[e.job_id]
-            if job.status == "accepted" and len(job.metered) >= job.task_count:
+            if job.status == "accepted" and len(job.done) >= job.task_count:
                 out.append(_complete(e.job_id, e.at, cause))
             elif job.status in ENDED:
                 out.append(_settle(e.job_id, len(job.metered), e.at, cause))  # a late completion
         case JobAccepted():
             job = world.jobs[change.aggregate_id]
             assert job.spec is not None
-            out = [_create(e.job_id, job.spec, i, e.at, cause) for i in range(e.task_count)]
+            out = [_create(e.job_id, job.spec, i, e.at, cause, e.verify) for i in range(e.task_count)]
         case TaskCompleted():
             t = world.tasks[change.aggregate_id]
             if (m := _meter(change.aggregate_id, t, e.at, cause)) is not None:
@@ -179,13 +208,15 @@ def react(change: Change, world: World, predict: Predict = _no_prediction) -> li
     return out
 
 
-def reconcile(world: World, at: datetime, predict: Predict = _no_prediction) -> list[Intent]:
+def reconcile(
+    world: World, at: datetime, predict: Predict = _no_prediction, default_verify: VerifyPolicy | None = None
+) -> list[Intent]:
     """Everything owed in ``world`` as it stands: what reactions would have issued, had none been lost."""
     out: list[Intent] = []
     for job_id, job in world.jobs.items():
         if job.status == "submitted" and job.spec is not None:
-            out.append(_decide(job_id, at, predict, job.spec, None))
-        if job.status == "accepted" and len(job.metered) >= job.task_count > 0:
+            out.append(_decide(job_id, at, predict, job.spec, None, default_verify))
+        if job.status == "accepted" and len(job.done) >= job.task_count > 0:
             out.append(_complete(job_id, at, None))
         if job.status in ENDED and unsettled(job):
             out.append(_settle(job_id, len(job.metered), at, None))
@@ -193,7 +224,7 @@ def reconcile(world: World, at: datetime, predict: Predict = _no_prediction) -> 
             have = world.tasks_by_job.get(job_id, set())
             for i in range(job.task_count):
                 if task_id_of(job_id, i) not in have:
-                    out.append(_create(job_id, job.spec, i, at, None))
+                    out.append(_create(job_id, job.spec, i, at, None, job.verify))
         if job.status in ("completed", "failed", "cancelled"):
             for task_id in world.job_tasks(job_id):
                 if world.tasks[task_id].status not in TERMINAL:
@@ -202,7 +233,7 @@ def reconcile(world: World, at: datetime, predict: Predict = _no_prediction) -> 
         if t.spec is None:
             continue
         owner = world.jobs.get(t.spec.job_id)
-        if t.status == "completed" and owner is not None and task_id not in owner.metered:
+        if t.status == "completed" and owner is not None and task_id not in owner.done:
             if (m := _meter(task_id, t, at, None)) is not None:
                 out.append(m)
         elif t.status == "dead" and owner is not None and owner.status == "accepted":

@@ -54,12 +54,15 @@ class PendingTask:
     aside: bool = False
     #: Its fair-share tag among the tasks waiting aside, kept if it has to wait aside again.
     tag: float | None = None
+    #: Providers it must not go to: a replica under verification goes to a provider (an owner) that
+    #: has not returned a result for this task yet.
+    exclude: frozenset[str] = frozenset()
 
     @property
     def shape(self) -> tuple[object, ...]:
         """What decides which providers can take it."""
         r = self.resources
-        return (r.backend, r.min_vram_mb, r.min_compute_capability, self.workload, self.max_price_micros)
+        return (r.backend, r.min_vram_mb, r.min_compute_capability, self.workload, self.max_price_micros, self.exclude)
 
 
 @dataclass(slots=True)
@@ -272,15 +275,19 @@ class Scheduler:
         """A submitter's fair-share weight (default 1)."""
         self._weights[submitter] = max(weight, 1e-6)
 
-    def enqueue(self, task: PendingTask) -> None:
-        """Queue a task (again); a task already pending is left where it is."""
+    def enqueue(self, task: PendingTask, *, front: bool = False) -> None:
+        """Queue a task (again); a task already pending is left where it is.
+
+        ``front``: at the head of its submitter's queue (a replica under verification: a result is
+        held for it, and the job cannot finish until it runs).
+        """
         if task.task_id in self._pending:
             return
         if not task.order:
             task.order = next(self._seq)
         task.aside = False
         self._pending[task.task_id] = task
-        self._push(task, front=False)
+        self._push(task, front=front)
 
     def discard(self, task_id: str) -> None:
         """Forget a task (leased elsewhere, cancelled); its queue entry is dropped lazily."""
@@ -403,10 +410,28 @@ class Scheduler:
         )
         return predicted * factor, predicted
 
+    def _allowed_in(self, cls: _Class, exclude: frozenset[str]) -> ProviderInfo | None:
+        """The best provider of ``cls`` with a free slot that is not excluded: O(members), only for
+        replicas (the heap's best is excluded)."""
+        best: ProviderInfo | None = None
+        for pid in cls.members:
+            if pid in exclude:
+                continue
+            p = self.providers[pid]
+            if (
+                p.available
+                and p.free > 0
+                and (best is None or (self._rank(p), pid) < (self._rank(best), best.provider_id))
+            ):
+                best = p
+        return best
+
     def _place(self, t: PendingTask) -> Assignment | None:
         best: tuple[float, float, ProviderInfo] | None = None
         for cls in self._eligible_classes(t.shape, t):
             p = self._best_in(cls)
+            if p is not None and p.provider_id in t.exclude:
+                p = self._allowed_in(cls, t.exclude)
             if p is None:
                 continue
             score, predicted = self._score(t, p)
@@ -415,8 +440,12 @@ class Scheduler:
         if best is None:
             return None
         _, predicted, p = best
+        cls = self._classes[p.key]
+        top = self._best_in(cls)
         p.used += 1
-        heapq.heappop(self._classes[p.key].heap)
+        if top is p:
+            heapq.heappop(cls.heap)
+        # else: its heap entry (if any) is stale now (its rank changed) and is skipped when met.
         self._offer(p, unblock=False)
         return Assignment(t, p.provider_id, predicted, p.capabilities.price_micros)
 

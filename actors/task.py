@@ -26,11 +26,23 @@ from events.task import (
     TaskLeaseExpired,
     TaskProgressed,
     TaskQueued,
+    TaskResultJudged,
     TaskResultRejected,
+    TaskResultReturned,
     TaskRetried,
     TaskStarted,
 )
-from events.types import MAX_SECONDS, EventModel, FailureReason, ObjectRef, ResultRef
+from events.types import MAX_SECONDS, EventModel, FailureReason, JsonValue, ObjectRef, ResultRef
+from events.verification import (
+    MAX_REPLICAS,
+    SpotDraw,
+    agree,
+    effective_mode,
+    inline_sha256,
+    quorum_of,
+    spot_probability,
+)
+from events.workloads import WORKLOADS
 
 __all__ = [
     "NON_RETRYABLE",
@@ -71,6 +83,21 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
+class Candidate:
+    """A result returned under verification, held until it is judged."""
+
+    lease_id: str
+    provider_id: str
+    result: ResultRef
+    gpu_ms: int
+    price_micros: int
+    metrics: dict[str, float]
+    #: Earlier candidates (by lease) this one agrees with.
+    agrees_with: frozenset[str] = frozenset()
+    verdict: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TaskState:
     """Everything the task decider needs, folded from the task's events."""
 
@@ -91,6 +118,21 @@ class TaskState:
     #: Every lease this task was given, as (lease id, provider id): a refused report that names one
     #: of the sender's own ended leases is a late report (a race), not a forgery.
     held: frozenset[tuple[str, str]] = frozenset()
+    #: Results returned under verification, in order; and what settles it (results, agreeing).
+    candidates: tuple[Candidate, ...] = ()
+    verify_replicas: int = 0
+    verify_quorum: int = 0
+    spot: SpotDraw | None = None
+
+    @property
+    def verifying(self) -> bool:
+        """Results are held and the verdict is not in."""
+        return any(c.verdict is None for c in self.candidates)
+
+    @property
+    def excluded(self) -> frozenset[str]:
+        """Providers that already returned a result for this task: a replica goes to someone else."""
+        return frozenset(c.provider_id for c in self.candidates)
 
 
 # ---- commands --------------------------------------------------------------------------------------
@@ -153,6 +195,12 @@ class ReportCompleted(_Command):
     result: ResultRef
     gpu_ms: int
     metrics: dict[str, float] = field(default_factory=dict)
+    #: Verification inputs, supplied by the orchestrator when the report arrives: a uniform draw in
+    #: [0, 1) for the spot check (0 checks always), the sender's consecutive valid results, and the
+    #: content of results stored as objects (by object name), so they compare element by element.
+    draw: float = 0.0
+    trust: int = 0
+    loaded: dict[str, JsonValue] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -277,12 +325,176 @@ def _failure(s: TaskState, at: datetime, reason: FailureReason, message: str) ->
             terminal=terminal,
         )
     ]
-    if not terminal:
+    if terminal:
+        out = _release_held(s, at, f"the task failed: {reason}") + out
+    else:
         delay = s.spec.retry.delay_after(failures)
         out.append(
             TaskRetried(at=at, task_id=s.spec.task_id, failures=failures, not_before=at + timedelta(seconds=delay))
         )
     return out
+
+
+def _release_held(s: TaskState, at: datetime, why: str) -> list[EventModel]:
+    """Every result still held is judged inconclusive: the task ended before it was verified."""
+    assert s.spec is not None
+    return [
+        TaskResultJudged(
+            at=at,
+            task_id=s.spec.task_id,
+            lease_id=c.lease_id,
+            provider_id=c.provider_id,
+            verdict="inconclusive",
+            gpu_ms=c.gpu_ms,
+            reason=why[:500],
+        )
+        for c in s.candidates
+        if c.verdict is None
+    ]
+
+
+_UNKNOWN = object()
+
+
+def _value(ref: ResultRef, loaded: dict[str, JsonValue]) -> object:
+    """The result's JSON value: inline, or loaded from the object store; ``_UNKNOWN`` if neither, or
+    if an inline value is not the one its digest names (the submitter would refuse it)."""
+    if ref.object is None:
+        return ref.inline if inline_sha256(ref.inline) == ref.sha256 else _UNKNOWN
+    return loaded.get(ref.object.name, _UNKNOWN)
+
+
+def _agrees(s: TaskState, result: ResultRef, loaded: dict[str, JsonValue]) -> list[str]:
+    """The earlier candidates (leases) that ``result`` agrees with."""
+    assert s.spec is not None
+    c = WORKLOADS.get(s.spec.workload)
+    policy = s.spec.verify
+    if c is None or policy is None:
+        return []
+    mine = _value(result, loaded)
+    if mine is _UNKNOWN:
+        return []
+    out = []
+    for other in s.candidates:
+        theirs = _value(other.result, loaded)
+        if theirs is not _UNKNOWN and agree(mine, theirs, c.compare, policy.tolerance, c.ignore):
+            out.append(other.lease_id)
+    return out
+
+
+def _verified(s: TaskState, returned: TaskResultReturned) -> list[EventModel]:
+    """The verdict once ``returned`` is in: judged results and the canonical completion, the task
+    failed as unverifiable, or nothing yet (another replica is needed)."""
+    assert s.spec is not None
+    cands = [*s.candidates, _candidate(returned)]
+    adjacent: dict[str, set[str]] = {c.lease_id: set() for c in cands}
+    for c in cands:
+        for other in c.agrees_with:
+            if other in adjacent:
+                adjacent[c.lease_id].add(other)
+                adjacent[other].add(c.lease_id)
+    at, task_id = returned.at, s.spec.task_id
+    if len(cands) >= returned.replicas:
+        for canon in cands:
+            support = 1 + len(adjacent[canon.lease_id])
+            if support < returned.quorum:
+                continue
+            judged: list[EventModel] = []
+            for c in cands:
+                valid = c is canon or c.lease_id in adjacent[canon.lease_id]
+                # Outvoted by one result alone proves nothing against it: only a quorum of two or
+                # more can call a result invalid.
+                verdict: Literal["valid", "invalid", "inconclusive"] = (
+                    "valid" if valid else "invalid" if support >= 2 else "inconclusive"
+                )
+                judged.append(
+                    TaskResultJudged(
+                        at=at,
+                        task_id=task_id,
+                        lease_id=c.lease_id,
+                        provider_id=c.provider_id,
+                        verdict=verdict,
+                        canonical=canon.lease_id,
+                        gpu_ms=c.gpu_ms,
+                        reason="" if valid else f"disagrees with the {support} results that agree",
+                    )
+                )
+            done = TaskCompleted(
+                at=at,
+                task_id=task_id,
+                lease_id=canon.lease_id,
+                provider_id=canon.provider_id,
+                result=canon.result,
+                gpu_ms=canon.gpu_ms,
+                metrics=canon.metrics,
+                verified_by=support,
+            )
+            return [*judged, done]
+    policy = s.spec.verify
+    bound = max(returned.replicas, policy.max_replicas if policy is not None else returned.replicas, 2)
+    if len(cands) >= min(bound, MAX_REPLICAS):
+        why = f"no {returned.quorum} of {len(cands)} results agree"
+        after = replace(s, candidates=tuple(cands))
+        return [
+            *_release_held(after, at, why),
+            TaskFailed(at=at, task_id=task_id, reason="unverifiable", message=why, attempt=s.attempt, terminal=True),
+        ]
+    return []
+
+
+def _candidate(e: TaskResultReturned) -> Candidate:
+    return Candidate(
+        e.lease_id, e.provider_id, e.result, e.gpu_ms, e.price_micros, dict(e.metrics), frozenset(e.agrees_with)
+    )
+
+
+def _completed(cmd: ReportCompleted, s: TaskState) -> list[EventModel]:
+    """A valid completion: the task's result, or a result held for verification."""
+    assert s.spec is not None and s.lease is not None
+    task_id = s.spec.task_id
+    billed = _billed_ms(cmd, s)
+    metrics = {k: v for k, v in cmd.metrics.items() if math.isfinite(v)}
+    spot: SpotDraw | None = None
+    if s.candidates:
+        replicas, quorum = s.verify_replicas, s.verify_quorum
+    else:
+        c = WORKLOADS.get(s.spec.workload)
+        mode = effective_mode(s.spec.verify, s.lease.price_micros, c.compare if c is not None else "none")
+        if mode == "spot":
+            trust = max(0, cmd.trust)
+            p = spot_probability(trust)
+            draw = min(1.0, max(0.0, cmd.draw)) if math.isfinite(cmd.draw) else 0.0
+            spot = SpotDraw(p=p, draw=draw, consecutive_valid=trust, checked=p >= 1.0 or draw < p)
+        if mode == "none" or (spot is not None and not spot.checked):
+            return [
+                TaskCompleted(
+                    at=cmd.at,
+                    task_id=task_id,
+                    lease_id=cmd.lease_id,
+                    provider_id=cmd.provider_id,
+                    result=cmd.result,
+                    gpu_ms=billed,
+                    metrics=metrics,
+                    spot=spot,
+                )
+            ]
+        replicas, quorum = quorum_of(s.spec.verify, mode)
+    returned = TaskResultReturned(
+        at=cmd.at,
+        task_id=task_id,
+        lease_id=cmd.lease_id,
+        provider_id=cmd.provider_id,
+        result=cmd.result,
+        gpu_ms=billed,
+        price_micros=s.lease.price_micros,
+        metrics=metrics,
+        replica=len(s.candidates) + 1,
+        agrees_with=_agrees(s, cmd.result, cmd.loaded),
+        replicas=replicas,
+        quorum=quorum,
+        spot=spot,
+    )
+    return [returned, *_verified(s, returned)]
 
 
 def _billed_ms(cmd: ReportCompleted, s: TaskState) -> int:
@@ -305,6 +517,8 @@ def decide(cmd: TaskCommand, s: TaskState) -> list[EventModel]:
         case LeaseTask():
             if s.status != "queued":
                 raise InvalidTransition(f"task {task_id}", s.status, "lease it")
+            if cmd.provider_id in s.excluded:
+                raise InvalidTransition(f"task {task_id}", "verifying", f"lease a replica to {cmd.provider_id} again")
             return [
                 TaskLeased(
                     at=cmd.at,
@@ -368,20 +582,28 @@ def decide(cmd: TaskCommand, s: TaskState) -> list[EventModel]:
         case ReportCompleted():
             if s.status == "completed" and s.completed_lease == cmd.lease_id and s.result == cmd.result:
                 return []  # a duplicate of the winning completion: idempotent
+            if any(
+                c.lease_id == cmd.lease_id and c.provider_id == cmd.provider_id and c.result == cmd.result
+                for c in s.candidates
+            ):
+                return []  # a duplicate of a result already returned for verification
             owner = job_owner(s.spec.job_id)
-            if why := _lease_problem(cmd, s) or _foreign_object(cmd.result.object, cmd.provider_id, "result", owner):
+            if why := _lease_problem(cmd, s):
                 return _refuse(cmd, s, why)
-            return [
-                TaskCompleted(
+            if why := _foreign_object(cmd.result.object, cmd.provider_id, "result", owner):
+                # The lease holder passed off another identity's object as its result: a forgery, not a
+                # race. Its lease ends now (it would otherwise hold the task until the timeout, and cost
+                # the task an attempt), and the task goes to another provider.
+                assert s.lease is not None
+                forged = TaskLeaseExpired(
                     at=cmd.at,
                     task_id=task_id,
-                    lease_id=cmd.lease_id,
-                    provider_id=cmd.provider_id,
-                    result=cmd.result,
-                    gpu_ms=_billed_ms(cmd, s),
-                    metrics={k: v for k, v in cmd.metrics.items() if math.isfinite(v)},
+                    lease_id=s.lease.lease_id,
+                    provider_id=s.lease.provider_id,
+                    reason="expired",
                 )
-            ]
+                return [*_refuse(cmd, s, why), forged]
+            return _completed(cmd, s)
         case ReportFailed():
             if (why := _lease_problem(cmd, s)) is not None:
                 return _refuse(cmd, s, why)
@@ -409,6 +631,7 @@ def decide(cmd: TaskCommand, s: TaskState) -> list[EventModel]:
             if s.lost_leases + 1 > s.spec.retry.max_lost_leases:
                 return [
                     *ended,
+                    *_release_held(s, cmd.at, "the task failed: its lease was lost too often"),
                     TaskFailed(
                         at=cmd.at,
                         task_id=task_id,
@@ -430,13 +653,14 @@ def decide(cmd: TaskCommand, s: TaskState) -> list[EventModel]:
                 return []
             lease = s.lease
             return [
+                *_release_held(s, cmd.at, f"the task was cancelled: {cmd.reason}"),
                 TaskCancelled(
                     at=cmd.at,
                     task_id=task_id,
                     reason=cmd.reason,
                     lease_id=lease.lease_id if lease else None,
                     provider_id=lease.provider_id if lease else None,
-                )
+                ),
             ]
     raise TypeError(f"not a task command: {cmd!r}")
 
@@ -496,6 +720,27 @@ def evolve(s: TaskState, e: EventModel) -> TaskState:
             return replace(s, status="queued", lease=None, lost_leases=s.lost_leases + 1)
         case TaskCancelled():
             return replace(s, status="cancelled", lease=None)
+        case TaskResultReturned():
+            # A replica computes from scratch: resuming from the checked provider's checkpoint would
+            # make the check depend on the very work it checks.
+            return replace(
+                s,
+                status="queued",
+                lease=None,
+                checkpoint=None,
+                checkpoint_step=0,
+                candidates=(*s.candidates, _candidate(e)),
+                verify_replicas=e.replicas,
+                verify_quorum=e.quorum,
+                spot=e.spot if e.spot is not None else s.spot,
+            )
+        case TaskResultJudged():
+            return replace(
+                s,
+                candidates=tuple(
+                    replace(c, verdict=e.verdict) if c.lease_id == e.lease_id else c for c in s.candidates
+                ),
+            )
         case TaskResultRejected():
             return s
     return s

@@ -14,8 +14,8 @@ from actors.provider import ProviderState, provider_decider
 from actors.task import TERMINAL, TaskState, task_decider
 from events import Envelope
 from events.intake import InputAccepted, InputRejected
-from events.reputation import counts_against, reputation
-from events.task import TaskFailed, TaskLeaseExpired, TaskResultRejected
+from events.reputation import Record, counts_against
+from events.task import TaskFailed, TaskLeaseExpired, TaskResultJudged, TaskResultRejected
 from events.types import EventModel
 
 __all__ = ["LIVE_LEASE", "Change", "Reputation", "World"]
@@ -23,19 +23,8 @@ __all__ = ["LIVE_LEASE", "Change", "Reputation", "World"]
 LIVE_LEASE = frozenset({"leased", "running"})
 
 
-@dataclass(slots=True)
-class Reputation:
-    """A provider's record; ``value`` in (0, 1], 1 for a clean record (Laplace-smoothed)."""
-
-    completed: int = 0
-    failed: int = 0
-    expired: int = 0
-    refused: int = 0
-
-    @property
-    def value(self) -> float:
-        """The one reputation rule (``events.reputation``): newcomers start at 0.5."""
-        return reputation(self.completed, self.failed, self.expired, self.refused)
+#: A provider's record (``events.reputation``): one rule for the scheduler and the fleet view.
+Reputation = Record
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +120,8 @@ class World:
             self._rep(e.provider_id).expired += 1
         elif isinstance(e, TaskResultRejected) and counts_against(e):
             self._rep(e.provider_id).refused += 1
+        elif isinstance(e, TaskResultJudged):
+            self._rep(e.provider_id).judged(e)
 
     def _rep(self, provider_id: str) -> Reputation:
         return self.reputation.setdefault(provider_id, Reputation())

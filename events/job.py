@@ -25,6 +25,7 @@ from events.types import (
     TotalGpuMs,
     UtcDateTime,
 )
+from events.verification import VerifyPolicy
 
 __all__ = [
     "CountSplit",
@@ -92,6 +93,9 @@ class JobSpec(EventModel):
     #: (or repeat the sender's own name); naming anyone else is refused.
     submitter: str = Field(default="", pattern=r"^([A-Za-z0-9][A-Za-z0-9_.@-]{0,127})?$")
     labels: StrMap = Field(default_factory=dict, max_length=32)
+    #: How results are verified (``events.verification``); left out, the network's default applies.
+    #: Stored only when given, so a log written before verification existed encodes as it did.
+    verify: VerifyPolicy | None = Field(default=None, exclude_if=lambda v: v is None)
 
     def task_count(self) -> int:
         """How many tasks this job splits into."""
@@ -127,6 +131,9 @@ class JobAccepted(EventModel):
     job_id: JobId
     task_count: int = Field(ge=1, le=MAX_TASKS_PER_JOB)
     predicted_s: Seconds = 0.0
+    #: The verification policy its tasks run under: the spec's, or the network's default at the time.
+    #: None (and absent from the log) means none, as for every job accepted before it existed.
+    verify: VerifyPolicy | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class JobRejected(EventModel):
@@ -153,6 +160,9 @@ class UsageMetered(EventModel):
     gpu_ms: GpuMs
     price_micros: PriceMicros
     amount_micros: Micros
+    #: For a verified task, which of its valid results this pays (one ``UsageMetered`` each); absent
+    #: for an unverified task, whose one completion is the only thing to pay.
+    lease_id: Id | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class JobCompleted(EventModel):

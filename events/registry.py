@@ -47,7 +47,9 @@ from events.task import (
     TaskLeaseExpired,
     TaskProgressed,
     TaskQueued,
+    TaskResultJudged,
     TaskResultRejected,
+    TaskResultReturned,
     TaskRetried,
     TaskStarted,
 )
@@ -77,6 +79,8 @@ CATALOGUE: tuple[type[EventModel], ...] = (
     TaskLeaseExpired,
     TaskCancelled,
     TaskResultRejected,
+    TaskResultReturned,
+    TaskResultJudged,
     ProviderRegistered,
     ProviderCalibrated,
     ProviderOnline,
@@ -111,6 +115,8 @@ Event = Annotated[
     | TaskLeaseExpired
     | TaskCancelled
     | TaskResultRejected
+    | TaskResultReturned
+    | TaskResultJudged
     | ProviderRegistered
     | ProviderCalibrated
     | ProviderOnline

@@ -3,7 +3,7 @@
 Reputation is a smoothed share of good outcomes over what a provider did with the leases it was
 given (a Beta(1, 1) prior: a newcomer starts at 0.5, and the value is always in (0, 1))::
 
-    reputation = (completions + 1) / (completions + faults + lost_leases + 2 * refused_reports + 2)
+    reputation = (completions + 1) / (completions + faults + lost_leases + 2 * (refused_reports + invalid_results) + 2)
 
 What counts against a provider, and only once:
 
@@ -14,22 +14,60 @@ What counts against a provider, and only once:
   task's timeout, the provider lost, or the provider left while holding it);
 * a **refused report**, counted twice: one naming a lease the sender never held, or carrying another
   identity's object. A late report for one of its own leases that has since ended is a race, not a
-  fault (``TaskResultRejected.late``), and costs nothing.
+  fault (``TaskResultRejected.late``), and costs nothing;
+* an **invalid result**, counted twice: a result that verification found disagreeing with the
+  canonical one (``TaskResultJudged``, verdict ``invalid``).
+
+A completion is an unverified task's ``TaskCompleted``, or a result judged ``valid``: a verified
+task's ``TaskCompleted`` (``verified_by > 0``) is not counted again.
+
+**Trust** (``consecutive_valid``) is the number of results judged valid since the provider's last
+invalid one: what the spot-check probability is computed from (``events.verification``).
 """
 
 from __future__ import annotations
 
-from events.task import TaskFailed, TaskLeaseExpired, TaskResultRejected
+from dataclasses import dataclass
 
-__all__ = ["PROVIDER_FAULTS", "counts_against", "reputation"]
+from events.task import TaskFailed, TaskLeaseExpired, TaskResultJudged, TaskResultRejected
+
+__all__ = ["PROVIDER_FAULTS", "Record", "counts_against", "reputation"]
 
 #: Failure reasons a provider answers for.
 PROVIDER_FAULTS = frozenset({"worker_crashed", "provider_error"})
 
 
-def reputation(completions: int, faults: int, lost_leases: int, refused_reports: int) -> float:
+def reputation(
+    completions: int, faults: int, lost_leases: int, refused_reports: int, invalid_results: int = 0
+) -> float:
     """The reputation formula (see the module docstring)."""
-    return (completions + 1) / (completions + faults + lost_leases + 2 * refused_reports + 2)
+    return (completions + 1) / (completions + faults + lost_leases + 2 * (refused_reports + invalid_results) + 2)
+
+
+@dataclass(slots=True)
+class Record:
+    """A provider's record, as the scheduler and the fleet view both keep it."""
+
+    completed: int = 0
+    failed: int = 0
+    expired: int = 0
+    refused: int = 0
+    invalid: int = 0
+    consecutive_valid: int = 0
+
+    @property
+    def value(self) -> float:
+        """Its reputation: newcomers start at 0.5."""
+        return reputation(self.completed, self.failed, self.expired, self.refused, self.invalid)
+
+    def judged(self, e: TaskResultJudged) -> None:
+        """A verdict on one of its results."""
+        if e.verdict == "valid":
+            self.completed += 1
+            self.consecutive_valid += 1
+        elif e.verdict == "invalid":
+            self.invalid += 1
+            self.consecutive_valid = 0
 
 
 def counts_against(e: TaskFailed | TaskLeaseExpired | TaskResultRejected) -> bool:

@@ -31,6 +31,7 @@ __all__ = [
     "heartbeat_subject",
     "intake_subject",
     "job_id_of",
+    "job_of_task",
     "job_owner",
     "object_name",
     "object_owner",
@@ -82,6 +83,11 @@ def job_owner(job_id: str) -> str | None:
 def task_id_of(job_id: str, index: int) -> str:
     """The id of task ``index`` of ``job_id``: ``<job id>.<index>`` (``<job>-<index>`` for an old job)."""
     return f"{job_id}.{index}" if "." in job_id else f"{job_id}-{index}"
+
+
+def job_of_task(task_id: str) -> str:
+    """The job a task id belongs to (the inverse of :func:`task_id_of`)."""
+    return task_id.rsplit("." if "." in task_id else "-", 1)[0]
 
 
 def intake_subject(role: str, name: str, verb: str, target: str = "") -> str:

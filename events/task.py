@@ -28,6 +28,7 @@ from events.types import (
     TaskId,
     UtcDateTime,
 )
+from events.verification import MAX_REPLICAS, SpotDraw, VerifyPolicy
 
 __all__ = [
     "LeaseEndReason",
@@ -39,7 +40,9 @@ __all__ = [
     "TaskLeased",
     "TaskProgressed",
     "TaskQueued",
+    "TaskResultJudged",
     "TaskResultRejected",
+    "TaskResultReturned",
     "TaskRetried",
     "TaskStarted",
 ]
@@ -69,6 +72,8 @@ class TaskCreated(EventModel):
     #: For sharded jobs: the input and which shard of how many this task reads.
     input: ObjectRef | None = None
     shard: tuple[Count, Count] | None = None
+    #: How its results are verified (``events.verification``); absent means none.
+    verify: VerifyPolicy | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class TaskLeased(EventModel):
@@ -130,6 +135,60 @@ class TaskCompleted(EventModel):
     result: ResultRef
     gpu_ms: GpuMs
     metrics: FloatMap = Field(default_factory=dict)
+    #: For a verified task: how many results agreed with this (the canonical) one. The lease named is
+    #: the canonical result's; every replica is paid by its own ``TaskResultJudged``. Absent (0) when
+    #: the result was not checked.
+    verified_by: int = Field(default=0, ge=0, le=MAX_REPLICAS, exclude_if=lambda n: n == 0)
+    #: The spot-check draw that let this result through unchecked, when the task was under ``spot``.
+    spot: SpotDraw | None = Field(default=None, exclude_if=lambda v: v is None)
+
+
+class TaskResultReturned(EventModel):
+    """A lease holder's result, held in escrow until verification settles; it is not yet the task's.
+
+    ``agrees_with`` names the earlier results of this task (by lease) that this one agrees with,
+    compared element by element (``events.verification.agree``). The task is queued again for
+    another provider unless this result settles the verification (then ``TaskResultJudged`` for
+    every result follows at once).
+    """
+
+    type: Literal["TaskResultReturned"] = "TaskResultReturned"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    task_id: TaskId
+    lease_id: Id
+    provider_id: Id
+    result: ResultRef
+    #: Billed as a completion would be (``events.metering``), at the lease's price: held, not paid.
+    gpu_ms: GpuMs
+    price_micros: PriceMicros = 0
+    metrics: FloatMap = Field(default_factory=dict)
+    replica: int = Field(ge=1, le=MAX_REPLICAS)
+    agrees_with: list[Id] = Field(default_factory=list, max_length=MAX_REPLICAS)
+    #: What settles it: at least ``replicas`` results, ``quorum`` of them agreeing.
+    replicas: int = Field(ge=1, le=MAX_REPLICAS)
+    quorum: int = Field(ge=1, le=MAX_REPLICAS)
+    #: The spot-check draw that sent this result to be checked (for the first result under ``spot``).
+    spot: SpotDraw | None = None
+
+
+class TaskResultJudged(EventModel):
+    """The verdict on one returned result: ``valid`` is paid, ``invalid`` earns nothing and costs its
+    provider trust and reputation, ``inconclusive`` (no quorum, or the task ended first) earns nothing
+    and costs nothing."""
+
+    type: Literal["TaskResultJudged"] = "TaskResultJudged"
+    v: Literal[1] = 1
+    at: UtcDateTime
+    task_id: TaskId
+    lease_id: Id
+    provider_id: Id
+    verdict: Literal["valid", "invalid", "inconclusive"]
+    #: The lease of the canonical result it was judged against (None when there is none).
+    canonical: Id | None = None
+    #: The result's billed GPU time (as returned): paid when valid, forfeited otherwise.
+    gpu_ms: GpuMs = 0
+    reason: str = Field(default="", max_length=500)
 
 
 class TaskFailed(EventModel):

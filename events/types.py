@@ -132,6 +132,7 @@ FailureReason = Literal[
     "worker_crashed",
     "unsupported",
     "provider_error",
+    "unverifiable",
 ]
 
 #: inf and NaN are refused: JSON has no spelling for them (pydantic would write null, unreadable).

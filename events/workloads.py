@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from events.errors import InvalidPayload
 from events.types import Estimate, JsonValue, ObjectRef
+from events.verification import Compare
 
 __all__ = [
     "WORKLOADS",
@@ -212,6 +213,10 @@ class WorkloadContract:
     requires_cuda: bool = False
     checkpoints: bool = False
     summary: str = ""
+    #: How two providers' results of one task compare (``events.verification.agree``).
+    compare: Compare = "tolerance"
+    #: Result keys that are bookkeeping, not the result (ignored when comparing).
+    ignore: frozenset[str] = frozenset()
 
 
 def _contract(
@@ -219,24 +224,43 @@ def _contract(
     params: type[BaseModel],
     estimate: Callable[[Any], Estimate],
     progress: Literal["steps", "none"],
+    *,
+    compare: Compare = "tolerance",
+    ignore: frozenset[str] = frozenset(),
     **kw: bool,
 ) -> WorkloadContract:
     summary = (params.__doc__ or "").strip().splitlines()[0]
-    return WorkloadContract(name, params, estimate, progress, summary=summary, **kw)
+    return WorkloadContract(name, params, estimate, progress, summary=summary, compare=compare, ignore=ignore, **kw)
 
 
 WORKLOADS: dict[str, WorkloadContract] = {
     c.name: c
     for c in (
-        _contract("noop", NoopParams, lambda p: Estimate(), "none"),
-        _contract("sleep", SleepParams, lambda p: Estimate(fixed_seconds=p.seconds), "steps"),
+        _contract("noop", NoopParams, lambda p: Estimate(), "none", compare="none"),
+        _contract("sleep", SleepParams, lambda p: Estimate(fixed_seconds=p.seconds), "steps", compare="none"),
         _contract("matmul", MatmulParams, _estimate_matmul, "steps"),
         _contract("fft", FftParams, _estimate_fft, "none"),
         _contract("reduction", ReductionParams, _estimate_stream, "none"),
         _contract("elementwise", ElementwiseParams, _estimate_stream, "none"),
-        _contract("montecarlo", MonteCarloParams, _estimate_montecarlo, "steps"),
-        _contract("stencil", StencilParams, _estimate_stencil, "steps", checkpoints=True),
-        _contract("custom_kernel", CustomKernelParams, _estimate_kernel, "none", requires_cuda=True),
+        # Seeded integer hit counts: the same on every backend, bit for bit.
+        _contract("montecarlo", MonteCarloParams, _estimate_montecarlo, "steps", compare="exact"),
+        _contract(
+            "stencil",
+            StencilParams,
+            _estimate_stencil,
+            "steps",
+            checkpoints=True,
+            ignore=frozenset({"resumed_from_step", "steps_run"}),
+        ),
+        # The outputs' own digests and object names differ between providers; their values compare.
+        _contract(
+            "custom_kernel",
+            CustomKernelParams,
+            _estimate_kernel,
+            "none",
+            requires_cuda=True,
+            ignore=frozenset({"sha256", "arrays"}),
+        ),
     )
 }
 

@@ -32,6 +32,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+err = Console(stderr=True)
 T = TypeVar("T")
 
 NatsOpt = Annotated[
@@ -259,6 +260,8 @@ def _job_spec(
     deadline_in: float | None,
     backend: str | None,
     priority: int | None,
+    verify: str | None = None,
+    replicas: int | None = None,
 ) -> dict[str, Any]:
     import yaml
 
@@ -286,6 +289,15 @@ def _job_spec(
         spec.setdefault("resources", {})["backend"] = backend
     if priority is not None:
         spec["priority"] = priority
+    if verify is not None or replicas is not None:
+        policy = spec.setdefault("verify", {})
+        if not isinstance(policy, dict):
+            raise InvalidPayload("verify must be a mapping", field="verify")
+        if verify is not None:
+            policy["mode"] = verify
+        if replicas is not None:
+            policy.update(replicas=replicas, quorum=min(replicas, int(policy.get("quorum", 2))))
+            policy["max_replicas"] = max(replicas, int(policy.get("max_replicas", 4)))
     if "workload" not in spec:
         raise InvalidPayload("give a job file or --workload", field="workload")
     return spec
@@ -303,6 +315,13 @@ def submit(
     deadline_in: Annotated[float | None, typer.Option(help="Deadline, seconds from now.")] = None,
     backend: Annotated[str | None, typer.Option(help="Required backend: cuda or any.")] = None,
     priority: Annotated[int | None, typer.Option(help="0 (low) to 9 (high).")] = None,
+    verify: Annotated[
+        str | None,
+        typer.Option(help="Result verification: auto (default: spot checks when paid), none, spot or replicate."),
+    ] = None,
+    replicas: Annotated[
+        int | None, typer.Option(min=1, max=8, help="With --verify replicate: providers per task.")
+    ] = None,
     job_id: Annotated[str | None, typer.Option(help="Choose the job's name (a retry with it is a no-op).")] = None,
     watch_: Annotated[bool, typer.Option("--watch", "-w", help="Follow the job to the end.")] = False,
     nats_url: NatsOpt = None,
@@ -316,7 +335,10 @@ def submit(
 
     async def run() -> None:
         nonlocal spec
-        spec = _job_spec(file, workload, param or [], tasks, max_price, deadline_in, backend, priority)
+        spec = _job_spec(
+            file, workload, param or [], tasks, max_price, deadline_in, backend, priority, verify, replicas
+        )
+        _verification_notice(spec)
         async with await _client("submitter", nats_url, creds, tls_ca) as client:
             job = await client.submit(spec, job_id=job_id)
             console.print(job.id, highlight=False)
@@ -327,6 +349,37 @@ def submit(
                     raise typer.Exit(1)
 
     _run(run())
+
+
+def _verification_notice(spec: dict[str, Any]) -> None:
+    """Before submitting: what verification will cost (replicas are paid, and run one after another)."""
+    from events.verification import VerifyPolicy, expected_replicas
+    from events.workloads import WORKLOADS
+
+    c = WORKLOADS.get(str(spec.get("workload")))
+    raw = spec.get("verify")
+    if not isinstance(raw, dict):
+        return  # the network's default: ``gpufleet jobs`` shows what it was
+    try:
+        policy = VerifyPolicy.model_validate(raw)
+    except ValueError:
+        return  # the network refuses it, naming the field
+    if c is None or c.compare == "none" or policy.mode == "none":
+        return
+    if policy.mode == "replicate":
+        n = expected_replicas(policy, True, c.compare)
+        err.print(
+            f"verify: replicate: each task runs on {n:.0f} providers of different owners, one after another: "
+            f"about {n:.0f}x the cost and the time of an unverified task (more if results disagree)",
+            highlight=False,
+        )
+    else:
+        new, trusted = expected_replicas(policy, True, c.compare), expected_replicas(policy, True, c.compare, 1.0)
+        err.print(
+            f"verify: {policy.mode}: paid results are spot-checked on a second provider: up to {new:.1f}x the cost "
+            f"and time on providers not yet trusted, about {trusted:.1f}x on trusted ones; free results are not",
+            highlight=False,
+        )
 
 
 def _print_outcome(st: Any) -> None:

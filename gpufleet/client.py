@@ -54,6 +54,7 @@ from events.store.connection import Access, connect_nats, raise_if_denied
 from events.store.topology import Topology
 from events.subjects import api_subject, intake_subject, job_owner, outcomes_stream
 from events.types import ObjectRef, ResultRef, is_valid_id, utc_now
+from events.verification import inline_sha256
 from gpufleet.errors import (
     JobCancelledError,
     JobEndedError,
@@ -475,8 +476,7 @@ class Job:
         if ref is None:
             raise JobEndedError(self.id, "completed", f"task {t.task_id} has no result")
         if ref.object is None:
-            data = json.dumps(ref.inline, sort_keys=True, separators=(",", ":")).encode()
-            if hashlib.sha256(data).hexdigest() != ref.sha256:
+            if inline_sha256(ref.inline) != ref.sha256:
                 raise ResultIntegrityError(f"task {t.task_id}: the inline result does not match its sha256")
             return TaskResult(t.task_id, t.index, ref.sha256, ref.size, value=ref.inline)
         try:

@@ -102,7 +102,9 @@ async def run_demo(data_dir: Path, console: Console, *, backend: str = "auto") -
         data_dir=data_dir,
         provider_backend=backend,
         provider_price_micros=2000,  # 0.002 credits per GPU-second, so that the books show something
-        orchestrator=OrchestratorConfig(heartbeat_timeout_s=5.0),
+        # One provider, the demo's own: there is no second owner to check its results against, so
+        # the demo's jobs run unverified (a network of strangers spot-checks paid results by default).
+        orchestrator=OrchestratorConfig(heartbeat_timeout_s=5.0, default_verify=None),
     )
     net = LocalNetwork(cfg)
     t0 = time.perf_counter()

@@ -5,6 +5,11 @@ through intake, heartbeat in the KV bucket, take leases from their dispatch cons
 through intake, exactly like ``gpu_runtime``'s service, but run ``noop``/``sleep`` tasks in the event
 loop, so hundreds fit in one process. Tests and benchmarks use them to exercise the orchestrator, and
 ``kill()`` injects a real fault: the provider stops mid-task without a word, its connection dropped.
+
+A simulated provider that lists ``montecarlo`` among its workloads runs it for real, and cheaply: the
+result is the summary ``gpu_runtime`` computes (:func:`montecarlo_summary`), bit for bit, so results
+can be verified against a real runtime's or another simulated provider's. What it reports comes from
+:meth:`SimulatedProvider.outcome`, which a test's subclass overrides to lie (``tests/dishonest.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,9 +40,10 @@ from events.intake import (
 from events.store.connection import Access, connect_nats
 from events.store.topology import Topology
 from events.subjects import dispatch_consumer, heartbeat_subject, intake_subject, report_subject
-from events.types import Calibration, Capabilities, ResultRef, utc_now
+from events.types import Calibration, Capabilities, JsonValue, ResultRef, utc_now
+from events.workloads import MonteCarloParams
 
-__all__ = ["SimulatedProvider"]
+__all__ = ["SimulatedProvider", "inline_result", "montecarlo_summary"]
 
 _log = structlog.get_logger("gpufleet.sim")
 _DISPATCH: TypeAdapter[LeaseGranted | LeaseRevoked] = TypeAdapter(Dispatch)
@@ -46,6 +53,20 @@ def inline_result(value: Any) -> ResultRef:
     """A small result carried inline, with the sha256 of its canonical JSON."""
     data = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
     return ResultRef(sha256=hashlib.sha256(data).hexdigest(), size=len(data), inline=value)
+
+
+def montecarlo_summary(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``montecarlo`` result exactly as ``gpu_runtime`` computes it: hits counted with NumPy in
+    chunks of ``chunk`` (``gpu_runtime.workloads.montecarlo``), then the same summary."""
+    import numpy as np
+
+    from gpu_runtime.workloads.montecarlo import count_hits
+
+    p = MonteCarloParams.model_validate(dict(params))
+    hits = 0
+    for start in range(0, p.samples, p.chunk):
+        hits += count_hits(np, p.seed, start, min(p.chunk, p.samples - start))
+    return {"workload": "montecarlo", "samples": p.samples, "seed": p.seed, "hits": hits, "pi": 4.0 * hits / p.samples}
 
 
 @dataclass
@@ -179,35 +200,50 @@ class SimulatedProvider:
                 )
                 await asyncio.sleep(min(1.0, 0.05 * (attempt + 1)))
 
+    async def execute(self, lease: LeaseGranted) -> JsonValue:
+        """Do the work of ``lease`` honestly; the value of its result.
+
+        ``montecarlo`` returns the summary ``gpu_runtime`` would (:func:`montecarlo_summary`, run in a
+        thread so that heartbeats go on). ``sleep`` sleeps its ``seconds``, reporting progress, and
+        ``noop`` does nothing; both return a token naming the task and this provider.
+        """
+        if lease.workload == "montecarlo":
+            return await asyncio.to_thread(montecarlo_summary, lease.params)
+        seconds = float(lease.params.get("seconds", 0.0) or 0.0) if lease.workload == "sleep" else 0.0  # type: ignore[arg-type]
+        if seconds > 0:
+            steps = 4
+            for i in range(steps):
+                await asyncio.sleep(seconds / steps)
+                if i < steps - 1:
+                    await self._report(
+                        lease.task_id,
+                        ProgressReport(
+                            lease_id=lease.lease_id,
+                            provider_id=self.provider_id,
+                            fraction=(i + 1) / steps,
+                            rate=steps / seconds,
+                        ),
+                    )
+        return {"task": lease.task_id, "by": self.provider_id}
+
+    async def outcome(self, lease: LeaseGranted, t0: float) -> tuple[ResultRef, int]:
+        """What this provider reports for ``lease``: the result and the GPU milliseconds it claims.
+
+        Honestly: the value of :meth:`execute`, inline, and the time since ``t0`` (``time.perf_counter``
+        when the lease arrived). A subclass overrides this to lie (``tests/dishonest.py``).
+        """
+        value = await self.execute(lease)
+        return inline_result(value), int((time.perf_counter() - t0) * 1000)
+
     async def _run(self, lease: LeaseGranted) -> None:
         t0 = time.perf_counter()
         try:
             if self.report_started:
                 await self._report(lease.task_id, StartedReport(lease_id=lease.lease_id, provider_id=self.provider_id))
-            seconds = float(lease.params.get("seconds", 0.0) or 0.0) if lease.workload == "sleep" else 0.0  # type: ignore[arg-type]
-            if seconds > 0:
-                steps = 4
-                for i in range(steps):
-                    await asyncio.sleep(seconds / steps)
-                    if i < steps - 1:
-                        await self._report(
-                            lease.task_id,
-                            ProgressReport(
-                                lease_id=lease.lease_id,
-                                provider_id=self.provider_id,
-                                fraction=(i + 1) / steps,
-                                rate=steps / seconds,
-                            ),
-                        )
-            gpu_ms = int((time.perf_counter() - t0) * 1000)
+            result, gpu_ms = await self.outcome(lease, t0)
             await self._report(
                 lease.task_id,
-                CompletedReport(
-                    lease_id=lease.lease_id,
-                    provider_id=self.provider_id,
-                    result=inline_result({"task": lease.task_id, "by": self.provider_id}),
-                    gpu_ms=gpu_ms,
-                ),
+                CompletedReport(lease_id=lease.lease_id, provider_id=self.provider_id, result=result, gpu_ms=gpu_ms),
             )
             self.completed += 1
         except asyncio.CancelledError:

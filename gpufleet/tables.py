@@ -6,13 +6,27 @@ from typing import Any
 
 from rich.table import Table
 
+from events.verification import spot_probability
+
 __all__ = ["fleet_table"]
 
 
 def fleet_table(rows: list[Any]) -> Table:
     """The fleet: each provider's verified id, state, device, slots, utilisation, record and earnings."""
     t = Table(title=f"{len(rows)} provider(s)")
-    for col in ("provider", "state", "device", "slots", "busy", "completed", "reputation", "earned (credits)"):
+    cols = (
+        "provider",
+        "state",
+        "device",
+        "slots",
+        "busy",
+        "completed",
+        "invalid",
+        "trust",
+        "reputation",
+        "earned (credits)",
+    )
+    for col in cols:
         t.add_column(col)
     for r in rows:
         device = f"{r.backend} {r.gpu_model}" + (f" {r.vram_mb // 1024} GiB" if r.vram_mb else "")
@@ -23,6 +37,9 @@ def fleet_table(rows: list[Any]) -> Table:
             str(r.slots),
             f"{r.utilisation:.0%}",
             str(r.completions),
+            str(r.invalid_results),
+            # Trust: valid results in a row, and the chance its next paid result is spot-checked.
+            f"{r.consecutive_valid} ({spot_probability(r.consecutive_valid):.0%})",
             f"{r.reputation:.2f}",
             f"{r.earnings_micros / 1e6:.6f}",
         )

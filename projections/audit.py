@@ -73,6 +73,8 @@ from events.task import (
     TaskLeased,
     TaskLeaseExpired,
     TaskQueued,
+    TaskResultJudged,
+    TaskResultReturned,
     TaskRetried,
     TaskStarted,
 )
@@ -125,6 +127,8 @@ _STREAM_KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
                 "TaskLeaseExpired",
                 "TaskCancelled",
                 "TaskResultRejected",
+                "TaskResultReturned",
+                "TaskResultJudged",
             }
         ),
         frozenset({"TaskCreated"}),
@@ -248,6 +252,20 @@ class _Task:
     expired_lease: str | None = None
     #: When the current lease was granted: the bill may not exceed the time from there to completion.
     leased_at: datetime | None = None
+    lease_price: int = 0
+    #: Results returned under verification, by lease: [provider, gpu_ms, price, agrees_with, verdict].
+    returned: dict[str, _Returned] = field(default_factory=dict)
+    metered_leases: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Returned:
+    provider_id: str
+    gpu_ms: int
+    price_micros: int
+    agrees_with: frozenset[str]
+    verdict: str | None = None
+    canonical: str | None = None
 
 
 @dataclass
@@ -455,6 +473,16 @@ class Auditor:
         task = self._tasks.get(e.task_id)
         if task is None or task.created.job_id != e.job_id or task.state != "completed":
             self.find("ledger", pos, f"usage metered for {e.task_id}, which is not a completed task of {e.job_id}")
+        elif e.lease_id is not None:
+            r = task.returned.get(e.lease_id)
+            if r is None or r.verdict != "valid":
+                self.find("ledger", pos, f"usage of {e.task_id} metered for {e.lease_id}, not a valid result")
+            elif (r.provider_id, r.gpu_ms, r.price_micros) != (e.provider_id, e.gpu_ms, e.price_micros):
+                self.find("ledger", pos, f"usage of {e.task_id}/{e.lease_id} metered otherwise than it was returned")
+            if e.lease_id in task.metered_leases:
+                self.find("ledger", pos, f"usage of {e.task_id}/{e.lease_id} metered twice")
+            task.metered_leases.add(e.lease_id)
+            task.metered = 1
         else:
             task.metered += 1
             if task.metered > 1:
@@ -549,10 +577,13 @@ class Auditor:
             problems.append(f"price {e.price_micros} over the ceiling {c.max_price_micros}")
         if problems:
             self.find("leases", pos, f"{e.task_id} leased to {e.provider_id}: " + "; ".join(problems))
+        if any(r.provider_id == e.provider_id for r in t.returned.values()):
+            self.find("leases", pos, f"{e.task_id}: a replica leased to {e.provider_id}, which returned one already")
         t.state = "leased"
         t.lease_id = e.lease_id
         t.provider_id = e.provider_id
         t.leased_at = e.at
+        t.lease_price = e.price_micros
 
     def _holder(self, t: _Task, lease_id: str | None, provider_id: str | None) -> bool:
         return t.state in ("leased", "running") and t.lease_id == lease_id and t.provider_id == provider_id
@@ -565,10 +596,74 @@ class Auditor:
             self.find("sequence", pos, f"{e.task_id} started by {e.provider_id}/{e.lease_id} while {t.state}")
         t.state = "running"
 
+    def _overbilled(self, t: _Task, gpu_ms: int, at: datetime, pos: int) -> None:
+        if t.leased_at is not None:
+            most = billable_ms(gpu_ms, t.leased_at, at, t.created.timeout_s)
+            if gpu_ms > most:
+                self.find(
+                    "ledger",
+                    pos,
+                    f"{t.created.task_id} billed {gpu_ms} ms of GPU time, more than the {most} ms observed "
+                    "from its lease to its completion, within its timeout",
+                )
+
+    def on_TaskResultReturned(self, e: TaskResultReturned, pos: int, env: Envelope) -> None:
+        self.cover["completions"] += 1
+        t = self._task(e.task_id, pos, "TaskResultReturned")
+        if t is None:
+            return
+        if not self._holder(t, e.lease_id, e.provider_id):
+            self.find("completions", pos, f"forged: {e.task_id} result returned by {e.provider_id}/{e.lease_id}")
+        if t.created.verify is None:
+            self.find("completions", pos, f"{e.task_id}: a result held for verification, but the task has none")
+        unknown = [x for x in e.agrees_with if x not in t.returned]
+        if unknown or e.replica != len(t.returned) + 1:
+            self.find("completions", pos, f"{e.task_id}: replica {e.replica} names results never returned {unknown}")
+        if e.price_micros != t.lease_price:
+            self.find(
+                "ledger", pos, f"{e.task_id}: result held at {e.price_micros}, its lease's price is {t.lease_price}"
+            )
+        self._overbilled(t, e.gpu_ms, e.at, pos)
+        t.returned[e.lease_id] = _Returned(e.provider_id, e.gpu_ms, e.price_micros, frozenset(e.agrees_with))
+        t.state = "queued"
+        t.lease_id = None
+
+    def on_TaskResultJudged(self, e: TaskResultJudged, pos: int, env: Envelope) -> None:
+        self.cover["completions"] += 1
+        t = self._tasks[e.task_id]
+        r = t.returned.get(e.lease_id)
+        if r is None or r.provider_id != e.provider_id or r.verdict is not None:
+            self.find("completions", pos, f"{e.task_id}: a verdict on {e.lease_id}, not a result awaiting one")
+            return
+        if e.verdict in ("valid", "invalid"):
+            canon = t.returned.get(e.canonical or "")
+            if canon is None:
+                self.find("completions", pos, f"{e.task_id}: judged against {e.canonical}, not a returned result")
+            else:
+                agrees = e.lease_id == e.canonical or e.canonical in r.agrees_with or e.lease_id in canon.agrees_with
+                if agrees != (e.verdict == "valid"):
+                    self.find("completions", pos, f"{e.task_id}: {e.lease_id} judged {e.verdict} against the log")
+        if e.gpu_ms != r.gpu_ms:
+            self.find("ledger", pos, f"{e.task_id}: {e.lease_id} judged at {e.gpu_ms} ms, returned at {r.gpu_ms} ms")
+        r.verdict = e.verdict
+        r.canonical = e.canonical
+
     def on_TaskCompleted(self, e: TaskCompleted, pos: int, env: Envelope) -> None:
         self.cover["completions"] += 1
         t = self._task(e.task_id, pos, "TaskCompleted")
         if t is None:
+            return
+        if e.verified_by:
+            r = t.returned.get(e.lease_id)
+            valid = [x for x, y in t.returned.items() if y.verdict == "valid" and y.canonical == e.lease_id]
+            pending = [x for x, y in t.returned.items() if y.verdict is None]
+            if r is None or r.provider_id != e.provider_id or r.gpu_ms != e.gpu_ms or len(valid) != e.verified_by:
+                self.find("completions", pos, f"{e.task_id}: completed with a result no quorum verified")
+            elif pending:
+                self.find("completions", pos, f"{e.task_id}: completed with results still unjudged: {pending}")
+            t.state = "completed"
+            t.completed_by = e.provider_id
+            t.gpu_ms = e.gpu_ms
             return
         if not self._holder(t, e.lease_id, e.provider_id):
             self.find(
@@ -586,15 +681,7 @@ class Auditor:
             if p is None or p.status not in ("online", "draining", "lost"):
                 status = p.status if p else "unknown"
                 self.find("completions", pos, f"{e.task_id} completed by {e.provider_id} while {status}")
-            if t.leased_at is not None:
-                most = billable_ms(e.gpu_ms, t.leased_at, e.at, t.created.timeout_s)
-                if e.gpu_ms > most:
-                    self.find(
-                        "ledger",
-                        pos,
-                        f"{e.task_id} billed {e.gpu_ms} ms of GPU time, more than the {most} ms observed "
-                        "from its lease to its completion, within its timeout",
-                    )
+            self._overbilled(t, e.gpu_ms, e.at, pos)
         t.state = "completed"
         t.completed_by = e.provider_id
         t.gpu_ms = e.gpu_ms
@@ -709,6 +796,9 @@ class Auditor:
                     self.find("intake", pos, f"an outcome for intake message {seq}, which does not exist")
         self._books()
         for task_id, t in self._tasks.items():
+            unjudged = sorted(x for x, r in t.returned.items() if r.verdict is None)
+            if t.state in _TERMINAL and unjudged:
+                self.find("completions", None, f"{task_id} ended ({t.state}) with results never judged: {unjudged}")
             if t.state == "completed" and t.metered == 0:
                 job = self._jobs.get(t.created.job_id)
                 if job is not None and job.ended_at is not None:

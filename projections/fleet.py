@@ -21,14 +21,16 @@ from events.provider import (
     ProviderOnline,
     ProviderRegistered,
 )
-from events.reputation import PROVIDER_FAULTS, counts_against, reputation
+from events.reputation import PROVIDER_FAULTS, Record, counts_against, reputation
 from events.task import (
     TaskCancelled,
     TaskCompleted,
     TaskFailed,
     TaskLeased,
     TaskLeaseExpired,
+    TaskResultJudged,
     TaskResultRejected,
+    TaskResultReturned,
 )
 from projections.storage import Table
 from projections.view import View, iso
@@ -78,6 +80,10 @@ class ProviderRow:
     faults: int = 0
     lost_leases: int = 0
     refused_reports: int = 0
+    #: Results verification found invalid, and valid results since the last invalid one (its trust:
+    #: the spot-check probability follows from it, ``events.verification``).
+    invalid_results: int = 0
+    consecutive_valid: int = 0
     reputation: float = 0.5
     #: GPU time of its completed tasks, and what it was credited for them.
     busy_ms: int = 0
@@ -99,11 +105,22 @@ PROVIDERS = Table.of("providers", ProviderRow, key=("provider_id",), indexes=(("
 FLEET_LEASES = Table.of("fleet_leases", LeaseRow, key=("task_id",), indexes=(("provider_id",),))
 
 
+def _record(p: ProviderRow) -> Record:
+    return Record(
+        completed=p.completions,
+        failed=p.faults,
+        expired=p.lost_leases,
+        refused=p.refused_reports,
+        invalid=p.invalid_results,
+        consecutive_valid=p.consecutive_valid,
+    )
+
+
 class FleetView(View):
     """Folds provider events, leases and credits into ``providers`` (and the held ``fleet_leases``)."""
 
     name: ClassVar[str] = "fleet"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
     tables: ClassVar[tuple[Table[object], ...]] = (PROVIDERS, FLEET_LEASES)  # type: ignore[assignment]
 
     def __init__(self) -> None:
@@ -131,7 +148,7 @@ class FleetView(View):
 
     @staticmethod
     def _score(p: ProviderRow) -> None:
-        p.reputation = reputation(p.completions, p.faults, p.lost_leases, p.refused_reports)
+        p.reputation = _record(p).value
         p.utilisation = p.running / p.slots if p.slots else 0.0
 
     def _release(self, task_id: str, env: Envelope) -> ProviderRow | None:
@@ -238,6 +255,22 @@ class FleetView(View):
         if p is not None and counts_against(e):
             p.refused_reports += 1
             self._score(p)
+
+    def on_TaskResultReturned(self, e: TaskResultReturned, env: Envelope) -> None:
+        lease = self.leases.get(e.task_id)
+        if lease is not None and lease.lease_id == e.lease_id:
+            self._release(e.task_id, env)
+
+    def on_TaskResultJudged(self, e: TaskResultJudged, env: Envelope) -> None:
+        p = self._provider(e.provider_id, env)
+        if p is None:
+            return
+        rec = _record(p)
+        rec.judged(e)  # the one rule: events.reputation
+        p.completions, p.invalid_results, p.consecutive_valid = rec.completed, rec.invalid, rec.consecutive_valid
+        if e.verdict == "valid":
+            p.busy_ms += e.gpu_ms
+        self._score(p)
 
     def on_ProviderCredited(self, e: ProviderCredited, env: Envelope) -> None:
         p = self._provider(e.provider_id, env)

@@ -30,7 +30,9 @@ from events.task import (
     TaskLeaseExpired,
     TaskProgressed,
     TaskQueued,
+    TaskResultJudged,
     TaskResultRejected,
+    TaskResultReturned,
     TaskRetried,
     TaskStarted,
 )
@@ -53,7 +55,9 @@ __all__ = [
 #: cancelled (an accepted job can also fail or be cancelled before it runs).
 JOB_STATUSES = ("submitted", "rejected", "accepted", "running", "completed", "failed", "cancelled")
 #: queued -> leased -> running -> completed; a failure retries (retrying -> queued) or kills (dead).
-TASK_STATES = ("queued", "leased", "running", "retrying", "completed", "dead", "cancelled")
+#: Under verification a returned result leaves the task ``verifying`` until another provider's
+#: replica is leased (then leased -> running again) or the verdict completes it.
+TASK_STATES = ("queued", "leased", "running", "retrying", "verifying", "completed", "dead", "cancelled")
 ACTIVE_TASK_STATES = frozenset({"leased", "running"})
 TERMINAL_TASK_STATES = frozenset({"completed", "dead", "cancelled"})
 
@@ -96,6 +100,10 @@ class JobRow:
     gpu_ms: int = 0
     cost_micros: int = 0
     charged_micros: int = 0
+    #: The verification policy its tasks run under (``none``, ``auto``, ``spot``, ``replicate``), and
+    #: the results verification found invalid (never delivered, never paid).
+    verify: str = "none"
+    invalid_results: int = 0
     updated_at: str = ""
     #: Global position of the last event that changed this row.
     position: int = 0
@@ -140,6 +148,9 @@ class TaskRow:
     #: The ``ResultRef`` as canonical JSON: inline value or object-store reference, and digest.
     result: str | None = None
     reason: str = ""
+    #: Results returned for verification, and how many agreed with the one delivered (0: unverified).
+    replicas: int = 0
+    verified_by: int = 0
     updated_at: str = ""
     position: int = 0
 
@@ -152,7 +163,7 @@ class JobsView(View):
     """Folds job and task events into the ``jobs`` and ``tasks`` tables."""
 
     name: ClassVar[str] = "jobs"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
     tables: ClassVar[tuple[Table[object], ...]] = (JOBS, TASKS)  # type: ignore[assignment]
 
     def __init__(self) -> None:
@@ -228,6 +239,7 @@ class JobsView(View):
             job.task_count = e.task_count
             job.predicted_s = e.predicted_s
             job.accepted_at = iso(e.at)
+            job.verify = e.verify.mode if e.verify is not None else "none"
 
     def on_JobRejected(self, e: JobRejected, env: Envelope) -> None:
         job = self._job(e.job_id, env)
@@ -344,6 +356,7 @@ class JobsView(View):
         task.gpu_ms = e.gpu_ms
         task.result_sha256 = e.result.sha256
         task.result = e.result.model_dump_json()
+        task.verified_by = e.verified_by
         if task.started_at is not None:
             task.runtime_s = (e.at - parse_iso(task.started_at)).total_seconds()
 
@@ -393,6 +406,22 @@ class JobsView(View):
         task.reason = e.reason
         task.finished_at = iso(e.at)
         self._move(task, "cancelled", env)
+
+    def on_TaskResultReturned(self, e: TaskResultReturned, env: Envelope) -> None:
+        task = self._task(e.task_id, env)
+        if task is None or task.state in TERMINAL_TASK_STATES:
+            return
+        task.replicas += 1
+        task.queued_at = iso(e.at)
+        self._move(task, "verifying", env)
+
+    def on_TaskResultJudged(self, e: TaskResultJudged, env: Envelope) -> None:
+        task = self._task(e.task_id, env)
+        if task is None or e.verdict != "invalid":
+            return
+        job = self._job(task.job_id, env)
+        if job is not None:
+            job.invalid_results += 1
 
     def on_TaskResultRejected(self, e: TaskResultRejected, env: Envelope) -> None:
         task = self._task(e.task_id, env)

@@ -10,6 +10,11 @@ against. The books balance when, per job, charged == sum(metered) == sum(credite
 empty), per job and provider the credit equals that provider's metered usage, and per submitter and
 per provider the settled amounts equal the metered usage of their settled jobs. GPU time is booked
 beside the money and must balance the same way.
+
+Under verification (``events.verification``) a returned result is *held*: it is shown in the job's
+``held_micros`` until its verdict. A valid one is then metered (and paid at settlement); an invalid
+or inconclusive one is *forfeited*: never charged to the submitter, never credited to its provider.
+Per job: held results = metered valid results + forfeited + still held.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing import ClassVar
 from events.envelope import Envelope
 from events.job import ProviderCredited, SubmitterCharged, UsageMetered
 from events.metering import metered_amount
+from events.subjects import job_of_task
+from events.task import TaskResultJudged, TaskResultReturned
 from projections.storage import Table
 from projections.view import View, iso
 
@@ -89,6 +96,14 @@ class LedgerJobRow:
     #: Usage metered with an amount other than ceil(gpu_ms * price / 1000).
     mispriced: int = 0
     balanced: int = 0
+    #: Verified tasks: results returned and held until their verdict (not charged while held), then
+    #: paid (valid: metered above) or forfeited (invalid or inconclusive: never charged, never paid).
+    held_micros: int = 0
+    held_gpu_ms: int = 0
+    forfeited_micros: int = 0
+    forfeited_gpu_ms: int = 0
+    valid_results: int = 0
+    invalid_results: int = 0
 
 
 @dataclass(slots=True)
@@ -103,24 +118,38 @@ class LedgerJobProviderRow:
     credited_gpu_ms: int = 0
 
 
+@dataclass(slots=True)
+class HeldRow:
+    """A result held in escrow until its verdict."""
+
+    task_id: str
+    lease_id: str
+    job_id: str = ""
+    provider_id: str = ""
+    amount_micros: int = 0
+    gpu_ms: int = 0
+
+
 ACCOUNTS = Table.of("ledger_accounts", AccountRow, key=("account",), indexes=(("kind",),))
 POSTINGS = Table.of("ledger_postings", PostingRow, key=("position", "leg"), indexes=(("account",),))
 LEDGER_JOBS = Table.of("ledger_jobs", LedgerJobRow, key=("job_id",), indexes=(("submitter",),))
 LEDGER_JOB_PROVIDERS = Table.of(
     "ledger_job_providers", LedgerJobProviderRow, key=("job_id", "provider_id"), indexes=(("provider_id",),)
 )
+LEDGER_HELD = Table.of("ledger_held", HeldRow, key=("task_id", "lease_id"), indexes=(("job_id",),))
 
 
 class LedgerView(View):
     """Folds ``UsageMetered``, ``SubmitterCharged`` and ``ProviderCredited`` into double-entry books."""
 
     name: ClassVar[str] = "ledger"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
     tables: ClassVar[tuple[Table[object], ...]] = (  # type: ignore[assignment]
         ACCOUNTS,
         POSTINGS,
         LEDGER_JOBS,
         LEDGER_JOB_PROVIDERS,
+        LEDGER_HELD,
     )
 
     def __init__(self) -> None:
@@ -129,6 +158,7 @@ class LedgerView(View):
         self.postings: dict[tuple[int, int], PostingRow] = self.data[POSTINGS.name]
         self.jobs: dict[str, LedgerJobRow] = self.data[LEDGER_JOBS.name]
         self.shares: dict[tuple[str, str], LedgerJobProviderRow] = self.data[LEDGER_JOB_PROVIDERS.name]
+        self.held: dict[tuple[str, str], HeldRow] = self.data[LEDGER_HELD.name]
 
     def _account(self, kind: str, owner: str) -> AccountRow:
         name = f"{kind}:{owner}"
@@ -230,3 +260,31 @@ class LedgerView(View):
             gpu_ms=e.gpu_ms,
         )
         self._settle_check(job)
+
+    # ---- verification escrow ----------------------------------------------------------------------
+
+    def on_TaskResultReturned(self, e: TaskResultReturned, env: Envelope) -> None:
+        job_id = job_of_task(e.task_id)
+        amount = metered_amount(e.gpu_ms, e.price_micros)
+        key = (e.task_id, e.lease_id)
+        self.held[key] = HeldRow(e.task_id, e.lease_id, job_id, e.provider_id, amount, e.gpu_ms)
+        self.dirty[LEDGER_HELD.name].add(key)
+        job = self._job(job_id)
+        job.held_micros += amount
+        job.held_gpu_ms += e.gpu_ms
+
+    def on_TaskResultJudged(self, e: TaskResultJudged, env: Envelope) -> None:
+        key = (e.task_id, e.lease_id)
+        held = self.held.pop(key, None)
+        if held is None:
+            return  # judged twice, or never returned: the audit reports it
+        self.dirty[LEDGER_HELD.name].add(key)
+        job = self._job(held.job_id)
+        job.held_micros -= held.amount_micros
+        job.held_gpu_ms -= held.gpu_ms
+        if e.verdict == "valid":
+            job.valid_results += 1
+        else:
+            job.invalid_results += e.verdict == "invalid"
+            job.forfeited_micros += held.amount_micros
+            job.forfeited_gpu_ms += held.gpu_ms

@@ -41,6 +41,7 @@ from events.subjects import INTAKE_STREAM, intake_subject, report_subject
 from events.types import utc_now
 from gpufleet.sim import SimulatedProvider, inline_result
 from projections import Projector, SqliteStore
+from tests.dishonest import DishonestProvider
 from tests.golden import history
 from tests.golden.redecide import redecide
 from tests.integration.orchestra import Tenants, orchestrated, read_world
@@ -68,7 +69,12 @@ SCENARIO = [
     "expires unstarted; leased to it again, deaf leaves holding it (provider_left): the second lost "
     "lease exceeds max_lost_leases=1 (task dead, job failed)",
     "drainer (CUDA) drains while running bob's CUDA sleep: it finishes it, then leaves",
-    "the surviving runtime drains and leaves; sim-a and flaky are still online when the recording stops",
+    "liar (montecarlo, price 400) returns a wrong result for dave's replicated job and is then killed; "
+    "honest-1 and honest-2 (montecarlo, price 500) return the right one: quorum, the liar's result "
+    "judged invalid and never paid; dave's job with the default policy (auto: spot on paid work) has "
+    "its first result checked on the other honest provider",
+    "the surviving runtime drains and leaves; sim-a, flaky, honest-1 and honest-2 are still online when "
+    "the recording stops",
 ]
 #: A task still running past its timeout (on by default; ``--no-running-timeout`` leaves it out). The
 #: lease expiry names the lease and counts against the provider once; the timeout failure that follows
@@ -227,14 +233,17 @@ async def play(story: Story) -> None:
     ):
         runtimes = {"rt-a": a, "rt-b": b}
         await story.until("runtimes online", lambda w: all(_online(w, p) for p in runtimes))
+        # Unverified: one of the two runtimes is killed, so there is no second owner to check with.
         stencil = {
             "workload": "stencil",
             "params": {"n": 32, "steps": 200, "alpha": 0.2, "checkpoint_every": 40, "step_delay_s": 0.015},
+            "verify": {"mode": "none"},
         }
         matmul = {
             "workload": "matmul",
             "params": {"dtype": "fp64", "repeat": 3},
             "split": {"kind": "params", "params": [{"n": 160, "seed": 1}, {"n": 224, "seed": 2}]},
+            "verify": {"mode": "none"},
         }
         await t.submit("alice", "st", stencil)
         w = await story.until("alice.st checkpointed", lambda w: _checkpointed(w, "alice.st.0", 40))
@@ -258,6 +267,7 @@ async def play(story: Story) -> None:
             "workload": "montecarlo",
             "max_price_micros": 2000,
             "retry": {"max_attempts": 3, "backoff_s": 0.3},
+            "verify": {"mode": "none"},  # flaky is the only provider of montecarlo here
         }
         await t.submit("bob", "batch", cpu_sleep(0.3, count=3))
         await t.submit("bob", "retry", {**montecarlo, "params": {"samples": 4096, "seed": 7}})
@@ -314,7 +324,29 @@ async def play(story: Story) -> None:
         await drainer.drain()
         story.sims.remove(drainer)
         await story.until("bob.last done", ended("bob.last"))
-        # 6. The surviving runtime drains and leaves; sim-a and flaky stay online to the end.
+        # 6. Verification: a liar returns a wrong montecarlo result first; under replicate, two honest
+        #    providers of other owners outvote it (its result judged invalid, never paid); dave's
+        #    spot-checked job (the default on paid work) has its new provider's result checked.
+        liar = await story.sim(
+            "liar", DishonestProvider, slots=1, price_micros=400, workloads=("montecarlo",), lie="wrong"
+        )
+        await story.until("liar online", lambda w: _online(w, "liar"))
+        # Under flaky's price (600): only the liar and the honest providers can take it.
+        checked = {"workload": "montecarlo", "params": {"samples": 4096, "chunk": 4096}, "max_price_micros": 550}
+        await t.submit(
+            "dave", "verified", {**checked, "params": {**checked["params"], "seed": 5}, "verify": {"mode": "replicate"}}
+        )
+        await story.until_log(
+            "the liar's result is held",
+            lambda _w, log: any(e.type == "TaskResultReturned" and e.subject == "task.dave.verified.0" for e in log),
+        )
+        await liar.kill()
+        story.sims.remove(liar)
+        for pid in ("honest-1", "honest-2"):
+            await story.sim(pid, slots=1, price_micros=500, workloads=("montecarlo",))
+        await t.submit("dave", "spot", {**checked, "params": {**checked["params"], "seed": 6}})
+        await story.until("verified and spot-checked", ended("dave.verified", "dave.spot"), timeout=60)
+        # 7. The surviving runtime drains and leaves; sim-a and flaky stay online to the end.
         await survivor.drain("the recording is over")
         await story.until("runtime left", lambda w: w.providers[survivor.provider_id].status == "left")
         intake_messages = await _intake_head(story.store)

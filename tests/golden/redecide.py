@@ -17,7 +17,7 @@ It is the check Temporal's ``Replayer`` makes: new code, old histories, the same
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +33,7 @@ from actors.job import (
     MeterUsage,
     MissDeadline,
     SettleJob,
+    Share,
     SubmitJob,
     job_decider,
 )
@@ -49,6 +50,7 @@ from actors.task import (
     ExpireLease,
     LeaseTask,
     QueueTask,
+    ReportCompleted,
     ReportFailed,
     ReportProgress,
     task_decider,
@@ -72,8 +74,17 @@ from events.job import (
     UsageMetered,
 )
 from events.provider import ProviderLost, ProviderOnline
-from events.task import TaskCancelled, TaskCreated, TaskLeased, TaskLeaseExpired, TaskQueued
+from events.task import (
+    TaskCancelled,
+    TaskCompleted,
+    TaskCreated,
+    TaskLeased,
+    TaskLeaseExpired,
+    TaskQueued,
+    TaskResultReturned,
+)
 from events.types import EventModel
+from events.verification import VerifyPolicy
 from tests.golden.history import IntakeRecord
 
 __all__ = ["Decision", "redecide"]
@@ -151,7 +162,9 @@ def intake_command(rec: IntakeRecord, command_id: str, at: datetime, grace_s: fl
     return im.kind, im.target_id, translate_intake(im, command_id, at, grace_s)
 
 
-def internal_command(d: Decision, job_spec: Callable[[str], JobSpec | None]) -> Any:
+def internal_command(
+    d: Decision, job_spec: Callable[[str], JobSpec | None], job_verify: Callable[[str], VerifyPolicy | None]
+) -> Any:
     """The reaction's, scheduler's or timer's command that made decision ``d`` (they carry what the events say)."""
     e, cid, at = d.events[0], d.command_id, d.at
     match e:
@@ -159,7 +172,8 @@ def internal_command(d: Decision, job_spec: Callable[[str], JobSpec | None]) -> 
             spec = job_spec(e.job_id)
             if spec is None:
                 raise LookupError(f"task {e.task_id} was created for job {e.job_id}, which is not in the log before it")
-            return CreateTask(command_id=cid, at=at, created=plan_task(e.job_id, spec, e.index, e.at))
+            created = plan_task(e.job_id, spec, e.index, e.at, job_verify(e.job_id))
+            return CreateTask(command_id=cid, at=at, created=created)
         case TaskLeased():
             return LeaseTask(
                 command_id=cid,
@@ -177,10 +191,16 @@ def internal_command(d: Decision, job_spec: Callable[[str], JobSpec | None]) -> 
         case TaskCancelled():
             return CancelTask(command_id=cid, at=at, reason=e.reason)
         case JobAccepted():
-            return DecideJob(command_id=cid, at=at, predicted_s=e.predicted_s)
+            # The network's default policy is configuration, like the ETA: recorded in the event.
+            return DecideJob(command_id=cid, at=at, predicted_s=e.predicted_s, default_verify=e.verify)
         case JobRejected():
             return DecideJob(command_id=cid, at=at)
         case UsageMetered():
+            shares = tuple(
+                Share(m.lease_id, m.provider_id, m.gpu_ms, m.price_micros)
+                for m in d.events
+                if isinstance(m, UsageMetered) and m.lease_id is not None
+            )
             return MeterUsage(
                 command_id=cid,
                 at=at,
@@ -188,6 +208,7 @@ def internal_command(d: Decision, job_spec: Callable[[str], JobSpec | None]) -> 
                 provider_id=e.provider_id,
                 gpu_ms=e.gpu_ms,
                 price_micros=e.price_micros,
+                shares=shares,
             )
         case JobCompleted():
             return CompleteJob(command_id=cid, at=at)
@@ -206,6 +227,16 @@ def internal_command(d: Decision, job_spec: Callable[[str], JobSpec | None]) -> 
         case ProviderOnline():
             return HeartbeatSeen(command_id=cid, at=at)
     raise LookupError(f"no command is known to start with {type(e).__name__}")
+
+
+def _verification_inputs(cmd: ReportCompleted, events: list[EventModel]) -> ReportCompleted:
+    """The orchestrator's inputs to a completion (the spot-check draw and the sender's trust), as the
+    log recorded them: the draw is random, so it is part of the record, not of the decision."""
+    for e in events:
+        spot = getattr(e, "spot", None)
+        if isinstance(e, TaskCompleted | TaskResultReturned) and spot is not None:
+            return replace(cmd, draw=spot.draw, trust=spot.consecutive_valid)
+    return cmd
 
 
 # ---- re-deciding -----------------------------------------------------------------------------------
@@ -245,6 +276,10 @@ def redecide(log: list[Envelope], intake: list[IntakeRecord], *, grace_s: float)
         j = states.get(f"job.{job_id}")
         return j.spec if j is not None else None
 
+    def job_verify(job_id: str) -> VerifyPolicy | None:
+        j = states.get(f"job.{job_id}")
+        return j.verify if j is not None else None
+
     for item in decisions(log):
         if isinstance(item, Envelope):
             if isinstance(item.data, InputRejected | InputAccepted):
@@ -267,8 +302,10 @@ def redecide(log: list[Envelope], intake: list[IntakeRecord], *, grace_s: float)
                 if f"{kind}.{target}" != d.stream:
                     problems.append(f"{where}: intake message {seq} now addresses {kind}.{target}")
                     continue
+                if isinstance(cmd, ReportCompleted):
+                    cmd = _verification_inputs(cmd, d.events)
             else:
-                cmd = internal_command(d, job_spec)
+                cmd = internal_command(d, job_spec, job_verify)
         except (InvalidPayload, DomainError, LookupError) as e:
             problems.append(f"{where}: its command cannot be rebuilt any more: {e}")
             continue

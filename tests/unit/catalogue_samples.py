@@ -37,7 +37,9 @@ from events.task import (
     TaskLeaseExpired,
     TaskProgressed,
     TaskQueued,
+    TaskResultJudged,
     TaskResultRejected,
+    TaskResultReturned,
     TaskRetried,
     TaskStarted,
 )
@@ -51,6 +53,7 @@ from events.types import (
     ResultRef,
     RetryPolicy,
 )
+from events.verification import SpotDraw
 
 __all__ = ["SAMPLES", "T0"]
 
@@ -164,6 +167,22 @@ SAMPLES: dict[str, EventModel] = {
         TaskCancelled(at=T0, task_id="j1-0", reason="job cancelled", lease_id="l1", provider_id="p1"),
         TaskResultRejected(
             at=T0, task_id="j1-0", lease_id="old", provider_id="p9", report="completed", reason="stale lease"
+        ),
+        TaskResultReturned(
+            at=T0,
+            task_id="j1-0",
+            lease_id="l1",
+            provider_id="p1",
+            result=ResultRef(sha256="ab" * 32, size=2, inline=3.14),
+            gpu_ms=1200,
+            price_micros=1500,
+            replica=1,
+            replicas=2,
+            quorum=2,
+            spot=SpotDraw(p=1.0, draw=0.25, consecutive_valid=0, checked=True),
+        ),
+        TaskResultJudged(
+            at=T0, task_id="j1-0", lease_id="l1", provider_id="p1", verdict="valid", canonical="l1", gpu_ms=1200
         ),
         ProviderRegistered(at=T0, provider_id="p1", name="lab box", capabilities=_CAPS, runtime_version="0.1"),
         ProviderCalibrated(at=T0, provider_id="p1", calibration=_CAL),

@@ -394,9 +394,13 @@ def test_a_result_must_be_the_provider_s_and_written_for_the_job_s_submitter() -
         result = ResultRef(sha256="c" * 64, size=10, object=_obj(name))
         return ReportCompleted(command_id="x", at=at(5), lease_id="L1", provider_id="p1", result=result, gpu_ms=5)
 
-    (e,) = given(T, *STORY).when(done(f"result.bob.p1.{'c' * 64}")).then_types("TaskResultRejected")
-    assert isinstance(e, TaskResultRejected) and "written for bob" in e.reason
-    (e,) = given(T, *STORY).when(done(f"result.ann.p2.{'c' * 64}")).then_types("TaskResultRejected")
+    # A forgery by the lease holder ends its lease at once: the task goes to another provider.
+    e, ended = (
+        given(T, *STORY).when(done(f"result.bob.p1.{'c' * 64}")).then_types("TaskResultRejected", "TaskLeaseExpired")
+    )
+    assert isinstance(e, TaskResultRejected) and "written for bob" in e.reason and not e.late
+    assert isinstance(ended, TaskLeaseExpired) and ended.lease_id == "L1" and ended.provider_id == "p1"
+    e, _ = given(T, *STORY).when(done(f"result.ann.p2.{'c' * 64}")).then_types("TaskResultRejected", "TaskLeaseExpired")
     assert isinstance(e, TaskResultRejected) and "not stored under provider p1" in e.reason
     given(T, *STORY).when(done(f"result.ann.p1.{'c' * 64}")).then_types("TaskCompleted")
     # An old object-store reference (from before identities) is not judged by these names.
