@@ -73,7 +73,7 @@ INTAKE_CONSUMER = "orchestrators"
 _BATCH = 500
 #: Results stored as objects are compared element by element up to this size (a result's summary
 #: is small; a bigger one agrees with nothing, and verification asks for another replica).
-_MAX_COMPARED_BYTES = 16 << 20
+_MAX_COMPARED_BYTES = 1 << 20
 #: ...but only from this many on: an atomic batch costs the server a few milliseconds on a file-backed
 #: stream, so small groups go out as concurrent single-event appends (lower latency).
 _MIN_BATCH = 16
@@ -768,12 +768,14 @@ class Orchestrator:
         for ref in refs:
             # By name, never by digest alone: a reference to an object that was never stored must not
             # read another provider's object that has the same digest.
-            if ref.object is None or ref.object.name in loaded or ref.size > _MAX_COMPARED_BYTES:
+            # Both sizes: the one in the report is the provider's word, the object's is what is fetched.
+            too_big = max(ref.size, ref.object.size if ref.object is not None else 0) > _MAX_COMPARED_BYTES
+            if ref.object is None or ref.object.name in loaded or too_big:
                 continue
             try:
                 data = await self._blobs().get(ref.object)
                 loaded[ref.object.name] = json.loads(data)
-            except (GpufleetError, ValueError, nats.errors.Error, OSError) as e:
+            except (GpufleetError, ValueError, RecursionError, MemoryError, nats.errors.Error, OSError) as e:
                 # Not comparable: it agrees with nothing, so verification asks for another replica.
                 self.log.warning("verify.unreadable_result", task_id=task_id, object=ref.object.name, error=str(e))
         return replace(

@@ -395,17 +395,24 @@ def _verified(s: TaskState, returned: TaskResultReturned) -> list[EventModel]:
                 adjacent[other].add(c.lease_id)
     at, task_id = returned.at, s.spec.task_id
     if len(cands) >= returned.replicas:
-        for canon in cands:
-            support = 1 + len(adjacent[canon.lease_id])
-            if support < returned.quorum:
-                continue
+        # The canonical result is the one most results agree with (the earliest among equals).
+        support_of = {c.lease_id: 1 + len(adjacent[c.lease_id]) for c in cands}
+        canon = max(cands, key=lambda c: support_of[c.lease_id])
+        support = support_of[canon.lease_id]
+        if support >= returned.quorum:
+            valid_ids = {canon.lease_id} | adjacent[canon.lease_id]
             judged: list[EventModel] = []
             for c in cands:
-                valid = c is canon or c.lease_id in adjacent[canon.lease_id]
-                # Outvoted by one result alone proves nothing against it: only a quorum of two or
-                # more can call a result invalid.
+                valid = c.lease_id in valid_ids
+                # Invalid only when it agrees with none of the valid results, and a quorum of two or
+                # more outvoted it: within tolerance of a valid result (agreement is not transitive),
+                # or outvoted by one result alone, proves nothing against it.
                 verdict: Literal["valid", "invalid", "inconclusive"] = (
-                    "valid" if valid else "invalid" if support >= 2 else "inconclusive"
+                    "valid"
+                    if valid
+                    else "invalid"
+                    if support >= 2 and not (adjacent[c.lease_id] & valid_ids)
+                    else "inconclusive"
                 )
                 judged.append(
                     TaskResultJudged(
@@ -416,7 +423,11 @@ def _verified(s: TaskState, returned: TaskResultReturned) -> list[EventModel]:
                         verdict=verdict,
                         canonical=canon.lease_id,
                         gpu_ms=c.gpu_ms,
-                        reason="" if valid else f"disagrees with the {support} results that agree",
+                        reason=""
+                        if valid
+                        else f"disagrees with the {support} results that agree"
+                        if verdict == "invalid"
+                        else "agrees with a valid result, not with the canonical one, or outvoted by one",
                     )
                 )
             done = TaskCompleted(
@@ -588,7 +599,12 @@ def decide(cmd: TaskCommand, s: TaskState) -> list[EventModel]:
             ):
                 return []  # a duplicate of a result already returned for verification
             owner = job_owner(s.spec.job_id)
-            if why := _lease_problem(cmd, s):
+            obj = cmd.result.object
+            if why := _lease_problem(cmd, s) or (
+                "the result's digest and size are not its object's"
+                if obj is not None and (obj.sha256, obj.size) != (cmd.result.sha256, cmd.result.size)
+                else None
+            ):
                 return _refuse(cmd, s, why)
             if why := _foreign_object(cmd.result.object, cmd.provider_id, "result", owner):
                 # The lease holder passed off another identity's object as its result: a forgery, not a

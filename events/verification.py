@@ -82,6 +82,9 @@ class VerifyPolicy(EventModel):
 
     @model_validator(mode="after")
     def _coherent(self) -> Self:
+        if self.mode == "replicate" and self.quorum < 2:
+            # One result agreeing with itself verifies nothing, and would build its provider's trust.
+            raise ValueError("quorum must be at least 2 to replicate")
         if self.quorum > self.replicas:
             raise ValueError(f"quorum {self.quorum} is more than replicas {self.replicas}")
         if self.replicas > self.max_replicas:
@@ -177,7 +180,7 @@ def _agree(a: Any, b: Any, exact: bool, tol: Tolerance, ignore: frozenset[str], 
         return len(a) == len(b) and all(_agree(x, y, exact, tol, ignore, depth + 1) for x, y in zip(a, b, strict=True))
     if _number(a) and _number(b):
         if exact:
-            return type(a) is type(b) and a == b
+            return bool(a == b)  # 7 and 7.0 are one number, whatever the runtime's JSON wrote
         try:
             fa, fb = float(a), float(b)
         except OverflowError:  # an integer beyond any float agrees only with itself

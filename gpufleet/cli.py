@@ -546,9 +546,11 @@ def jobs(
         finally:
             models.close()
         t = Table(title=f"{len(rows)} job(s)")
-        for col in ("job", "workload", "submitter", "status", "tasks", "progress", "cost (credits)"):
+        for col in ("job", "workload", "submitter", "status", "tasks", "progress", "verify", "cost (credits)"):
             t.add_column(col)
         for r in rows:
+            # The policy its tasks run under, and the results verification refused (never delivered).
+            verify = r.verify + (f", {r.invalid_results} invalid" if r.invalid_results else "")
             t.add_row(
                 r.job_id,
                 r.workload,
@@ -556,6 +558,7 @@ def jobs(
                 r.status,
                 f"{r.tasks_completed}/{r.task_count}",
                 f"{r.progress:.0%}",
+                verify,
                 f"{r.cost_micros / 1e6:.6f}",
             )
         console.print(t)

@@ -28,9 +28,13 @@ from events.errors import GpufleetError
 from events.store.jetstream import JetStreamEventStore
 from events.subjects import API_PREFIX, readable
 
-__all__ = ["FEED_OPERATION", "EventFeed"]
+__all__ = ["FEED_OPERATION", "WITHHELD", "EventFeed"]
 
 FEED_OPERATION = "events"
+#: Events only auditors read: a result held for verification is not the submitter's until it is
+#: verified (a submitter who saw it could cancel and have the work for nothing, and a wrong result
+#: would reach it). The verdict, and the verified result in ``TaskCompleted``, are sent.
+WITHHELD = frozenset({"TaskResultReturned"})
 _log = structlog.get_logger("gpufleet.feed")
 
 
@@ -137,6 +141,7 @@ class EventFeed:
             if not readable(role, name, s):
                 _log.info("feed.refused", role=role, name=name, stream=s)
                 raise _Refused(f"{role} {name} may not read {s!r}", "streams")
+        withheld = frozenset() if role == "auditor" else WITHHELD
         after, limit, wait_s = req.get("after", 0), req.get("limit", self.max_events), req.get("wait_s", 0)
         if type(after) is not int or after < 0:
             raise _Refused("must be a position, an integer >= 0", "after")
@@ -149,7 +154,7 @@ class EventFeed:
         while True:
             head = await self.store.head()
             self._head = max(self._head, head)
-            events, last = await self._read(streams, after, head, limit)
+            events, last = await self._read(streams, after, head, limit, withheld)
             if events or loop.time() >= deadline:
                 return {"events": events, "last": last, "head": head}
             after = last
@@ -169,8 +174,11 @@ class EventFeed:
         finally:
             self._waiters -= 1
 
-    async def _read(self, streams: list[str], after: int, head: int, limit: int) -> tuple[list[dict[str, Any]], int]:
-        """Matching events in (after, head], in log order, and the position read up to."""
+    async def _read(
+        self, streams: list[str], after: int, head: int, limit: int, withheld: frozenset[str] = frozenset()
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Matching events in (after, head], in log order, and the position read up to; events of the
+        ``withheld`` types are passed over (read past, never sent)."""
         prefix = self.store.settings.prefix
         found: list[tuple[int, Any]] = []
         cut = head
@@ -191,7 +199,7 @@ class EventFeed:
             if seq > cut:
                 break
             env = self.store.decode_raw(raw)
-            if env is not None:
+            if env is not None and env.type not in withheld:
                 doc = to_structured(env)
                 size += len(json.dumps(doc, separators=(",", ":")))
                 if out and (size > self.max_bytes or len(out) >= limit):

@@ -67,9 +67,9 @@ PROVIDERS = tuple(f"p{i}" for i in range(MAX_REPLICAS + 3))
 
 @st.composite
 def policies(draw: st.DrawFn) -> VerifyPolicy:
-    top = draw(st.integers(1, MAX_REPLICAS))
-    replicas = draw(st.integers(1, top))
-    quorum = draw(st.integers(1, replicas))
+    top = draw(st.integers(2, MAX_REPLICAS))
+    replicas = draw(st.integers(2, top))
+    quorum = draw(st.integers(2, replicas))
     mode = draw(st.sampled_from(["auto", "none", "replicate", "replicate", "spot", "spot"]))
     return VerifyPolicy(mode=mode, replicas=replicas, quorum=quorum, max_replicas=top)
 

@@ -232,12 +232,14 @@ def names(events: list[EventModel]) -> list[str]:
 # ---- agree(): exact ----------------------------------------------------------------------------------
 
 
-def test_exact_agrees_bit_for_bit_and_an_int_never_equals_a_float() -> None:
+def test_exact_agrees_bit_for_bit_and_one_number_however_it_is_spelled() -> None:
     assert agree({"hits": 3141, "n": [1, 2, 3]}, {"n": [1, 2, 3], "hits": 3141}, "exact")
     assert not agree({"hits": 3141}, {"hits": 3142}, "exact")
-    # 1 and 1.0 are different results under exact (a float where an int belongs is not the same work)
-    assert not agree(1, 1.0, "exact")
-    assert not agree({"hits": 1}, {"hits": 1.0}, "exact")
+    # 1 and 1.0 are one number: a runtime in another language may write integers as floats, and an
+    # honest result must not be outvoted for its spelling
+    assert agree(1, 1.0, "exact")
+    assert agree({"hits": 1}, {"hits": 1.0}, "exact")
+    assert not agree({"pi": 3.141592653589793}, {"pi": 3.1415926535897936}, "exact")
     # bools are not numbers: True is not 1
     assert not agree(True, 1, "exact")
     assert not agree(True, 1, "tolerance")
@@ -379,7 +381,9 @@ def test_a_huge_integer_in_a_result_disagrees_instead_of_crashing_the_decider() 
 
 def test_a_policy_must_be_coherent() -> None:
     VerifyPolicy(mode="replicate", replicas=3, quorum=3, max_replicas=3)
-    VerifyPolicy(mode="replicate", replicas=1, quorum=1, max_replicas=1)
+    VerifyPolicy(mode="none", replicas=1, quorum=1, max_replicas=1)
+    with pytest.raises(ValidationError, match="quorum must be at least 2"):
+        VerifyPolicy(mode="replicate", replicas=1, quorum=1, max_replicas=1)
     VerifyPolicy(mode="replicate", replicas=MAX_REPLICAS, quorum=MAX_REPLICAS, max_replicas=MAX_REPLICAS)
     with pytest.raises(ValidationError, match="quorum 3 is more than replicas 2"):
         VerifyPolicy(mode="replicate", replicas=2, quorum=3, max_replicas=4)
