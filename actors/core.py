@@ -16,7 +16,7 @@ from actors.job import JobState, MissDeadline
 from actors.provider import ProviderState
 from actors.reactions import Intent, react, reconcile
 from actors.scheduler import Assignment, PendingTask, Scheduler
-from actors.task import ExpireLease, LeaseTask, QueueTask, TaskState
+from actors.task import ExpireLease, ExpireVerification, LeaseTask, QueueTask, TaskState
 from actors.timers import Timers
 from actors.world import LIVE_LEASE, Change, World
 from events import Envelope, InvalidPayload
@@ -151,6 +151,13 @@ class Core:
             fx.timers = True
         elif old is not None:
             self.timers.cancel(f"lease:{task_id}")
+        # A task holding results waits a bounded time for another provider to take its next replica.
+        if after.status == "queued" and after.waiting_since is not None and spec.verify is not None:
+            due = after.waiting_since + timedelta(seconds=spec.verify.wait_s)
+            self.timers.arm(f"verify:{task_id}", due, _verification_expiry(task_id, after.waiting_since))
+            fx.timers = True
+        elif before.waiting_since is not None:  # leased, or ended: the wait is over
+            self.timers.cancel(f"verify:{task_id}")
         if after.status == "waiting" and after.not_before is not None:
             self.timers.arm(f"queue:{task_id}", after.not_before, _requeue(task_id, after.failures))
             fx.timers = True
@@ -229,6 +236,15 @@ def _expiry(task_id: str, lease_id: str, due: datetime) -> Callable[[datetime], 
 
     def make(now: datetime) -> Intent:
         return Intent("task", task_id, ExpireLease(command_id=cmd_id, at=now, lease_id=lease_id, reason="expired"))
+
+    return make
+
+
+def _verification_expiry(task_id: str, since: datetime) -> Callable[[datetime], Intent]:
+    cmd_id = derive_id("xv-", task_id, since.isoformat())
+
+    def make(now: datetime) -> Intent:
+        return Intent("task", task_id, ExpireVerification(command_id=cmd_id, at=now))
 
     return make
 

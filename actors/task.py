@@ -50,6 +50,7 @@ __all__ = [
     "CancelTask",
     "CreateTask",
     "ExpireLease",
+    "ExpireVerification",
     "LeaseTask",
     "QueueTask",
     "ReportCompleted",
@@ -123,6 +124,9 @@ class TaskState:
     verify_replicas: int = 0
     verify_quorum: int = 0
     spot: SpotDraw | None = None
+    #: Since when the task, holding results, has waited for a provider to take its next replica
+    #: (None while a replica is leased, or when nothing is held).
+    waiting_since: datetime | None = None
 
     @property
     def verifying(self) -> bool:
@@ -227,6 +231,11 @@ class QueueTask(_Command):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ExpireVerification(_Command):
+    """The task has held results for its policy's ``wait_s`` and no provider took its next replica."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CancelTask(_Command):
     """The job was cancelled, failed or missed its deadline: the task will not run again."""
 
@@ -243,6 +252,7 @@ TaskCommand = (
     | ExpireLease
     | QueueTask
     | CancelTask
+    | ExpireVerification
 )
 
 
@@ -664,6 +674,20 @@ def decide(cmd: TaskCommand, s: TaskState) -> list[EventModel]:
             if s.not_before is not None and cmd.at < s.not_before:
                 return []
             return [TaskQueued(at=cmd.at, task_id=task_id)]
+        case ExpireVerification():
+            policy = s.spec.verify
+            since = s.waiting_since
+            if s.status != "queued" or not s.verifying or since is None or policy is None:
+                return []  # a replica was leased since, or the task ended: a stale timer
+            if cmd.at < since + timedelta(seconds=policy.wait_s):
+                return []
+            why = f"no other provider took a replica within {policy.wait_s:g} s"
+            return [
+                *_release_held(s, cmd.at, why),
+                TaskFailed(
+                    at=cmd.at, task_id=task_id, reason="unverifiable", message=why, attempt=s.attempt, terminal=True
+                ),
+            ]
         case CancelTask():
             if s.status in TERMINAL:
                 return []
@@ -692,6 +716,7 @@ def evolve(s: TaskState, e: EventModel) -> TaskState:
         case TaskLeased():
             return replace(
                 s,
+                waiting_since=None,
                 status="leased",
                 attempt=e.attempt,
                 lease=Lease(e.lease_id, e.provider_id, e.expires_at, None, e.price_micros, e.predicted_s, e.at),
@@ -731,9 +756,11 @@ def evolve(s: TaskState, e: EventModel) -> TaskState:
         case TaskRetried():
             return replace(s, status="waiting", not_before=e.not_before, lease=None)
         case TaskQueued():
-            return replace(s, status="queued", not_before=None)
+            waiting = e.at if s.verifying else None
+            return replace(s, status="queued", not_before=None, waiting_since=waiting)
         case TaskLeaseExpired():
-            return replace(s, status="queued", lease=None, lost_leases=s.lost_leases + 1)
+            waiting = e.at if s.verifying else None
+            return replace(s, status="queued", lease=None, lost_leases=s.lost_leases + 1, waiting_since=waiting)
         case TaskCancelled():
             return replace(s, status="cancelled", lease=None)
         case TaskResultReturned():
@@ -743,6 +770,7 @@ def evolve(s: TaskState, e: EventModel) -> TaskState:
                 s,
                 status="queued",
                 lease=None,
+                waiting_since=e.at,
                 checkpoint=None,
                 checkpoint_step=0,
                 candidates=(*s.candidates, _candidate(e)),

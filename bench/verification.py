@@ -155,11 +155,21 @@ async def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cheat", type=float, default=0.3, help="share of its leases the dishonest provider lies on")
     ap.add_argument("--samples", type=int, default=20_000, help="montecarlo samples per task")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per policy (fresh network and seeds each), summed")
     args = ap.parse_args(argv)
     out = []
     for mode in MODES:
-        console.print(f"{mode}: {args.tasks} tasks, 3 honest providers and 1 lying on {args.cheat:.0%} of its leases")
-        out.append(await one_mode(mode, args.tasks, args.cheat, args.samples, args.seed))
+        runs = []
+        for r in range(args.repeat):
+            console.print(f"{mode} #{r + 1}: {args.tasks} tasks, 3 honest providers, 1 lying on {args.cheat:.0%}")
+            runs.append(await one_mode(mode, args.tasks, args.cheat, args.samples, args.seed + r))
+        out.append(
+            Outcome(
+                mode,
+                *(sum(getattr(o, f) for o in runs) for f in ("tasks", "completed", "wrong_delivered", "lies")),
+                *(sum(getattr(o, f) for o in runs) for f in ("caught", "results", "billed_ms", "paid_ms", "seconds")),
+            )
+        )
     floor = next(o for o in out if o.mode == "none")
     predicted = {"none": 0.0, "spot": predicted_detection(args.cheat), "replicate": 1.0}
     t = Table(

@@ -38,7 +38,9 @@ from pydantic import Field, model_validator
 from events.types import MAX_COUNT, EventModel
 
 __all__ = [
+    "DEFAULT_WAIT_S",
     "MAX_REPLICAS",
+    "MAX_WAIT_S",
     "SPOT_FLOOR",
     "TRUSTED_AFTER",
     "Compare",
@@ -59,6 +61,10 @@ MAX_REPLICAS = 8
 TRUSTED_AFTER = 10
 #: The lowest spot-check probability, however long a provider's clean record.
 SPOT_FLOOR = 0.05
+#: How long a task holding results waits for a provider to take its next replica, by default (an
+#: hour), and at most (a week).
+DEFAULT_WAIT_S = 3600.0
+MAX_WAIT_S = 7 * 86_400.0
 
 VerifyMode = Literal["auto", "none", "replicate", "spot"]
 Compare = Literal["exact", "tolerance", "none"]
@@ -79,6 +85,10 @@ class VerifyPolicy(EventModel):
     quorum: int = Field(default=2, ge=1, le=MAX_REPLICAS)
     max_replicas: int = Field(default=4, ge=1, le=MAX_REPLICAS)
     tolerance: Tolerance = Field(default_factory=Tolerance)
+    #: How long a task holding results may wait for another provider to take its next replica
+    #: before it fails as unverifiable (a network with no second provider able to run it). Stored
+    #: only when not the default, so a policy written before it existed encodes as it did.
+    wait_s: float = Field(default=DEFAULT_WAIT_S, ge=1.0, le=MAX_WAIT_S, exclude_if=lambda v: v == DEFAULT_WAIT_S)
 
     @model_validator(mode="after")
     def _coherent(self) -> Self:

@@ -48,6 +48,7 @@ from actors.task import (
     CancelTask,
     CreateTask,
     ExpireLease,
+    ExpireVerification,
     LeaseTask,
     QueueTask,
     ReportCompleted,
@@ -78,9 +79,11 @@ from events.task import (
     TaskCancelled,
     TaskCompleted,
     TaskCreated,
+    TaskFailed,
     TaskLeased,
     TaskLeaseExpired,
     TaskQueued,
+    TaskResultJudged,
     TaskResultReturned,
 )
 from events.types import EventModel
@@ -166,7 +169,10 @@ def internal_command(
     d: Decision, job_spec: Callable[[str], JobSpec | None], job_verify: Callable[[str], VerifyPolicy | None]
 ) -> Any:
     """The reaction's, scheduler's or timer's command that made decision ``d`` (they carry what the events say)."""
-    e, cid, at = d.events[0], d.command_id, d.at
+    # Verdicts on held results come first when a task ends (cancelled, unverifiable): the command is
+    # known by the event after them.
+    e = next((x for x in d.events if not isinstance(x, TaskResultJudged)), d.events[0])
+    cid, at = d.command_id, d.at
     match e:
         case TaskCreated():
             spec = job_spec(e.job_id)
@@ -190,6 +196,8 @@ def internal_command(
             return QueueTask(command_id=cid, at=at)
         case TaskCancelled():
             return CancelTask(command_id=cid, at=at, reason=e.reason)
+        case TaskFailed() if e.reason == "unverifiable" and e.lease_id is None:
+            return ExpireVerification(command_id=cid, at=at)
         case JobAccepted():
             # The network's default policy is configuration, like the ETA: recorded in the event.
             return DecideJob(command_id=cid, at=at, predicted_s=e.predicted_s, default_verify=e.verify)

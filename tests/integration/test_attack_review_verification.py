@@ -156,3 +156,69 @@ async def test_a_held_result_never_reaches_the_submitter_but_auditors_read_it(ow
             for sim in fleet.providers.values():
                 await sim.kill()
             await fleet.tenants.close()
+
+
+def test_a_provider_cannot_declare_a_task_unverifiable() -> None:
+    from actors.intake import intake_command
+    from events.errors import InvalidPayload
+    from events.intake import decode_intake
+    from events.subjects import report_subject
+
+    body = json.dumps({"report": "failed", "lease_id": "L1", "reason": "unverifiable"}).encode()
+    im = decode_intake(report_subject("p1", "alice.j.0"), body)
+    with pytest.raises(InvalidPayload) as refused:
+        intake_command(im, "in-1", T0, 30.0)
+    assert refused.value.field == "reason" and "only verification" in str(refused.value)
+    honest = json.dumps({"report": "failed", "lease_id": "L1", "reason": "kernel_error"}).encode()
+    intake_command(decode_intake(report_subject("p1", "alice.j.0"), honest), "in-2", T0, 30.0)
+
+
+def test_a_task_holding_results_waits_for_a_replica_only_as_long_as_its_policy_says() -> None:
+    from actors.task import ExpireVerification
+
+    policy = VerifyPolicy(mode="replicate", wait_s=60.0)
+    s = _task(policy)
+    s, out = _run(s, "L1", "p1", {"value": 1.0}, 1)
+    assert [type(e).__name__ for e in out] == ["TaskResultReturned"]
+    assert s.status == "queued" and s.waiting_since == at(2)
+    early = ExpireVerification(command_id="x1", at=at(61))
+    assert task_decider.decide(early, s) == []
+    late = ExpireVerification(command_id="x2", at=at(62))
+    out = task_decider.decide(late, s)
+    assert [type(e).__name__ for e in out] == ["TaskResultJudged", "TaskFailed"]
+    assert out[0].verdict == "inconclusive" and out[1].reason == "unverifiable" and out[1].terminal  # type: ignore[attr-defined]
+    # A replica leased in time ends the wait: the timer, firing late, changes nothing.
+    lease = LeaseTask(command_id="l2", at=at(30), lease_id="L2", provider_id="p2", expires_at=at(90), price_micros=1)
+    leased = task_decider.fold(task_decider.decide(lease, s), s)
+    assert leased.waiting_since is None and task_decider.decide(late, leased) == []
+
+
+async def test_a_replica_no_other_provider_can_take_fails_the_task_instead_of_waiting_forever(
+    own_nats_server: SecureServer,
+) -> None:
+    from events.job import UsageMetered
+    from events.task import TaskFailed
+    from tests.integration.audited import assert_audit_passes
+    from tests.integration.orchestra import Tenants
+
+    async with orchestrated(own_nats_server) as store:
+        fleet = Fleet(own_nats_server, store, Tenants(own_nats_server))
+        try:
+            await fleet.join("only")  # the one provider that runs it: no second owner to check with
+            job = {**montecarlo_job(range(1), "replicate"), "verify": {"mode": "replicate", "wait_s": 1.5}}
+            await fleet.tenants.submit("alice", "alone", job)
+            w, log = await wait_for(
+                store, lambda w: "alice.alone" in w.jobs and w.jobs["alice.alone"].status == "failed"
+            )
+            failed = [e.data for e in log if isinstance(e.data, TaskFailed)]
+            assert [(f.reason, f.terminal) for f in failed] == [("unverifiable", True)]
+            assert "within 1.5 s" in failed[0].message
+            judged = [e.data for e in log if isinstance(e.data, TaskResultJudged)]
+            assert [(j.provider_id, j.verdict) for j in judged] == [("only", "inconclusive")]
+            assert not [e for e in log if isinstance(e.data, UsageMetered)]  # held, then forfeited
+            assert w.reputation["only"].invalid == 0  # nothing against it: nobody could check it
+            await assert_audit_passes(store)
+        finally:
+            for sim in fleet.providers.values():
+                await sim.kill()
+            await fleet.tenants.close()
