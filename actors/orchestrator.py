@@ -71,12 +71,12 @@ _log = structlog.get_logger("gpufleet.orchestrator")
 INTAKE_CONSUMER = "orchestrators"
 #: Commands for many aggregates go to the store as atomic batches of at most this many...
 _BATCH = 500
-#: Results stored as objects are compared element by element up to this size (a result's summary
-#: is small; a bigger one agrees with nothing, and verification asks for another replica).
-_MAX_COMPARED_BYTES = 1 << 20
 #: ...but only from this many on: an atomic batch costs the server a few milliseconds on a file-backed
 #: stream, so small groups go out as concurrent single-event appends (lower latency).
 _MIN_BATCH = 16
+#: Results stored as objects are compared element by element up to this size (a result's summary
+#: is small; a bigger one agrees with nothing, and verification asks for another replica).
+_MAX_COMPARED_BYTES = 1 << 20
 
 
 @dataclass
@@ -757,6 +757,9 @@ class Orchestrator:
         objects, their content (digest checked), so they compare element by element. The decider
         records all of it in the log.
         """
+        # The world may lag the log by a moment: a result it does not know yet is not loaded, agrees
+        # with nothing, and costs one more replica; a task it does not know yet keeps the draw 0,
+        # which checks it.
         t = self.world.tasks.get(task_id)
         if t is None or t.spec is None or t.spec.verify is None:
             return cmd

@@ -36,6 +36,7 @@ from events.task import (
     TaskLeaseExpired,
     TaskProgressed,
     TaskQueued,
+    TaskResultReturned,
     TaskStarted,
 )
 from events.types import Calibration, Estimate
@@ -159,7 +160,7 @@ class EtaView(View):
     """Folds task, job and calibration events into predictions and recorded errors."""
 
     name: ClassVar[str] = "eta"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
     tables: ClassVar[tuple[Table[object], ...]] = (ETA_TASKS, ETA_JOBS, ETA_CALIBRATIONS)  # type: ignore[assignment]
 
     def __init__(self) -> None:
@@ -368,6 +369,10 @@ class EtaView(View):
             self._requeue(e.task_id, env)
 
     def on_TaskLeaseExpired(self, e: TaskLeaseExpired, env: Envelope) -> None:
+        self._requeue(e.task_id, env)
+
+    def on_TaskResultReturned(self, e: TaskResultReturned, env: Envelope) -> None:
+        # A result held for verification: the task waits for its next replica, as if queued again.
         self._requeue(e.task_id, env)
 
     def on_TaskQueued(self, e: TaskQueued, env: Envelope) -> None:

@@ -1095,3 +1095,133 @@ def test_an_honest_provider_earns_trust_and_is_checked_less_and_less() -> None:
     assert set(steps) <= {0, 1}
     assert tally.trust[TRUSTED_AFTER - 1] == TRUSTED_AFTER  # every one of its first results is checked
     assert tally.trust[-1] < 300 and tally.trust[-1] > TRUSTED_AFTER
+
+
+# ---- written against the survivors of the mutation run (bench/out/mutation.md) -----------------------
+
+
+def test_the_workload_s_comparison_and_the_job_s_tolerance_are_the_ones_used() -> None:
+    close_a, close_b = ref({"value": 1.0}), ref({"value": 1.05})
+    # reduction compares within the tolerance: 5% apart agrees under rtol 0.1, not under the default.
+    loose = VerifyPolicy(mode="replicate", tolerance=Tolerance(rtol=0.1, atol=0.0))
+    for policy, agrees in ((loose, True), (REPLICATE, False)):
+        run = Run([created("reduction", policy), leased("L1", "p1", 1, 1)])
+        run.do(report("L1", "p1", 2, close_a))
+        run.lease("L2", "p2", 3)
+        out = run.do(report("L2", "p2", 4, close_b))
+        assert isinstance(out[0], TaskResultReturned) and out[0].agrees_with == (["L1"] if agrees else [])
+    # montecarlo compares exactly: the same 5% apart never agrees, whatever the tolerance.
+    run = Run([created("montecarlo", loose), leased("L1", "p1", 1, 1)])
+    run.do(report("L1", "p1", 2, close_a))
+    run.lease("L2", "p2", 3)
+    out = run.do(report("L2", "p2", 4, close_b))
+    assert isinstance(out[0], TaskResultReturned) and out[0].agrees_with == []
+    # stencil ignores its bookkeeping keys: a resumed run agrees with one that ran from scratch.
+    first, resumed = ref({"sum": 2.0, "steps_run": 200}), ref({"sum": 2.0, "steps_run": 40})
+    run = Run([created("stencil", REPLICATE), leased("L1", "p1", 1, 1)])
+    run.do(report("L1", "p1", 2, first))
+    run.lease("L2", "p2", 3)
+    assert names(run.do(report("L2", "p2", 4, resumed)))[-1] == "TaskCompleted"
+
+
+def test_two_results_whose_digests_lie_never_agree_with_each_other() -> None:
+    liar_a = ResultRef(sha256="a" * 64, size=4, inline=None)
+    liar_b = ResultRef(sha256="b" * 64, size=4, inline=None)
+    run = Run([created(), leased("L1", "p1", 1, 1)])
+    run.do(report("L1", "p1", 2, liar_a))
+    run.lease("L2", "p2", 3)
+    out = run.do(report("L2", "p2", 4, liar_b))
+    assert names(out) == ["TaskResultReturned"] and out[0].agrees_with == []  # type: ignore[attr-defined]
+
+
+def test_a_result_agreeing_with_a_valid_one_but_not_the_canonical_one_is_inconclusive() -> None:
+    # X ~ A, X ~ B, A ~ D, and nothing else (atol 1): X and A tie on support, X came first and is
+    # canonical; A and B are valid; D agrees only with A: inconclusive, neither paid nor blamed.
+    policy = VerifyPolicy(mode="replicate", replicas=4, quorum=2, max_replicas=4, tolerance=Tolerance(rtol=0, atol=1))
+    run = Run([created("reduction", policy)])
+    values = {"LX": 10.0, "LA": 10.9, "LB": 9.5, "LD": 11.8}
+    out: list[EventModel] = []
+    for i, (lease, v) in enumerate(values.items()):
+        run.lease(lease, f"p{i}", 10 * i + 1)
+        out = run.do(report(lease, f"p{i}", 10 * i + 2, ref({"value": v})))
+    verdicts = {e.lease_id: (e.verdict, e.canonical) for e in out if isinstance(e, TaskResultJudged)}
+    assert verdicts == {
+        "LX": ("valid", "LX"),
+        "LA": ("valid", "LX"),
+        "LB": ("valid", "LX"),
+        "LD": ("inconclusive", "LX"),
+    }
+    done = out[-1]
+    assert isinstance(done, TaskCompleted) and done.lease_id == "LX" and done.verified_by == 3
+
+
+def test_the_canonical_completion_carries_the_canonical_result_s_own_time_and_metrics() -> None:
+    run = Run([created(), leased("L1", "p1", 1, 1)])
+    first = ReportCompleted(
+        command_id="c1", at=at(3), lease_id="L1", provider_id="p1", result=GOOD, gpu_ms=1500, metrics={"kernel_s": 1.25}
+    )
+    run.do(first)
+    run.lease("L2", "p2", 4)
+    second = ReportCompleted(
+        command_id="c2", at=at(9), lease_id="L2", provider_id="p2", result=GOOD, gpu_ms=800, metrics={"kernel_s": 0.5}
+    )
+    done = run.do(second)[-1]
+    assert isinstance(done, TaskCompleted) and done.lease_id == "L1"
+    assert (done.gpu_ms, done.metrics) == (1500, {"kernel_s": 1.25})
+
+
+def test_an_unverifiable_task_says_why() -> None:
+    policy = VerifyPolicy(mode="replicate", replicas=2, quorum=2, max_replicas=2)
+    run = Run([created(verify=policy), leased("L1", "p1", 1, 1)])
+    run.do(report("L1", "p1", 2, GOOD))
+    run.lease("L2", "p2", 3)
+    failed = run.do(report("L2", "p2", 4, BAD))[-1]
+    assert isinstance(failed, TaskFailed) and failed.reason == "unverifiable"
+    assert failed.message == "no 2 of 2 results agree"
+
+
+def test_a_draw_out_of_range_is_clamped_and_a_certain_check_is_made_whatever_the_draw() -> None:
+    spot = VerifyPolicy(mode="spot")
+    # Trust 0: p = 1, checked even at a draw of 1 (or more).
+    for draw in (1.0, 7.5):
+        out = given(T, created(verify=spot), leased("L1", "p1", 1, 1)).when(report("L1", "p1", 2, draw=draw)).decide()
+        assert isinstance(out[0], TaskResultReturned) and out[0].spot is not None
+        assert out[0].spot.checked and out[0].spot.draw == 1.0
+    # A trusted provider, a draw above 1: recorded as 1, not checked.
+    out = (
+        given(T, created(verify=spot), leased("L1", "p1", 1, 1))
+        .when(report("L1", "p1", 2, draw=3.0, trust=40))
+        .decide()
+    )
+    assert isinstance(out[0], TaskCompleted) and out[0].spot is not None
+    assert (out[0].spot.draw, out[0].spot.checked, out[0].spot.p) == (1.0, False, SPOT_FLOOR)
+    # A negative or non-finite draw checks (0).
+    for draw in (-1.0, math.nan):
+        out = (
+            given(T, created(verify=spot), leased("L1", "p1", 1, 1))
+            .when(report("L1", "p1", 2, draw=draw, trust=40))
+            .decide()
+        )
+        assert isinstance(out[0], TaskResultReturned) and out[0].spot is not None and out[0].spot.draw == 0.0
+
+
+def test_a_task_holding_results_waits_for_a_replica_at_most_its_policy_s_wait() -> None:
+    from actors.task import ExpireVerification
+
+    policy = VerifyPolicy(mode="replicate", wait_s=60.0)
+    run = Run([created(verify=policy), leased("L1", "p1", 1, 1)])
+    run.do(report("L1", "p1", 2, GOOD))
+    assert run.state.status == "queued" and run.state.waiting_since == at(2)
+    assert T.decide(ExpireVerification(command_id="x", at=at(61.9)), run.state) == []
+    out = T.decide(ExpireVerification(command_id="x", at=at(62)), run.state)
+    assert names(out) == ["TaskResultJudged", "TaskFailed"]
+    assert isinstance(out[0], TaskResultJudged) and out[0].verdict == "inconclusive" and out[0].lease_id == "L1"
+    assert isinstance(out[1], TaskFailed) and out[1].reason == "unverifiable" and out[1].terminal
+    assert out[1].message == "no other provider took a replica within 60 s"
+    # A replica leased in time ends the wait; the wait starts again when its lease is lost.
+    run.lease("L2", "p2", 30)
+    assert run.state.waiting_since is None
+    assert T.decide(ExpireVerification(command_id="x", at=at(62)), run.state) == []
+    # No policy, nothing held, or an ended task: nothing to expire.
+    plain = Run([created(verify=None), leased("L1", "p1", 1, 1)])
+    assert T.decide(ExpireVerification(command_id="x", at=at(9999)), plain.state) == []
