@@ -372,8 +372,13 @@ class EtaView(View):
         self._requeue(e.task_id, env)
 
     def on_TaskResultReturned(self, e: TaskResultReturned, env: Envelope) -> None:
-        # A result held for verification: the task waits for its next replica, as if queued again.
-        self._requeue(e.task_id, env)
+        # A result held for verification: the task waits for its next replica, as if queued again. Its
+        # run's start is kept: when this result settles the verification, the completion that follows
+        # at once measures this run (the next lease, if any, clears it).
+        t = self.tasks.get(e.task_id)
+        if t is None or t.state == "done":
+            return
+        self._update(t, "queued", self._queued_prediction(t), env)
 
     def on_TaskQueued(self, e: TaskQueued, env: Envelope) -> None:
         t = self.tasks.get(e.task_id)

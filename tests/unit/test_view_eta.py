@@ -88,3 +88,40 @@ def test_restart_rebuilds_the_model_exactly() -> None:
 
 def test_pure_model_api_matches_events_estimates() -> None:
     assert isinstance(EtaView().model, RuntimeModel)
+
+
+def test_a_result_held_for_verification_puts_the_task_back_in_the_queue_and_its_run_is_measured() -> None:
+    from events.task import TaskResultReturned
+    from events.types import ResultRef
+
+    s = Sim()
+    s.register("a")
+    s.register("b")
+    s.submit("j1", "sleep", {"seconds": 4.0, "steps": 4}, count=1)
+    s.lease("j1-0", "a")
+    s.start("j1-0")
+    s.tick(2.0)
+    t0 = s.tasks["j1-0"]
+    held = TaskResultReturned(
+        at=s.now,
+        task_id="j1-0",
+        lease_id=t0.lease_id or "",
+        provider_id="a",
+        result=ResultRef(sha256="a" * 64, size=1, inline=1),
+        gpu_ms=2000,
+        replica=1,
+        replicas=2,
+        quorum=2,
+    )
+    s.append("task.j1-0", held)
+    v = EtaView()
+    v.fold(s.events)
+    t = v.tasks["j1-0"]
+    assert t.state == "queued" and t.remaining_s > 0  # waiting for its replica, not "running, 0 s left"
+    n = len(s.events)
+    s.lease("j1-0", "b")
+    s.start("j1-0")
+    s.tick(3.0)
+    s.complete("j1-0")
+    v.fold(s.events[n:])
+    assert t.state == "done" and t.actual_s == pytest.approx(3.0)  # the last run, on b
