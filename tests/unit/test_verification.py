@@ -1225,3 +1225,46 @@ def test_a_task_holding_results_waits_for_a_replica_at_most_its_policy_s_wait() 
     # No policy, nothing held, or an ended task: nothing to expire.
     plain = Run([created(verify=None), leased("L1", "p1", 1, 1)])
     assert T.decide(ExpireVerification(command_id="x", at=at(9999)), plain.state) == []
+
+
+def test_an_excluded_best_gives_way_to_the_best_of_the_others_in_its_class() -> None:
+    # One class, four providers ranked by reputation: with the best excluded, the replica goes to the
+    # next best, not to any other member (the scan of the class keeps the ranking).
+    s = Scheduler()
+    for pid, rep in (("p1", 1.0), ("p2", 0.3), ("p3", 0.9), ("p4", 0.6)):
+        s.upsert_provider(pid, caps(2, 100), None, available=True, reputation=rep)
+    s.enqueue(replica("alice.j1.0", frozenset({"p1"})))
+    (a,) = s.assign()
+    assert a.provider_id == "p3"
+    # Equal reputations: the less loaded one (load is the ranking's second key).
+    s2 = Scheduler()
+    for pid in ("p1", "p2", "p3"):
+        s2.upsert_provider(pid, caps(2, 100), None, available=True, reputation=0.8)
+    s2.occupy("p2")
+    s2.enqueue(replica("alice.j1.0", frozenset({"p1"})))
+    (a,) = s2.assign()
+    assert a.provider_id == "p3"
+
+
+def test_a_replica_is_queued_ahead_of_its_submitter_s_waiting_tasks() -> None:
+    s = Scheduler()
+    s.upsert_provider("p1", caps(1, 100), None, available=True, reputation=1.0)
+    s.upsert_provider("p2", caps(1, 100), None, available=True, reputation=0.9)
+    s.occupy("p1")
+    s.occupy("p2")  # the fleet is busy: everything waits
+    for i in range(3):
+        s.enqueue(PendingTask(f"alice.j1.{i + 1}", "alice", 5, "montecarlo", Resources(), Estimate()))
+    s.enqueue(replica("alice.j1.0", frozenset({"p1"})), front=True)
+    s.release("p2")
+    (a,) = s.assign()
+    assert (a.task.task_id, a.provider_id) == ("alice.j1.0", "p2")
+    # Without ``front`` it would have waited behind the three.
+    s3 = Scheduler()
+    s3.upsert_provider("p2", caps(1, 100), None, available=True, reputation=0.9)
+    s3.occupy("p2")
+    for i in range(3):
+        s3.enqueue(PendingTask(f"alice.j1.{i + 1}", "alice", 5, "montecarlo", Resources(), Estimate()))
+    s3.enqueue(replica("alice.j1.0", frozenset({"p1"})))
+    s3.release("p2")
+    (b,) = s3.assign()
+    assert b.task.task_id == "alice.j1.1"
