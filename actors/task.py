@@ -36,10 +36,9 @@ from events.types import MAX_SECONDS, EventModel, FailureReason, JsonValue, Obje
 from events.verification import (
     MAX_REPLICAS,
     SpotDraw,
-    agree,
     effective_mode,
-    inline_sha256,
     quorum_of,
+    results_agree,
     spot_probability,
 )
 from events.workloads import WORKLOADS
@@ -363,33 +362,18 @@ def _release_held(s: TaskState, at: datetime, why: str) -> list[EventModel]:
     ]
 
 
-_UNKNOWN = object()
-
-
-def _value(ref: ResultRef, loaded: dict[str, JsonValue]) -> object:
-    """The result's JSON value: inline, or loaded from the object store; ``_UNKNOWN`` if neither, or
-    if an inline value is not the one its digest names (the submitter would refuse it)."""
-    if ref.object is None:
-        return ref.inline if inline_sha256(ref.inline) == ref.sha256 else _UNKNOWN
-    return loaded.get(ref.object.name, _UNKNOWN)
-
-
 def _agrees(s: TaskState, result: ResultRef, loaded: dict[str, JsonValue]) -> list[str]:
-    """The earlier candidates (leases) that ``result`` agrees with."""
+    """The earlier candidates (leases) that ``result`` agrees with (``events.verification``)."""
     assert s.spec is not None
     c = WORKLOADS.get(s.spec.workload)
     policy = s.spec.verify
     if c is None or policy is None:
         return []
-    mine = _value(result, loaded)
-    if mine is _UNKNOWN:
-        return []
-    out = []
-    for other in s.candidates:
-        theirs = _value(other.result, loaded)
-        if theirs is not _UNKNOWN and agree(mine, theirs, c.compare, policy.tolerance, c.ignore):
-            out.append(other.lease_id)
-    return out
+    return [
+        other.lease_id
+        for other in s.candidates
+        if results_agree(result, other.result, c.compare, policy.tolerance, c.ignore, loaded)
+    ]
 
 
 def _verified(s: TaskState, returned: TaskResultReturned) -> list[EventModel]:

@@ -31,11 +31,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from typing import Any, Literal, Self
 
 from pydantic import Field, model_validator
 
-from events.types import MAX_COUNT, EventModel
+from events.types import MAX_COUNT, EventModel, ResultRef
 
 __all__ = [
     "DEFAULT_WAIT_S",
@@ -52,6 +53,7 @@ __all__ = [
     "effective_mode",
     "expected_replicas",
     "inline_sha256",
+    "results_agree",
     "spot_probability",
 ]
 
@@ -157,6 +159,32 @@ def inline_sha256(value: Any) -> str:
     """The sha256 of an inline result: over its canonical JSON (sorted keys, no spaces, UTF-8)."""
     data = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     return hashlib.sha256(data).hexdigest()
+
+
+_UNKNOWN = object()
+
+
+def _value(ref: ResultRef, loaded: Mapping[str, Any]) -> object:
+    """A result's JSON value: inline, or loaded from the object store (by object name); unknown if
+    neither, or if an inline value is not the one its digest names (a submitter would refuse it)."""
+    if ref.object is None:
+        return ref.inline if inline_sha256(ref.inline) == ref.sha256 else _UNKNOWN
+    return loaded.get(ref.object.name, _UNKNOWN)
+
+
+def results_agree(
+    a: ResultRef,
+    b: ResultRef,
+    how: Compare,
+    tolerance: Tolerance | None = None,
+    ignore: frozenset[str] = frozenset(),
+    loaded: Mapping[str, Any] | None = None,
+) -> bool:
+    """Whether two reported results agree: both values known (``loaded`` holds the content of those
+    stored as objects), and equal under ``how``. The task decider decides with it; the audit checks
+    the log's record of it for the results that travel inline."""
+    va, vb = _value(a, loaded or {}), _value(b, loaded or {})
+    return va is not _UNKNOWN and vb is not _UNKNOWN and agree(va, vb, how, tolerance, ignore)
 
 
 def _number(x: Any) -> bool:

@@ -78,7 +78,9 @@ from events.task import (
     TaskRetried,
     TaskStarted,
 )
-from events.types import Capabilities
+from events.types import Capabilities, ResultRef
+from events.verification import results_agree
+from events.workloads import WORKLOADS
 from projections.chain import GENESIS, canonical_bytes
 
 __all__ = [
@@ -264,6 +266,7 @@ class _Returned:
     gpu_ms: int
     price_micros: int
     agrees_with: frozenset[str]
+    result: ResultRef
     verdict: str | None = None
     canonical: str | None = None
 
@@ -624,9 +627,26 @@ class Auditor:
                 "ledger", pos, f"{e.task_id}: result held at {e.price_micros}, its lease's price is {t.lease_price}"
             )
         self._overbilled(t, e.gpu_ms, e.at, pos)
-        t.returned[e.lease_id] = _Returned(e.provider_id, e.gpu_ms, e.price_micros, frozenset(e.agrees_with))
+        self._agreement(t, e, pos)
+        t.returned[e.lease_id] = _Returned(e.provider_id, e.gpu_ms, e.price_micros, frozenset(e.agrees_with), e.result)
         t.state = "queued"
         t.lease_id = None
+
+    def _agreement(self, t: _Task, e: TaskResultReturned, pos: int) -> None:
+        """Compare again what the log says this result agrees with, where the results travel inline
+        (the log holds them): the same rule the decider used (``events.verification``)."""
+        c, policy = WORKLOADS.get(t.created.workload), t.created.verify
+        if c is None or policy is None or e.result.object is not None:
+            return
+        for lease_id, r in t.returned.items():
+            if r.result.object is not None:
+                continue  # stored as an object: the auditor would have to fetch it (not done here)
+            agrees = results_agree(e.result, r.result, c.compare, policy.tolerance, c.ignore)
+            if agrees != (lease_id in e.agrees_with):
+                said = "agrees" if lease_id in e.agrees_with else "disagrees"
+                self.find(
+                    "completions", pos, f"{e.task_id}: {e.lease_id} {said} with {lease_id}, compared again it does not"
+                )
 
     def on_TaskResultJudged(self, e: TaskResultJudged, pos: int, env: Envelope) -> None:
         self.cover["completions"] += 1
