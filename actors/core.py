@@ -22,7 +22,7 @@ from actors.world import LIVE_LEASE, Change, World
 from events import Envelope, InvalidPayload
 from events.estimates import RuntimeModel
 from events.job import JobSpec
-from events.task import TaskCancelled, TaskCompleted, TaskLeaseExpired, TaskResultReturned
+from events.task import TaskCancelled, TaskCompleted, TaskLeaseExpired
 from events.verification import VerifyPolicy, expected_replicas
 from events.workloads import WORKLOADS, validate_params
 
@@ -161,9 +161,10 @@ class Core:
         if after.status == "waiting" and after.not_before is not None:
             self.timers.arm(f"queue:{task_id}", after.not_before, _requeue(task_id, after.failures))
             fx.timers = True
-        # A run's duration teaches the runtime model, whether it completed the task or was held for
-        # verification.
-        if isinstance(c.event, TaskCompleted | TaskResultReturned) and old is not None and old.started_at is not None:
+        # The run that completed a task teaches the runtime model. A result held for verification does
+        # not (nor, so, do verified tasks): a liar that returns garbage at once would otherwise look
+        # fast, be offered more work, and skew every provider's estimates for the workload.
+        if isinstance(c.event, TaskCompleted) and old is not None and old.started_at is not None:
             actual = (c.event.at - old.started_at).total_seconds()
             p = self.world.providers.get(old.provider_id)
             calibration = p.calibration if p else None

@@ -57,6 +57,8 @@ class PendingTask:
     #: Providers it must not go to: a replica under verification goes to a provider (an owner) that
     #: has not returned a result for this task yet.
     exclude: frozenset[str] = frozenset()
+    #: The provider whose free slot it was handed back from waiting aside for (see ``_unblock``).
+    handed_to: str | None = None
 
     @property
     def shape(self) -> tuple[object, ...]:
@@ -290,8 +292,19 @@ class Scheduler:
         self._push(task, front=front)
 
     def discard(self, task_id: str) -> None:
-        """Forget a task (leased elsewhere, cancelled); its queue entry is dropped lazily."""
-        self._pending.pop(task_id, None)
+        """Forget a task (leased elsewhere, cancelled); its queue entry is dropped lazily.
+
+        A task handed back for a provider's free slot and forgotten before it was placed leaves that
+        slot owed to the tasks still waiting aside: they are offered it again now (else the slot
+        would stay free while they wait, until another slot frees up).
+        """
+        t = self._pending.pop(task_id, None)
+        if t is None or t.handed_to is None:
+            return
+        p = self.providers.get(t.handed_to)
+        t.handed_to = None
+        if p is not None and p.available and p.key in self._classes:
+            self._unblock(self._classes[p.key], p)
 
     def pending(self) -> int:
         """Tasks waiting for a provider."""
@@ -345,6 +358,7 @@ class Scheduler:
                 del self._blocked[shape]
             p.handed.extend(back)
             for t in reversed(back):
+                t.handed_to = p.provider_id
                 self._push(t, front=True)
 
     def _wait_aside(self, shape: tuple[object, ...], t: PendingTask, level: _Level) -> None:

@@ -603,3 +603,26 @@ def test_a_saturated_round_costs_one_look_not_the_backlog() -> None:
     # Then each round looked at one task (not the whole backlog), and all the rest still wait
     assert s.decisions <= 2 + 100, s.decisions
     assert s.pending() == 9_999
+
+
+def test_a_slot_handed_to_a_task_cancelled_before_it_was_placed_goes_to_the_next_one_waiting() -> None:
+    """Found by the stateful orchestration test: two busy GPU providers of one class free their slots
+    as a job is cancelled task by task. Each freed slot is handed to a waiting task of that job, which
+    is then cancelled too; the other job's tasks must get both slots, not one."""
+    s = Scheduler()
+    gpu = Resources(backend="cuda")
+    s.upsert_provider("c", caps(1), None, available=True)  # a free CPU: the GPU tasks wait aside
+    for pid in ("g1", "g2"):
+        s.upsert_provider(pid, caps(1, backend="cuda", cc=8.0), None, available=True)
+        s.occupy(pid)
+    doomed = [task("ann", task_id=f"ann.j1.{i}", resources=gpu) for i in range(2)]
+    waiting = [task("ann", task_id=f"ann.j2.{i}", resources=gpu) for i in range(2)]
+    for t in doomed + waiting:
+        s.enqueue(t)
+    assert s.assign() == []  # every GPU task waits aside
+    s.release("g1")  # handed ann.j1.0
+    s.release("g2")  # handed ann.j1.1
+    for t in doomed:
+        s.discard(t.task_id)  # cancelled before the next round
+    placed = {a.task.task_id: a.provider_id for a in s.assign()}
+    assert set(placed) == {"ann.j2.0", "ann.j2.1"} and set(placed.values()) == {"g1", "g2"}
