@@ -18,13 +18,9 @@ from events.reputation import Record, counts_against
 from events.task import TaskFailed, TaskLeaseExpired, TaskResultJudged, TaskResultRejected
 from events.types import EventModel
 
-__all__ = ["LIVE_LEASE", "Change", "Reputation", "World"]
+__all__ = ["LIVE_LEASE", "Change", "World"]
 
 LIVE_LEASE = frozenset({"leased", "running"})
-
-
-#: A provider's record (``events.reputation``): one rule for the scheduler and the fleet view.
-Reputation = Record
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +45,8 @@ class World:
         self.tasks_by_job: dict[str, set[str]] = {}
         #: provider -> tasks it holds a live lease on.
         self.active: dict[str, set[str]] = {}
-        self.reputation: dict[str, Reputation] = {}
+        #: Each provider's record (``events.reputation``): one rule for the scheduler and the fleet view.
+        self.reputation: dict[str, Record] = {}
         self._intake_seen: set[int] = set()
         #: The lowest intake sequence without a recorded outcome.
         self.intake_low = 1
@@ -87,7 +84,7 @@ class World:
             before_p = self.providers.get(agg) or provider_decider.initial_state()
             after_p = provider_decider.evolve(before_p, e)
             self.providers[agg] = after_p
-            self.reputation.setdefault(agg, Reputation())
+            self.reputation.setdefault(agg, Record())
             return Change(kind, agg, e, env, before_p, after_p)
         if isinstance(e, InputAccepted | InputRejected):
             self._intake(e.intake_seq)
@@ -123,8 +120,8 @@ class World:
         elif isinstance(e, TaskResultJudged):
             self._rep(e.provider_id).judged(e)
 
-    def _rep(self, provider_id: str) -> Reputation:
-        return self.reputation.setdefault(provider_id, Reputation())
+    def _rep(self, provider_id: str) -> Record:
+        return self.reputation.setdefault(provider_id, Record())
 
     def job_tasks(self, job_id: str) -> list[str]:
         """The job's tasks, in index order."""

@@ -53,6 +53,7 @@ __all__ = [
     "effective_mode",
     "expected_replicas",
     "inline_sha256",
+    "result_bytes",
     "results_agree",
     "spot_probability",
 ]
@@ -155,10 +156,16 @@ def expected_replicas(policy: VerifyPolicy | None, paid: bool, compare: Compare,
     return 1.0
 
 
+def result_bytes(value: Any) -> bytes:
+    """A result's canonical encoding, the bytes its digest is taken over (and a result stored as an
+    object holds): JSON with sorted keys, no spaces, UTF-8, no NaN. One definition for the runtime
+    that reports results, the network that compares them and the client that checks them."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
 def inline_sha256(value: Any) -> str:
-    """The sha256 of an inline result: over its canonical JSON (sorted keys, no spaces, UTF-8)."""
-    data = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-    return hashlib.sha256(data).hexdigest()
+    """The sha256 of an inline result: over :func:`result_bytes`."""
+    return hashlib.sha256(result_bytes(value)).hexdigest()
 
 
 _UNKNOWN = object()

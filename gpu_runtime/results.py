@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from typing import Any
 
 import numpy as np
 
 from events.types import JsonValue
+from events.verification import result_bytes
 
 __all__ = ["INLINE_LIMIT", "canonical_json", "json_safe", "sha256_hex"]
 
@@ -37,8 +37,8 @@ def json_safe(value: Any) -> JsonValue:
 
 
 def canonical_json(value: JsonValue) -> bytes:
-    """The canonical encoding the digest is taken over: sorted keys, no spaces, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    """The canonical encoding the digest is taken over (``events.verification.result_bytes``)."""
+    return result_bytes(value)
 
 
 def sha256_hex(data: bytes) -> str:

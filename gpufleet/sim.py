@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from events.store.connection import Access, connect_nats
 from events.store.topology import Topology
 from events.subjects import dispatch_consumer, heartbeat_subject, intake_subject, report_subject
 from events.types import Calibration, Capabilities, JsonValue, ResultRef, utc_now
+from events.verification import result_bytes
 from events.workloads import MonteCarloParams
 
 __all__ = ["SimulatedProvider", "inline_result", "montecarlo_summary"]
@@ -51,7 +51,7 @@ _DISPATCH: TypeAdapter[LeaseGranted | LeaseRevoked] = TypeAdapter(Dispatch)
 
 def inline_result(value: Any) -> ResultRef:
     """A small result carried inline, with the sha256 of its canonical JSON."""
-    data = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    data = result_bytes(value)
     return ResultRef(sha256=hashlib.sha256(data).hexdigest(), size=len(data), inline=value)
 
 

@@ -34,7 +34,6 @@ own stream and outcomes (``events.subjects.readable``), not another's reports, s
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 import time
@@ -46,6 +45,7 @@ from events.dispatch import LeaseGranted
 from events.store.blobs import BlobStore
 from events.subjects import OBJECTS_STREAM, job_owner, object_name
 from events.types import MAX_GPU_MS, JsonValue, ObjectRef, ResultRef
+from events.verification import result_bytes
 from gpufleet.sim import SimulatedProvider, inline_result
 
 __all__ = ["LIES", "DishonestProvider", "Lie", "StoringProvider", "fabricated", "object_result", "tampered"]
@@ -80,7 +80,7 @@ def object_result(ref: ObjectRef) -> ResultRef:
 
 def result_object(provider_id: str, lease: LeaseGranted, value: JsonValue) -> tuple[bytes, ObjectRef]:
     """The bytes of ``value`` (canonical JSON) and the name a provider stores them under for the job."""
-    data = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    data = result_bytes(value)
     sha = hashlib.sha256(data).hexdigest()
     name = object_name("provider", provider_id, sha, for_submitter=job_owner(lease.job_id))
     return data, ObjectRef(bucket=OBJECTS_STREAM, name=name, sha256=sha, size=len(data))

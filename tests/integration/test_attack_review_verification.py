@@ -23,13 +23,14 @@ from pydantic import ValidationError
 
 from actors.task import LeaseTask, ReportCompleted, task_decider
 from events.subjects import OBJECTS_STREAM
-from events.task import TaskCreated, TaskResultJudged, TaskResultRejected, TaskResultReturned
-from events.types import Estimate, ObjectRef, Resources, ResultRef
+from events.task import TaskResultJudged, TaskResultRejected, TaskResultReturned
+from events.types import ObjectRef, ResultRef
 from events.verification import Tolerance, VerifyPolicy, agree, inline_sha256
 from gpufleet.client import Client
 from tests.integration.orchestra import orchestrated, wait_for
 from tests.integration.test_verification import HONEST, Fleet, montecarlo_job
 from tests.secure import SecureServer
+from tests.unit.test_verification import created
 
 T0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
 
@@ -43,20 +44,7 @@ def _ref(value: Any) -> ResultRef:
 
 
 def _task(policy: VerifyPolicy, workload: str = "reduction") -> Any:
-    created = TaskCreated(
-        at=T0,
-        task_id="alice.j.0",
-        job_id="alice.j",
-        index=0,
-        submitter="alice",
-        workload=workload,
-        params={},
-        resources=Resources(),
-        estimate=Estimate(),
-        timeout_s=60.0,
-        verify=policy,
-    )
-    return task_decider.evolve(task_decider.initial_state(), created)
+    return task_decider.fold([created(workload, policy, task_id="alice.j.0")])
 
 
 def _run(s: Any, lease: str, provider: str, value: Any, t: float) -> tuple[Any, list[Any]]:
