@@ -518,7 +518,11 @@ class Orchestrator:
             self._submit(Intent("provider", provider_id, cmd))
 
     def disconnected(self) -> None:
-        """The link to NATS is gone: nothing is appended until the log is known to be the same after it."""
+        """The link to NATS is gone: nothing is appended until the log is known to be the same after it,
+        and nobody is judged silent until heartbeats can be heard again (the heartbeat watch does not
+        notice a dead link by itself: without this, the link back up before ``reconnected`` ran would
+        let the lapse check judge every provider by its heartbeats from before the outage)."""
+        self._hearing = False
         self.store.pause_writes()
 
     async def _recheck_log(self) -> None:
