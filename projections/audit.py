@@ -781,7 +781,9 @@ class Auditor:
         else:
             digest, count = recorded
             ok = digest.hex() == e.digest and count == e.events
-            if not ok:
+            # The chain is cumulative: after the first divergence every later checkpoint diverges too,
+            # and says nothing new. The first is the finding; ``diverged_at`` keeps its position.
+            if not ok and self.r.diverged_at is None:
                 self.find(
                     "chain",
                     pos,
