@@ -142,7 +142,9 @@ class Core:
             self.scheduler.occupy(new.provider_id)  # leased elsewhere, or before a restart
         if old is not None and (new is None or new.lease_id != old.lease_id):
             self.scheduler.release(old.provider_id)
-            self.scheduler.set_reputation(old.provider_id, self.world.reputation[old.provider_id].value)
+            rep = self.world.reputation.get(old.provider_id)
+            if rep is not None:  # (a lease recorded for a provider the log never registered: forged)
+                self.scheduler.set_reputation(old.provider_id, rep.value)
             fx.schedule = True
             if live and isinstance(c.event, TaskCancelled | TaskLeaseExpired):
                 fx.revokes.append(Revoke(task_id, old.lease_id, old.provider_id, c.event.reason))
@@ -185,11 +187,10 @@ class Core:
     def _job_changed(self, job_id: str, j: JobState) -> bool:
         spec = j.spec
         if j.status == "accepted" and spec is not None and spec.deadline is not None:
-            cmd_id = derive_id("dl-", job_id)
             self.timers.arm(
                 f"deadline:{job_id}",
                 spec.deadline,
-                lambda now: Intent("job", job_id, MissDeadline(command_id=cmd_id, at=now)),
+                lambda now: Intent("job", job_id, MissDeadline(command_id=derive_id("dl-", job_id), at=now)),
             )
             return True
         if j.status in ("completed", "failed", "cancelled"):
@@ -234,28 +235,29 @@ class Core:
         return intents
 
 
-def _expiry(task_id: str, lease_id: str, due: datetime) -> Callable[[datetime], Intent]:
-    cmd_id = derive_id("ex-", lease_id, due.isoformat())
+# The command ids are derived when a timer fires, not when it is armed: a lease's timer is armed again at
+# every progress report, and most timers never fire.
 
+
+def _expiry(task_id: str, lease_id: str, due: datetime) -> Callable[[datetime], Intent]:
     def make(now: datetime) -> Intent:
+        cmd_id = derive_id("ex-", lease_id, due.isoformat())
         return Intent("task", task_id, ExpireLease(command_id=cmd_id, at=now, lease_id=lease_id, reason="expired"))
 
     return make
 
 
 def _verification_expiry(task_id: str, since: datetime) -> Callable[[datetime], Intent]:
-    cmd_id = derive_id("xv-", task_id, since.isoformat())
-
     def make(now: datetime) -> Intent:
-        return Intent("task", task_id, ExpireVerification(command_id=cmd_id, at=now))
+        return Intent(
+            "task", task_id, ExpireVerification(command_id=derive_id("xv-", task_id, since.isoformat()), at=now)
+        )
 
     return make
 
 
 def _requeue(task_id: str, failures: int) -> Callable[[datetime], Intent]:
-    cmd_id = derive_id("qt-", task_id, failures)
-
     def make(now: datetime) -> Intent:
-        return Intent("task", task_id, QueueTask(command_id=cmd_id, at=now))
+        return Intent("task", task_id, QueueTask(command_id=derive_id("qt-", task_id, failures), at=now))
 
     return make

@@ -17,6 +17,7 @@ from actors.decider import Decider
 from actors.errors import DuplicateJob, NotYours, UnknownAggregate
 from events.errors import InvalidPayload
 from events.job import (
+    ENDED_JOB_STATES,
     JobAccepted,
     JobCancelled,
     JobCompleted,
@@ -59,7 +60,7 @@ __all__ = [
 
 JobStatus = Literal["none", "submitted", "accepted", "rejected", "completed", "failed", "cancelled"]
 ACTIVE = "accepted"
-ENDED = frozenset({"completed", "failed", "cancelled"})
+ENDED = ENDED_JOB_STATES
 
 
 @dataclass(frozen=True, slots=True)

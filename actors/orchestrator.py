@@ -58,9 +58,9 @@ from events.store.blobs import BlobStore
 from events.store.connection import Access, connect_nats
 from events.store.topology import Topology, check_topology
 from events.store.watermark import Watermark, WatermarkFile, check_watermark, watermark_file
-from events.subjects import object_owner, outcomes_stream_of
+from events.subjects import outcomes_stream_of
 from events.types import utc_now
-from events.verification import VerifyPolicy
+from events.verification import VerifyPolicy, objects_to_compare
 
 __all__ = ["Orchestrator", "OrchestratorConfig"]
 
@@ -74,9 +74,6 @@ _BATCH = 500
 #: ...but only from this many on: an atomic batch costs the server a few milliseconds on a file-backed
 #: stream, so small groups go out as concurrent single-event appends (lower latency).
 _MIN_BATCH = 16
-#: Results stored as objects are compared element by element up to this size (a result's summary
-#: is small; a bigger one agrees with nothing, and verification asks for another replica).
-_MAX_COMPARED_BYTES = 1 << 20
 
 
 @dataclass
@@ -248,6 +245,9 @@ class Orchestrator:
                 await loop()
             except asyncio.CancelledError:
                 raise
+            except LogRegressed as e:  # history was lost under it: nothing more is written
+                self._halt(e)
+                return
             except Exception:
                 self.log.exception("orchestrator.loop_crashed", loop=name)
                 await asyncio.sleep(0.5)
@@ -769,22 +769,15 @@ class Orchestrator:
             return cmd
         rec = self.world.reputation.get(cmd.provider_id)
         loaded: dict[str, Any] = {}
-        refs = [c.result for c in t.candidates]
-        if cmd.result.object is not None and object_owner(cmd.result.object.name) == ("provider", cmd.provider_id):
-            refs.append(cmd.result)  # (another identity's object is refused by the decider: never fetched)
-        for ref in refs:
-            # By name, never by digest alone: a reference to an object that was never stored must not
-            # read another provider's object that has the same digest.
-            # Both sizes: the one in the report is the provider's word, the object's is what is fetched.
-            too_big = max(ref.size, ref.object.size if ref.object is not None else 0) > _MAX_COMPARED_BYTES
-            if ref.object is None or ref.object.name in loaded or too_big:
-                continue
+        # By name, never by digest alone: a reference to an object that was never stored must not read
+        # another provider's object that has the same digest.
+        for obj in objects_to_compare([c.result for c in t.candidates], cmd.result, cmd.provider_id):
             try:
-                data = await self._blobs().get(ref.object)
-                loaded[ref.object.name] = json.loads(data)
+                data = await self._blobs().get(obj)
+                loaded[obj.name] = json.loads(data)
             except (GpufleetError, ValueError, RecursionError, MemoryError, nats.errors.Error, OSError) as e:
                 # Not comparable: it agrees with nothing, so verification asks for another replica.
-                self.log.warning("verify.unreadable_result", task_id=task_id, object=ref.object.name, error=str(e))
+                self.log.warning("verify.unreadable_result", task_id=task_id, object=obj.name, error=str(e))
         return replace(
             cmd,
             draw=self._random.random(),

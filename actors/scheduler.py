@@ -31,6 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from events.estimates import RuntimeModel
+from events.placement import misfits
 from events.types import Calibration, Capabilities, Estimate, Resources
 
 __all__ = ["Assignment", "PendingTask", "ProviderInfo", "Scheduler"]
@@ -131,12 +132,6 @@ def _class_key(c: Capabilities) -> tuple[object, ...]:
         c.price_micros,
         c.gpu_model,
     )
-
-
-def _supports(c: Capabilities, workload: str) -> bool:
-    if workload == "custom_kernel" and c.backend != "cuda":
-        return False
-    return not c.workloads or workload in c.workloads
 
 
 class Scheduler:
@@ -398,15 +393,10 @@ class Scheduler:
     def _eligible_classes(self, shape: tuple[object, ...], t: PendingTask) -> list[_Class]:
         found = self._eligible.get(shape)
         if found is None:
-            r = t.resources
             found = [
                 c
                 for c in self._classes.values()
-                if (r.backend in ("any", c.capabilities.backend))
-                and c.capabilities.vram_mb >= r.min_vram_mb
-                and c.capabilities.compute_capability >= r.min_compute_capability
-                and _supports(c.capabilities, t.workload)
-                and (t.max_price_micros is None or c.capabilities.price_micros <= t.max_price_micros)
+                if not misfits(c.capabilities, t.resources, t.workload, t.max_price_micros)
             ]
             self._eligible[shape] = found
         return found

@@ -17,6 +17,7 @@ from actors.errors import InvalidTransition, UnknownAggregate
 from events.metering import billable_ms
 from events.subjects import OBJECTS_STREAM, job_owner, object_owner, object_reader
 from events.task import (
+    TERMINAL_TASK_STATES,
     LeaseEndReason,
     TaskCancelled,
     TaskCompleted,
@@ -63,7 +64,7 @@ __all__ = [
 ]
 
 TaskStatus = Literal["none", "queued", "leased", "running", "waiting", "completed", "dead", "cancelled"]
-TERMINAL: frozenset[str] = frozenset({"completed", "dead", "cancelled"})
+TERMINAL = TERMINAL_TASK_STATES
 #: Failures that would repeat on any provider: retrying them wastes the submitter's money.
 NON_RETRYABLE: frozenset[str] = frozenset({"invalid_params", "unsupported"})
 

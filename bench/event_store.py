@@ -13,12 +13,20 @@ the expected-sequence header. Every stream has the store's exact configuration. 
 median of ``--repeat`` runs.
 
     .venv/bin/python bench/event_store.py [--events N] [--repeat K] [--profile WHAT]
+
+``--cluster`` measures instead what replication costs: the same appends (and the raw floor) on a
+single server with R1 streams and on a local 3-node cluster (``gpufleet.cluster.LocalCluster``, what
+``gpufleet up --cluster 3`` runs) with R3 streams, in the same run, interleaved; appends/s and each
+append's p50/p99 latency, and R3 against R1.
+
+    .venv/bin/python -P bench/event_store.py --cluster [--events N] [--repeat K]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import itertools
 import json
@@ -43,6 +51,7 @@ from events.store import JetStreamEventStore, StreamSettings, ensure_stream
 from events.store.connection import Access, connect_nats
 from events.task import TaskProgressed
 from gpufleet.auth import AccountLimits
+from gpufleet.cluster import LocalCluster
 from gpufleet.logging import configure_logging
 from gpufleet.natsserver import find_nats_server
 from gpufleet.network import EmbeddedServer
@@ -418,6 +427,156 @@ def _server_version() -> str:
         return "nats-server (version unknown)"
 
 
+# ---- R3 on a cluster against R1 on one server ------------------------------------------------------
+
+
+@dataclass
+class LatencyRow:
+    """One measurement's rates (per run) and every append's latency (all runs together)."""
+
+    name: str
+    rates: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
+
+
+async def _timed_each(row: LatencyRow, appends: list[Callable[[], Awaitable[float]]], inflight: int) -> None:
+    """Run ``appends`` (at most ``inflight`` at once; each returns its own latency); the rate, and the
+    latencies."""
+    sem = asyncio.Semaphore(inflight)
+
+    async def one(fn: Callable[[], Awaitable[float]]) -> None:
+        async with sem:
+            row.latencies.append(await fn())
+
+    start = time.perf_counter()
+    if inflight == 1:
+        for fn in appends:
+            await one(fn)
+    else:
+        await asyncio.gather(*(one(fn) for fn in appends))
+    row.rates.append(len(appends) / (time.perf_counter() - start))
+
+
+async def replication_round(access: Access, replicas: int, plan: Plan, run: int, rows: dict[str, LatencyRow]) -> None:
+    """Raw publishes and store appends, one at a time and concurrently, on fresh R``replicas`` streams."""
+    nc = await connect_nats(access, name=f"bench-r{replicas}")
+    js = nc.jetstream(timeout=10.0)
+    envs = envelopes(f"r{replicas}x{run}", plan)
+    created: list[str] = []
+
+    def fresh(kind: str) -> StreamSettings:
+        n = next(_names)
+        settings = StreamSettings(
+            name=f"BENCH_R{replicas}_{kind.upper()}_{n}", prefix=f"benchr{n}.ev", replicas=replicas
+        )
+        created.append(settings.name)
+        return settings
+
+    try:
+        raw = fresh("raw")
+        await ensure_stream(js, raw.config())
+        msgs = raw_messages(raw.prefix, envs)
+
+        def publish(m: tuple[str, bytes, dict[str, str]]) -> Callable[[], Awaitable[float]]:
+            async def go() -> float:
+                t = time.perf_counter()
+                await js.publish(m[0], m[1], headers=dict(m[2]))
+                return time.perf_counter() - t
+
+            return go
+
+        await _timed_each(rows[f"r{replicas}_raw"], [publish(m) for m in msgs], 1)
+
+        for label, inflight in (("seq", 1), ("conc", plan.inflight)):
+            store = JetStreamEventStore(nc, settings=fresh(f"store{label}"), timeout=10.0, max_inflight_batches=50)
+            await store.ensure(create=True)
+            positions: dict[str, int] = {}
+            locks: dict[str, asyncio.Lock] = {}
+
+            def append(
+                env: Envelope,
+                store: JetStreamEventStore = store,
+                positions: dict[str, int] = positions,
+                locks: dict[str, asyncio.Lock] = locks,
+            ) -> Callable[[], Awaitable[float]]:
+                async def go() -> float:
+                    # Each aggregate's appends in order (its expected position), many aggregates at
+                    # once; the latency is the append's own, not the wait for the one before it.
+                    async with locks.setdefault(env.subject, asyncio.Lock()):
+                        t = time.perf_counter()
+                        r = await store.append(env.subject, [env], positions.get(env.subject, 0))
+                        positions[env.subject] = r.last
+                        return time.perf_counter() - t
+
+                return go
+
+            await _timed_each(rows[f"r{replicas}_store_{label}"], [append(e) for e in envs], inflight)
+    finally:
+        for name in created:
+            with contextlib.suppress(Exception):
+                await js.delete_stream(name)
+        await nc.close()
+
+
+def print_replication(rows: dict[str, LatencyRow], plan: Plan, server: str) -> None:
+    print()
+    print(
+        f"R3 on a local 3-node cluster vs R1 on one server  |  {plan.events} events x {plan.repeat} runs  |  "
+        f"{plan.streams} streams  |  rate: median run; latency: every append of every run"
+    )
+    print(
+        f"python {platform.python_version()}, nats-py {nats_version}, {server}, {platform.machine()} x{_cpus()} cores"
+    )
+    print()
+    head = f"{'measurement':<50} {'appends/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'R3/R1 rate':>11} {'R3/R1 p50':>10}"
+    print(head)
+    print("-" * len(head))
+    for key, row in rows.items():
+        ratio = p50_ratio = ""
+        if key.startswith("r3_"):
+            r1 = rows["r1_" + key[3:]]
+            ratio = f"{statistics.median(row.rates) / statistics.median(r1.rates):.2f}x"
+            p50_ratio = f"{row.pct(0.5) / r1.pct(0.5):.2f}x"
+        print(
+            f"{row.name:<50} {statistics.median(row.rates):>10,.0f} {row.pct(0.5):>8.2f} {row.pct(0.99):>8.2f} "
+            f"{ratio:>11} {p50_ratio:>10}"
+        )
+    print()
+
+
+async def replication(plan: Plan) -> int:
+    rows: dict[str, LatencyRow] = {}
+    for r in (1, 3):
+        where = "one server" if r == 1 else "3-node cluster"
+        rows[f"r{r}_raw"] = LatencyRow(f"R{r} raw js.publish, sequential ({where})")
+        rows[f"r{r}_store_seq"] = LatencyRow(f"R{r} store append 1 + expected, sequential")
+        rows[f"r{r}_store_conc"] = LatencyRow(f"R{r} store append 1 + expected, <={plan.inflight} in flight")
+    configure_logging("json", "warning", sys.stderr)
+    limits = AccountLimits(streams=10_000)
+    with tempfile.TemporaryDirectory(prefix="gf-bench-r3-") as tmp:
+        single = EmbeddedServer(Path(tmp) / "r1", limits=limits).start()
+        cluster = LocalCluster(Path(tmp) / "r3", 3, limits=limits).start()
+        try:
+            await cluster.wait_formed()
+            targets = {
+                1: single.unrestricted(),
+                3: Access(cluster.url, cluster.authority.unrestricted_creds()),
+            }
+            for run in range(plan.repeat):
+                for r in (1, 3) if run % 2 == 0 else (3, 1):
+                    await replication_round(targets[r], r, plan, run, rows)
+                print(f"  run {run + 1}/{plan.repeat} done", file=sys.stderr)
+        finally:
+            cluster.stop()
+            single.stop()
+    print_replication(rows, plan, _server_version())
+    return 0
+
+
 async def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=2000, help="events per measurement (default 2000)")
@@ -432,8 +591,13 @@ async def main(argv: list[str] | None = None) -> int:
                  "raw_batch_conc", "store_batch_conc", "raw_read", "store_read"],
         help="cProfile this measurement (all runs) and print the top functions",
     )  # fmt: skip
+    ap.add_argument(
+        "--cluster", action="store_true", help="measure R3 on a local 3-node cluster against R1 on one server instead"
+    )
     args = ap.parse_args(argv)
     plan = Plan(args.events, args.repeat, args.streams, args.batch, args.inflight, args.batches_inflight)
+    if args.cluster:
+        return await replication(plan)
     rows = {
         "raw_seq": Row("raw js.publish, sequential"),
         "store_seq": Row("store append 1 event + expected, sequential", "raw_seq", 0.8),

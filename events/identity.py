@@ -31,10 +31,10 @@ __all__ = [
     "read_credentials",
 ]
 
-Role = Literal["admin", "orchestrator", "provider", "submitter", "auditor"]
+Role = Literal["admin", "orchestrator", "provider", "submitter", "auditor", "notary"]
 ROLES: tuple[Role, ...] = get_args(Role)
 #: Trusted roles: they live in the account that holds the streams.
-HUB_ROLES: frozenset[str] = frozenset({"admin", "orchestrator"})
+HUB_ROLES: frozenset[str] = frozenset({"admin", "orchestrator", "notary"})
 #: Strangers: they live in an account with no JetStream of its own and reach the streams only
 #: through the imports the operator signed, so nothing the server does on their behalf lands there.
 EDGE_ROLES: frozenset[str] = frozenset({"provider", "submitter", "auditor"})

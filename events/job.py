@@ -28,6 +28,7 @@ from events.types import (
 from events.verification import VerifyPolicy
 
 __all__ = [
+    "ENDED_JOB_STATES",
     "CountSplit",
     "JobAccepted",
     "JobCancelled",
@@ -110,6 +111,10 @@ class JobSpec(EventModel):
         if isinstance(self.split, ParamsSplit):
             return {**self.params, **self.split.params[index]}
         return dict(self.params)
+
+
+#: The states in which a job has ended (the one definition: deciders, reactions, client and read models).
+ENDED_JOB_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 
 class JobSubmitted(EventModel):

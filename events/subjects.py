@@ -13,6 +13,9 @@ from __future__ import annotations
 
 __all__ = [
     "API_PREFIX",
+    "CHECKPOINTS_STREAM",
+    "CHECKPOINT_PREFIX",
+    "CHECKPOINT_SUBJECT",
     "DISPATCH_PREFIX",
     "DISPATCH_STREAM",
     "EVENTS_STREAM",
@@ -24,6 +27,7 @@ __all__ = [
     "LEGACY_OUTCOMES_STREAM",
     "OBJECTS_STREAM",
     "OBJECT_PREFIX",
+    "TLOG_OPERATION",
     "api_subject",
     "dispatch_consumer",
     "dispatch_subject",
@@ -55,6 +59,12 @@ LEADER_BUCKET = "gf_orchestrators"
 OBJECTS_STREAM = "GF_OBJECTS"
 OBJECT_PREFIX = "gf.obj"
 API_PREFIX = "gf.api"
+#: Signed checkpoints of the log (``events.tlog``): outside GF_EVENTS, written by the notary alone.
+CHECKPOINTS_STREAM = "GF_CHECKPOINTS"
+CHECKPOINT_PREFIX = "gf.cp"
+CHECKPOINT_SUBJECT = f"{CHECKPOINT_PREFIX}.checkpoint"
+#: The notary's requests (proofs): ``gf.api.<role>.<name>.tlog``.
+TLOG_OPERATION = "tlog"
 #: Where intake outcomes went before outcomes were kept per identity (still read in old logs).
 LEGACY_OUTCOMES_STREAM = "intake.outcomes"
 

@@ -31,6 +31,7 @@ from events.types import (
 from events.verification import MAX_REPLICAS, SpotDraw, VerifyPolicy
 
 __all__ = [
+    "TERMINAL_TASK_STATES",
     "LeaseEndReason",
     "TaskCancelled",
     "TaskCompleted",
@@ -48,6 +49,10 @@ __all__ = [
 ]
 
 LeaseEndReason = Literal["expired", "provider_lost", "provider_left"]
+
+
+#: The states a task never leaves (the one definition: deciders, reactions, read models and audit).
+TERMINAL_TASK_STATES: frozenset[str] = frozenset({"completed", "dead", "cancelled"})
 
 
 class TaskCreated(EventModel):

@@ -36,10 +36,12 @@ from typing import Any, Literal, Self
 
 from pydantic import Field, model_validator
 
-from events.types import MAX_COUNT, EventModel, ResultRef
+from events.subjects import object_owner
+from events.types import MAX_COUNT, EventModel, ObjectRef, ResultRef
 
 __all__ = [
     "DEFAULT_WAIT_S",
+    "MAX_COMPARED_BYTES",
     "MAX_REPLICAS",
     "MAX_WAIT_S",
     "SPOT_FLOOR",
@@ -53,6 +55,7 @@ __all__ = [
     "effective_mode",
     "expected_replicas",
     "inline_sha256",
+    "objects_to_compare",
     "result_bytes",
     "results_agree",
     "spot_probability",
@@ -234,3 +237,26 @@ def _agree(a: Any, b: Any, exact: bool, tol: Tolerance, ignore: frozenset[str], 
             return fa == fb
         return abs(fa - fb) <= tol.atol + tol.rtol * max(abs(fa), abs(fb))
     return type(a) is type(b) and a == b
+
+
+#: Result objects larger than this are never loaded to be compared (they agree with nothing).
+MAX_COMPARED_BYTES = 1 << 20
+
+
+def objects_to_compare(held: list[ResultRef], result: ResultRef, provider_id: str) -> list[ObjectRef]:
+    """The result objects a completion is compared through: those of the results already held, and
+    the new one if its sender stored it (another identity's object is refused by the decider, never
+    fetched). Each at most once, and none larger than ``MAX_COMPARED_BYTES`` by either size (the one
+    in the report is the provider's word, the object's is what would be fetched)."""
+    refs = list(held)
+    if result.object is not None and object_owner(result.object.name) == ("provider", provider_id):
+        refs.append(result)
+    out: list[ObjectRef] = []
+    seen: set[str] = set()
+    for ref in refs:
+        obj = ref.object
+        if obj is None or obj.name in seen or max(ref.size, obj.size) > MAX_COMPARED_BYTES:
+            continue
+        seen.add(obj.name)
+        out.append(obj)
+    return out

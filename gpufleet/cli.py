@@ -49,6 +49,13 @@ CredsOpt = Annotated[
         help="Your NATS credentials file (or $GPUFLEET_CREDS); on the machine running `gpufleet up`, its own.",
     ),
 ]
+NotaryKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--notary-key",
+        help="The notary key to trust (text or file; default: $GPUFLEET_NOTARY_KEY, else this machine's network's).",
+    ),
+]
 TlsCaOpt = Annotated[
     Path | None, typer.Option("--tls-ca", help="The CA of the network's TLS certificate (or $GPUFLEET_TLS_CA).")
 ]
@@ -152,14 +159,27 @@ def up(
     tls_host: Annotated[
         list[str] | None, typer.Option(help="A name or IP other machines use to reach this one (repeatable).")
     ] = None,
+    cluster: Annotated[
+        int,
+        typer.Option(
+            help="Run N nats-servers here as one JetStream cluster, every stream with N replicas (odd: 1, 3, 5)."
+        ),
+    ] = 1,
 ) -> None:
     """Run the whole network here, secured: nats-server with JetStream, orchestrator, projections, a provider.
 
     Only identities with credentials this network issued may connect (`gpufleet creds issue`).
     Ctrl-C or SIGTERM stops everything; a later `up` on the same data directory resumes from the same log.
     """
+    from gpufleet.cluster import ClusterError, check_cluster_size
     from gpufleet.network import DEFAULT_DATA_DIR, LocalNetwork, NetworkConfig
 
+    try:
+        check_cluster_size(cluster)
+    except ClusterError as e:
+        _fail(str(e))
+    if cluster > 1 and nats_url is not None:
+        _fail("--cluster runs a cluster here; --nats uses an existing one: choose one")
     if (tls_cert is None) != (tls_key is None):
         _fail("--tls-cert and --tls-key go together")
     if host not in ("127.0.0.1", "localhost", "::1") and not (tls or tls_cert):
@@ -177,6 +197,7 @@ def up(
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_hosts=list(tls_host or []),
+        cluster=cluster,
     )
 
     async def run() -> None:
@@ -214,7 +235,12 @@ def up(
 
 def _print_network(net: Any) -> None:
     t = Table(title="gpufleet is up", show_header=False)
-    t.add_row("NATS", net.url + ("  (embedded, store " + str(net.server.store_dir) + ")" if net.server else ""))
+    if net.cluster is not None:
+        t.add_row("NATS", f"a {net.cluster.size}-node JetStream cluster (embedded), every stream R{net.cluster.size}:")
+        for node in net.cluster.nodes:
+            t.add_row(f"  {node.name}", f"{node.url}  (routes on :{node.cluster_port}, store {node.store_dir})")
+    else:
+        t.add_row("NATS", net.url + ("  (embedded, store " + str(net.server.store_dir) + ")" if net.server else ""))
     t.add_row("security", "credentials required" + (f"; TLS, CA {net.tls_ca}" if net.tls_ca else ""))
     t.add_row("credentials", "gpufleet creds issue submitter NAME --out NAME.creds")
     orch = net.orchestrator
@@ -592,10 +618,11 @@ def replay(
     nats_url: NatsOpt = None,
     creds: CredsOpt = None,
     tls_ca: TlsCaOpt = None,
+    notary_key: NotaryKeyOpt = None,
 ) -> None:
     """Rebuild every read model from position 0 of the log; with --audit, check the network kept its rules."""
     from events.store import JetStreamEventStore
-    from projections.audit import audit_jetstream
+    from gpufleet.audit import full_audit
     from projections.projector import Projector
     from projections.query import ReadModels
     from projections.storage import SqliteStore
@@ -631,14 +658,205 @@ def replay(
             if err.n:
                 console.print(f"ETA error over {err.n} tasks: median {err.median:.1%}, p90 {err.p90:.1%}")
             if audit:
-                with console.status("auditing the domain and intake streams..."):
-                    report = await audit_jetstream(store)
-                console.print(report.render())
-                if not report.ok:
+                with console.status("auditing the log, and re-deciding every decision from its cause..."):
+                    report, provenance = await full_audit(store)
+                console.print(provenance.summary(), highlight=False)
+                console.print(report.render(), highlight=False, markup=False)
+                signed_ok = await _audit_signed_checkpoints(store, notary_key)
+                if not report.ok or not signed_ok:
                     raise typer.Exit(1)
         finally:
             await store.close()
             sqlite.close()
+
+    _run(run())
+
+
+# ---- backup and restore --------------------------------------------------------------------------
+
+
+def _admin_target(nats_url: str | None, creds: Path | None, tls_ca: Path | None, data_dir: Path | None) -> Any:
+    """The network's admin access; None when no network is named or running here: the command then
+    works on the store of the data directory, with a server of its own (see ``gpufleet.backup``)."""
+    import os
+
+    from gpufleet.network import DEFAULT_DATA_DIR, network_running
+
+    if nats_url is None and not os.environ.get("GPUFLEET_NATS_URL") and not network_running(data_dir):
+        if creds is None:
+            return None
+        nats_url = "nats://127.0.0.1:4222"
+    return _access("admin", nats_url, creds, tls_ca, data_dir or DEFAULT_DATA_DIR)
+
+
+@app.command()
+def backup(
+    directory: Annotated[Path, typer.Argument(help="A new (or empty) directory for the backup.")],
+    nats_url: NatsOpt = None,
+    creds: CredsOpt = None,
+    tls_ca: TlsCaOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Back up every stream and bucket (JetStream snapshots) and a checksummed manifest, as the network's admin.
+
+    With no network running here and no --nats, it backs up the stopped network's store in the data directory.
+    """
+    from gpufleet.backup import backup_command
+    from gpufleet.network import DEFAULT_DATA_DIR
+
+    target = _admin_target(nats_url, creds, tls_ca, data_dir)
+    _run(backup_command(directory, target, data_dir or DEFAULT_DATA_DIR, console))
+
+
+@app.command()
+def restore(
+    directory: Annotated[Path, typer.Argument(help="A directory `gpufleet backup` wrote.")],
+    force: Annotated[
+        bool, typer.Option(help="Replace streams that already exist (stop the network first; their messages are lost).")
+    ] = False,
+    accept_restored: Annotated[
+        bool,
+        typer.Option(
+            help="Restore a backup older than what this machine's orchestrator or projector applied, and set "
+            "their watermarks aside: the events after the backup are lost for good."
+        ),
+    ] = False,
+    nats_url: NatsOpt = None,
+    creds: CredsOpt = None,
+    tls_ca: TlsCaOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Restore every stream of a backup (checksums verified first), as the network's admin; then say what to do.
+
+    With no network running here and no --nats, it restores into the data directory's store; then `gpufleet up`.
+    """
+    from gpufleet.backup import restore_command
+    from gpufleet.network import DEFAULT_DATA_DIR
+
+    target = _admin_target(nats_url, creds, tls_ca, data_dir)
+    home = data_dir or DEFAULT_DATA_DIR
+    _run(restore_command(directory, target, home, console, force=force, accept=accept_restored))
+
+
+# ---- signed checkpoints and receipts -------------------------------------------------------------
+
+
+def _trusted_key(given: str | None, data_dir: Path | None = None) -> Any:
+    """The notary key to trust: given (text or file), ``$GPUFLEET_NOTARY_KEY``, else this machine's
+    network's (``network.json``, or ``notary/notary.vkey`` in its data directory); None if none."""
+    import os
+
+    from gpufleet.network import DEFAULT_DATA_DIR
+    from gpufleet.notary import read_trusted_key
+
+    given = given or os.environ.get("GPUFLEET_NOTARY_KEY")
+    if given:
+        return read_trusted_key(given)
+    home = data_dir or DEFAULT_DATA_DIR
+    with contextlib.suppress(OSError, ValueError):
+        info = json.loads((home / "network.json").read_text())
+        if info.get("notary_key"):
+            return read_trusted_key(str(info["notary_key"]))
+    vkey = home / "notary" / "notary.vkey"
+    return read_trusted_key(vkey) if vkey.exists() else None
+
+
+async def _audit_signed_checkpoints(store: Any, notary_key: str | None) -> bool:
+    """The audit's signed-checkpoint step (``projections.checkpoints``): False on a finding."""
+    from projections.checkpoints import audit_checkpoints
+
+    key = _trusted_key(notary_key)
+    if key is None:
+        console.print("  signed checkpoints not checked: no trusted notary key (give --notary-key)")
+        return True
+    with console.status("recomputing the Merkle root at every signed checkpoint..."):
+        found = await audit_checkpoints(store, key)
+    console.print(found.render(), highlight=False, markup=False)
+    if not found.ok:
+        console.print("FAIL: the log is not the one the notary signed", highlight=False)
+    return found.ok
+
+
+@app.command()
+def checkpoint(
+    keep: Annotated[
+        Path | None, typer.Option(help="Keep the last verified checkpoint here; a new one must extend it.")
+    ] = None,
+    notary_key: NotaryKeyOpt = None,
+    nats_url: NatsOpt = None,
+    creds: CredsOpt = None,
+    tls_ca: TlsCaOpt = None,
+) -> None:
+    """Show the log's latest signed checkpoint, verified with the notary's key (and, with --keep, shown
+    to extend the last one seen)."""
+
+    async def run() -> None:
+        key = _trusted_key(notary_key)
+        if key is None:
+            _fail("no trusted notary key: give --notary-key (network.json's notary_key) or $GPUFLEET_NOTARY_KEY")
+        client = await _client("auditor", nats_url, creds, tls_ca)
+        try:
+            client.trust(key, keep)
+            before = client.checkpoints.last
+            cp = await client.checkpoint()
+        finally:
+            await client.close()
+        console.print(f"log {cp.origin}: {cp.size} events, root {cp.root.hex()}", highlight=False)
+        console.print(f"signed by {key.vkey}", highlight=False)
+        if before is not None:
+            console.print(f"extends the checkpoint kept in {keep} (size {before.size})", highlight=False)
+
+    _run(run())
+
+
+@app.command()
+def receipt(
+    job_id: Annotated[str, typer.Argument(help="The job (your job's name, or its full id).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Write the receipt (JSON) here.")] = None,
+    verify: Annotated[
+        Path | None, typer.Option("--verify", help="Verify a receipt file offline instead (no network).")
+    ] = None,
+    keep: Annotated[Path | None, typer.Option(help="The last verified checkpoint (see `checkpoint`).")] = None,
+    notary_key: NotaryKeyOpt = None,
+    nats_url: NatsOpt = None,
+    creds: CredsOpt = None,
+    tls_ca: TlsCaOpt = None,
+) -> None:
+    """Inclusion proofs of a job's events in the signed log: a receipt that verifies offline."""
+    from gpufleet.receipts import Receipt
+
+    key = _trusted_key(notary_key)
+    if key is None:
+        _fail("no trusted notary key: give --notary-key (network.json's notary_key) or $GPUFLEET_NOTARY_KEY")
+
+    def show(r: Any, events: list[Any]) -> None:
+        cp = r.checkpoint.split("\n")
+        console.print(f"receipt for {r.job_id}: {len(events)} event(s) in the log of {cp[1]} signed by {cp[0]}")
+        for env in events:
+            console.print(f"  @{env.sequence} {env.subject} {env.type}", highlight=False, markup=False)
+
+    if verify is not None:
+        with _one_line():
+            try:
+                doc = json.loads(verify.read_text())
+            except ValueError as e:
+                _fail(f"{verify}: not JSON ({e})")
+            r = Receipt.from_json(doc)
+            show(r, r.verify(key))
+            console.print("verified")
+        return
+
+    async def run() -> None:
+        client = await _client("submitter", nats_url, creds, tls_ca)
+        try:
+            client.trust(key, keep)
+            r = await client.receipt(job_id)
+        finally:
+            await client.close()
+        show(r, r.verify(key))
+        if out is not None:
+            out.write_text(json.dumps(r.to_json(), indent=1))
+            console.print(f"written to {out}")
 
     _run(run())
 

@@ -53,6 +53,7 @@ from events.store.blobs import BlobStore, ObjectIntegrityError
 from events.store.connection import Access, connect_nats, raise_if_denied
 from events.store.topology import Topology
 from events.subjects import api_subject, intake_subject, job_owner, outcomes_stream
+from events.tlog import Checkpoint, NoteKey
 from events.types import ObjectRef, ResultRef, is_valid_id, utc_now
 from events.verification import inline_sha256
 from gpufleet.errors import (
@@ -63,6 +64,7 @@ from gpufleet.errors import (
     ResultIntegrityError,
     UnknownJobError,
 )
+from gpufleet.receipts import CheckpointKeeper, Receipt, fetch_receipt, refresh
 
 __all__ = ["Client", "Job", "JobStatus", "TaskResult", "TaskStatus", "new_job_id"]
 
@@ -171,6 +173,34 @@ class Client:
         #: Resolved at the next reconnection (then replaced): a question in flight when the link
         #: dropped is asked again at once, rather than waited out to its timeout.
         self._reconnect: asyncio.Future[None] | None = None
+        #: The last signed checkpoint verified (see :meth:`trust`).
+        self.checkpoints: CheckpointKeeper | None = None
+
+    def trust(self, notary_key: NoteKey | str, keep: Path | None = None) -> CheckpointKeeper:
+        """Trust checkpoints signed by ``notary_key`` (``network.json``'s ``notary_key``), keeping the
+        last one verified in memory and, given ``keep``, in that file across runs."""
+        key = notary_key if isinstance(notary_key, NoteKey) else NoteKey.parse(notary_key)
+        self.checkpoints = CheckpointKeeper(key, keep)
+        return self.checkpoints
+
+    def _keeper(self) -> CheckpointKeeper:
+        if self.checkpoints is None:
+            raise AccessDenied("no trusted notary key: Client.trust(network.json's notary_key) first")
+        return self.checkpoints
+
+    async def checkpoint(self) -> Checkpoint:
+        """The latest signed checkpoint, verified with the trusted key and shown (by a consistency
+        proof) to extend the last one this client verified: ``HistoryRewritten`` if it does not."""
+        me = self.identity or Identity("auditor", "anonymous")
+        return await refresh(self.nc, me.role, me.name, self._keeper())
+
+    async def receipt(self, job_id: str) -> Receipt:
+        """Inclusion proofs of a job's entries (yours; a provider's: its usage and credits in it),
+        verified here, that keep verifying offline with ``Receipt.verify(notary key)``."""
+        me = self.identity
+        if me is None:
+            raise AccessDenied("this client has no credentials: Client.connect(url, creds=PATH)")
+        return await fetch_receipt(self.nc, me.role, me.name, self.job_id(job_id), self._keeper())
 
     def reconnected(self) -> None:
         """The connection came back: wake every request that was in flight when it dropped."""

@@ -95,7 +95,7 @@ def _summary(st: JobStatus, values: list[Any]) -> str:
 
 async def run_demo(data_dir: Path, console: Console, *, backend: str = "auto") -> None:
     """Bring the network up, run the sample mix with live bars, print results, fleet and audit."""
-    from projections.audit import audit_jetstream
+    from gpufleet.audit import full_audit
     from projections.query import ReadModels
 
     cfg = NetworkConfig(
@@ -163,13 +163,16 @@ async def run_demo(data_dir: Path, console: Console, *, backend: str = "auto") -
         finally:
             models.close()
         try:
-            report = await audit_jetstream(clients_store)
+            report, provenance = await full_audit(clients_store)
         finally:
             await clients_store.close()
         verdict = "[green]clean[/]" if report.ok else f"[red]{len(report.findings)} finding(s)[/]"
-        console.print(f"audit of {report.events} events and the intake stream: {verdict}")
+        console.print(
+            f"audit of {report.events} events and the intake stream: {verdict}; "
+            f"{provenance.decisions} decisions re-decided from their causes"
+        )
         if not report.ok:
-            console.print(report.render())
+            console.print(report.render(), markup=False, highlight=False)
         console.print(f"log kept in {data_dir}; replay it any time with `gpufleet replay --audit`")
     finally:
         for c in clients:

@@ -29,7 +29,9 @@ from events.store.connection import Access, connect_nats
 from events.store.topology import Topology, ensure_topology
 from gpu_runtime.service import ProviderRuntime, RuntimeConfig
 from gpufleet.auth import HUB_ACCOUNT, AccountLimits, Authority, ensure_server_tls, push_accounts
+from gpufleet.cluster import ClusterError, LocalCluster, check_cluster_size, check_store_layout, cluster_info
 from gpufleet.natsserver import NatsServer
+from gpufleet.notary import Notary
 from projections.feed import EventFeed
 from projections.projector import Projector
 from projections.storage import SqliteStore
@@ -43,6 +45,7 @@ __all__ = [
     "discover_url",
     "local_name",
     "local_provider_id",
+    "network_running",
 ]
 
 DEFAULT_DATA_DIR = Path(os.environ.get("GPUFLEET_HOME", Path.home() / ".gpufleet"))
@@ -100,6 +103,12 @@ def discover_url(data_dir: Path | None = None) -> str:
     return DEFAULT_URL
 
 
+def network_running(data_dir: Path | None = None) -> bool:
+    """Whether ``gpufleet up`` runs from ``data_dir`` now (its process is alive)."""
+    info = _read_info(data_dir or DEFAULT_DATA_DIR)
+    return bool(info) and _alive(int((info or {}).get("pid", 0)))
+
+
 def discover_access(
     role: str,
     *,
@@ -155,9 +164,17 @@ class NetworkConfig:
     #: The local provider's price, micro-credits per GPU-second.
     provider_price_micros: int = 0
     projections: bool = True
+    #: Run the notary (``gpufleet.notary``): it signs checkpoints of the log every so many events
+    #: and seconds, with its key in ``<data dir>/notary``.
+    notary: bool = True
+    notary_every_events: int = 1000
+    notary_every_s: float = 5.0
     orchestrator: OrchestratorConfig = field(default_factory=OrchestratorConfig)
     limits: AccountLimits = field(default_factory=AccountLimits)
     topology: Topology = field(default_factory=Topology)
+    #: Run this many embedded nats-servers as one JetStream cluster, every stream and bucket with that
+    #: many replicas (odd; 1 is the single server). See ``gpufleet.cluster``.
+    cluster: int = 1
 
 
 class EmbeddedServer:
@@ -264,6 +281,7 @@ class LocalNetwork:
     def __init__(self, config: NetworkConfig) -> None:
         self.config = config
         self.embedded: EmbeddedServer | None = None
+        self.cluster: LocalCluster | None = None
         self.url = config.nats_url or ""
         self.tls_ca: Path | None = config.tls_ca
         self.authority: Authority | None = None
@@ -274,6 +292,8 @@ class LocalNetwork:
         self._projector_task: Any = None
         self._store: JetStreamEventStore | None = None
         self._feed_store: JetStreamEventStore | None = None
+        self.notary: Notary | None = None
+        self._notary_store: JetStreamEventStore | None = None
         self._db: SqliteStore | None = None
 
     @property
@@ -316,7 +336,10 @@ class LocalNetwork:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.authority = Authority.open(cfg.data_dir / "auth", limits=cfg.limits)
-        if cfg.nats_url is None:
+        if cfg.nats_url is None and cfg.cluster != 1:
+            cfg = self.config = await self._start_cluster(cfg)
+        elif cfg.nats_url is None:
+            check_store_layout(cfg.data_dir, 1)  # not a cluster's data directory
             previous = _read_info(cfg.data_dir) or {}
             port = cfg.port if cfg.port is not None else (int(previous.get("port", 0)) or 4222)
             cert, key = cfg.tls_cert, cfg.tls_key
@@ -340,6 +363,8 @@ class LocalNetwork:
             await push_accounts(self.url, self.authority, **_tls_kw(self.tls_ca, self.url))
         if self.embedded is not None:
             await self.embedded.ensure_streams(cfg.topology)
+        elif self.cluster is not None:
+            pass  # created, and current on every node, by ``_start_cluster``
         else:
             await self._ensure_streams()
         orch_config = cfg.orchestrator
@@ -354,6 +379,18 @@ class LocalNetwork:
         )
         self.feed = EventFeed(self._feed_store)
         await self.feed.start()
+        if cfg.notary:
+            self._notary_store = await JetStreamEventStore.connect(
+                self.access("notary"), settings=cfg.topology.events, name="gpufleet-notary", reads="direct"
+            )
+            self.notary = Notary(
+                self._notary_store,
+                cfg.data_dir / "notary",
+                every_events=cfg.notary_every_events,
+                every_s=cfg.notary_every_s,
+                topology=cfg.topology,
+            )
+            await self.notary.start()
         if cfg.projections:
             self._store = await JetStreamEventStore.connect(
                 self.access("orchestrator"), settings=cfg.topology.events, name="gpufleet-projections"
@@ -382,11 +419,40 @@ class LocalNetwork:
             "pid": os.getpid(),
             "port": self.server.port if self.server else 0,
             "tls_ca": str(self.tls_ca) if self.tls_ca else None,
+            # The key readers trust for the log's signed checkpoints (see `gpufleet checkpoint`).
+            "notary_key": self.notary.key.vkey if self.notary is not None else None,
         }
+        if self.cluster is not None:
+            info["cluster"] = cluster_info(self.cluster)
         # Atomically: whoever looks for the file (a CLI command, a test) never reads half of it.
         tmp = cfg.data_dir / ".network.json.tmp"
         tmp.write_text(json.dumps(info))
         os.replace(tmp, cfg.data_dir / "network.json")
+
+    async def _start_cluster(self, cfg: NetworkConfig) -> NetworkConfig:
+        """Start ``cfg.cluster`` nodes, wait for the meta-leader, create every stream and bucket with
+        that many replicas and wait until they are current; the config with that topology."""
+        import asyncio
+
+        size = check_cluster_size(cfg.cluster)
+        check_store_layout(cfg.data_dir, size)
+        if cfg.tls:
+            raise ClusterError("--cluster runs on this machine only: it does not serve TLS (leave out --tls)")
+        previous = (_read_info(cfg.data_dir) or {}).get("cluster") or []
+        if cfg.port is not None:
+            ports = [cfg.port + i if cfg.port else 0 for i in range(size)]
+        elif len(previous) == size:
+            ports = [int(n.get("port", 0)) for n in previous]
+        else:
+            ports = [4222 + i for i in range(size)]
+        self.cluster = LocalCluster(cfg.data_dir, size, host=cfg.host, ports=ports, limits=cfg.limits)
+        self.authority = self.cluster.authority
+        await asyncio.to_thread(self.cluster.start)
+        self.url = self.cluster.url
+        events = dataclasses.replace(cfg.topology.events, replicas=size)
+        cfg = dataclasses.replace(cfg, topology=dataclasses.replace(cfg.topology, events=events, replicas=size))
+        await self.cluster.ensure_streams(cfg.topology)
+        return cfg
 
     async def _ensure_streams(self) -> None:
         """As the network's admin: create or update every stream and bucket."""
@@ -416,14 +482,18 @@ class LocalNetwork:
             with contextlib.suppress(BaseException):
                 await self._projector_task
             self._projector_task = None
+        if self.notary is not None:
+            with contextlib.suppress(Exception):
+                await self.notary.stop()
+            self.notary = None
         if self.feed is not None:
             await self.feed.stop()
             self.feed = None
-        for store in (self._store, self._feed_store):
+        for store in (self._store, self._feed_store, self._notary_store):
             if store is not None:
                 with contextlib.suppress(Exception):
                     await store.close()
-        self._store = self._feed_store = None
+        self._store = self._feed_store = self._notary_store = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -433,6 +503,9 @@ class LocalNetwork:
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
             self.embedded = None
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.stop)
+            self.cluster = None
         with contextlib.suppress(OSError):
             info = _read_info(self.config.data_dir)
             if info and info.get("pid") == os.getpid():

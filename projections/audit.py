@@ -54,6 +54,7 @@ from events.job import (
     UsageMetered,
 )
 from events.metering import billable_ms, metered_amount
+from events.placement import misfits
 from events.provider import (
     ProviderCalibrated,
     ProviderDraining,
@@ -66,6 +67,7 @@ from events.store.jetstream import JetStreamEventStore
 from events.store.protocol import EventStore
 from events.subjects import INTAKE_STREAM, task_id_of
 from events.task import (
+    TERMINAL_TASK_STATES,
     TaskCancelled,
     TaskCompleted,
     TaskCreated,
@@ -155,7 +157,7 @@ _STREAM_KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 _FACT_ID = re.compile(r"^in-(\d+)\.\d+$")
 _ID_FIELDS = {"job": "job_id", "task": "task_id", "provider": "provider_id"}
 _JOB_ENDINGS = frozenset({"JobCompleted", "JobFailed", "JobCancelled"})
-_TERMINAL = frozenset({"completed", "dead", "cancelled"})
+_TERMINAL = TERMINAL_TASK_STATES
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +205,9 @@ class AuditReport:
             f"audit of {self.events} events (last position {self.last_position}, {self.invalid} invalid)"
             + (f" and {self.intake_messages} intake messages" if self.intake_messages is not None else ""),
         ]
-        for check in CHECKS:
+        # Checks made outside this module (the provenance replayer's) report here too, after ours.
+        extra = [c for c in dict.fromkeys([*self.coverage, *(f.check for f in self.findings)]) if c not in CHECKS]
+        for check in (*CHECKS, *extra):
             found = self.of(check)
             status = "ok" if not found else f"{len(found)} finding(s)"
             lines.append(f"  {check:<12} {status:<16} covered {self.coverage.get(check, 0)}")
@@ -297,6 +301,8 @@ class Auditor:
         self._last = 0
         self._ids: dict[str, int] = {}
         self._streams: dict[str, int] = {}
+        #: Streams whose first event is not their creation event (named once, then skipped).
+        self._uncreated: set[str] = set()
         self._providers: dict[str, _Provider] = {}
         self._tasks: dict[str, _Task] = {}
         self._jobs: dict[str, _Job] = {}
@@ -364,11 +370,14 @@ class Auditor:
         if id_field is not None and getattr(env.data, id_field) != agg:
             self.find("sequence", pos, f"{t} for {getattr(env.data, id_field)!r} in stream {env.subject!r}")
             return False
+        if env.subject in self._uncreated:
+            return False  # named once, below: the rest of a stream that never began is not checked again
         first = env.subject not in self._streams
-        self._streams[env.subject] = pos
         if first and t not in creators and kind in _ID_FIELDS:
             self.find("sequence", pos, f"stream {env.subject!r} starts with {t}, not its creation event")
+            self._uncreated.add(env.subject)
             return False
+        self._streams[env.subject] = pos
         # A provider registers again whenever its runtime restarts; any other creation is a fork.
         if not first and t in creators and kind in _ID_FIELDS and t != "ProviderRegistered":
             self.find("sequence", pos, f"fork: a second {t} in stream {env.subject!r}")
@@ -565,17 +574,11 @@ class Auditor:
         if p is None:
             problems.append("an unknown provider")
         else:
-            caps, r = p.caps, c.resources
             if p.status != "online":
                 problems.append(f"a provider that is {p.status}")
-            if caps.vram_mb < r.min_vram_mb:
-                problems.append(f"{caps.vram_mb} MB VRAM < {r.min_vram_mb}")
-            if caps.compute_capability < r.min_compute_capability:
-                problems.append(f"compute capability {caps.compute_capability} < {r.min_compute_capability}")
-            if r.backend == "cuda" and caps.backend != "cuda":
-                problems.append(f"backend {caps.backend}, needs cuda")
-            if caps.workloads and c.workload not in caps.workloads:
-                problems.append(f"no {c.workload} workload")
+            # The placement rule itself (events.placement), less the price: a lease's price is checked
+            # as recorded, below (the provider's price may have changed since it registered).
+            problems += misfits(p.caps, c.resources, c.workload, None)
         if c.max_price_micros is not None and e.price_micros > c.max_price_micros:
             problems.append(f"price {e.price_micros} over the ceiling {c.max_price_micros}")
         if problems:

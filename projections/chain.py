@@ -1,7 +1,8 @@
 """The audit chain: a sha256 hash chain over the whole log, in order, for tamper evidence.
 
 ``digest_n = sha256(digest_{n-1} + canonical_bytes(event_n))`` with ``digest_0`` = 32 zero bytes.
-The canonical bytes of an event are its log position and CloudEvents attributes, then the event's
+The canonical bytes of an event (``events.tlog.canonical_bytes``, the same bytes the signed
+transparency log takes as its leaves) are its log position and CloudEvents attributes, then the event's
 JSON body exactly as an append stores it (``EventRegistry.encode``). Free-form objects in events
 (parameters, results, metrics) are kept with sorted keys by the catalogue itself, so the encoding
 is one byte form per event, derived from the envelope alone: a JetStream log and its JSON-lines
@@ -20,8 +21,7 @@ from typing import ClassVar
 
 from events.audit import AuditCheckpointed
 from events.envelope import Envelope
-from events.registry import DEFAULT_REGISTRY, EventRegistry
-from events.types import EventModel
+from events.tlog import canonical_body, canonical_bytes
 from projections.storage import Table
 from projections.view import View
 
@@ -40,29 +40,6 @@ __all__ = [
 CHAIN_STREAM = "audit.chain"
 #: The digest before the first event.
 GENESIS = bytes(32)
-_SEP = "\x1f"
-
-
-def canonical_body(data: EventModel, registry: EventRegistry = DEFAULT_REGISTRY) -> bytes:
-    """The event's JSON as an append stores it; canonical because free-form objects are sorted."""
-    return registry.encode(data)
-
-
-def canonical_bytes(env: Envelope, registry: EventRegistry = DEFAULT_REGISTRY) -> bytes:
-    """The bytes of ``env`` that the chain hashes: position, attributes, canonical JSON body."""
-    head = _SEP.join(
-        (
-            str(env.sequence),
-            env.id,
-            env.subject,
-            env.source,
-            env.correlationid or "",
-            env.causationid or "",
-            env.specversion,
-            env.datacontenttype,
-        )
-    )
-    return head.encode() + b"\x1e" + canonical_body(env.data, registry)
 
 
 def chain_step(digest: bytes, env: Envelope) -> bytes:

@@ -22,6 +22,7 @@ from events.job import (
     UsageMetered,
 )
 from events.task import (
+    TERMINAL_TASK_STATES,
     TaskCancelled,
     TaskCompleted,
     TaskCreated,
@@ -59,7 +60,6 @@ JOB_STATUSES = ("submitted", "rejected", "accepted", "running", "completed", "fa
 #: replica is leased (then leased -> running again) or the verdict completes it.
 TASK_STATES = ("queued", "leased", "running", "retrying", "verifying", "completed", "dead", "cancelled")
 ACTIVE_TASK_STATES = frozenset({"leased", "running"})
-TERMINAL_TASK_STATES = frozenset({"completed", "dead", "cancelled"})
 
 
 @dataclass(slots=True)

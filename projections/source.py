@@ -25,7 +25,7 @@ from nats.js import api
 from events.codec import decode_message
 from events.envelope import Envelope
 from events.errors import InvalidPayload, StoreUnavailable
-from events.store.jetstream import JetStreamEventStore
+from events.store.jetstream import JetStreamEventStore, lost_events
 from events.store.protocol import EventStore, InvalidHandler, log_invalid
 
 __all__ = ["read_batches"]
@@ -155,6 +155,8 @@ async def _jetstream_batches(
             out: list[Envelope] = []
             for msg in msgs:
                 position = _position(msg)
+                if delivered < position <= end and position > delivered + 1:
+                    raise lost_events(delivered + 1, position)
                 if position <= delivered or position > end:
                     continue
                 delivered = position

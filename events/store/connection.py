@@ -137,9 +137,11 @@ async def connect_nats(
         if on_reconnect is not None:
             await on_reconnect()
 
+    # A cluster's URLs, comma-separated: the client tries each, and fails over among them.
+    servers = [u.strip() for u in url.split(",") if u.strip()]
     task = asyncio.ensure_future(
         nats.connect(
-            url,
+            servers if len(servers) > 1 else url,
             name=name,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.25,

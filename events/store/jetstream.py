@@ -32,6 +32,7 @@ from events.envelope import Envelope, check_stream
 from events.errors import (
     ConcurrencyError,
     InvalidPayload,
+    LogRegressed,
     PayloadTooLarge,
     StoreError,
     StoreUnavailable,
@@ -43,7 +44,7 @@ from events.store.connection import Access, connect_nats
 from events.store.protocol import AppendResult, InvalidHandler, log_invalid
 from events.subjects import EVENT_PREFIX, EVENTS_STREAM
 
-__all__ = ["JetStreamEventStore", "RawMessage", "Reads", "StreamSettings"]
+__all__ = ["JetStreamEventStore", "RawMessage", "Reads", "StreamSettings", "lost_events"]
 
 #: How the whole log is read: an ordered consumer (fast; needs consumer permissions), or batched direct
 #: gets (any reader allowed to direct-get, such as an auditor).
@@ -143,6 +144,17 @@ class _Inbox:
     async def stop(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()
+
+
+def lost_events(expected: int, position: int) -> LogRegressed:
+    """A reader of the event stream, expecting position ``expected``, met ``position`` instead. The
+    stream denies deletes and purges, so the positions between hold events lost to damage (a message
+    the server could not read back and dropped on recovery, a block gone)."""
+    missing = f"position {expected} holds" if position == expected + 1 else f"positions {expected}..{position - 1} hold"
+    return LogRegressed(
+        f"log lost events: {missing} nothing, though the log goes on at {position}: restore the store "
+        "from a backup or a replica; nothing was written (`gpufleet replay --audit` names the loss)"
+    )
 
 
 class JetStreamEventStore:
@@ -578,6 +590,16 @@ class JetStreamEventStore:
             raise StoreUnavailable("no answer from JetStream for stream info") from e
         return f"{self.settings.name}@{info.created or ''}"
 
+    async def missing(self) -> int:
+        """See ``EventStore.missing``: from the server's count of the stream's messages against its last
+        position (the server keeps both apart from the messages; a message it dropped on recovery
+        leaves the last position as it was)."""
+        try:
+            info = await self.js.stream_info(self.settings.name)
+        except nats.errors.TimeoutError as e:
+            raise StoreUnavailable("no answer from JetStream for stream info") from e
+        return max(0, int(info.state.last_seq) - int(info.state.messages))
+
     async def event_id_at(self, position: int) -> str | None:
         """See ``EventStore.event_id_at``: one direct get; the id from the headers, nothing decoded (an
         event of a type this version does not know is still there)."""
@@ -680,7 +702,11 @@ class JetStreamEventStore:
             return
         if self.reads == "direct":
             # The stream holds only the event subjects: no filter, so batches go out several at a time.
+            expect = after + 1
             async for raw in self.read_raw(after=after, end=end):
+                if raw.sequence > expect:
+                    raise lost_events(expect, raw.sequence)
+                expect = raw.sequence + 1
                 env = self._decode(raw.subject, raw.data, raw.headers, raw.sequence)
                 if env is not None:
                     yield env
@@ -696,6 +722,8 @@ class JetStreamEventStore:
             while True:
                 moved = False
                 async for raw in self.read_raw(subject=f"{self.settings.prefix}.>", after=after):
+                    if raw.sequence > after + 1:
+                        raise lost_events(after + 1, raw.sequence)
                     after = raw.sequence
                     moved = True
                     env = self._decode(raw.subject, raw.data, raw.headers, raw.sequence)
@@ -717,11 +745,15 @@ class JetStreamEventStore:
             pending_msgs_limit=-1,
             pending_bytes_limit=-1,
         )
+        expect = after + 1
         try:
             async for msg in sub.messages:
                 position = _stream_sequence(msg)
                 if stop_at is not None and position > stop_at:
                     return
+                if position > expect:
+                    raise lost_events(expect, position)
+                expect = position + 1
                 env = self._decode(msg.subject, msg.data, msg.headers, position)
                 if env is not None:
                     yield env

@@ -136,6 +136,10 @@ class MemoryEventStore:
         """See ``EventStore.log_id``: this object's identity."""
         return f"memory-{id(self):x}"
 
+    async def missing(self) -> int:
+        """See ``EventStore.missing``: this store never loses an event."""
+        return 0
+
     async def event_id_at(self, position: int) -> str | None:
         """See ``EventStore.event_id_at``."""
         self._check_open()

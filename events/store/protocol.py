@@ -102,6 +102,13 @@ class EventStore(Protocol):
         """Which log this is: the same for as long as the log exists, different for a new one."""
         ...
 
+    async def missing(self) -> int:
+        """How many positions up to the head hold no event (0 when none).
+
+        The log denies deletes and purges, so a missing position is history lost to damage: a message
+        the server could not read back and dropped, or a whole block gone."""
+        ...
+
     async def close(self) -> None:
         """Release connections; subscriptions end."""
         ...

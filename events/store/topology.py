@@ -18,6 +18,8 @@ from events.errors import StoreUnavailable
 from events.intake import MAX_INTAKE_BYTES
 from events.store.jetstream import StreamSettings, ensure_stream
 from events.subjects import (
+    CHECKPOINT_PREFIX,
+    CHECKPOINTS_STREAM,
     DISPATCH_PREFIX,
     DISPATCH_STREAM,
     HEARTBEAT_BUCKET,
@@ -60,6 +62,10 @@ class Topology:
     objects_stream: str = OBJECTS_STREAM
     object_prefix: str = OBJECT_PREFIX
     objects_max_bytes: int = 8 * _GIB
+    #: The notary's signed checkpoints (``events.tlog``): outside the log they cover.
+    checkpoints_stream: str = CHECKPOINTS_STREAM
+    checkpoint_prefix: str = CHECKPOINT_PREFIX
+    checkpoints_max_bytes: int = _GIB
 
     def intake_config(self) -> api.StreamConfig:
         """Intake keeps every message sent, valid or not, for the orchestrator and the audit."""
@@ -123,6 +129,25 @@ class Topology:
             allow_direct=True,
         )
 
+    def checkpoints_config(self) -> api.StreamConfig:
+        """Signed checkpoints: only the notary writes here; when full the oldest go (each later one
+        extends them, and a reader keeps the last it verified)."""
+        return api.StreamConfig(
+            name=self.checkpoints_stream,
+            description="gpufleet checkpoints: the log's size and Merkle root, signed by the notary",
+            subjects=[f"{self.checkpoint_prefix}.>"],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.OLD,
+            num_replicas=self.replicas,
+            duplicate_window=self.events.duplicate_window_s,
+            max_msg_size=64 * 1024,
+            max_bytes=self.checkpoints_max_bytes,
+            deny_delete=True,
+            deny_purge=True,
+            allow_direct=True,
+        )
+
     def dispatch_consumer_config(self, provider_id: str) -> api.ConsumerConfig:
         """The pull consumer through which one provider reads its own dispatch (created by the orchestrator)."""
         return api.ConsumerConfig(
@@ -145,6 +170,7 @@ async def ensure_topology(js: Any, topology: Topology | None = None) -> Topology
     await ensure_stream(js, t.intake_config())
     await ensure_stream(js, t.dispatch_config())
     await ensure_stream(js, t.objects_config())
+    await ensure_stream(js, t.checkpoints_config())
     try:
         try:
             await js.key_value(t.heartbeat_bucket)

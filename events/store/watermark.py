@@ -10,7 +10,9 @@ read-model database, committed with the rows), and checks it before it does anyt
 - the log is shorter than the watermark: "log regressed from 312 to 14 events";
 - the log no longer holds that event (the server kept its length but lost the message): "log lost
   events: position 312 ... is gone";
-- the log holds another event at that position: "log rewritten at position 312".
+- the log holds another event at that position: "log rewritten at position 312";
+- the log has holes: positions up to its head that hold no event (the event stream denies deletes,
+  so only damage makes one): "log lost 1 event(s) it had acknowledged".
 
 Either way it stops with that one line and writes nothing. Restore the store from a backup or a
 replica; or, to start over on purpose, delete the watermark.
@@ -71,6 +73,12 @@ async def check_watermark(store: EventStore, mark: Watermark | None, who: str, *
         raise LogRegressed(
             f"{who}: log rewritten at position {mark.position}: it holds {found!r} "
             f"where {mark.event_id!r} was applied: {hint}"
+        )
+    lost = await store.missing()
+    if lost:
+        raise LogRegressed(
+            f"{who}: log lost {lost} event(s) it had acknowledged: it holds {head - lost} of positions 1..{head} "
+            f"(`gpufleet replay --audit` names them): {hint}"
         )
     return True
 

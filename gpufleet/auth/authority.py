@@ -40,6 +40,8 @@ _GIB = 1 << 30
 #: Roles that may hold bearer credentials (a JWT that authenticates alone, for clients that cannot sign
 #: a nonce, such as a shell script over a raw socket).
 BEARER_ROLES: tuple[Role, ...] = ("submitter",)
+#: Signing keys of roles added after networks were made: an older data directory gets them on open.
+_ADDED_ROLE_KEYS = frozenset({"signing-notary"})
 
 
 class AuthError(GpufleetError):
@@ -109,9 +111,11 @@ class Authority:
         names += [f"signing-{r}" for r in ROLES] + [f"signing-{r}-bearer" for r in BEARER_ROLES]
         keys: dict[str, nkeys.KeyPair] = {}
         missing = [n for n in names if not (directory / f"{n}.nk").exists()]
-        if missing and not create:
+        new_roles = all(n in _ADDED_ROLE_KEYS for n in missing)
+        if missing and not create and not new_roles:
             raise AuthError(f"no network keys in {directory}: run `gpufleet up` there first")
-        if missing and len(missing) != len(names):
+        # A role added since the keys were made (the notary, say) gets its signing key now.
+        if missing and len(missing) != len(names) and not new_roles:
             raise AuthError(f"the network keys in {directory} are incomplete (missing {missing[0]}.nk)")
         if missing:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -376,8 +380,13 @@ async def push_accounts(url: str, authority: Authority, **connect: Any) -> int:
     import nats.errors
 
     try:
+        servers = [u.strip() for u in url.split(",") if u.strip()]  # a cluster: any node takes it
         nc = await nats.connect(
-            url, user_credentials=str(authority.system_creds()), connect_timeout=3, max_reconnect_attempts=0, **connect
+            servers,
+            user_credentials=str(authority.system_creds()),
+            connect_timeout=3,
+            max_reconnect_attempts=0,
+            **connect,
         )
     except (OSError, nats.errors.Error) as e:
         raise AuthError(f"cannot reach the network at {url} to push account updates: {e}") from e

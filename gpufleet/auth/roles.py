@@ -20,14 +20,18 @@ from typing import Any
 from events.identity import Role, inbox_prefix
 from events.subjects import (
     API_PREFIX,
+    CHECKPOINT_PREFIX,
+    CHECKPOINTS_STREAM,
     DISPATCH_PREFIX,
     DISPATCH_STREAM,
     EVENT_PREFIX,
+    EVENTS_STREAM,
     HEARTBEAT_BUCKET,
     INTAKE_PREFIX,
     LEADER_BUCKET,
     OBJECT_PREFIX,
     OBJECTS_STREAM,
+    TLOG_OPERATION,
     dispatch_consumer,
     heartbeat_subject,
 )
@@ -99,8 +103,16 @@ ROLE_RULES: dict[str, RoleRules] = {
         role="admin",
         account=HUB_ACCOUNT,
         description="the network's operator: creates and updates streams, buckets and consumers",
-        pub_allow=("$JS.API.>", "$JS.ACK.>", "$JS.FC.>"),
-        pub_deny=(f"{EVENT_PREFIX}.>", f"{DISPATCH_PREFIX}.>", f"{INTAKE_PREFIX}.>", f"{OBJECT_PREFIX}.>"),
+        # ``$JS.SNAPSHOT.>``: the flow-control acks of a snapshot and the chunks of a restore
+        # (``gpufleet backup`` and ``restore``).
+        pub_allow=("$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$JS.SNAPSHOT.ACK.>", "$JS.SNAPSHOT.RESTORE.>"),
+        pub_deny=(
+            f"{EVENT_PREFIX}.>",
+            f"{DISPATCH_PREFIX}.>",
+            f"{INTAKE_PREFIX}.>",
+            f"{OBJECT_PREFIX}.>",
+            f"{CHECKPOINT_PREFIX}.>",
+        ),
         sub_allow=("_INBOX.>",),
     ),
     "orchestrator": RoleRules(
@@ -143,6 +155,7 @@ ROLE_RULES: dict[str, RoleRules] = {
             _direct_get(OBJECTS_STREAM, f"{OBJECT_PREFIX}.submitter.>"),
             _direct_get(OBJECTS_STREAM, f"{OBJECT_PREFIX}.provider.>"),
             _direct_get(OBJECTS_STREAM, f"{OBJECT_PREFIX}.result.*.{_NAME}.>"),
+            _direct_get(CHECKPOINTS_STREAM),  # the signed checkpoints: everyone may read them
         ),
         sub_allow=(_inbox("provider"),),
     ),
@@ -157,6 +170,7 @@ ROLE_RULES: dict[str, RoleRules] = {
             _direct_get(OBJECTS_STREAM, f"{OBJECT_PREFIX}.submitter.{_NAME}.>"),
             # The results of its own jobs, and nobody else's.
             _direct_get(OBJECTS_STREAM, f"{OBJECT_PREFIX}.result.{_NAME}.>"),
+            _direct_get(CHECKPOINTS_STREAM),  # the signed checkpoints: everyone may read them
         ),
         sub_allow=(_inbox("submitter"),),
         subs=256,
@@ -174,6 +188,21 @@ ROLE_RULES: dict[str, RoleRules] = {
         ),
         sub_allow=(_inbox("auditor"),),
         subs=256,
+    ),
+    "notary": RoleRules(
+        role="notary",
+        account=HUB_ACCOUNT,
+        description="reads the domain log, signs its checkpoints (the only writer of gf.cp.>), answers proofs",
+        pub_allow=(
+            f"{CHECKPOINT_PREFIX}.>",
+            "$JS.API.INFO",
+            f"$JS.API.STREAM.INFO.{EVENTS_STREAM}",
+            f"$JS.API.STREAM.INFO.{CHECKPOINTS_STREAM}",
+            _direct_get(EVENTS_STREAM),
+            _direct_get(CHECKPOINTS_STREAM),
+        ),
+        sub_allow=(_inbox("notary"), f"{API_PREFIX}.*.*.{TLOG_OPERATION}"),
+        responds=True,
     ),
 }
 

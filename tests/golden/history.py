@@ -13,12 +13,13 @@ compute the same three results again from the same files with the current code a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from actors.provenance import IntakeRecord, intake_from, replay
 from actors.world import World
 from events import Envelope, MemoryEventStore, from_json_line
 from projections import Projector, SqliteStore
@@ -38,6 +39,7 @@ __all__ = [
     "read_intake",
     "read_log",
     "read_models",
+    "redecide",
     "world_summary",
 ]
 
@@ -48,15 +50,6 @@ META = HERE / "golden_real_meta.json"
 WORLD = HERE / "golden_real_world.json"
 READ_MODELS = HERE / "golden_real_readmodels.json"
 AUDIT = HERE / "golden_real_audit.json"
-
-
-@dataclass(frozen=True, slots=True)
-class IntakeRecord:
-    """One message of the intake stream, as stored."""
-
-    seq: int
-    subject: str
-    body: bytes
 
 
 def read_log(path: Path = LOG) -> list[Envelope]:
@@ -194,3 +187,10 @@ def dump_tables(tables: dict[str, list[list[Any]]]) -> str:
         rows = ",\n".join("  " + json.dumps(row, sort_keys=True) for row in tables[name])
         parts.append(f" {json.dumps(name)}: [\n{rows}\n ]" if rows else f" {json.dumps(name)}: []")
     return "{\n" + ",\n".join(parts) + "\n}\n"
+
+
+def redecide(log: list[Envelope], intake: list[IntakeRecord], *, grace_s: float) -> list[str]:
+    """Every way the current deciders disagree with the recorded decisions (the product's provenance
+    replayer, with the idempotence check on), as lines; empty when none do."""
+    report = asyncio.run(replay(log, intake_from(intake), grace_s=grace_s, idempotence=True))
+    return [str(p) for p in report.problems]

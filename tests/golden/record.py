@@ -32,6 +32,7 @@ import structlog
 
 from actors.job import unsettled
 from actors.orchestrator import OrchestratorConfig
+from actors.provenance import intake_from, replay
 from actors.world import World
 from events import Envelope, to_json_line
 from events.dispatch import LeaseGranted
@@ -43,7 +44,6 @@ from gpufleet.sim import SimulatedProvider, inline_result
 from projections import Projector, SqliteStore
 from tests.dishonest import DishonestProvider
 from tests.golden import history
-from tests.golden.redecide import redecide
 from tests.integration.orchestra import Tenants, orchestrated, read_world
 from tests.integration.runtime_support import provider
 from tests.secure import SecureServer
@@ -453,7 +453,9 @@ async def expected(live: dict[str, Any]) -> bool:
         if live.get(table) != tables.get(table):
             print(f"the live projection of {table} differs from its rebuild", file=sys.stderr)
             ok = False
-    problems = redecide(log, intake, grace_s=meta["orchestrator"]["lease_grace_s"])
+    grace = meta["orchestrator"]["lease_grace_s"]
+    redecided = await replay(log, intake_from(intake), grace_s=grace, idempotence=True)
+    problems = [str(p) for p in redecided.problems]
     for p in problems:
         print(f"re-decide: {p}", file=sys.stderr)
     ok = ok and not problems

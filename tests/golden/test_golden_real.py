@@ -18,7 +18,6 @@ import pytest
 from events import Envelope
 from events.registry import DEFAULT_REGISTRY
 from tests.golden import history
-from tests.golden.redecide import redecide
 
 RERECORD = "if the change is intended, re-record: .venv/bin/python -m tests.golden.record (and review the diff)"
 
@@ -99,5 +98,5 @@ async def test_the_recording_audits_exactly_as_recorded_and_passes(
 def test_the_current_deciders_make_every_recorded_decision_again(
     log: list[Envelope], intake: list[history.IntakeRecord], meta: dict[str, Any]
 ) -> None:
-    problems = redecide(log, intake, grace_s=meta["orchestrator"]["lease_grace_s"])
+    problems = history.redecide(log, intake, grace_s=meta["orchestrator"]["lease_grace_s"])
     assert not problems, "re-deciding the recorded log disagrees with it:\n" + "\n".join(problems) + f"\n{RERECORD}"

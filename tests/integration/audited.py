@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from events.store import JetStreamEventStore
 from events.subjects import INTAKE_STREAM
+from gpufleet.audit import full_audit
 from projections.audit import AuditReport, Finding, audit_jetstream
 from tests.integration.orchestra import every_input_has_its_outcome
 
@@ -72,20 +73,35 @@ def eventually_sync(
 
 
 async def audit_at_rest(
-    store: JetStreamEventStore, *, timeout: float = 30.0, intake_stream: str | None = INTAKE_STREAM
+    store: JetStreamEventStore,
+    *,
+    timeout: float = 30.0,
+    intake_stream: str | None = INTAKE_STREAM,
+    provenance: bool = True,
 ) -> AuditReport:
     """The full audit of the log (and the intake stream), once every intake message now stored has its
-    outcome: an audit taken while the orchestrator is still deciding would report missing outcomes."""
+    outcome: an audit taken while the orchestrator is still deciding would report missing outcomes.
+
+    With ``provenance`` (and an intake stream), every decision is also re-decided from its cause, as
+    ``gpufleet replay --audit`` does (``actors.provenance``); its problems are ``provenance`` findings.
+    """
     if intake_stream is not None:
         await every_input_has_its_outcome(store, timeout=timeout)
+    if provenance and intake_stream is not None:
+        report, _ = await full_audit(store, intake_stream=intake_stream)
+        return report
     return await audit_jetstream(store, intake_stream=intake_stream)
 
 
 async def assert_audit_passes(
-    store: JetStreamEventStore, *, timeout: float = 30.0, intake_stream: str | None = INTAKE_STREAM
+    store: JetStreamEventStore,
+    *,
+    timeout: float = 30.0,
+    intake_stream: str | None = INTAKE_STREAM,
+    provenance: bool = True,
 ) -> AuditReport:
     """The audit at rest finds nothing, and it looked at something."""
-    report = await audit_at_rest(store, timeout=timeout, intake_stream=intake_stream)
+    report = await audit_at_rest(store, timeout=timeout, intake_stream=intake_stream, provenance=provenance)
     assert report.ok, report.render()
     assert report.events > 0 and report.coverage["sequence"] == report.events, report.render()
     return report

@@ -47,6 +47,10 @@ def _healthy(orch: Orchestrator, mark: Watermark, *, event_id_at: Any = None) ->
     async def default_event_id_at(position: int) -> Any:
         return mark.event_id
 
+    async def missing() -> int:
+        return 0
+
+    orch.store.missing = missing  # type: ignore[method-assign]
     orch.store.log_id = log_id  # type: ignore[method-assign]
     orch.store.head = head  # type: ignore[method-assign]
     orch.store.event_id_at = event_id_at or default_event_id_at  # type: ignore[method-assign]
@@ -163,9 +167,13 @@ async def test_a_watermark_at_an_event_this_version_does_not_know_is_not_reporte
     async def log_id() -> str:
         return "L"
 
+    async def missing() -> int:
+        return 0
+
     store._direct_get = direct_get  # type: ignore[method-assign]
     store.head = head  # type: ignore[method-assign]
     store.log_id = log_id  # type: ignore[method-assign]
+    store.missing = missing  # type: ignore[method-assign]
     assert await store.event_id_at(7) == env.id  # there, read from its headers, though it does not decode
     # the check reads the id from the headers, and finds the event still there:
     assert await check_watermark(store, Watermark(7, env.id, "L"), "orchestrator")
