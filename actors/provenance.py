@@ -57,7 +57,7 @@ from actors.job import (
     job_decider,
 )
 from actors.provider import HeartbeatLapsed, HeartbeatSeen, RegisterProvider, provider_decider
-from actors.reactions import Intent, plan_task
+from actors.reactions import Intent, plan_task, reconcile
 from actors.task import (
     CancelTask,
     CreateTask,
@@ -71,6 +71,7 @@ from actors.task import (
     TaskState,
     task_decider,
 )
+from actors.world import World
 from events import Envelope, InvalidPayload
 from events.codec import decode_message
 from events.errors import GpufleetError, StoreUnavailable
@@ -90,7 +91,7 @@ from events.placement import misfits
 from events.provider import ProviderLost, ProviderOnline
 from events.store.blobs import BlobStore
 from events.store.jetstream import JetStreamEventStore
-from events.subjects import INTAKE_STREAM
+from events.subjects import INTAKE_STREAM, job_of_task
 from events.task import (
     TaskCancelled,
     TaskCompleted,
@@ -265,7 +266,7 @@ class _Decision:
     @property
     def intake_seq(self) -> int | None:
         head, _, seq = self.command_id.partition("-")
-        return int(seq) if head == "in" and seq.isdigit() else None
+        return int(seq) if head == "in" and seq.isascii() and seq.isdigit() else None
 
     @cached_property
     def lead(self) -> EventModel:
@@ -310,8 +311,8 @@ class Replayer:
         # taken from the record: the replayer needs no scheduler's queues.
         self.core.scheduler = _Unscheduled()  # type: ignore[assignment]
         self._owed: dict[tuple[str, str], Intent] = {}
-        #: (stream, command type) -> how many owed intents of that type are outstanding.
-        self._owed_types: Counter[tuple[str, str]] = Counter()
+        #: (stream, command type) -> the command ids of the owed intents of that type outstanding.
+        self._owed_of: dict[tuple[str, str], dict[str, None]] = {}
         self._intake_used: dict[int, int] = {}
         self._current: _Decision | None = None
         self._last_cid: dict[str, tuple[str, int]] = {}
@@ -332,9 +333,14 @@ class Replayer:
             self._current = _Decision(env.subject, cid, [env])
             return
         await self._flush()
-        if isinstance(env.data, InputAccepted | InputRejected):
-            await self._outcome(env)
-        self.core.apply(env, live=False)
+        try:
+            if isinstance(env.data, InputAccepted | InputRejected):
+                await self._outcome(env)
+            self.core.apply(env, live=False)
+        except (StoreUnavailable, _Unreadable):
+            raise
+        except Exception as e:  # a hostile record is a finding, never the replayer's crash
+            self._problem(env.sequence, env.subject, type(env.data).__name__, f"{type(e).__name__}: {e}")
 
     async def finish(self) -> ProvenanceReport:
         """The report, once the whole log has been fed."""
@@ -370,7 +376,7 @@ class Replayer:
             cause, cmd = await self._cause(d, before)
         except _NoCause as e:
             self._problem(d.position, d.stream, name, str(e))
-            self._apply(d)
+            self._apply(d, owe=False)
             return
         except _Unreadable:
             self.report.unchecked += 1
@@ -378,7 +384,7 @@ class Replayer:
             return
         except Exception as e:  # a record no cause could make crashed its rebuilding: that is the finding
             self._problem(d.position, d.stream, name, f"its command cannot be rebuilt: {type(e).__name__}: {e}")
-            self._apply(d)
+            self._apply(d, owe=False)
             return
         self.report.decisions += 1
         self.report.causes[cause] += 1
@@ -395,12 +401,15 @@ class Replayer:
             self._problem(where.sequence, d.stream, type(where.data).__name__, f"{type(cmd).__name__} ({cause}) {text}")
         elif self._idempotence:
             self._check_idempotent(decider, cmd, d)
-        self._apply(d)
+        self._apply(d, owe=problem is None)
 
-    def _apply(self, d: _Decision) -> None:
+    def _apply(self, d: _Decision, *, owe: bool = True) -> None:
+        """Fold ``d`` into the world; ``owe``: and owe its reactions. A flagged decision is folded (what
+        follows is judged on the state the orchestrator saw) but owes nothing: a forged acceptance of
+        100,000 tasks must not make the replayer hold 100,000 owed creations."""
         for env in d.envs:
             try:
-                fx = self.core.apply(env, live=True)
+                fx = self.core.apply(env, live=owe)
             except Exception as e:  # the orchestrator's core would fail on it too: say so, and go on
                 self._problem(
                     env.sequence,
@@ -414,14 +423,17 @@ class Replayer:
 
     def _owe(self, intent: Intent) -> None:
         key = (f"{intent.kind}.{intent.aggregate_id}", intent.command.command_id)
-        if key not in self._owed:
-            self._owed_types[(key[0], type(intent.command).__name__)] += 1
+        self._owed_of.setdefault((key[0], type(intent.command).__name__), {})[key[1]] = None
         self._owed[key] = intent
 
     def _settle_owed(self, key: tuple[str, str]) -> Intent | None:
         intent = self._owed.pop(key, None)
         if intent is not None:
-            self._owed_types[(key[0], type(intent.command).__name__)] -= 1
+            by_type = (key[0], type(intent.command).__name__)
+            ids = self._owed_of.get(by_type, {})
+            ids.pop(key[1], None)
+            if not ids:
+                self._owed_of.pop(by_type, None)
         return intent
 
     def _redecide(self, decider: Decider[Any, Any], cmd: Any, before: Any, d: _Decision) -> tuple[int, str] | None:
@@ -475,12 +487,12 @@ class Replayer:
             return "lease", cmd
         if isinstance(cmd, HeartbeatLapsed | HeartbeatSeen):
             return "liveness", cmd
-        if self._owed_types[(d.stream, type(cmd).__name__)] > 0:
+        if (again := self._owed_under_another_id(d, type(cmd).__name__, before)) is not None:
             # Owed under another id: a timer armed again (its id names its due time), or a command a
-            # restarted orchestrator reconciled. The decider's own checks (a lease expires only when
-            # it is due) then decide whether it was owed now.
-            cause = "timer" if isinstance(cmd, _TIMED) else "reaction"
-            return cause, cmd
+            # restarted orchestrator reconciled. The owed command itself (its fields, not the record's:
+            # a forged meter or expiry of the same type must not pass) must make the recorded events,
+            # and the decider's own checks (a lease expires only when it is due) whether it was owed now.
+            return "timer" if isinstance(again, _TIMED) else "reaction", again
         if (reconciled := self._reconciled(d, before)) is not None:
             return "reaction", reconciled
         raise _NoCause(
@@ -488,9 +500,22 @@ class Replayer:
             "no due timer, no lease by the scheduler and no liveness judgement"
         )
 
+    def _owed_under_another_id(self, d: _Decision, command_type: str, before: Any) -> Any:
+        """The owed command of ``command_type`` on ``d``'s stream that, issued under ``d``'s id at ``d``'s
+        time, decides exactly ``d``'s events (settled), or None."""
+        decider = DECIDERS[d.kind]
+        for cid in list(self._owed_of.get((d.stream, command_type), ())):
+            intent = self._owed[(d.stream, cid)]
+            cmd = self._owed_command(replace(intent.command, command_id=d.command_id), d)
+            if self._redecide(decider, cmd, before, d) is None:
+                self._settle_owed((d.stream, cid))
+                return cmd
+        return None
+
     def _reconciled(self, d: _Decision, before: Any) -> Any:
         """The command a restarted orchestrator would owe for ``d`` now (by id), or None."""
-        for intent in self.core.reconcile(d.at):
+        core = self.core
+        for intent in reconcile(_near(core.world, d), d.at, core.predict_job, core.default_verify):
             if f"{intent.kind}.{intent.aggregate_id}" == d.stream and intent.command.command_id == d.command_id:
                 return intent.command
         return None
@@ -739,6 +764,45 @@ class _Unscheduled:
 
 class _Unreadable(Exception):
     """A decision's inputs cannot be read by this replayer (no object store access)."""
+
+
+class _Having(set[str]):
+    """A job's tasks that claims to hold every task but ``missing``: reconciling one aggregate plans
+    the creation of that task alone, not of every task a (forged) acceptance of 100,000 left missing."""
+
+    def __init__(self, members: Iterable[str], missing: str | None) -> None:
+        super().__init__(members)
+        self.missing = missing
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id != self.missing
+
+
+def _near(world: World, d: _Decision) -> World:
+    """The part of ``world`` that what is owed to ``d``'s aggregate depends on: its job, the job's
+    tasks (for a job) or the task (for a task) and the providers holding its lease. Reconciling it
+    costs the aggregate's size, not the whole world's, for each decision that asks."""
+    near = World()
+    if d.kind == "job":
+        job_id, missing = d.aggregate_id, None
+        members = set(world.tasks_by_job.get(d.aggregate_id, ()))
+    elif d.kind == "task":
+        t = world.tasks.get(d.aggregate_id)
+        job_id = t.spec.job_id if t is not None and t.spec is not None else job_of_task(d.aggregate_id)
+        members = {d.aggregate_id} & world.tasks_by_job.get(job_id, set())
+        missing = None if members else d.aggregate_id
+        for provider_id, held in world.active.items():
+            p = world.providers.get(provider_id)
+            if members and d.aggregate_id in held and p is not None:
+                near.providers[provider_id] = p
+                near.active[provider_id] = {d.aggregate_id}
+    else:
+        return near
+    if (job := world.jobs.get(job_id)) is not None:
+        near.jobs[job_id] = job
+    near.tasks = {task_id: world.tasks[task_id] for task_id in members}
+    near.tasks_by_job[job_id] = _Having(members, missing)
+    return near
 
 
 def _state(world: Any, kind: str, aggregate_id: str) -> Any:

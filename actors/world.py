@@ -65,7 +65,7 @@ class World:
         if env.id.startswith("in-"):
             # Facts of an accepted intake message carry its sequence: in-<seq>.<n>.
             seq = env.id[3:].split(".", 1)[0]
-            if seq.isdigit():
+            if seq.isascii() and seq.isdigit():  # (int() refuses some unicode digits, '²')
                 self._intake(int(seq))
         kind, _, agg = env.subject.partition(".")
         e = env.data

@@ -46,6 +46,10 @@ from typing import Any
 from nats.aio.client import __version__ as nats_version
 from nats.js import api
 
+# The repository first: run as a script, this folder is first on the path, and its gpu_runtime.py
+# (the GPU benchmark) would shadow the gpu_runtime package that gpufleet.network imports.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from events import Envelope, encode, new_envelope
 from events.store import JetStreamEventStore, StreamSettings, ensure_stream
 from events.store.connection import Access, connect_nats

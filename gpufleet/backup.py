@@ -244,7 +244,8 @@ class _Sink:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.tmp = path.with_name(path.name + ".part")
-        self.file = open(self.tmp, "wb")  # noqa: SIM115 (closed by commit or discard)
+        # Every tenant's data: the owner's alone (0600), whatever the umask.
+        self.file = os.fdopen(os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
         self.digest = hashlib.sha256()
         self.size = 0
 
@@ -382,17 +383,18 @@ async def take_backup(
 
 
 def _empty_directory(directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     if (directory / MANIFEST).exists():
         raise BackupError(f"{directory} already holds a backup: back up into a new directory")
     if any(p for p in directory.iterdir() if not p.name.startswith(".")):
         raise BackupError(f"{directory} is not empty: back up into a new or empty directory")
+    directory.chmod(0o700)  # a backup is every tenant's data: its owner's alone
 
 
 def _write_manifest(directory: Path, body: dict[str, Any]) -> None:
     """Written last, atomically: a directory without it is an unfinished backup."""
     tmp = directory / f".{MANIFEST}.tmp"
-    with open(tmp, "w") as f:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         json.dump({**body, "digest": _digest(body)}, f, indent=2, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())

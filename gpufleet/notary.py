@@ -72,6 +72,9 @@ DEFAULT_EVERY_EVENTS = 1000
 DEFAULT_EVERY_S = 5.0
 #: At most this many entries in one receipt answer (the rest: ask again ``after`` the last).
 MAX_RECEIPT_ENTRIES = 256
+#: Requests answered at once (the rest wait their turn): a flood of receipt requests, each reading up
+#: to thousands of entries, must not turn into as many concurrent reads of the log.
+MAX_CONCURRENT_ANSWERS = 16
 #: Under the server's 1 MiB message limit, with room for the checkpoint and the JSON.
 MAX_ANSWER_BYTES = 700 * 1024
 #: Entries only auditors get (as the event feed withholds them: ``projections.feed.WITHHELD``).
@@ -233,6 +236,7 @@ class Notary:
         self._task: asyncio.Task[None] | None = None
         self._sub: Any = None
         self._answers: set[asyncio.Task[None]] = set()
+        self._answering = asyncio.Semaphore(MAX_CONCURRENT_ANSWERS)
         #: Why the notary stopped (one line), once it has.
         self.failed: str | None = None
         self._spot = 0
@@ -472,12 +476,13 @@ class Notary:
     async def _answer(self, msg: Msg) -> None:
         if not msg.reply:
             return
-        try:
-            body = await self.serve(msg.subject, msg.data)
-        except _Refused as e:
-            body = {"error": str(e), "field": e.field}
-        except (GpufleetError, nats.errors.Error, OSError) as e:
-            body = {"error": f"the notary cannot answer now: {e}", "field": None}
+        async with self._answering:
+            try:
+                body = await self.serve(msg.subject, msg.data)
+            except _Refused as e:
+                body = {"error": str(e), "field": e.field}
+            except (GpufleetError, nats.errors.Error, OSError) as e:
+                body = {"error": f"the notary cannot answer now: {e}", "field": None}
         with contextlib.suppress(nats.errors.Error):
             await self.store.nc.publish(msg.reply, json.dumps(body, separators=(",", ":")).encode())
 
@@ -535,22 +540,28 @@ class Notary:
         after = _int(req, "after", 0, size)
         prefix = self.store.settings.prefix
         found: list[RawMessage] = []
+        # Each subject is read up to a bound; where one was cut short, the others are taken only up to
+        # the same position (the next page starts there), so that no entry falls between two pages.
+        cut, limit = size, 4 * MAX_RECEIPT_ENTRIES
         for subject in (f"{prefix}.job.{job}", f"{prefix}.task.{job}.*"):
+            read = 0
             async for m in self.store.read_raw(subject=subject, after=after, end=size, batch=MAX_RECEIPT_ENTRIES):
                 found.append(m)
-                if len(found) > 4 * MAX_RECEIPT_ENTRIES:
+                read += 1
+                if read >= limit:
+                    cut = min(cut, m.sequence)
                     break
-        found.sort(key=lambda m: m.sequence)
+        found = sorted((m for m in found if m.sequence <= cut), key=lambda m: m.sequence)
         entries: list[dict[str, Any]] = []
         used = 0
-        out["more"] = False
+        out["more"], out["next"] = cut < size, cut
         for m in found:
             if not self._may_see(role, name, m):
                 continue
             entry = self._entry(m, size)
             used += sum(len(str(v)) for v in entry.values()) + 64
             if len(entries) >= MAX_RECEIPT_ENTRIES or used > MAX_ANSWER_BYTES:
-                out["more"] = True
+                out["more"], out["next"] = True, entries[-1]["position"] if entries else m.sequence - 1
                 break
             entries.append(entry)
         out["entries"] = entries

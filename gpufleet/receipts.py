@@ -234,9 +234,11 @@ async def fetch_receipt(nc: Any, role: str, name: str, job_id: str, keeper: Chec
             entries.extend(_entry(e) for e in doc.get("entries", []))
         except (KeyError, TypeError, ValueError) as e:
             raise BadProof(f"the notary's receipt is malformed: {e!s}") from e
-        if not doc.get("more") or not entries:
+        # The notary says where to go on ("next": past entries this identity may not have, too).
+        nxt = doc.get("next", entries[-1].position if entries else after)
+        if not doc.get("more") or type(nxt) is not int or nxt <= after:
             break
-        after = entries[-1].position
+        after = nxt
     assert note is not None
     cp = open_checkpoint(note, keeper.key)
     proof: list[bytes] = []

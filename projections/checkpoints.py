@@ -82,9 +82,16 @@ async def audit_checkpoints(
                 "the notary key signed a fork"
             )
     sizes = sorted(signed)
-    if not sizes:
-        return out
     head = await store.head()
+    if not sizes or sizes[-1] == 0:
+        if head > 0:
+            # An empty checkpoint stream vouches for nothing: an admin may delete and re-create it.
+            out.findings.append(
+                f"no signed checkpoint covers any of the log's {head} events: nothing vouches for it "
+                f"({stream} holds {out.checkpoints} message(s); was it deleted and re-created?)"
+            )
+        if not sizes:
+            return out
     tree = CompactTree()
     cut = len(store.settings.prefix) + 1
     good = 0

@@ -736,15 +736,18 @@ class JetStreamEventStore:
 
     async def _ordered(self, after: int, stop_at: int | None) -> AsyncIterator[Envelope]:
         config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
-        sub = await self.js.subscribe(
-            f"{self.settings.prefix}.>",
-            stream=self.settings.name,
-            ordered_consumer=True,
-            config=config,
-            idle_heartbeat=2.0,
-            pending_msgs_limit=-1,
-            pending_bytes_limit=-1,
-        )
+        try:
+            sub = await self.js.subscribe(
+                f"{self.settings.prefix}.>",
+                stream=self.settings.name,
+                ordered_consumer=True,
+                config=config,
+                idle_heartbeat=2.0,
+                pending_msgs_limit=-1,
+                pending_bytes_limit=-1,
+            )
+        except nats.errors.TimeoutError as e:  # (a cluster electing a stream leader answers nothing)
+            raise StoreUnavailable("no answer from JetStream for a consumer on the log") from e
         expect = after + 1
         try:
             async for msg in sub.messages:
