@@ -5,11 +5,16 @@ In one run, against the same server and the same stream:
 - the raw floor: an ordered consumer that reads every message and does nothing else (nats-py);
 - the rebuild: ``python -m projections rebuild`` (decode, fold every view, SQLite commits), as events
   per second and as a ratio to the raw rate (target >= 0.5), and its peak memory (max RSS);
+- the audit as an auditor: its read-side checks alone, then the whole audit of ``gpufleet replay
+  --audit`` (those checks and the provenance replayer, every decision re-decided from its cause, in
+  one pass), as events per second and as a ratio to the raw rate (target >= 0.3), with its peak memory;
 - the ETA error: median and p90 of |predicted - actual| / actual over the finished tasks.
 
-Both readers run in fresh child processes, so their peak memory is their own. The log is a synthetic
-fleet history that follows the orchestrator's contract (``tests/golden/loggen.py``), published raw.
-Its task durations are generated, so the ETA figures over it only show the measurement works; pass
+The readers run in fresh child processes, so their peak memory is their own. The log is made by the
+real deciders from intake messages, reactions, timers and leases (``tests/golden/decided.py``), so
+the provenance audit must pass it; ``--synthetic`` takes the synthetic story of
+``tests/golden/loggen.py`` instead (written raw, with no causes: no provenance audit on it). Task
+durations are simulated, so the ETA figures over either only show the measurement works; pass
 ``--eta-log`` (a JSON-lines export of a real job-mix run) for a real figure.
 
     .venv/bin/python bench/replay.py                 # 1,000,000 events
@@ -127,8 +132,10 @@ async def _publish(server: Any, sim: Any) -> tuple[float, float]:
     await nc.flush(timeout=60)
     events_s = time.perf_counter() - started
     started = time.perf_counter()
-    for subject, body in sim.intake:
+    for i, (subject, body) in enumerate(sim.intake, start=1):
         await nc.publish(subject, body)
+        if i % 20_000 == 0:
+            await nc.flush(timeout=60)  # (unflushed, JetStream drops what its ingest queue cannot hold)
     await nc.flush(timeout=60)
     intake_s = time.perf_counter() - started
     for _ in range(600):
@@ -138,6 +145,14 @@ async def _publish(server: Any, sim: Any) -> tuple[float, float]:
         await asyncio.sleep(0.1)
     if info.state.messages != len(sim.events):
         raise SystemExit(f"published {len(sim.events)} events, the stream holds {info.state.messages}")
+    for _ in range(600):
+        intake = await nc.jetstream().stream_info("GF_INTAKE")
+        if intake.state.last_seq >= len(sim.intake):
+            break
+        await asyncio.sleep(0.1)
+    if intake.state.messages != len(sim.intake):
+        # A lost intake message shifts every later sequence: the provenance audit would blame them all.
+        raise SystemExit(f"published {len(sim.intake)} intake messages, the stream holds {intake.state.messages}")
     await nc.close()
     return events_s, intake_s
 

@@ -48,6 +48,7 @@ class DecidedLog:
         self.intake: list[IntakeRecord] = []
         self._owed: deque[Intent] = deque()
         self._leases = 0
+        self.restarts = 0
 
     # ---- the orchestrator's part -------------------------------------------------------------------
 
@@ -90,7 +91,7 @@ class DecidedLog:
         self._leases += 1
         return f"l{self._leases:08x}"
 
-    def send(self, subject: str, body: dict[str, Any] | str) -> None:
+    def send(self, subject: str, body: dict[str, Any] | str, *, settle: bool = True) -> None:
         """One intake message, applied as the orchestrator applies it; then whatever it owes."""
         raw = (body if isinstance(body, str) else json.dumps(body)).encode()
         seq = len(self.intake) + 1
@@ -120,7 +121,24 @@ class DecidedLog:
             env = env.at_position(len(self.log) + 1)
             self.log.append(env)
             self.core.apply(env, live=True)
+        if settle:
+            self.settle()
+
+    def crash_and_restart(self, run: int) -> None:
+        """The orchestrator runs ``run`` of the reactions it owes, then dies; a new one folds the log,
+        reconciles what is still owed (at its own time, later) and arms its timers again."""
+        for _ in range(run):
+            if not self._owed:
+                break
+            intent = self._owed.popleft()
+            self._run(intent.kind, intent.aggregate_id, intent.command, intent.causation)
+        self._owed.clear()
+        self.now += timedelta(seconds=2.0)
+        # The new orchestrator's world is the fold of the log, which this core already holds (and its
+        # timers are the ones the log arms); what it adds is reconciling, at its own time.
+        self._owed.extend(self.core.reconcile(self.now))
         self.settle()
+        self.restarts += 1
 
     def advance(self, seconds: float) -> None:
         """Time passes: timers fall due."""
@@ -141,17 +159,19 @@ class DecidedLog:
         caps = {"backend": "cpu", "gpu_model": "sim", "vram_mb": 16000, "slots": slots, "price_micros": price}
         self.send(f"gf.in.provider.{name}.register", {"name": name, "capabilities": caps})
 
-    def submit(self, who: str, job: str, tasks: int, *, bad: bool = False) -> None:
+    def submit(self, who: str, job: str, tasks: int, *, bad: bool = False, settle: bool = True) -> None:
         spec: dict[str, Any] = {"workload": "sleep", "params": {"seconds": 0.5}, "verify": {"mode": "none"}}
         if tasks > 1:
             spec["split"] = {"kind": "count", "count": tasks}
         body: dict[str, Any] | str = spec if not bad else '{"workload": "sleep", "params": {"seconds": -1}}'
-        self.send(f"gf.in.submitter.{who}.submit.{job}", body)
+        self.send(f"gf.in.submitter.{who}.submit.{job}", body, settle=settle)
 
     def work(self) -> None:
         """Every provider reports on every lease it holds: started, progress, then done or failed."""
         world = self.core.world
-        for task_id, t in sorted(world.tasks.items()):
+        live = sorted(task_id for held in world.active.values() for task_id in held)  # not every task ever
+        for task_id in live:
+            t = world.tasks[task_id]
             lease = t.lease
             if lease is None or t.status not in ("leased", "running"):
                 continue
@@ -196,4 +216,9 @@ def decided_log(events: int, *, providers: int = 16, seed: int = 1) -> DecidedLo
             d.liveness(lost, alive=True)
         if n % 61 == 0:
             d.advance(31.0)  # leases of providers that stopped reporting expire
+        if (
+            n % 43 == 0 and d.restarts < 25
+        ):  # the orchestrator dies mid-reaction: a job accepted, its tasks not yet created
+            d.submit(f"s{n % 7}", f"r{n}", 3, settle=False)
+            d.crash_and_restart(run=2)  # accepted, one task created: two creations owed
     return d
