@@ -26,7 +26,12 @@ from events.task import TaskCancelled, TaskCompleted, TaskLeaseExpired
 from events.verification import VerifyPolicy, expected_replicas
 from events.workloads import WORKLOADS, validate_params
 
-__all__ = ["Core", "Effects", "Revoke"]
+__all__ = ["MIN_LEASE_START_S", "Core", "Effects", "Revoke"]
+
+#: The least time a lease gives its provider to start (the orchestrator's ``lease_start_timeout_s``
+#: may not be lower). The provenance audit holds every recorded lease to it: a lease that expires as it
+#: is made would let an orchestrator starve a provider of every task with a clean log.
+MIN_LEASE_START_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +208,8 @@ class Core:
         self, now: datetime, start_timeout_s: float, new_lease_id: Callable[[], str]
     ) -> list[tuple[Assignment, LeaseTask]]:
         """Place what fits now; each placement reserves its slot until the lease is seen or refused."""
+        if start_timeout_s < MIN_LEASE_START_S:
+            raise ValueError(f"a lease gives at least {MIN_LEASE_START_S:g} s to start, not {start_timeout_s:g}")
         out = []
         for a in self.scheduler.assign():
             lease_id = new_lease_id()

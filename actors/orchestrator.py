@@ -24,7 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
 
-from actors.core import Core
+from actors.core import MIN_LEASE_START_S, Core
 from actors.errors import DomainError
 from actors.ids import new_id
 from actors.intake import intake_command
@@ -98,6 +98,12 @@ class OrchestratorConfig:
     #: The verification policy of jobs that name none (``events.verification``). ``auto``: spot
     #: checks on paid attempts, none on free ones.
     default_verify: VerifyPolicy | None = field(default_factory=VerifyPolicy)
+
+    def __post_init__(self) -> None:
+        if self.lease_start_timeout_s < MIN_LEASE_START_S:
+            raise ValueError(
+                f"lease_start_timeout_s must be at least {MIN_LEASE_START_S:g} s (got {self.lease_start_timeout_s:g})"
+            )
 
 
 class Orchestrator:

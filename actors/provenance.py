@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import nats.errors
 import nats.js.errors
 
-from actors.core import Core
+from actors.core import MIN_LEASE_START_S, Core
 from actors.decider import Decider
 from actors.errors import DomainError
 from actors.ids import split_event_id
@@ -541,6 +541,11 @@ class Replayer:
         if d.command_id != f"ls-{cmd.lease_id}":
             why.append(f"its command id {d.command_id} is not the scheduler's for lease {cmd.lease_id}")
         spec = before.spec
+        start_s = (cmd.expires_at - cmd.at).total_seconds()
+        if start_s < MIN_LEASE_START_S - 1e-3:
+            why.append(
+                f"it gives {start_s:.3f} s to start, under the least an orchestrator gives ({MIN_LEASE_START_S:g} s)"
+            )
         if p is None or p.capabilities is None:
             why.append(f"provider {cmd.provider_id} never registered")
         else:

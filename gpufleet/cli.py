@@ -997,7 +997,10 @@ def orchestrator_run(
     heartbeat_timeout: Annotated[
         float, typer.Option(help="Seconds without a heartbeat before a provider is lost.")
     ] = 6.0,
-    lease_start_timeout: Annotated[float, typer.Option(help="Seconds for a provider to start a leased task.")] = 30.0,
+    lease_start_timeout: Annotated[
+        # (min: actors.core.MIN_LEASE_START_S, the least the provenance audit accepts)
+        float, typer.Option(min=1.0, help="Seconds for a provider to start a leased task (at least 1).")
+    ] = 30.0,
     lease_grace: Annotated[float, typer.Option(help="Seconds a started lease outlives the task timeout.")] = 30.0,
     data_dir: DataDirOpt = None,
 ) -> None:

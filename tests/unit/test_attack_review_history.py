@@ -180,12 +180,6 @@ async def test_reconciling_near_an_aggregate_owes_it_what_reconciling_the_world_
     assert compared > 150 and owed > 50, (compared, owed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: a lease's expiry is not re-decided (the start timeout is configuration, not in the log): "
-    "a lease that expires the moment it is made, and the expiry that follows, both pass as the scheduler's "
-    "and a due timer, so an orchestrator can starve a provider of every task with a clean audit",
-)
 async def test_a_lease_that_expires_as_it_is_made_is_flagged() -> None:
     lease = LOG[7]
     assert isinstance(lease.data, TaskLeased)
@@ -205,3 +199,15 @@ async def test_a_lease_that_expires_as_it_is_made_is_flagged() -> None:
     )
     report = await _run([*LOG[:7], short, expiry])  # the log as it stands right after
     assert report.problems, "a lease of 1 ms and its expiry pass"
+    first = report.problems[0]
+    assert first.position == 8 and "0.001 s to start, under the least an orchestrator gives (1 s)" in first.message
+
+
+def test_no_orchestrator_makes_a_lease_shorter_than_the_least() -> None:
+    from actors.core import MIN_LEASE_START_S, Core
+    from actors.orchestrator import OrchestratorConfig
+
+    with pytest.raises(ValueError, match="at least 1 s"):
+        OrchestratorConfig(lease_start_timeout_s=MIN_LEASE_START_S / 2)
+    with pytest.raises(ValueError, match="at least 1 s to start"):
+        Core().plan_leases(LOG[0].time, 0.001, lambda: "l1")
