@@ -29,10 +29,10 @@ from the reactions, due times from the core's timers.
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -77,6 +77,7 @@ from events.codec import decode_message
 from events.errors import GpufleetError, StoreUnavailable
 from events.intake import InputAccepted, InputRejected, decode_intake
 from events.job import (
+    ENDED_JOB_STATES,
     JobAccepted,
     JobCancelled,
     JobCompleted,
@@ -93,6 +94,7 @@ from events.store.blobs import BlobStore
 from events.store.jetstream import JetStreamEventStore
 from events.subjects import INTAKE_STREAM, job_of_task
 from events.task import (
+    TERMINAL_TASK_STATES,
     TaskCancelled,
     TaskCompleted,
     TaskCreated,
@@ -132,6 +134,14 @@ _NOT_IDEMPOTENT = (ReportProgress, RegisterProvider)
 #: Commands whose repetition is refused with a record: a lease on a task no longer queued, a failure
 #: reported again after it ended the lease.
 _REFUSED_AGAIN = (ReportFailed, LeaseTask)
+#: How many of an aggregate's recent states an intake outcome may have been decided on (an outcome
+#: whose append was retried can follow many decisions on a busy aggregate).
+_RECENT_STATES = 64
+#: Seconds of log time an ended aggregate's recent states are kept (an intake outcome's append is
+#: retried with a backoff of at most 5 s, a message redelivered after 20 s).
+_ENDED_KEPT_S = 600.0
+#: Statuses after which an aggregate decides nothing more (its recent states go after a while).
+_ENDED_STATES = TERMINAL_TASK_STATES | ENDED_JOB_STATES
 #: Commands a timer issues.
 _TIMED = (ExpireLease, ExpireVerification, MissDeadline, QueueTask)
 
@@ -316,6 +326,10 @@ class Replayer:
         self._intake_used: dict[int, int] = {}
         self._current: _Decision | None = None
         self._last_cid: dict[str, tuple[str, int]] = {}
+        #: The last states of each live aggregate, before each of its recent decisions (intake outcomes
+        #: are judged on them: see ``_outcome``); an aggregate's ring goes when it ends.
+        self._recent: dict[str, deque[tuple[datetime, Any]]] = {}
+        self._ended: deque[tuple[datetime, str]] = deque()
 
     # ---- feeding -----------------------------------------------------------------------------------
 
@@ -377,14 +391,17 @@ class Replayer:
         except _NoCause as e:
             self._problem(d.position, d.stream, name, str(e))
             self._apply(d, owe=False)
+            self._remember(d, before)
             return
         except _Unreadable:
             self.report.unchecked += 1
             self._apply(d)
+            self._remember(d, before)
             return
         except Exception as e:  # a record no cause could make crashed its rebuilding: that is the finding
             self._problem(d.position, d.stream, name, f"its command cannot be rebuilt: {type(e).__name__}: {e}")
             self._apply(d, owe=False)
+            self._remember(d, before)
             return
         self.report.decisions += 1
         self.report.causes[cause] += 1
@@ -402,6 +419,20 @@ class Replayer:
         elif self._idempotence:
             self._check_idempotent(decider, cmd, d)
         self._apply(d, owe=problem is None)
+        self._remember(d, before)
+
+    def _remember(self, d: _Decision, before: Any) -> None:
+        self._recent.setdefault(d.stream, deque(maxlen=_RECENT_STATES)).append((d.at, before))
+        after = _state(self.core.world, d.kind, d.aggregate_id)
+        if getattr(after, "status", None) in _ENDED_STATES:
+            # An outcome decided while it lived may still come (its append retried): its states are kept
+            # for a while of log time after it ended, then forgotten, so memory follows live work.
+            self._ended.append((d.at, d.stream))
+        while self._ended and (d.at - self._ended[0][0]).total_seconds() > _ENDED_KEPT_S:
+            _, stream = self._ended.popleft()
+            ring = self._recent.get(stream)
+            if ring is not None and ring[-1][0] <= d.at - timedelta(seconds=_ENDED_KEPT_S):
+                del self._recent[stream]
 
     def _apply(self, d: _Decision, *, owe: bool = True) -> None:
         """Fold ``d`` into the world; ``owe``: and owe its reactions. A flagged decision is folded (what
@@ -709,28 +740,52 @@ class Replayer:
         self.report.causes["outcome"] += 1
         try:
             im = decode_intake(rec.subject, rec.body)
-            cmd = translate_intake(im, env.id, e.at, self.report.grace_s or 0.0)
-            state = _state(self.core.world, im.kind, im.target_id) or DECIDERS[im.kind].initial_state()
-            events = DECIDERS[im.kind].decide(cmd, state)
-        except (InvalidPayload, DomainError) as refused:
+        except InvalidPayload as refused:
+            verdict = self._outcome_verdict(e, where, refused, [])
+        else:
+            # The orchestrator decided the message on the aggregate as it stood then, and appended the
+            # outcome to another stream: other decisions on the aggregate may stand between (many
+            # messages are decided at once, by one or more orchestrators). Any of its recent states
+            # that makes the recorded outcome is its cause.
+            stream = f"{im.kind}.{im.target_id}"
+            current = _state(self.core.world, im.kind, im.target_id) or DECIDERS[im.kind].initial_state()
+            verdict = "?"
+            # The states the aggregate held at any moment since the message came in: the current one, and
+            # each that a decision replaced at or after the message's time.
+            since = [state for at, state in reversed(self._recent.get(stream, ())) if at >= e.at]
+            for state in [current, *since]:
+                try:
+                    cmd = translate_intake(im, env.id, e.at, self.report.grace_s or 0.0)
+                    events = DECIDERS[im.kind].decide(cmd, state)
+                except (InvalidPayload, DomainError) as refused:
+                    found = self._outcome_verdict(e, where, refused, [])
+                else:
+                    found = self._outcome_verdict(e, where, None, events)
+                if found is None:
+                    verdict = None
+                    break
+                if verdict == "?":
+                    verdict = found  # what the state at the outcome's position says, if none agrees
+        if verdict is not None:
+            self._problem(env.sequence, env.subject, name, verdict)
+
+    @staticmethod
+    def _outcome_verdict(
+        e: InputAccepted | InputRejected, where: str, refused: Exception | None, events: list[EventModel]
+    ) -> str | None:
+        """None when deciding the message (``refused`` or ``events``) makes the recorded outcome."""
+        if refused is not None:
             if isinstance(e, InputAccepted):
-                self._problem(env.sequence, env.subject, name, f"{where} was accepted, and is refused: {refused}")
-                return
+                return f"{where} was accepted, and is refused: {refused}"
             now = getattr(refused, "field", None)
             if now != e.field:
-                self._problem(
-                    env.sequence,
-                    env.subject,
-                    name,
-                    f"{where} is refused for field {now!r}, not {e.field!r} as recorded: {refused}",
-                )
-            return
+                return f"{where} is refused for field {now!r}, not {e.field!r} as recorded: {refused}"
+            return None
         if isinstance(e, InputRejected):
-            self._problem(
-                env.sequence, env.subject, name, f"{where} was refused ({e.reason}), and is accepted: {_names(events)}"
-            )
-        elif events and e.note != "no change (a duplicate)":
-            self._problem(env.sequence, env.subject, name, f"{where} changed nothing, and would: {_names(events)}")
+            return f"{where} was refused ({e.reason}), and is accepted: {_names(events)}"
+        if events and e.note != "no change (a duplicate)":
+            return f"{where} changed nothing, and would: {_names(events)}"
+        return None
 
 
 class _Unscheduled:

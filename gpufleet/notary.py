@@ -75,6 +75,8 @@ MAX_RECEIPT_ENTRIES = 256
 #: Requests answered at once (the rest wait their turn): a flood of receipt requests, each reading up
 #: to thousands of entries, must not turn into as many concurrent reads of the log.
 MAX_CONCURRENT_ANSWERS = 16
+#: Signed checkpoints kept in memory for pinned requests (at one every 5 s of growth: minutes).
+KEPT_NOTES = 64
 #: Under the server's 1 MiB message limit, with room for the checkpoint and the JSON.
 MAX_ANSWER_BYTES = 700 * 1024
 #: Entries only auditors get (as the event feed withholds them: ``projections.feed.WITHHELD``).
@@ -236,6 +238,7 @@ class Notary:
         self._task: asyncio.Task[None] | None = None
         self._sub: Any = None
         self._answers: set[asyncio.Task[None]] = set()
+        self._notes: dict[int, str] = {}
         self._answering = asyncio.Semaphore(MAX_CONCURRENT_ANSWERS)
         #: Why the notary stopped (one line), once it has.
         self.failed: str | None = None
@@ -378,6 +381,7 @@ class Notary:
                     raise NotaryError(f"cannot publish checkpoints to {self.topology.checkpoints_stream}: {e}") from e
                 await asyncio.sleep(0.5)
         self.state.signed_size, self.state.signed_root, self.state.note = cp.size, cp.root.hex(), note
+        self._keep_note(cp.size, note)
         self._save_state()
         self._log.debug("notary.signed", size=cp.size)
 
@@ -424,6 +428,7 @@ class Notary:
             )
         if cp.size >= self.signed_size:
             self.state.signed_size, self.state.signed_root, self.state.note = cp.size, cp.root.hex(), note
+            self._keep_note(cp.size, note)
 
     async def _compare(self, first: int, last: int) -> None:
         """Raise ``NotaryError`` at the first position in [first, last] whose entry is not the one hashed."""
@@ -486,6 +491,13 @@ class Notary:
         with contextlib.suppress(nats.errors.Error):
             await self.store.nc.publish(msg.reply, json.dumps(body, separators=(",", ":")).encode())
 
+    def _keep_note(self, size: int, note: str) -> None:
+        """Keep the last ``KEPT_NOTES`` signed checkpoints, so that a reader paging through a receipt can
+        ask every page against the same one while the notary signs newer ones."""
+        self._notes[size] = note
+        while len(self._notes) > KEPT_NOTES:
+            self._notes.pop(next(iter(self._notes)))
+
     def _subtree(self, lo: int, hi: int) -> bytes:
         return stored_subtree(lo, hi, self._hashes.read)
 
@@ -508,6 +520,13 @@ class Notary:
         op = req.get("op", "checkpoint")
         size = self.signed_size
         out: dict[str, Any] = {"checkpoint": self.latest, "size": size}
+        if op in ("receipt", "inclusion") and "size" in req:
+            # Pinned to a checkpoint the reader already has (the first page of a receipt named it).
+            pinned = _int(req, "size", 1, size)
+            kept = self._notes.get(pinned) if pinned != size else self.latest
+            if kept is None:
+                raise _Refused(f"the checkpoint of size {pinned} is no longer kept: ask again", "size")
+            size, out = pinned, {"checkpoint": kept, "size": pinned}
         if op == "checkpoint":
             return out
         if op == "consistency":

@@ -218,16 +218,28 @@ async def fetch_receipt(nc: Any, role: str, name: str, job_id: str, keeper: Chec
     entries: list[ReceiptEntry] = []
     after = 0
     note: str | None = None
+    size: int | None = None
     for _ in range(1000):
         body: dict[str, Any] = {"op": "receipt", "job": job_id, "after": after}
-        doc = await notary_request(nc, role, name, body)
+        if size is not None:
+            body["size"] = size  # every page against the checkpoint of the first, however many come after
+        try:
+            doc = await notary_request(nc, role, name, body)
+        except AccessDenied:
+            if size is None:
+                raise
+            # That checkpoint is no longer kept (the paging outlasted the notary's memory): start over.
+            entries, after, note, size = [], 0, None, None
+            await asyncio.sleep(0)
+            continue
         if note is None:
             note = doc.get("checkpoint")
+            size = doc.get("size") if type(doc.get("size")) is int else None
             if not note:
                 raise StoreUnavailable("no checkpoint has been signed yet: ask again in a few seconds")
         elif doc.get("checkpoint") != note:
-            # The notary signed again meanwhile: start over against its newer checkpoint.
-            entries, after, note = [], 0, None
+            # (A notary that does not pin answered against a newer checkpoint: start over.)
+            entries, after, note, size = [], 0, None, None
             await asyncio.sleep(0)
             continue
         try:

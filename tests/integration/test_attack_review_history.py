@@ -5,6 +5,7 @@ a job whose stream is longer than one answer of the notary.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,45 @@ async def test_a_flood_of_receipt_requests_is_answered_a_bounded_number_at_a_tim
             await nc.close()
         assert all(b'"entries"' in a.data for a in answers)
         assert peak <= notary_module.MAX_CONCURRENT_ANSWERS, peak
+
+
+async def test_a_receipt_pages_against_one_checkpoint_while_the_notary_signs_newer_ones(
+    own_nats_server: SecureServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in a CI run under load: the client started its receipt over whenever the notary had signed
+    a newer checkpoint between two pages, so on a log that kept growing (providers judged lost and back
+    on a loaded machine) a receipt of many pages never finished. Every page is now asked against the
+    checkpoint of the first. Here the log grows, and the notary signs again, between every two pages."""
+    import gpufleet.receipts as receipts_module
+    from tests.integration.audited import eventually
+
+    monkeypatch.setattr(notary_module, "MAX_RECEIPT_ENTRIES", 2)
+    server = own_nats_server
+    spec = {**SPEC, "split": {"kind": "count", "count": 6}}
+    async with _network(server, tmp_path) as net:
+        await net.tenants.submit("alice", "big", spec)
+        await wait_for(net.store, all_jobs_ended(1), timeout=60)
+        await _signed_up_to_head(net)
+        real = receipts_module.notary_request
+        pages = 0
+
+        async def growing(*args: object, **kw: object) -> dict[str, object]:
+            nonlocal pages
+            doc = await real(*args, **kw)  # type: ignore[arg-type]
+            pages += 1
+            signed = net.notary.signed_size
+            await net.tenants.submit("bob", f"filler{pages}", SPEC)
+            await eventually(lambda: net.notary.signed_size > signed, "the notary to sign a newer checkpoint")
+            return doc
+
+        monkeypatch.setattr(receipts_module, "notary_request", growing)
+        nc = await connect_nats(server.access("submitter", "alice"), name="alice")
+        try:
+            receipt = await asyncio.wait_for(
+                fetch_receipt(nc, "submitter", "alice", "alice.big", CheckpointKeeper(net.notary.key)), 120
+            )
+        finally:
+            await nc.close()
+        assert pages > 3  # many pages, each followed by a newer checkpoint
+        events = receipt.verify(net.notary.key)
+        assert events and all(e.subject.split(".")[1:3] == ["alice", "big"] for e in events)

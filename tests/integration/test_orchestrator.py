@@ -22,8 +22,8 @@ from events.job import JobCompleted
 from events.store import JetStreamEventStore
 from events.subjects import intake_subject, report_subject
 from events.task import TaskCancelled, TaskLeased, TaskResultRejected
+from gpufleet.audit import full_audit
 from gpufleet.sim import SimulatedProvider, inline_result
-from projections.audit import audit_jetstream
 from tests.integration.orchestra import (
     Tenants,
     all_jobs_ended,
@@ -65,7 +65,7 @@ async def net(own_nats_server: SecureServer) -> AsyncIterator[Network]:
             # Every test here ends with the full audit of what it left in the log: nothing sent is
             # without its outcome, and no check of the auditor finds anything.
             await every_input_has_its_outcome(store)
-            report = await audit_jetstream(store)
+            report, _ = await full_audit(store)
             assert report.ok, report.render()
     finally:
         if network.orch is not None:
@@ -142,7 +142,7 @@ async def test_two_hundred_jobs_survive_random_provider_kills(net: Network) -> N
     for p in net.providers:
         await p.kill()
     await every_input_has_its_outcome(net.store)
-    report = await audit_jetstream(net.store)
+    report, _ = await full_audit(net.store)
     assert report.ok, report.render()
 
 
@@ -322,7 +322,7 @@ async def test_sigkilled_orchestrator_nats_server_and_provider_lose_and_duplicat
                 proc.wait()
         log = await every_input_has_its_outcome(store)
         assert_exactly_once(log)
-        report = await audit_jetstream(store)
+        report, _ = await full_audit(store)
         assert report.ok, report.render()
     finally:
         for proc in procs.values():
@@ -399,7 +399,7 @@ async def test_two_orchestrators_share_the_intake_under_provider_chaos_and_the_a
         # They shared the intake: each message went to one of them (a few again, after a redelivery).
         delivered = [o.intake_delivered for o in orchs]
         assert all(d > 0 for d in delivered) and sum(delivered) <= 1.1 * intake.state.last_seq, delivered
-        report = await audit_jetstream(store)
+        report, _ = await full_audit(store)
         assert report.ok, report.render()
     finally:
         for p in providers:
