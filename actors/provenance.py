@@ -73,7 +73,6 @@ from actors.task import (
 )
 from actors.world import World
 from events import Envelope, InvalidPayload
-from events.codec import decode_message
 from events.errors import GpufleetError, StoreUnavailable
 from events.intake import InputAccepted, InputRejected, decode_intake
 from events.job import (
@@ -92,7 +91,7 @@ from events.placement import misfits
 from events.provider import ProviderLost, ProviderOnline
 from events.store.blobs import BlobStore
 from events.store.jetstream import JetStreamEventStore
-from events.subjects import INTAKE_STREAM, job_of_task
+from events.subjects import job_of_task
 from events.task import (
     TERMINAL_TASK_STATES,
     TaskCancelled,
@@ -120,7 +119,6 @@ __all__ = [
     "intake_stream_source",
     "object_loader",
     "replay",
-    "replay_jetstream",
     "stream_head",
 ]
 
@@ -932,32 +930,6 @@ def object_loader(store: JetStreamEventStore) -> LoadObject:
             raise LookupError(str(e)) from e
 
     return load
-
-
-async def replay_jetstream(
-    store: JetStreamEventStore, *, intake_stream: str = INTAKE_STREAM, grace_s: float | None = None
-) -> ProvenanceReport:
-    """Re-decide the event stream of ``store`` against the intake stream on the same server, as the
-    identity ``store`` is connected with (an auditor reads both, and the result objects, by direct get)."""
-    head = await store.head()
-    intake_head = await stream_head(store, intake_stream)
-    cut = len(store.settings.prefix) + 1
-
-    async def log() -> AsyncIterator[Envelope]:
-        async for m in store.read_raw(end=head):
-            try:
-                env = decode_message(m.subject[cut:], m.data, m.headers, m.sequence)
-            except InvalidPayload:
-                continue  # the schema check of the audit names it
-            yield env
-
-    async def messages() -> AsyncIterator[IntakeRecord]:
-        if intake_head:
-            async for m in store.read_raw(intake_stream, end=intake_head):
-                yield IntakeRecord(m.sequence, m.subject, m.data)
-
-    source = intake_stream_source(messages())
-    return await replay(log(), source, grace_s=grace_s, load_object=object_loader(store))
 
 
 async def stream_head(store: JetStreamEventStore, stream: str) -> int:

@@ -26,9 +26,10 @@ import base64
 import contextlib
 import json
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 import structlog
@@ -56,6 +57,8 @@ from events.tlog import (
     stored_subtree,
 )
 from events.types import is_valid_id
+
+T = TypeVar("T")
 
 __all__ = [
     "DEFAULT_EVERY_EVENTS",
@@ -343,14 +346,7 @@ class Notary:
             await asyncio.sleep(self.poll_s)
 
     async def _head(self) -> int:
-        for attempt in range(60):
-            try:
-                return await self.store.head()
-            except (GpufleetError, nats.errors.Error, OSError) as e:
-                if attempt == 59:
-                    raise NotaryError(f"the log is not readable: {e}") from e
-                await asyncio.sleep(0.5)
-        raise AssertionError("unreachable")
+        return await _readable(self.store.head)
 
     async def _ingest(self, head: int, *, sign: bool = True) -> None:
         """Hash positions after the tree's size up to ``head``, signing every ``every_events``."""
@@ -462,14 +458,7 @@ class Notary:
         await self._compare(self._spot, self._spot)
 
     async def _log_id(self) -> str:
-        for attempt in range(60):
-            try:
-                return await self.store.log_id()
-            except (GpufleetError, nats.errors.Error, OSError) as e:
-                if attempt == 59:
-                    raise NotaryError(f"the log is not readable: {e}") from e
-                await asyncio.sleep(0.5)
-        raise AssertionError("unreachable")
+        return await _readable(self.store.log_id)
 
     # ---- answering -----------------------------------------------------------------------------
 
@@ -645,3 +634,15 @@ async def latest_checkpoint_note(store: JetStreamEventStore, topology: Topology 
     if msg.headers and msg.headers.get("Status") and not msg.data:
         return None
     return msg.data.decode("utf-8", "replace")
+
+
+async def _readable(read: Callable[[], Awaitable[T]]) -> T:
+    """``read()`` of the log, tried for up to 30 s (a server restarting): then a ``NotaryError``."""
+    for attempt in range(60):
+        try:
+            return await read()
+        except (GpufleetError, nats.errors.Error, OSError) as e:
+            if attempt == 59:
+                raise NotaryError(f"the log is not readable: {e}") from e
+            await asyncio.sleep(0.5)
+    raise AssertionError("unreachable")
