@@ -15,13 +15,14 @@ from actors.ids import derive_id
 from actors.job import JobState, MissDeadline
 from actors.provider import ProviderState
 from actors.reactions import Intent, react, reconcile
-from actors.scheduler import Assignment, PendingTask, Scheduler
+from actors.scheduler import Assignment, PendingTask, ProviderInfo, Scheduler
 from actors.task import ExpireLease, ExpireVerification, LeaseTask, QueueTask, TaskState
 from actors.timers import Timers
 from actors.world import LIVE_LEASE, Change, World
 from events import Envelope, InvalidPayload
-from events.estimates import RuntimeModel
+from events.estimates import Prediction, RuntimeModel, device_class, fair_share_ahead, forecast
 from events.job import JobSpec
+from events.provider import ProviderCalibrated
 from events.task import TaskCancelled, TaskCompleted, TaskLeaseExpired
 from events.verification import VerifyPolicy, expected_replicas
 from events.workloads import WORKLOADS, validate_params
@@ -88,7 +89,11 @@ class Core:
         if change.kind == "task":
             self._task_changed(change, fx, live)
         elif change.kind == "provider":
-            self._provider_changed(change.aggregate_id, change.after)  # type: ignore[arg-type]
+            self._provider_changed(
+                change.aggregate_id,
+                change.after,  # type: ignore[arg-type]
+                isinstance(change.event, ProviderCalibrated),
+            )
             fx.schedule = True
         elif change.kind == "job":
             fx.timers |= self._job_changed(change.aggregate_id, change.after)  # type: ignore[arg-type]
@@ -100,21 +105,48 @@ class Core:
         """Whatever reactions still owe after a restart."""
         return reconcile(self.world, now, self.predict_job, self.default_verify)
 
-    def predict_job(self, spec: JobSpec) -> float:
-        """Seconds the whole job should take on the fleet as it is: per-task ETA times the waves."""
+    def predict_job(self, spec: JobSpec, now: datetime) -> Prediction | None:
+        """Seconds from ``now`` until the whole job should be done, with an interval: the queue fair
+        share puts ahead of it, then its tasks (replicas one after another) on the slots that can run
+        them as they free up (``events.estimates.forecast``). None when nothing can run it now."""
         c = WORKLOADS.get(spec.workload)
         if c is None:
-            return 0.0
+            return None
         try:
             estimate = c.estimate(validate_params(spec.workload, spec.task_params(0)))
         except InvalidPayload:
-            return 0.0
+            return None
         per_task = self.scheduler.predict(spec.workload, estimate, spec.resources)
-        slots = max(1, self.scheduler.capacity(spec.resources, spec.workload))
+        if per_task is None:
+            return None
         # Replicas run one after another: a verified task takes as many runs as it gathers results.
+        # "auto" verification spot-checks paid attempts only: paid when no capable provider is free.
+        capable = self.scheduler.eligible(spec.resources, spec.workload, spec.max_price_micros)
+        paid = bool(capable) and min(p.capabilities.price_micros for p in capable) > 0
         policy = spec.verify if spec.verify is not None else self.default_verify
-        runs = expected_replicas(policy, spec.max_price_micros != 0, c.compare)
-        return per_task * runs * math.ceil(spec.task_count() / slots)
+        per_task = per_task.scaled(expected_replicas(policy, paid, c.compare))
+        free_at = self._slots_free_at(capable, now)
+        queue = self.scheduler.queued()
+        first, last = fair_share_ahead(queue, spec.priority, spec.submitter, spec.task_count())
+        f = forecast(free_at, first, last, spec.task_count(), per_task)
+        if not math.isfinite(f.finish_s):
+            return None
+        return Prediction(f.finish_s, f.finish_low_s, f.finish_high_s, per_task.basis, per_task.coverage)
+
+    def _slots_free_at(self, capable: list[ProviderInfo], now: datetime) -> list[float]:
+        """Seconds from ``now`` until each slot of the ``capable`` providers is free (0: free now)."""
+        out: list[float] = []
+        for p in capable:
+            out += [0.0] * max(0, p.free)
+            for task_id in sorted(self.world.active.get(p.provider_id, ())):
+                t = self.world.tasks.get(task_id)
+                lease = t.lease if t is not None else None
+                if lease is None:
+                    continue
+                elapsed = (now - lease.started_at).total_seconds() if lease.started_at is not None else 0.0
+                # A task past its prediction is taken to need a tenth of it more, not nothing.
+                out.append(max(lease.predicted_s - elapsed, 0.1 * lease.predicted_s))
+        return out
 
     def _task_changed(self, c: Change, fx: Effects, live: bool) -> None:
         task_id = c.aggregate_id
@@ -175,9 +207,13 @@ class Core:
             actual = (c.event.at - old.started_at).total_seconds()
             p = self.world.providers.get(old.provider_id)
             calibration = p.calibration if p else None
-            self.runtime.observe(spec.workload, spec.estimate, calibration, old.provider_id, actual)
+            dclass = device_class(p.capabilities if p else None)
+            self.runtime.observe(spec.workload, spec.estimate, calibration, old.provider_id, actual, dclass)
 
-    def _provider_changed(self, provider_id: str, p: ProviderState) -> None:
+    def _provider_changed(self, provider_id: str, p: ProviderState, calibrated: bool) -> None:
+        if calibrated:
+            # Its probe runs join its class's size laws (in log order, as every reader of the log does).
+            self.runtime.calibrated(provider_id, device_class(p.capabilities), p.calibration)
         if p.capabilities is None:
             return
         rep = self.world.reputation.get(provider_id)
@@ -221,6 +257,8 @@ class Core:
                 provider_id=a.provider_id,
                 expires_at=now + timedelta(seconds=start_timeout_s),
                 predicted_s=a.predicted_s,
+                predicted_low_s=a.low_s,
+                predicted_high_s=a.high_s,
                 price_micros=a.price_micros,
             )
             out.append((a, cmd))

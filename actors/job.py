@@ -34,7 +34,7 @@ from events.job import (
 )
 from events.metering import metered_amount
 from events.subjects import OBJECTS_STREAM, job_owner, object_owner
-from events.types import MAX_SECONDS, EventModel
+from events.types import MAX_SECONDS, EventModel, recorded_seconds
 from events.verification import VerifyPolicy
 from events.workloads import WORKLOADS, contract, validate_params
 
@@ -111,6 +111,9 @@ class DecideJob(_Command):
     """
 
     predicted_s: float = 0.0
+    #: The prediction's interval; None: none.
+    predicted_low_s: float | None = None
+    predicted_high_s: float | None = None
     default_verify: VerifyPolicy | None = None
 
 
@@ -352,6 +355,8 @@ def decide(cmd: JobCommand, s: JobState) -> list[EventModel]:
                     job_id=s.job_id,
                     task_count=spec.task_count(),
                     predicted_s=min(MAX_SECONDS, max(0.0, cmd.predicted_s)),
+                    predicted_low_s=recorded_seconds(cmd.predicted_low_s),
+                    predicted_high_s=recorded_seconds(cmd.predicted_high_s),
                     verify=_policy(spec, cmd.default_verify),
                 )
             ]

@@ -555,7 +555,14 @@ class Replayer:
         if isinstance(cmd, DecideJob):
             e = d.lead
             if isinstance(e, JobAccepted):
-                return replace(cmd, at=d.at, predicted_s=e.predicted_s, default_verify=e.verify)
+                return replace(
+                    cmd,
+                    at=d.at,
+                    predicted_s=e.predicted_s,
+                    predicted_low_s=e.predicted_low_s,
+                    predicted_high_s=e.predicted_high_s,
+                    default_verify=e.verify,
+                )
             return replace(cmd, at=d.at)
         if isinstance(cmd, CreateTask):
             created = replace_model(cmd.created, at=d.at)
@@ -664,6 +671,8 @@ class Replayer:
                     provider_id=e.provider_id,
                     expires_at=e.expires_at,
                     predicted_s=e.predicted_s,
+                    predicted_low_s=e.predicted_low_s,
+                    predicted_high_s=e.predicted_high_s,
                     price_micros=e.price_micros,
                 )
             case TaskLeaseExpired():
@@ -675,7 +684,14 @@ class Replayer:
             case TaskFailed() if e.reason == "unverifiable" and e.lease_id is None:
                 return ExpireVerification(command_id=cid, at=at)
             case JobAccepted():
-                return DecideJob(command_id=cid, at=at, predicted_s=e.predicted_s, default_verify=e.verify)
+                return DecideJob(
+                    command_id=cid,
+                    at=at,
+                    predicted_s=e.predicted_s,
+                    predicted_low_s=e.predicted_low_s,
+                    predicted_high_s=e.predicted_high_s,
+                    default_verify=e.verify,
+                )
             case JobRejected():
                 return DecideJob(command_id=cid, at=at)
             case UsageMetered():
@@ -810,8 +826,8 @@ class _Unscheduled:
     def upsert_provider(self, *args: Any, **kw: Any) -> None:
         pass
 
-    def predict(self, *args: Any) -> float:
-        return 0.0
+    def predict(self, *args: Any) -> None:
+        return None
 
     def capacity(self, *args: Any) -> int:
         return 1

@@ -16,6 +16,7 @@ from actors.ids import derive_id
 from actors.job import ENDED, CompleteJob, DecideJob, FailJob, MeterUsage, SettleJob, Share, unsettled
 from actors.task import TERMINAL, CancelTask, CreateTask, ExpireLease, TaskState
 from actors.world import LIVE_LEASE, Change, World
+from events.estimates import Prediction
 from events.job import (
     JobAccepted,
     JobCancelled,
@@ -130,18 +131,26 @@ def _expire(task_id: str, t: TaskState, reason: LeaseEndReason, at: datetime, ca
     return Intent("task", task_id, cmd, cause, t.spec.job_id if t.spec else None)
 
 
-#: The scheduler's ETA for a job spec, recorded in ``JobAccepted``.
-Predict = Callable[[JobSpec], float]
+#: The scheduler's ETA for a job spec at a time, recorded in ``JobAccepted`` (None: no prediction).
+Predict = Callable[[JobSpec, datetime], Prediction | None]
 
 
-def _no_prediction(spec: JobSpec) -> float:
-    return 0.0
+def _no_prediction(spec: JobSpec, at: datetime) -> Prediction | None:
+    return None
 
 
 def _decide(
     job_id: str, at: datetime, predict: Predict, spec: JobSpec, cause: str | None, verify: VerifyPolicy | None
 ) -> Intent:
-    cmd = DecideJob(command_id=derive_id("dj-", job_id), at=at, predicted_s=predict(spec), default_verify=verify)
+    eta = predict(spec, at)
+    cmd = DecideJob(
+        command_id=derive_id("dj-", job_id),
+        at=at,
+        predicted_s=eta.seconds if eta is not None else 0.0,
+        predicted_low_s=eta.low if eta is not None else None,
+        predicted_high_s=eta.high if eta is not None else None,
+        default_verify=verify,
+    )
     return Intent("job", job_id, cmd, cause, job_id)
 
 

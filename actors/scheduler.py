@@ -30,7 +30,7 @@ import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
-from events.estimates import RuntimeModel
+from events.estimates import Prediction, RuntimeModel, device_class
 from events.placement import misfits
 from events.types import Calibration, Capabilities, Estimate, Resources
 
@@ -79,6 +79,8 @@ class ProviderInfo:
     reputation: float = 1.0
     available: bool = True
     key: tuple[object, ...] = ()
+    #: Its device class, which its runtime history is pooled in (``events.estimates.device_class``).
+    dclass: str = ""
     #: Tasks handed back from waiting aside for this provider's free slots, not yet placed.
     handed: list[PendingTask] = field(default_factory=list)
 
@@ -90,12 +92,15 @@ class ProviderInfo:
 
 @dataclass(frozen=True, slots=True)
 class Assignment:
-    """A decision: lease ``task`` to ``provider_id``, predicted to take ``predicted_s``."""
+    """A decision: lease ``task`` to ``provider_id``, predicted to take ``predicted_s`` (``low_s`` to
+    ``high_s``)."""
 
     task: PendingTask
     provider_id: str
     predicted_s: float
     price_micros: int
+    low_s: float | None = None
+    high_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -177,6 +182,7 @@ class Scheduler:
             self._leave_class(p)
             p.capabilities = capabilities
         p.calibration = calibration
+        p.dclass = device_class(capabilities)
         p.available = available
         if reputation is not None:
             p.reputation = reputation
@@ -402,7 +408,7 @@ class Scheduler:
         return found
 
     def _score(self, t: PendingTask, p: ProviderInfo) -> tuple[float, float]:
-        predicted = self.runtime.predict(t.workload, t.estimate, p.calibration, p.provider_id)
+        predicted = self.runtime.predict(t.workload, t.estimate, p.calibration, p.provider_id, p.dclass)
         price = p.capabilities.price_micros
         # Price relative to the ceiling, or to 1 credit per GPU-second when there is none.
         ceiling = t.max_price_micros or 1_000_000
@@ -443,7 +449,8 @@ class Scheduler:
                 best = (score, predicted, p)
         if best is None:
             return None
-        _, predicted, p = best
+        _, _, p = best
+        eta = self.runtime.predict_interval(t.workload, t.estimate, p.calibration, p.provider_id, p.dclass)
         cls = self._classes[p.key]
         top = self._best_in(cls)
         p.used += 1
@@ -451,7 +458,7 @@ class Scheduler:
             heapq.heappop(cls.heap)
         # else: its heap entry (if any) is stale now (its rank changed) and is skipped when met.
         self._offer(p, unblock=False)
-        return Assignment(t, p.provider_id, predicted, p.capabilities.price_micros)
+        return Assignment(t, p.provider_id, eta.seconds, p.capabilities.price_micros, eta.low, eta.high)
 
     def _next(self, level: _Level) -> PendingTask | None:
         """Pop the next task of this level by fair share, or None when the level is empty.
@@ -516,16 +523,47 @@ class Scheduler:
                 break
         return out
 
-    def predict(self, workload: str, estimate: Estimate, resources: Resources) -> float:
-        """Predicted seconds for one such task on the best matching class (0 if none matches)."""
+    def predict(self, workload: str, estimate: Estimate, resources: Resources) -> Prediction | None:
+        """The prediction for one such task on the fastest matching class (one member of each looked
+        at), or None if no class matches."""
         probe = PendingTask("", "", 5, workload, resources, estimate)
-        best = 0.0
+        best: Prediction | None = None
         for cls in self._eligible_classes(probe.shape, probe):
-            for pid in list(cls.members)[:1]:
+            for pid in [min(cls.members)] if cls.members else []:
                 p = self.providers[pid]
-                s = self.runtime.predict(workload, estimate, p.calibration, pid)
-                best = s if best == 0.0 else min(best, s)
+                s = self.runtime.predict_interval(workload, estimate, p.calibration, pid, p.dclass)
+                if best is None or s.seconds < best.seconds:
+                    best = s
         return best
+
+    def eligible(self, resources: Resources, workload: str, max_price_micros: int | None = None) -> list[ProviderInfo]:
+        """Available providers that could run such a task, free or busy (by id)."""
+        probe = PendingTask("", "", 5, workload, resources, Estimate(), max_price_micros)
+        found = [
+            self.providers[m]
+            for cls in self._eligible_classes(probe.shape, probe)
+            for m in cls.members
+            if self.providers[m].available
+        ]
+        return sorted(found, key=lambda p: p.provider_id)
+
+    def queued(self, limit: int = 5_000) -> dict[tuple[int, str], list[float]]:
+        """(priority, submitter) -> the predicted seconds of its queued tasks, in the order they were
+        queued (the first ``limit`` tasks in all, so a job's acceptance costs at most that; each on the
+        fastest class that could run it)."""
+        out: dict[tuple[int, str], list[float]] = {}
+        seconds: dict[tuple[object, ...], float] = {}
+        for n, t in enumerate(self._pending.values()):
+            if n >= limit:
+                break
+            e = t.estimate
+            key = (*t.shape, e.flops, e.bytes_moved, e.fixed_seconds, e.precision)
+            d = seconds.get(key)
+            if d is None:
+                p = self.predict(t.workload, t.estimate, t.resources)
+                d = seconds[key] = p.seconds if p is not None else 0.0
+            out.setdefault((t.priority, t.submitter), []).append(d)
+        return out
 
     def capacity(self, resources: Resources, workload: str) -> int:
         """Slots across available providers that could run such a task."""

@@ -33,7 +33,7 @@ from events.task import (
     TaskRetried,
     TaskStarted,
 )
-from events.types import MAX_SECONDS, EventModel, FailureReason, JsonValue, ObjectRef, ResultRef
+from events.types import MAX_SECONDS, EventModel, FailureReason, JsonValue, ObjectRef, ResultRef, recorded_seconds
 from events.verification import (
     MAX_REPLICAS,
     SpotDraw,
@@ -163,6 +163,9 @@ class LeaseTask(_Command):
     provider_id: str
     expires_at: datetime
     predicted_s: float = 0.0
+    #: The prediction's interval; None: none (leases recorded before intervals existed).
+    predicted_low_s: float | None = None
+    predicted_high_s: float | None = None
     price_micros: int = 0
 
 
@@ -534,6 +537,8 @@ def decide(cmd: TaskCommand, s: TaskState) -> list[EventModel]:
                     attempt=s.attempt + 1,
                     expires_at=cmd.expires_at,
                     predicted_s=min(MAX_SECONDS, max(0.0, cmd.predicted_s)),
+                    predicted_low_s=recorded_seconds(cmd.predicted_low_s),
+                    predicted_high_s=recorded_seconds(cmd.predicted_high_s),
                     price_micros=cmd.price_micros,
                     resume_from=s.checkpoint,
                     resume_step=s.checkpoint_step if s.checkpoint else 0,

@@ -23,6 +23,7 @@ from events.intake import INTAKE_VERBS, InputAccepted, InputRejected
 from events.registry import CATALOGUE
 from events.schema import event_schema_path, intake_schema_path
 from events.subjects import (
+    API_PREFIX,
     DISPATCH_PREFIX,
     DISPATCH_STREAM,
     EVENT_PREFIX,
@@ -206,6 +207,95 @@ def _message_for_event(model: type[EventModel], channel_id: str) -> dict[str, An
     }
 
 
+def _quote_reply_schema() -> dict[str, Any]:
+    """The quote service's answer (``projections.quote.Quote.to_json``), or its refusal."""
+    number = {"type": "number", "minimum": 0}
+    span = {
+        "type": "object",
+        "description": "An interval: p10 (low), expected, p90 (high).",
+        "required": ["low", "expected", "high"],
+        "properties": {"low": number, "expected": number, "high": number},
+    }
+    money = {**span, "description": "Micro-credits (integers): low, expected, high."}
+    prediction = {
+        "type": "object",
+        "description": "Seconds for one run of one task, with its interval and what it rests on.",
+        "required": ["seconds", "low", "high", "basis", "coverage"],
+        "properties": {
+            "seconds": number,
+            "low": number,
+            "high": number,
+            "basis": {"enum": ["shape", "fit", "probe", "roofline"]},
+            "coverage": number,
+        },
+    }
+    option = {
+        "type": "object",
+        "description": "One capable device class (backend:gpu_model), as if the job ran on it alone.",
+        "properties": {
+            "device_class": {"type": "string"},
+            "best_provider": {"type": "string"},
+            "slots": {"type": "integer"},
+            "free": {"type": "integer"},
+            "providers": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "provider_id": {"type": "string"},
+                        "slots": {"type": "integer"},
+                        "free": {"type": "integer"},
+                        "price_micros": {"type": "integer"},
+                    },
+                },
+            },
+            "per_task_s": prediction,
+            "runs": {**number, "description": "Results per task verification is expected to gather."},
+            "cost_per_task_micros": money,
+            "cost_micros": money,
+            "start_s": number,
+            "finish_s": span,
+            "ahead": {"type": "integer"},
+        },
+    }
+    quote = {
+        "type": "object",
+        "required": ["runnable", "workload", "tasks", "submitter", "online", "options", "why", "ruled_out"],
+        "properties": {
+            "runnable": {"type": "boolean", "description": "False: no online provider can run it; see `why`."},
+            "workload": {"type": "string"},
+            "tasks": {"type": "integer"},
+            "submitter": {"type": "string"},
+            "online": {"type": "integer", "description": "Online providers."},
+            "position": {"type": "integer", "description": "The log position the quote was made at."},
+            "best": {"type": ["string", "null"], "description": "The fastest capable device class."},
+            "runs": number,
+            "per_task_s": {"oneOf": [prediction, {"type": "null"}]},
+            "start_s": {"type": ["number", "null"], "description": "Seconds until its first task starts."},
+            "finish_s": {"oneOf": [span, {"type": "null"}], "description": "Seconds until its last task ends."},
+            "cost_micros": {"oneOf": [money, {"type": "null"}], "description": "The whole job, replicas included."},
+            "ahead": {"type": "integer", "description": "Queued tasks fair share puts before its first."},
+            "slots": {"type": "integer", "description": "Slots that could run it."},
+            "options": {"type": "array", "items": option},
+            "why": {
+                "type": "object",
+                "description": (
+                    "Requirement (backend, vram, compute_capability, workload, price; or providers when none "
+                    "is online) -> why it rules online providers out."
+                ),
+                "additionalProperties": {"type": "string"},
+            },
+            "ruled_out": {"type": "object", "additionalProperties": {"type": "integer"}},
+        },
+    }
+    refusal = {
+        "type": "object",
+        "required": ["error", "field"],
+        "properties": {"error": {"type": "string"}, "field": {"type": ["string", "null"]}},
+    }
+    return {"oneOf": [quote, refusal]}
+
+
 def _intake_id(kind: str, verb: str) -> str:
     return kind + verb[:1].upper() + verb[1:]
 
@@ -315,9 +405,49 @@ def generate_asyncapi() -> dict[str, Any]:
         "x-jetstream-stream": f"KV_{HEARTBEAT_BUCKET}",
     }
 
+    # A quote before submitting: a request, answered by the network's quote service (``projections.quote``).
+    messages["QuoteRequest"] = {
+        "name": "QuoteRequest",
+        "title": "quote request",
+        "summary": "A job spec, exactly as submitted; its submitter is the asking identity.",
+        "contentType": "application/json",
+        "payload": _payload(intake_schema_path("submitter", "submit")),
+    }
+    messages["QuoteReply"] = {
+        "name": "QuoteReply",
+        "title": "quote",
+        "summary": "What could run the job now, how long it should take and cost, or why nothing can run it.",
+        "contentType": "application/json",
+        "payload": {"schemaFormat": JSON_SCHEMA_FORMAT, "schema": _quote_reply_schema()},
+    }
+    channels["quote"] = {
+        "address": f"{API_PREFIX}.{{role}}.{{name}}.quote",
+        "title": "a quote before submitting",
+        "description": (
+            "Request/reply (a core NATS request; nothing is stored): send a job spec, get a quote. Only the "
+            "identity `{role}.{name}` may publish here, so the quote is for it (its queue position and fair "
+            "share). The spec is validated as a submission is; a refused one is answered "
+            '`{"error": ..., "field": ...}`. Nothing is appended to the log. Figures are seconds from '
+            "now and micro-credits; intervals are p10 to p90 of the network's own runtime model."
+        ),
+        "parameters": _parameters(f"{API_PREFIX}.{{role}}.{{name}}.quote"),
+        "messages": {m: _ref("components", "messages", m) for m in ("QuoteRequest", "QuoteReply")},
+    }
+
     # The submitter.
     operation("submitJob", "submitter", "send", "submitterSubmit", "Submit a job spec.")
     operation("cancelJob", "submitter", "send", "submitterCancel", "Cancel one of your jobs.")
+    operations["quoteJob"] = {
+        "action": "send",
+        "channel": _ref("channels", "quote"),
+        "summary": "Ask what a job would take (time, cost, where) before submitting it; submits nothing.",
+        "tags": [_ref("components", "tags", "submitter")],
+        "messages": [_ref("channels", "quote", "messages", "QuoteRequest")],
+        "reply": {
+            "channel": _ref("channels", "quote"),
+            "messages": [_ref("channels", "quote", "messages", "QuoteReply")],
+        },
+    }
     operation(
         "followJob",
         "submitter",

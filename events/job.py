@@ -135,7 +135,12 @@ class JobAccepted(EventModel):
     at: UtcDateTime
     job_id: JobId
     task_count: int = Field(ge=1, le=MAX_TASKS_PER_JOB)
+    #: Seconds from acceptance until the whole job should be done: the queue ahead of it, then its
+    #: tasks on the slots that can run them (``events.estimates.forecast``).
     predicted_s: Seconds = 0.0
+    #: That prediction's interval (p10 to p90): absent in acceptances before intervals existed.
+    predicted_low_s: Seconds | None = Field(default=None, exclude_if=lambda v: v is None)
+    predicted_high_s: Seconds | None = Field(default=None, exclude_if=lambda v: v is None)
     #: The verification policy its tasks run under: the spec's, or the network's default at the time.
     #: None (and absent from the log) means none, as for every job accepted before it existed.
     verify: VerifyPolicy | None = Field(default=None, exclude_if=lambda v: v is None)

@@ -93,6 +93,9 @@ class TaskLeased(EventModel):
     attempt: int = Field(ge=1, le=MAX_COUNT)
     expires_at: UtcDateTime
     predicted_s: Seconds = 0.0
+    #: The prediction's interval (p10 to p90): absent in leases made before intervals existed.
+    predicted_low_s: Seconds | None = Field(default=None, exclude_if=lambda v: v is None)
+    predicted_high_s: Seconds | None = Field(default=None, exclude_if=lambda v: v is None)
     price_micros: PriceMicros = 0
     #: The last checkpoint of an earlier attempt: the provider resumes from it, not from zero.
     resume_from: ObjectRef | None = None

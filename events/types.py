@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -25,6 +26,8 @@ __all__ = [
     "MAX_MEASURE",
     "MAX_MICROS",
     "MAX_PRICE_MICROS",
+    "MAX_PROBED_WORKLOADS",
+    "MAX_PROBES_PER_WORKLOAD",
     "MAX_SECONDS",
     "MAX_TIMEOUT_S",
     "MAX_TOTAL_GPU_MS",
@@ -48,6 +51,7 @@ __all__ = [
     "Micros",
     "ObjectRef",
     "PriceMicros",
+    "ProbeRun",
     "Resources",
     "ResultRef",
     "RetryPolicy",
@@ -58,6 +62,7 @@ __all__ = [
     "TotalGpuMs",
     "UtcDateTime",
     "canonical_json",
+    "recorded_seconds",
     "strict_model_config",
 ]
 
@@ -232,6 +237,21 @@ class Estimate(EventModel):
 Rate = Annotated[float, Field(ge=0.0, le=1e6)]
 
 
+class ProbeRun(EventModel):
+    """One timed run of a catalogue workload at a small size during calibration: what it was (its
+    contract's estimate) and how long it took on this device. The runtime model starts each workload's
+    size law on the device from these, so a first prediction rests on this device's measured
+    efficiency for the workload, not on peak rates alone (``events.estimates``)."""
+
+    estimate: Estimate
+    actual_s: float = Field(gt=0.0, le=3600.0)
+
+
+#: Probe runs per workload a calibration may carry, and workloads it may cover.
+MAX_PROBES_PER_WORKLOAD = 4
+MAX_PROBED_WORKLOADS = 32
+
+
 class Calibration(EventModel):
     """Throughput measured on the device by the provider runtime."""
 
@@ -241,6 +261,15 @@ class Calibration(EventModel):
     memory_gbps: float = Field(default=0.0, ge=0.0, le=1e6)
     #: Fixed cost of one task on a warm worker, seconds.
     task_overhead_s: float = Field(default=0.0, ge=0.0, le=3600.0)
+    #: Workload name -> probe runs at small sizes (absent in calibrations before probes existed).
+    probes: Annotated[
+        dict[
+            Annotated[str, Field(max_length=64)],
+            Annotated[tuple[ProbeRun, ...], Field(max_length=MAX_PROBES_PER_WORKLOAD)],
+        ],
+        Field(max_length=MAX_PROBED_WORKLOADS),
+        AfterValidator(canonical_json),
+    ] = Field(default_factory=dict, exclude_if=lambda v: not v)
 
 
 class Capabilities(EventModel):
@@ -257,6 +286,13 @@ class Capabilities(EventModel):
     price_micros: PriceMicros = 0
     workloads: tuple[str, ...] = ()
     extra: StrMap = Field(default_factory=dict)
+
+
+def recorded_seconds(value: float | None) -> float | None:
+    """A duration as an event records it: within [0, ``MAX_SECONDS``]; None (or NaN) stays absent."""
+    if value is None or math.isnan(value):
+        return None
+    return min(MAX_SECONDS, max(0.0, value))
 
 
 def utc_now() -> datetime:

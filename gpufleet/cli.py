@@ -350,11 +350,21 @@ def submit(
     ] = None,
     job_id: Annotated[str | None, typer.Option(help="Choose the job's name (a retry with it is a no-op).")] = None,
     watch_: Annotated[bool, typer.Option("--watch", "-w", help="Follow the job to the end.")] = False,
+    max_eta: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Quote first; submit nothing if it should take longer (seconds, to its end)."),
+    ] = None,
+    max_cost: Annotated[
+        float | None, typer.Option(min=0.0, help="Quote first; submit nothing if it should cost more (credits).")
+    ] = None,
     nats_url: NatsOpt = None,
     creds: CredsOpt = None,
     tls_ca: TlsCaOpt = None,
 ) -> None:
-    """Submit a job from a file or from flags, as the submitter your credentials name; prints the job id."""
+    """Submit a job from a file or from flags, as the submitter your credentials name; prints the job id.
+
+    With --max-eta or --max-cost, the network quotes it first (`gpufleet quote`), and nothing is
+    submitted when the quote's expected finish or cost is over the limit, or nothing can run it."""
     from gpufleet.watch import watch_jobs
 
     spec = None
@@ -366,6 +376,10 @@ def submit(
         )
         _verification_notice(spec)
         async with await _client("submitter", nats_url, creds, tls_ca) as client:
+            if max_eta is not None or max_cost is not None:
+                over = _over_limits(await client.quote(spec), max_eta, max_cost)
+                if over:
+                    _fail(f"not submitted: {over}")
             job = await client.submit(spec, job_id=job_id)
             console.print(job.id, highlight=False)
             if watch_:
@@ -373,6 +387,123 @@ def submit(
                 _print_outcome(st)
                 if st.status != "completed":
                     raise typer.Exit(1)
+
+    _run(run())
+
+
+def _over_limits(q: Any, max_eta: float | None, max_cost: float | None) -> str | None:
+    """Why a quote is over the submitter's limits (one line), or None."""
+    if not q.runnable:
+        return "nothing can run it now: " + "; ".join(f"{k}: {v}" for k, v in q.why.items())
+    if max_eta is not None and q.finish_s is not None and q.finish_s.expected > max_eta:
+        return (
+            f"it should take {_seconds(q.finish_s.expected)} to finish "
+            f"({_seconds(q.finish_s.low)} to {_seconds(q.finish_s.high)}), over --max-eta {_seconds(max_eta)}"
+        )
+    if max_cost is not None and q.cost_micros is not None and q.cost_micros.expected > max_cost * 1e6:
+        return (
+            f"it should cost {q.cost_micros.expected / 1e6:.6f} credits "
+            f"({q.cost_micros.low / 1e6:.6f} to {q.cost_micros.high / 1e6:.6f}), over --max-cost {max_cost:g}"
+        )
+    return None
+
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return "?"
+    if s < 100:
+        return f"{s:.3g} s"
+    if s < 6000:
+        return f"{s / 60:.3g} min"
+    return f"{s / 3600:.3g} h"
+
+
+def _span_s(expected: float, low: float, high: float) -> str:
+    """ "1.2 s (0.9 to 1.6)": the unit of the expected value for all three."""
+    unit, div = ("s", 1.0) if expected < 100 else ("min", 60.0) if expected < 6000 else ("h", 3600.0)
+    return f"{expected / div:.3g} {unit} ({low / div:.2g} to {high / div:.2g})"
+
+
+def _credits(span: Any) -> str:
+    if span.high == 0:
+        return "free"
+    return f"{span.expected / 1e6:.6f} ({span.low / 1e6:.6f} to {span.high / 1e6:.6f})"
+
+
+def _print_quote(q: Any) -> None:
+    """The quote as a table of capable device classes, then the job's line (or why nothing can run it)."""
+    from rich.markup import escape
+
+    if not q.runnable:
+        console.print(f"nothing can run this {q.workload} job now ({q.online} provider(s) online):", highlight=False)
+        for requirement, why in q.why.items():
+            console.print(f"  {requirement}: {escape(why)}", highlight=False)
+        return
+    t = Table(title=f"quote: {q.tasks} {q.workload} task(s) for {q.submitter}")
+    for col in ("class", "providers", "per task", "cost (credits)", "start", "finish"):
+        t.add_column(col)
+    for o in q.options:
+        p = o.per_task
+        runs = f" x{o.runs:g}" if o.runs != 1 else ""
+        t.add_row(
+            escape(o.device_class),
+            escape(", ".join(f"{x.provider_id} ({x.free}/{x.slots} free)" for x in o.providers)),
+            escape(f"{_span_s(p.seconds, p.low, p.high)}{runs} [{p.basis}]"),
+            _credits(o.cost_micros),
+            f"in {_seconds(o.start_s)}",
+            f"in {_span_s(o.finish_s.expected, o.finish_s.low, o.finish_s.high)}",
+        )
+    console.print(t)
+    f = q.finish_s
+    runs = f"; {q.runs:g} runs per task (verification)" if q.runs != 1 else ""
+    console.print(
+        f"the job, on all {q.slots} capable slot(s), {q.ahead} task(s) ahead of it: "
+        f"starts in {_seconds(q.start_s)}, finishes in {_span_s(f.expected, f.low, f.high)}, "
+        + (f"costs {_credits(q.cost_micros)} credits" if q.cost_micros.high else "free")
+        + runs,
+        highlight=False,
+    )
+    for requirement, why in q.why.items():
+        console.print(f"ruled out by {requirement}: {escape(why)}", highlight=False)
+
+
+@app.command()
+def quote(
+    file: Annotated[Path | None, typer.Argument(help="Job file, YAML or JSON ('-' for stdin).")] = None,
+    workload: Annotated[str | None, typer.Option(help="Workload name (instead of, or over, the file).")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (JSON value).")] = None,
+    tasks: Annotated[int | None, typer.Option(help="Split into this many identical tasks.")] = None,
+    max_price: Annotated[
+        int | None, typer.Option(min=0, max=MAX_PRICE_MICROS, help="Price ceiling, micro-credits per GPU-second.")
+    ] = None,
+    deadline_in: Annotated[float | None, typer.Option(help="Deadline, seconds from now.")] = None,
+    backend: Annotated[str | None, typer.Option(help="Required backend: cuda or any.")] = None,
+    priority: Annotated[int | None, typer.Option(help="0 (low) to 9 (high).")] = None,
+    verify: Annotated[
+        str | None,
+        typer.Option(help="Result verification: auto (default: spot checks when paid), none, spot or replicate."),
+    ] = None,
+    replicas: Annotated[
+        int | None, typer.Option(min=1, max=8, help="With --verify replicate: providers per task.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the quote as JSON.")] = False,
+    nats_url: NatsOpt = None,
+    creds: CredsOpt = None,
+    tls_ca: TlsCaOpt = None,
+) -> None:
+    """Before submitting: what could run a job now, how long each task and the whole job should take
+    (with p10-p90 intervals), what it should cost, or why nothing can run it. Submits nothing."""
+
+    async def run() -> None:
+        spec = _job_spec(
+            file, workload, param or [], tasks, max_price, deadline_in, backend, priority, verify, replicas
+        )
+        async with await _client("submitter", nats_url, creds, tls_ca) as client:
+            q = await client.quote(spec)
+        if as_json:
+            print(json.dumps(q.to_json(), indent=2))
+        else:
+            _print_quote(q)
 
     _run(run())
 
@@ -447,27 +578,22 @@ def status(
     """A job's state, tasks, providers, ETA and cost, from the log."""
 
     async def run() -> None:
+        from events.types import utc_now
+        from gpufleet.eta import job_text
+        from gpufleet.tables import job_table
+
         async with await _client("submitter", nats_url, creds, tls_ca) as client:
             st = await client.job(job_id).status()
-        t = Table(title=f"job {st.job_id}: {st.status}")
-        for col in ("task", "state", "provider", "attempt", "progress", "predicted"):
-            t.add_column(col)
-        for task in st.tasks:
-            t.add_row(
-                task.task_id,
-                task.status,
-                task.provider_id or "",
-                str(task.attempt),
-                f"{task.progress:.0%}",
-                f"{task.predicted_s:.2f}s" if task.predicted_s else "",
-            )
-        console.print(t)
-        eta = st.eta_s()
+        now = utc_now()
+        console.print(job_table(st, now))
         console.print(
             f"{st.workload}, submitter {st.submitter}, {st.count('completed')}/{st.task_count} done, "
-            f"cost {st.cost_micros / 1e6:.6f} credits" + (f", eta {eta:.1f}s" if eta and not st.ended else ""),
+            f"cost {st.cost_micros / 1e6:.6f} credits",
             highlight=False,
         )
+        when = job_text(st, now)
+        if when:
+            console.print(when, highlight=False)
         if st.reason:
             console.print(f"reason: {st.reason}" + (f" ({st.field})" if st.field else ""), highlight=False)
 
@@ -566,14 +692,18 @@ def jobs(
     """Jobs, newest first: status, progress, ETA and cost (the whole network: an operator's or auditor's view)."""
 
     async def run() -> None:
+        from gpufleet.tables import eta_cell
+
         models = await _read_models(_access("auditor", nats_url, creds, tls_ca, data_dir), data_dir)
         try:
             rows = await models.list_jobs(status_, limit=limit)
+            etas = {r.job_id: await models.eta(r.job_id) for r in rows}
         finally:
             models.close()
+        now = datetime.now(UTC).timestamp()
         t = Table(title=f"{len(rows)} job(s)")
-        for col in ("job", "workload", "submitter", "status", "tasks", "progress", "verify", "cost (credits)"):
-            t.add_column(col)
+        for col in ("job", "workload", "submitter", "status", "tasks", "eta", "verify", "credits"):
+            t.add_column(col, no_wrap=col == "tasks")
         for r in rows:
             # The policy its tasks run under, and the results verification refused (never delivered).
             verify = r.verify + (f", {r.invalid_results} invalid" if r.invalid_results else "")
@@ -582,8 +712,8 @@ def jobs(
                 r.workload,
                 r.submitter,
                 r.status,
-                f"{r.tasks_completed}/{r.task_count}",
-                f"{r.progress:.0%}",
+                f"{r.tasks_completed}/{r.task_count} {r.progress:.0%}",
+                eta_cell(etas[r.job_id], now),
                 verify,
                 f"{r.cost_micros / 1e6:.6f}",
             )

@@ -48,7 +48,7 @@ from events.codec import from_json_line
 from events.errors import AccessDenied, first_error
 from events.identity import Identity
 from events.intake import InputRejected
-from events.job import JobCancelled, JobFailed, JobRejected, JobSpec
+from events.job import JobCancelled, JobCompleted, JobFailed, JobRejected, JobSpec
 from events.store.blobs import BlobStore, ObjectIntegrityError
 from events.store.connection import Access, connect_nats, raise_if_denied
 from events.store.topology import Topology
@@ -64,7 +64,9 @@ from gpufleet.errors import (
     ResultIntegrityError,
     UnknownJobError,
 )
+from gpufleet.eta import Eta, Timings, job_eta, task_eta
 from gpufleet.receipts import CheckpointKeeper, Receipt, fetch_receipt, refresh
+from projections.quote import QUOTE_OPERATION, Quote
 
 __all__ = ["Client", "Job", "JobStatus", "TaskResult", "TaskStatus", "new_job_id"]
 
@@ -91,6 +93,25 @@ class TaskStatus:
     started_at: datetime | None
     completed_at: datetime | None
     result: ResultRef | None
+    #: The lease's prediction interval (p10 to p90): None in leases made before intervals existed.
+    predicted_low_s: float | None = None
+    predicted_high_s: float | None = None
+    #: When the task last reported progress (the rate it reports is measured up to then).
+    progress_at: datetime | None = None
+
+    def eta(self, now: datetime | None = None) -> Eta | None:
+        """Seconds left with their interval while it holds a lease (``gpufleet.eta``'s rules); else None."""
+        if self.status not in ("leased", "running"):
+            return None
+        return task_eta(
+            predicted_s=self.predicted_s,
+            low_s=self.predicted_low_s,
+            high_s=self.predicted_high_s,
+            started_at=self.started_at if self.status == "running" else None,
+            progress=self.progress if self.status == "running" else 0.0,
+            progress_at=self.progress_at,
+            now=now or utc_now(),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +130,12 @@ class JobStatus:
     field: str | None
     submitted_at: datetime | None
     position: int
+    #: The acceptance's prediction interval (p10 to p90): None in acceptances before intervals existed.
+    predicted_low_s: float | None = None
+    predicted_high_s: float | None = None
+    #: When it was accepted (``predicted_s`` counts from then) and when it ended.
+    accepted_at: datetime | None = None
+    ended_at: datetime | None = None
 
     @property
     def ended(self) -> bool:
@@ -127,15 +154,26 @@ class JobStatus:
         done = sum(1.0 if t.status == "completed" else t.progress for t in self.tasks)
         return min(1.0, done / self.task_count)
 
+    def eta(self, now: datetime | None = None) -> Eta | None:
+        """Seconds until the job should finish, with their interval: from its acceptance's prediction
+        until a task is leased, then from its tasks' leases and progress (``gpufleet.eta``'s rules).
+        None once it ended, or when nothing predicts it."""
+        return job_eta(self, now or utc_now())
+
     def eta_s(self, now: datetime | None = None) -> float | None:
-        """Seconds until the job should finish: measured progress once there is some, else the prediction."""
-        if self.ended or self.submitted_at is None:
-            return 0.0 if self.ended else None
-        elapsed = ((now or utc_now()) - self.submitted_at).total_seconds()
-        p = self.progress
-        if p >= 0.05:
-            return max(0.0, elapsed * (1.0 - p) / p)
-        return max(0.0, self.predicted_s - elapsed) if self.predicted_s else None
+        """Seconds until the job should finish (``eta``'s point): 0 once ended, None when unknown."""
+        if self.ended:
+            return 0.0
+        e = self.eta(now)
+        return e.seconds if e is not None else None
+
+    @property
+    def took_s(self) -> float | None:
+        """How long a completed job took from its acceptance (what ``predicted_s`` predicted); else None."""
+        since = self.accepted_at or self.submitted_at
+        if self.status != "completed" or since is None or self.ended_at is None:
+            return None
+        return max(0.0, (self.ended_at - since).total_seconds())
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +336,44 @@ class Client:
         ack = await self._publish(subject, body, headers={"Nats-Msg-Id": msg_id})
         return Job(self, f"{me.name}.{name}", intake_seq=ack)
 
+    async def quote(self, spec: JobSpec | Mapping[str, Any], *, timeout: float = 10.0) -> Quote:
+        """What submitting ``spec`` now would give: the capable device classes, the predicted time per
+        task with its interval, the cost, the start and finish given the queue, or why nothing can run
+        it (``projections.quote``). Nothing is submitted and nothing is written to the log.
+
+        A spec the network would refuse raises ``InvalidPayload`` naming the field; no answer,
+        ``StoreUnavailable``.
+        """
+        me = self._me()
+        job_spec = _spec(spec)
+        problem = validate_spec(job_spec, utc_now())
+        if problem is not None:
+            raise problem
+        if job_spec.submitter not in ("", me.name):
+            raise InvalidPayload(
+                f"names {job_spec.submitter!r}, but these credentials are {me.name!r}", field="submitter"
+            )
+        subject = api_subject(me.role, me.name, QUOTE_OPERATION)
+        body = job_spec.model_dump_json(exclude={"submitter"}).encode()
+        try:
+            msg = await self.nc.request(subject, body, timeout=timeout)
+        except nats.errors.NoRespondersError as e:
+            raise StoreUnavailable("the network's quote service does not answer (are its projections on?)") from e
+        except nats.errors.TimeoutError as e:
+            raise_if_denied(self.nc, subject, str(me))
+            raise StoreUnavailable(f"the network's quote service did not answer in {timeout:g} s") from e
+        except (nats.errors.Error, OSError) as e:
+            raise StoreUnavailable(f"cannot reach the quote service: {e!s}") from e
+        try:
+            doc = json.loads(msg.data)
+        except ValueError as e:
+            raise StoreUnavailable("the quote service answered something that is not JSON") from e
+        if not isinstance(doc, dict):
+            raise StoreUnavailable("the quote service answered something that is not a JSON object")
+        if "error" in doc:
+            raise InvalidPayload(f"the network refused to quote it: {doc['error']}", field=doc.get("field"))
+        return Quote.from_json(doc)
+
     async def _publish(self, subject: str, body: bytes, headers: dict[str, str] | None = None) -> int:
         """Publish to intake; the intake stream's sequence. A full intake or a refusal is one clear line."""
         try:
@@ -458,6 +534,7 @@ class Job:
     async def status(self) -> JobStatus:
         """The job now, folded from its events (``UnknownJobError`` if it does not exist)."""
         world = World()
+        timings = Timings()
         last: Any = None
         position = 0
         async for env in self.client._read(self.id, 0, follow=False, intake_seq=self.intake_seq):
@@ -466,11 +543,12 @@ class Job:
                 # Our submission was refused: whatever else holds this id is not our job.
                 return _refused(self.id, env.data, position)
             world.apply(env)
+            timings.apply(env)
             if _ends(env, self.id):
                 last = env.data
         if self.id not in world.jobs:
             raise UnknownJobError(self.id)
-        return _status(self.id, world, last, position)
+        return _status(self.id, world, last, position, timings)
 
     async def wait(self, timeout: float | None = None) -> JobStatus:
         """Wait until the job ends; its final status."""
@@ -551,16 +629,21 @@ def _refused(job_id: str, e: InputRejected, position: int) -> JobStatus:
         field=e.field,
         submitted_at=e.at,
         position=position,
+        ended_at=e.at,
     )
 
 
-def _status(job_id: str, world: World, last: Any, position: int) -> JobStatus:
+def _status(job_id: str, world: World, last: Any, position: int, timings: Timings | None = None) -> JobStatus:
+    """The job as ``world`` folded it; ``timings`` (folded from the same events) adds its predictions'
+    intervals and the times its ETA counts from."""
+    times = timings or Timings()
     job = world.jobs[job_id]
     spec = job.spec
     tasks = []
     for tid in world.job_tasks(job_id):
         t = world.tasks[tid]
         lease = t.lease
+        low, high, progress_at = times.task(tid)
         tasks.append(
             TaskStatus(
                 task_id=tid,
@@ -574,6 +657,9 @@ def _status(job_id: str, world: World, last: Any, position: int) -> JobStatus:
                 started_at=lease.started_at if lease else None,
                 completed_at=t.completed_at,
                 result=t.result,
+                predicted_low_s=low if lease else None,
+                predicted_high_s=high if lease else None,
+                progress_at=progress_at if lease else None,
             )
         )
     reason, field = "", None
@@ -594,4 +680,8 @@ def _status(job_id: str, world: World, last: Any, position: int) -> JobStatus:
         field=field,
         submitted_at=job.submitted_at,
         position=position,
+        predicted_low_s=times.low,
+        predicted_high_s=times.high,
+        accepted_at=times.accepted_at,
+        ended_at=last.at if isinstance(last, JobCompleted | JobFailed | JobCancelled) else None,
     )

@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from actors.job import validate_spec
 from actors.orchestrator import Orchestrator, OrchestratorConfig
 from events.errors import StoreUnavailable
 from events.store import JetStreamEventStore
@@ -34,6 +35,7 @@ from gpufleet.natsserver import NatsServer
 from gpufleet.notary import Notary
 from projections.feed import EventFeed
 from projections.projector import Projector
+from projections.quote import QuoteService
 from projections.storage import SqliteStore
 
 __all__ = [
@@ -289,6 +291,8 @@ class LocalNetwork:
         self.provider: ProviderRuntime | None = None
         self.projector: Projector | None = None
         self.feed: EventFeed | None = None
+        #: Answers quotes from the projector's views (``projections.quote``), when projections run.
+        self.quotes: QuoteService | None = None
         self._projector_task: Any = None
         self._store: JetStreamEventStore | None = None
         self._feed_store: JetStreamEventStore | None = None
@@ -399,6 +403,8 @@ class LocalNetwork:
             self.projector = Projector(self._store, self._db, checkpoint_every=1000)
             self.projector.open()
             self._projector_task = asyncio.create_task(self.projector.run(), name="projections")
+            self.quotes = QuoteService.over(self.projector, self._store.nc, validate_spec, orch_config.default_verify)
+            await self.quotes.start()
         if cfg.provider:
             local = self.access("provider")
             self.provider = ProviderRuntime(
@@ -477,6 +483,9 @@ class LocalNetwork:
             with contextlib.suppress(Exception):
                 await self.provider.close()
             self.provider = None
+        if self.quotes is not None:
+            await self.quotes.stop()
+            self.quotes = None
         if self._projector_task is not None:
             self._projector_task.cancel()
             with contextlib.suppress(BaseException):

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from datetime import datetime
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from actors.world import World
 from events import Envelope
 from events.intake import InputRejected
-from gpufleet.client import Job, JobStatus, _ends, _refused, _status
+from events.types import utc_now
+from gpufleet.client import Job, JobStatus, TaskStatus, _ends, _refused, _status
+from gpufleet.eta import Timings, job_text, task_text
 
 __all__ = ["JobTracker", "watch_jobs"]
 
@@ -35,6 +39,7 @@ class JobTracker:
     def __init__(self, job: Job) -> None:
         self.job = job
         self.world = World()
+        self.timings = Timings()
         self.last: object = None
         self.position = 0
         self.done = asyncio.Event()
@@ -42,6 +47,7 @@ class JobTracker:
     def apply(self, env: Envelope) -> None:
         """Fold one event."""
         self.world.apply(env)
+        self.timings.apply(env)
         self.position = env.sequence
         if _ends(env, self.job.id):
             self.last = env.data
@@ -59,26 +65,25 @@ class JobTracker:
             if isinstance(self.last, InputRejected):
                 return _refused(self.job.id, self.last, self.position)
             return None
-        return _status(self.job.id, self.world, self.last, self.position)
+        return _status(self.job.id, self.world, self.last, self.position, self.timings)
 
 
-def _eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "eta ?"
-    if seconds < 1:
-        return "eta <1s"
-    if seconds < 120:
-        return f"eta {seconds:.0f}s"
-    return f"eta {seconds / 60:.0f}m"
-
-
-def _job_line(st: JobStatus) -> str:
+def _job_line(st: JobStatus, now: datetime) -> str:
+    """The job, then its time on a line of its own (an 80-column terminal has no room for both)."""
     style = _STYLE.get(st.status, "white")
     done = st.count("completed")
-    return (
-        f"[bold]{st.job_id}[/] {st.workload} [{style}]{st.status}[/] "
-        f"{done}/{st.task_count} tasks, {_eta(st.eta_s()) if not st.ended else 'done'}"
+    when = job_text(st, now)
+    return f"[bold]{st.job_id}[/] {st.workload} [{style}]{st.status}[/] {done}/{st.task_count} tasks" + (
+        f"\n  {escape(when)}" if when else ""
     )
+
+
+def _task_line(t: TaskStatus, now: datetime) -> str:
+    """A task under its job: by index (the job's id is on the line above), state, provider, time."""
+    style = _STYLE.get(t.status, "white")
+    where = f" on {t.provider_id}" if t.provider_id and t.status in ("leased", "running") else ""
+    when = task_text(t, now)
+    return f"  └ task {t.index} [{style}]{t.status}[/]{where}" + (f" {escape(when)}" if when else "")
 
 
 async def watch_jobs(jobs: Sequence[Job], console: Console, *, task_rows: int = 8) -> list[JobStatus]:
@@ -90,22 +95,18 @@ async def watch_jobs(jobs: Sequence[Job], console: Console, *, task_rows: int = 
     try:
         with Progress(*columns, console=console, transient=False, refresh_per_second=8) as progress:
             while True:
+                now = utc_now()
                 for tr in trackers:
                     st = tr.status()
                     if st is None:
                         continue
                     key = st.job_id
                     if key not in bars:
-                        bars[key] = progress.add_task(_job_line(st), total=1.0)
-                    progress.update(bars[key], description=_job_line(st), completed=st.progress)
+                        bars[key] = progress.add_task(_job_line(st, now), total=1.0)
+                    progress.update(bars[key], description=_job_line(st, now), completed=st.progress)
                     for t in st.tasks[:task_rows]:
                         tkey = t.task_id
-                        style = _STYLE.get(t.status, "white")
-                        where = f" on {t.provider_id}" if t.provider_id and t.status in ("leased", "running") else ""
-                        eta = ""
-                        if t.status == "running" and t.predicted_s and t.progress > 0:
-                            eta = f" {_eta(t.predicted_s * (1 - t.progress))}"
-                        line = f"  └ {t.task_id} [{style}]{t.status}[/]{where}{eta}"
+                        line = _task_line(t, now)
                         if tkey not in bars:
                             bars[tkey] = progress.add_task(line, total=1.0)
                         progress.update(

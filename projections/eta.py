@@ -8,8 +8,16 @@ history of similar tasks (``events.estimates.RuntimeModel``, the model the sched
 - running: after 5% progress, the rate so far extrapolated (elapsed * (1 - f) / f), else the
   prediction minus the elapsed time.
 
-A job's remaining time is the remaining work of its unfinished tasks divided by how many run now;
-before any task is leased it is the orchestrator's own ``JobAccepted.predicted_s``.
+Every prediction has an interval (p10 to p90): the lease's recorded one, else the model's. A running
+task's interval narrows with its progress: the remaining time times the prediction's low/point and
+high/point ratios, pulled towards 1 by the fraction done.
+
+A job's remaining time is the remaining work of its unfinished tasks divided by how many run now
+(likewise its low and high ends); before any task is leased it is the orchestrator's own
+``JobAccepted.predicted_s`` and interval, which count the queue ahead of the job.
+
+The view also answers, for the quote service (``projections.quote``), what the queue holds now
+(``queue``) and when each busy provider's slots should free up (``busy``).
 
 When a task completes, its actual duration (``TaskStarted`` to ``TaskCompleted``) is recorded
 beside the lease's prediction, and the model learns from it. ``eta_error`` summarises the recorded
@@ -24,9 +32,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from events.envelope import Envelope
-from events.estimates import RuntimeModel
-from events.job import JobAccepted, JobCancelled, JobCompleted, JobFailed
-from events.provider import ProviderCalibrated
+from events.estimates import RuntimeModel, device_class
+from events.job import JobAccepted, JobCancelled, JobCompleted, JobFailed, JobRejected, JobSubmitted
+from events.provider import ProviderCalibrated, ProviderRegistered
 from events.task import (
     TaskCancelled,
     TaskCompleted,
@@ -46,11 +54,13 @@ from projections.view import View
 __all__ = [
     "ETA_CALIBRATIONS",
     "ETA_JOBS",
+    "ETA_PROVIDERS",
     "ETA_TASKS",
     "MIN_FRACTION_FOR_RATE",
     "EtaCalibrationRow",
     "EtaError",
     "EtaJobRow",
+    "EtaProviderRow",
     "EtaTaskRow",
     "EtaView",
     "eta_error",
@@ -77,14 +87,24 @@ class EtaTaskRow:
     model_predicted_s: float = 0.0
     #: The prediction measured against reality: the lease's, else the model's.
     predicted_s: float = 0.0
+    #: Its interval (p10 to p90): the lease's, else the model's.
+    predicted_low_s: float = 0.0
+    predicted_high_s: float = 0.0
     started_ts: float | None = None
     finished_ts: float | None = None
     actual_s: float | None = None
     abs_rel_error: float | None = None
     remaining_s: float = 0.0
+    remaining_low_s: float = 0.0
+    remaining_high_s: float = 0.0
     eta_ts: float | None = None
     #: Global position of the completion; orders the model's observations after a restart.
     completed_pos: int = 0
+    #: The device class of the provider that completed it, as it was then (the model learns by class).
+    device_class: str = ""
+    #: Its job's priority and submitter: the queue's order (``queue``).
+    priority: int = 5
+    submitter: str = ""
 
 
 @dataclass(slots=True)
@@ -95,17 +115,26 @@ class EtaJobRow:
     status: str = "accepted"
     task_count: int = 0
     predicted_s: float = 0.0
+    predicted_low_s: float = 0.0
+    predicted_high_s: float = 0.0
     accepted_ts: float = 0.0
     unfinished: int = 0
     active: int = 0
     leased_any: int = 0
     remaining_work_s: float = 0.0
+    remaining_low_s: float = 0.0
+    remaining_high_s: float = 0.0
     eta_s: float = 0.0
     eta_ts: float | None = None
+    #: The ETA's interval, as times (p10 to p90).
+    eta_low_ts: float | None = None
+    eta_high_ts: float | None = None
     as_of_ts: float = 0.0
     finished_ts: float | None = None
     actual_s: float | None = None
     abs_rel_error: float | None = None
+    priority: int = 5
+    submitter: str = ""
 
 
 @dataclass(slots=True)
@@ -115,11 +144,22 @@ class EtaCalibrationRow:
     position: int
     provider_id: str = ""
     calibration: str = "{}"
+    #: The provider's device class when it calibrated (its probes join that class's size laws).
+    device_class: str = ""
+
+
+@dataclass(slots=True)
+class EtaProviderRow:
+    """A provider's device class (``events.estimates.device_class``), as last registered."""
+
+    provider_id: str
+    device_class: str = ""
 
 
 ETA_TASKS = Table.of("eta_tasks", EtaTaskRow, key=("task_id",), indexes=(("job_id",),))
 ETA_JOBS = Table.of("eta_jobs", EtaJobRow, key=("job_id",))
 ETA_CALIBRATIONS = Table.of("eta_calibrations", EtaCalibrationRow, key=("position",))
+ETA_PROVIDERS = Table.of("eta_providers", EtaProviderRow, key=("provider_id",))
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,18 +196,34 @@ def eta_error(pairs: Iterable[tuple[float, float]]) -> EtaError:
     return EtaError(len(errors), _quantile(errors, 0.5), _quantile(errors, 0.9), sum(errors) / len(errors))
 
 
+def _narrowed(remaining: float, predicted: float, low: float, high: float, done: float) -> tuple[float, float]:
+    """The interval of ``remaining`` seconds of a task predicted ``predicted`` (``low`` to ``high``)
+    with ``done`` of it done: the prediction's relative spread, pulled towards 1 as the work is done."""
+    if predicted <= 0.0 or remaining <= 0.0:
+        return remaining, remaining
+    left = 1.0 - min(max(done, 0.0), 1.0)
+    lo = 1.0 - (1.0 - low / predicted) * left
+    hi = 1.0 + (high / predicted - 1.0) * left
+    return remaining * max(lo, 0.0), remaining * max(hi, 1.0)
+
+
+#: The most queued tasks ``queue`` reports (a forecast beyond it is a fluid).
+MAX_QUEUE_REPORTED = 20_000
+
+
 class EtaView(View):
-    """Folds task, job and calibration events into predictions and recorded errors."""
+    """Folds task, job and provider events into predictions and recorded errors."""
 
     name: ClassVar[str] = "eta"
-    version: ClassVar[int] = 2
-    tables: ClassVar[tuple[Table[object], ...]] = (ETA_TASKS, ETA_JOBS, ETA_CALIBRATIONS)  # type: ignore[assignment]
+    version: ClassVar[int] = 3
+    tables: ClassVar[tuple[Table[object], ...]] = (ETA_TASKS, ETA_JOBS, ETA_CALIBRATIONS, ETA_PROVIDERS)  # type: ignore[assignment]
 
     def __init__(self) -> None:
         super().__init__()
         self.tasks: dict[str, EtaTaskRow] = self.data[ETA_TASKS.name]
         self.jobs: dict[str, EtaJobRow] = self.data[ETA_JOBS.name]
         self.calibrations: dict[int, EtaCalibrationRow] = self.data[ETA_CALIBRATIONS.name]
+        self.providers: dict[str, EtaProviderRow] = self.data[ETA_PROVIDERS.name]
         self._dirty_tasks = self.dirty[ETA_TASKS.name]
         self._dirty_jobs = self.dirty[ETA_JOBS.name]
         self.model = RuntimeModel()
@@ -175,18 +231,61 @@ class EtaView(View):
         self._estimates: dict[str, Estimate] = {}
         self._cals: dict[int, Calibration] = {}
         self._latest_cal: dict[str, int] = {}
+        # Indexes derived from rows: queued tasks in queue order, and each provider's live tasks.
+        self._queued: dict[str, None] = {}
+        self._active: dict[str, set[str]] = {}
 
     def loaded(self) -> None:
-        """Rebuild the runtime model by observing the completed tasks again, in log order."""
+        """Rebuild the runtime model by replaying calibrations and completions in log order."""
         self.model = RuntimeModel()
         self._estimates.clear()
         self._cals.clear()
         self._latest_cal.clear()
+        self._queued.clear()
+        self._active.clear()
         for pos in sorted(self.calibrations):
             self._latest_cal[self.calibrations[pos].provider_id] = pos
-        done = sorted((t for t in self.tasks.values() if t.completed_pos), key=lambda t: t.completed_pos)
-        for t in done:
-            self._observe(t)
+        steps: list[tuple[int, EtaCalibrationRow | EtaTaskRow]] = [(p, c) for p, c in self.calibrations.items()]
+        steps += [(t.completed_pos, t) for t in self.tasks.values() if t.completed_pos]
+        for _, row in sorted(steps, key=lambda step: step[0]):
+            if isinstance(row, EtaCalibrationRow):
+                self.model.calibrated(row.provider_id, row.device_class, self._calibration(row.position))
+            else:
+                self._observe(row)
+        for t in self.tasks.values():
+            self._index(t, t.state)
+
+    # ---- for the quote service -----------------------------------------------------------------
+
+    def device_class(self, provider_id: str) -> str:
+        """The provider's device class as last registered ("" if unknown)."""
+        row = self.providers.get(provider_id)
+        return row.device_class if row is not None else ""
+
+    def queue(self) -> dict[tuple[int, str], list[float]]:
+        """(priority, submitter) -> the predicted seconds of each of its queued tasks, in queue order
+        (at most ``MAX_QUEUE_REPORTED`` tasks in all)."""
+        out: dict[tuple[int, str], list[float]] = {}
+        for n, task_id in enumerate(self._queued):
+            if n >= MAX_QUEUE_REPORTED:
+                break
+            t = self.tasks[task_id]
+            out.setdefault((t.priority, t.submitter), []).append(t.remaining_s)
+        return out
+
+    def busy(self, now: float) -> dict[str, list[float]]:
+        """provider -> seconds from ``now`` (epoch) until each of its leased or running tasks should
+        be done (a task past its prediction is taken to need a tenth of it more)."""
+        out: dict[str, list[float]] = {}
+        for provider_id, ids in self._active.items():
+            left = []
+            for task_id in sorted(ids):
+                t = self.tasks[task_id]
+                due = (t.eta_ts or now) - now
+                left.append(max(due, 0.1 * t.predicted_s))
+            if left:
+                out[provider_id] = left
+        return out
 
     # ---- helpers -------------------------------------------------------------------------------
 
@@ -215,25 +314,50 @@ class EtaView(View):
                 self._calibration(t.calibration_pos),
                 t.provider_id,
                 t.actual_s,
+                t.device_class,
             )
 
-    def _queued_prediction(self, t: EtaTaskRow) -> float:
-        return self.model.predict(t.workload, self._estimate(t.estimate), None, None)
+    def _queued_prediction(self, t: EtaTaskRow) -> tuple[float, float, float]:
+        p = self.model.predict_interval(t.workload, self._estimate(t.estimate), None, None)
+        return p.seconds, p.low, p.high
 
     def _job_eta(self, job: EtaJobRow, now: float) -> None:
         job.as_of_ts = now
         if job.finished_ts is not None:
             return
         if not job.leased_any and job.predicted_s > 0.0:
-            job.eta_s = max(0.0, job.accepted_ts + job.predicted_s - now)
+            since = now - job.accepted_ts
+            job.eta_s = max(0.0, job.predicted_s - since)
+            low = max(0.0, (job.predicted_low_s or job.predicted_s) - since)
+            high = max(0.0, (job.predicted_high_s or job.predicted_s) - since)
         else:
-            job.eta_s = max(0.0, job.remaining_work_s) / max(1, job.active)
+            slots = max(1, job.active)
+            job.eta_s = max(0.0, job.remaining_work_s) / slots
+            low = max(0.0, job.remaining_low_s) / slots
+            high = max(0.0, job.remaining_high_s) / slots
         job.eta_ts = now + job.eta_s
+        job.eta_low_ts = now + min(low, job.eta_s)
+        job.eta_high_ts = now + max(high, job.eta_s)
 
-    def _update(self, t: EtaTaskRow, state: str, remaining: float, env: Envelope) -> None:
-        """Set a task's state and remaining time; keep its job's sums and ETA in step."""
+    def _index(self, t: EtaTaskRow, state: str) -> None:
+        if state == "queued":
+            self._queued.setdefault(t.task_id, None)
+        else:
+            self._queued.pop(t.task_id, None)
+        if t.provider_id is not None:
+            live = self._active.setdefault(t.provider_id, set())
+            if state in ("leased", "running"):
+                live.add(t.task_id)
+            else:
+                live.discard(t.task_id)
+
+    def _update(self, t: EtaTaskRow, state: str, remaining: tuple[float, float, float], env: Envelope) -> None:
+        """Set a task's state and remaining time (point, low, high); keep its job's sums and ETA in step."""
         now = env.time.timestamp()
+        point, low, high = remaining
         self._dirty_tasks.add(t.task_id)
+        if t.provider_id is not None and state not in ("leased", "running"):
+            self._active.get(t.provider_id, set()).discard(t.task_id)
         job = self.jobs.get(t.job_id)
         if job is not None:
             old_active = t.state in ("leased", "running")
@@ -243,29 +367,57 @@ class EtaView(View):
                 job.unfinished -= 1
             if new_active:
                 job.leased_any = 1
-            job.remaining_work_s += remaining - t.remaining_s
+            job.remaining_work_s += point - t.remaining_s
+            job.remaining_low_s += low - t.remaining_low_s
+            job.remaining_high_s += high - t.remaining_high_s
             if job.unfinished <= 0:
-                job.remaining_work_s = 0.0
+                job.remaining_work_s = job.remaining_low_s = job.remaining_high_s = 0.0
             self._job_eta(job, now)
             self._dirty_jobs.add(job.job_id)
         t.state = state
-        t.remaining_s = remaining
-        t.eta_ts = now + remaining if state != "done" else None
+        t.remaining_s = point
+        t.remaining_low_s = low
+        t.remaining_high_s = high
+        t.eta_ts = now + point if state != "done" else None
+        self._index(t, state)
 
     # ---- events --------------------------------------------------------------------------------
 
+    def on_ProviderRegistered(self, e: ProviderRegistered, env: Envelope) -> None:
+        self.providers[e.provider_id] = EtaProviderRow(e.provider_id, device_class(e.capabilities))
+        self.dirty[ETA_PROVIDERS.name].add(e.provider_id)
+
     def on_ProviderCalibrated(self, e: ProviderCalibrated, env: Envelope) -> None:
+        dclass = self.device_class(e.provider_id)
         self.calibrations[env.sequence] = EtaCalibrationRow(
-            env.sequence, e.provider_id, e.calibration.model_dump_json()
+            env.sequence, e.provider_id, e.calibration.model_dump_json(), dclass
         )
         self.dirty[ETA_CALIBRATIONS.name].add(env.sequence)
         self._cals[env.sequence] = e.calibration
         self._latest_cal[e.provider_id] = env.sequence
+        self.model.calibrated(e.provider_id, dclass, e.calibration)
+
+    def on_JobSubmitted(self, e: JobSubmitted, env: Envelope) -> None:
+        job = self.jobs.get(e.job_id) or EtaJobRow(e.job_id, status="submitted")
+        job.priority = e.spec.priority
+        job.submitter = e.spec.submitter
+        self.jobs[e.job_id] = job
+        self._dirty_jobs.add(e.job_id)
+
+    def on_JobRejected(self, e: JobRejected, env: Envelope) -> None:
+        # Never accepted: nothing to predict (its row, kept from the submission, goes).
+        job = self.jobs.get(e.job_id)
+        if job is not None and job.status == "submitted":
+            del self.jobs[e.job_id]
+            self._dirty_jobs.add(e.job_id)
 
     def on_JobAccepted(self, e: JobAccepted, env: Envelope) -> None:
         job = self.jobs.get(e.job_id) or EtaJobRow(e.job_id)
+        job.status = "accepted"
         job.task_count = e.task_count
         job.predicted_s = e.predicted_s
+        job.predicted_low_s = e.predicted_low_s or 0.0
+        job.predicted_high_s = e.predicted_high_s or 0.0
         job.accepted_ts = e.at.timestamp()
         self.jobs[e.job_id] = job
         self._dirty_jobs.add(e.job_id)
@@ -279,7 +431,7 @@ class EtaView(View):
         job.status = status
         job.finished_ts = now
         job.eta_s = 0.0
-        job.eta_ts = now
+        job.eta_ts = job.eta_low_ts = job.eta_high_ts = now
         job.as_of_ts = now
         job.actual_s = now - job.accepted_ts
         if status == "completed" and job.predicted_s > 0.0 and job.actual_s > 0.0:
@@ -302,6 +454,8 @@ class EtaView(View):
         job = self.jobs.get(e.job_id)
         if job is None:
             job = self.jobs[e.job_id] = EtaJobRow(e.job_id, accepted_ts=e.at.timestamp())
+        t.priority = job.priority
+        t.submitter = job.submitter
         job.unfinished += 1
         self._update(t, "queued", self._queued_prediction(t), env)
 
@@ -309,22 +463,34 @@ class EtaView(View):
         t = self.tasks.get(e.task_id)
         if t is None or t.state == "done":
             return
+        if t.provider_id is not None and t.provider_id != e.provider_id:
+            self._active.get(t.provider_id, set()).discard(t.task_id)
         t.provider_id = e.provider_id
         t.calibration_pos = self._latest_cal.get(e.provider_id, 0)
         t.lease_predicted_s = e.predicted_s
-        t.model_predicted_s = self.model.predict(
-            t.workload, self._estimate(t.estimate), self._calibration(t.calibration_pos), e.provider_id
+        model = self.model.predict_interval(
+            t.workload,
+            self._estimate(t.estimate),
+            self._calibration(t.calibration_pos),
+            e.provider_id,
+            self.device_class(e.provider_id),
         )
-        t.predicted_s = e.predicted_s if e.predicted_s > 0.0 else t.model_predicted_s
+        t.model_predicted_s = model.seconds
+        if e.predicted_s > 0.0:
+            t.predicted_s = e.predicted_s
+            t.predicted_low_s = e.predicted_low_s if e.predicted_low_s is not None else e.predicted_s
+            t.predicted_high_s = e.predicted_high_s if e.predicted_high_s is not None else e.predicted_s
+        else:
+            t.predicted_s, t.predicted_low_s, t.predicted_high_s = model.seconds, model.low, model.high
         t.started_ts = None
-        self._update(t, "leased", t.predicted_s, env)
+        self._update(t, "leased", (t.predicted_s, t.predicted_low_s, t.predicted_high_s), env)
 
     def on_TaskStarted(self, e: TaskStarted, env: Envelope) -> None:
         t = self.tasks.get(e.task_id)
         if t is None or t.state == "done":
             return
         t.started_ts = e.at.timestamp()
-        self._update(t, "running", t.predicted_s, env)
+        self._update(t, "running", (t.predicted_s, t.predicted_low_s, t.predicted_high_s), env)
 
     def on_TaskProgressed(self, e: TaskProgressed, env: Envelope) -> None:
         t = self.tasks.get(e.task_id)
@@ -336,7 +502,8 @@ class EtaView(View):
             remaining = elapsed * (1.0 - f) / f
         else:
             remaining = max(t.predicted_s - elapsed, 0.0)
-        self._update(t, "running", remaining, env)
+        low, high = _narrowed(remaining, t.predicted_s, t.predicted_low_s, t.predicted_high_s, f)
+        self._update(t, "running", (remaining, low, high), env)
 
     def on_TaskCompleted(self, e: TaskCompleted, env: Envelope) -> None:
         t = self.tasks.get(e.task_id)
@@ -348,8 +515,9 @@ class EtaView(View):
             if t.actual_s > 0.0 and t.predicted_s > 0.0:
                 t.abs_rel_error = abs(t.predicted_s - t.actual_s) / t.actual_s
             t.completed_pos = env.sequence
+            t.device_class = self.device_class(t.provider_id or "")
             self._observe(t)
-        self._update(t, "done", 0.0, env)
+        self._update(t, "done", (0.0, 0.0, 0.0), env)
 
     def _requeue(self, task_id: str, env: Envelope) -> None:
         t = self.tasks.get(task_id)
@@ -364,7 +532,7 @@ class EtaView(View):
             return
         if e.terminal:
             t.finished_ts = e.at.timestamp()
-            self._update(t, "done", 0.0, env)
+            self._update(t, "done", (0.0, 0.0, 0.0), env)
         else:
             self._requeue(e.task_id, env)
 
@@ -383,11 +551,11 @@ class EtaView(View):
     def on_TaskQueued(self, e: TaskQueued, env: Envelope) -> None:
         t = self.tasks.get(e.task_id)
         if t is not None and t.state == "queued":
-            self._update(t, "queued", t.remaining_s, env)
+            self._update(t, "queued", (t.remaining_s, t.remaining_low_s, t.remaining_high_s), env)
 
     def on_TaskCancelled(self, e: TaskCancelled, env: Envelope) -> None:
         t = self.tasks.get(e.task_id)
         if t is None or t.state == "done":
             return
         t.finished_ts = e.at.timestamp()
-        self._update(t, "done", 0.0, env)
+        self._update(t, "done", (0.0, 0.0, 0.0), env)

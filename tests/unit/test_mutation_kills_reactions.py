@@ -17,6 +17,7 @@ from actors.reactions import Intent, plan_task, react, reconcile
 from actors.task import CancelTask, CreateTask, ExpireLease
 from actors.world import Change, World
 from events import new_envelope
+from events.estimates import Prediction
 from events.job import (
     CountSplit,
     JobAccepted,
@@ -127,9 +128,12 @@ def commands(intents: list[Intent]) -> list[object]:
 def test_a_submitted_job_is_decided_with_the_schedulers_eta_once_whoever_asks() -> None:
     log = Log()
     submitted = log.add("job", JOB, JobSubmitted(at=at(0), job_id=JOB, spec=SPEC))
-    decide = DecideJob(command_id=derive_id("dj-", JOB), at=NOW, predicted_s=42.0)
-    assert reconcile(log.world, NOW, lambda spec: 42.0) == [Intent("job", JOB, decide, None, JOB)]
-    (reacted,) = react(submitted, log.world, lambda spec: 42.0)
+    decide = DecideJob(
+        command_id=derive_id("dj-", JOB), at=NOW, predicted_s=42.0, predicted_low_s=30.0, predicted_high_s=60.0
+    )
+    eta = Prediction(42.0, 30.0, 60.0, "fit")
+    assert reconcile(log.world, NOW, lambda spec, at: eta) == [Intent("job", JOB, decide, None, JOB)]
+    (reacted,) = react(submitted, log.world, lambda spec, at: eta)
     assert reacted.command.command_id == decide.command_id
     assert (reacted.kind, reacted.aggregate_id, reacted.causation) == ("job", JOB, submitted.envelope.id)
 

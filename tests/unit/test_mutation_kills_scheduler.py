@@ -207,11 +207,14 @@ def test_measured_history_steers_placement_and_the_eta() -> None:
     s.upsert_provider("steady", caps(model="y"), None, available=True)
     # Then the ETA on the only provider with the VRAM is its own history, not the fleet's
     big = Resources(min_vram_mb=40_000)
-    assert s.predict("sleep", ONE_SECOND, big) == 4.0 * base
+    slow = s.predict("sleep", ONE_SECOND, big)
+    assert slow is not None and slow.seconds == pytest.approx(4.0 * base)
+    assert slow.low < slow.seconds < slow.high  # with its interval
     # And among both, the task goes to the one measured faster (though slow registered first)
     s.enqueue(task())
     (a,) = s.assign()
-    assert (a.provider_id, a.predicted_s) == ("steady", base)
+    assert (a.provider_id, a.predicted_s) == ("steady", pytest.approx(base))
+    assert a.low_s is not None and a.high_s is not None and a.low_s < a.predicted_s < a.high_s
 
 
 # ---- capacity and predict -------------------------------------------------------------------------
@@ -237,9 +240,11 @@ def test_predict_is_the_fastest_matching_class_by_its_calibration() -> None:
     s.upsert_provider("slow", caps(model="s", vram_mb=80_000), tflops(1.0), available=True)
     fifty = Estimate(flops=50e12)
     overhead = base_seconds(Estimate(), None)
-    assert s.predict("matmul", fifty, Resources()) == 5.0 + overhead
-    assert s.predict("matmul", fifty, Resources(min_vram_mb=40_000)) == 50.0 + overhead
-    assert s.predict("matmul", fifty, Resources(min_vram_mb=100_000)) == 0.0
+    fast = s.predict("matmul", fifty, Resources())
+    assert fast is not None and fast.seconds == pytest.approx(5.0 + overhead) and fast.basis == "roofline"
+    slow = s.predict("matmul", fifty, Resources(min_vram_mb=40_000))
+    assert slow is not None and slow.seconds == pytest.approx(50.0 + overhead)
+    assert s.predict("matmul", fifty, Resources(min_vram_mb=100_000)) is None
 
 
 # ---- providers that change, vanish or were never seen ----------------------------------------------
