@@ -6,6 +6,7 @@ drive it directly, so the logic they check is the logic that runs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,10 @@ __all__ = ["MIN_LEASE_START_S", "Core", "Effects", "Revoke"]
 #: may not be lower). The provenance audit holds every recorded lease to it: a lease that expires as it
 #: is made would let an orchestrator starve a provider of every task with a clean log.
 MIN_LEASE_START_S = 1.0
+
+#: The most queued tasks a job's ETA looks at one by one (beyond, a forecast is a fluid): an acceptance
+#: costs at most that, however long the queue.
+_QUEUE_LOOKED_AT = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,10 @@ class Core:
             self.scheduler.set_weight(who, w)
         self.timers = Timers()
         self.reserved: dict[str, Assignment] = {}
+        #: Accepted jobs whose tasks are not all created yet: job -> (priority, submitter, tasks still
+        #: to come, predicted seconds each). A burst of jobs is accepted before the first one's tasks
+        #: reach the queue; each later job's ETA must still count the earlier ones' work.
+        self.promised: dict[str, tuple[int, str, int, float]] = {}
 
     # ---- the log ---------------------------------------------------------------------------------
 
@@ -116,7 +125,7 @@ class Core:
             estimate = c.estimate(validate_params(spec.workload, spec.task_params(0)))
         except InvalidPayload:
             return None
-        per_task = self.scheduler.predict(spec.workload, estimate, spec.resources)
+        per_task = self.scheduler.predict(spec.workload, estimate, spec.resources, spec.max_price_micros)
         if per_task is None:
             return None
         # Replicas run one after another: a verified task takes as many runs as it gathers results.
@@ -126,7 +135,13 @@ class Core:
         policy = spec.verify if spec.verify is not None else self.default_verify
         per_task = per_task.scaled(expected_replicas(policy, paid, c.compare))
         free_at = self._slots_free_at(capable, now)
-        queue = self.scheduler.queued()
+        queue = self.scheduler.queued(_QUEUE_LOOKED_AT)
+        room = _QUEUE_LOOKED_AT - sum(len(v) for v in queue.values())
+        for prio, who, left, each in self.promised.values():
+            if room <= 0:
+                break
+            queue.setdefault((prio, who), []).extend([each] * min(left, room))
+            room -= min(left, room)
         first, last = fair_share_ahead(queue, spec.priority, spec.submitter, spec.task_count())
         f = forecast(free_at, first, last, spec.task_count(), per_task)
         if not math.isfinite(f.finish_s):
@@ -155,6 +170,8 @@ class Core:
         spec = after.spec
         if spec is None:
             return
+        if before.status == "none" and after.status != "none":
+            self._created(spec.job_id)
         if after.status == "queued" and before.status != "queued":
             self.scheduler.enqueue(
                 PendingTask(
@@ -225,8 +242,29 @@ class Core:
             reputation=rep.value if rep is not None else None,
         )
 
+    def _created(self, job_id: str) -> None:
+        promise = self.promised.get(job_id)
+        if promise is not None:
+            prio, who, left, each = promise
+            if left <= 1:
+                del self.promised[job_id]
+            else:
+                self.promised[job_id] = (prio, who, left - 1, each)
+
     def _job_changed(self, job_id: str, j: JobState) -> bool:
         spec = j.spec
+        if j.status == "accepted" and spec is not None and job_id not in self.promised:
+            left = j.task_count - len(self.world.tasks_by_job.get(job_id, ()))
+            if left > 0 and not self.world.tasks_by_job.get(job_id):
+                c = WORKLOADS.get(spec.workload)
+                each = None
+                if c is not None:
+                    with contextlib.suppress(InvalidPayload):
+                        estimate = c.estimate(validate_params(spec.workload, spec.task_params(0)))
+                        each = self.scheduler.predict(spec.workload, estimate, spec.resources, spec.max_price_micros)
+                self.promised[job_id] = (spec.priority, spec.submitter, left, each.seconds if each else 0.0)
+        elif j.status != "accepted":
+            self.promised.pop(job_id, None)
         if j.status == "accepted" and spec is not None and spec.deadline is not None:
             self.timers.arm(
                 f"deadline:{job_id}",

@@ -523,13 +523,16 @@ class Scheduler:
                 break
         return out
 
-    def predict(self, workload: str, estimate: Estimate, resources: Resources) -> Prediction | None:
-        """The prediction for one such task on the fastest matching class (one member of each looked
-        at), or None if no class matches."""
-        probe = PendingTask("", "", 5, workload, resources, estimate)
+    def predict(
+        self, workload: str, estimate: Estimate, resources: Resources, max_price_micros: int | None = None
+    ) -> Prediction | None:
+        """The prediction for one such task on the fastest class that may run it (under the price
+        ceiling; one available member of each looked at), or None if none may."""
+        probe = PendingTask("", "", 5, workload, resources, estimate, max_price_micros)
         best: Prediction | None = None
         for cls in self._eligible_classes(probe.shape, probe):
-            for pid in [min(cls.members)] if cls.members else []:
+            live = [m for m in cls.members if self.providers[m].available]
+            for pid in [min(live)] if live else []:
                 p = self.providers[pid]
                 s = self.runtime.predict_interval(workload, estimate, p.calibration, pid, p.dclass)
                 if best is None or s.seconds < best.seconds:
@@ -560,7 +563,7 @@ class Scheduler:
             key = (*t.shape, e.flops, e.bytes_moved, e.fixed_seconds, e.precision)
             d = seconds.get(key)
             if d is None:
-                p = self.predict(t.workload, t.estimate, t.resources)
+                p = self.predict(t.workload, t.estimate, t.resources, t.max_price_micros)
                 d = seconds[key] = p.seconds if p is not None else 0.0
             out.setdefault((t.priority, t.submitter), []).append(d)
         return out

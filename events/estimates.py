@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from events.types import Calibration, Capabilities, Estimate
+from events.workloads import WORKLOADS
 
 __all__ = [
     "BASES",
@@ -73,8 +74,13 @@ _PRIOR_HALF_WIDTH = {"shape": 0.25, "fit": 0.45, "probe": 0.6, "roofline": 0.9}
 #: providers of a class count.
 _PROBE_WEIGHT = 0.5
 _PROBING_PROVIDERS = 16
+#: Device classes the per-class tables keep (the most recently seen): providers choose their model
+#: strings, so the classes are theirs to multiply.
+_MAX_CLASSES = 1024
 #: Completed tasks after which a law no longer counts probes.
 _PROBES_UNTIL = 3
+#: A shape's own runs: the median of so many of its latest.
+_SHAPE_RUNS = 3
 #: Shrinkage of a size law's slope towards 1, in squared log units of spread.
 _SLOPE_PRIOR = 0.5
 _SLOPE_RANGE = (0.4, 1.6)
@@ -106,7 +112,7 @@ def base_seconds(estimate: Estimate, calibration: Calibration | None) -> float:
 def _axis(estimate: Estimate, calibration: Calibration | None) -> float:
     """The size laws' axis: log of the roofline seconds of the work that scales with the size (a known
     fixed duration, such as a sleep or a stencil's step delay, is added outside the law), floored."""
-    return math.log(max(work_seconds(estimate, calibration) - estimate.fixed_seconds, 0.0) + 1e-5)
+    return math.log(max(work_seconds(estimate, calibration) - estimate.fixed_seconds, 0.0) + 1e-9)
 
 
 def _scaling(actual_s: float, estimate: Estimate) -> float:
@@ -216,6 +222,20 @@ class _Mean:
 
 
 @dataclass(slots=True)
+class _Recent:
+    """The median of the last few log values: a shape's own runs, robust to the odd slow one."""
+
+    values: deque[float] = field(default_factory=lambda: deque(maxlen=_SHAPE_RUNS))
+
+    @property
+    def value(self) -> float:
+        return _median_of(list(self.values))
+
+    def observe(self, x: float, alpha: float) -> None:
+        self.values.append(x)
+
+
+@dataclass(slots=True)
 class _Fit:
     """A workload's size law on a device class: log actual = a + b * (x - centre), weighted, over its
     most recent points, where x is the log roofline time at the class's reference rates; the slope is
@@ -227,42 +247,86 @@ class _Fit:
     #: provider that calibrates again replaces its own, so none can crowd the law by recalibrating.
     probes: dict[str, tuple[tuple[Estimate, float], ...]] = field(default_factory=dict)
     history: int = 0
-    _coef: tuple[int, float, float, float] | None = field(default=None, compare=False, repr=False)
+    _coef: dict[tuple[bool, int, float, str], tuple[float, float, float]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def add(self, estimate: Estimate, y: float) -> None:
         self.points.append((estimate, y))
         self.history += 1
-        self._coef = None
+        self._coef.clear()
 
     def probed(self, provider: str, runs: tuple[tuple[Estimate, float], ...]) -> None:
+        """The provider's latest probe runs (none: it no longer probes this workload)."""
         self.probes.pop(provider, None)
-        if len(self.probes) >= _PROBING_PROVIDERS:
-            del self.probes[next(iter(self.probes))]
-        self.probes[provider] = runs
-        self._coef = None
+        if runs:
+            if len(self.probes) >= _PROBING_PROVIDERS:
+                del self.probes[next(iter(self.probes))]
+            self.probes[provider] = runs
+        self._coef.clear()
 
-    def at(self, estimate: Estimate, ref: Calibration | None, version: int) -> float:
-        if self._coef is None or self._coef[0] != version:
-            xs = [(_axis(e, ref), y, 1.0) for e, y in self.points]
-            if len(self.points) < _PROBES_UNTIL:
-                # Probes start a law; completed work, measured by the network, then carries it alone
-                # (a provider that lies in its probes moves no law that has history).
-                # Providers of a class probe the same sizes: each size counts once, at the median of
-                # what they measured, so a minority of liars cannot drag it.
-                sizes: dict[tuple[float, float, float, str], tuple[Estimate, list[float]]] = {}
-                for runs in self.probes.values():
-                    for e, y in runs:
-                        sizes.setdefault((e.flops, e.bytes_moved, e.fixed_seconds, e.precision), (e, []))[1].append(y)
-                xs += [(_axis(e, ref), _median_of(ys), _PROBE_WEIGHT) for e, ys in sizes.values()]
-            total = sum(w for _, _, w in xs)
-            xm = sum(w * px for px, _, w in xs) / total
-            ym = sum(w * py for _, py, w in xs) / total
-            sxx = sum(w * (px - xm) ** 2 for px, _, w in xs)
-            sxy = sum(w * (px - xm) * (py - ym) for px, py, w in xs)
-            b = (sxy + _SLOPE_PRIOR) / (sxx + _SLOPE_PRIOR)
-            self._coef = (version, xm, ym, min(max(b, _SLOPE_RANGE[0]), _SLOPE_RANGE[1]))
-        _, xm, ym, b = self._coef
+    def _probe_law(self, ref: Calibration | None, provider: str) -> tuple[float, float, float] | None:
+        """(centre, log seconds there, slope) of the probes' law for ``provider``: its own, from its
+        own runs, when it probed (a measurement of this very device); else each provider's own law,
+        then the median across providers of its level at a common centre and of its slope. One vote
+        each, at whatever sizes it claims to have run: a liar moves its own predictions, and a minority
+        of liars cannot drag the class's."""
+        own = self.probes.get(provider)
+        if own:
+            return _line([(_axis(e, ref), y, 1.0) for e, y in own])
+        laws = [_line([(_axis(e, ref), y, 1.0) for e, y in runs]) for runs in self.probes.values() if runs]
+        if not laws:
+            return None
+        centre = _median_of([xm for xm, _, _ in laws])
+        levels = [ym + b * (centre - xm) for xm, ym, b in laws]
+        return centre, _median_of(levels), _median_of([b for _, _, b in laws])
+
+    def at(
+        self,
+        estimate: Estimate,
+        ref: Calibration | None,
+        version: int,
+        bias: float = 0.0,
+        *,
+        provider: str = "",
+        probes_only: bool = False,
+    ) -> float:
+        """The law at ``estimate``: from completed work, and probes (shifted by the class's ``bias``,
+        how much slower real tasks run than probes) until there is enough of it; or from the probes
+        alone (unshifted: what the bias is measured against)."""
+        use_probes = probes_only or len(self.points) < _PROBES_UNTIL
+        key = (probes_only, version, bias, provider if use_probes and provider in self.probes else "")
+        coef = self._coef.get(key)
+        if coef is None:
+            probe = self._probe_law(ref, key[3]) if use_probes else None
+            xs = [] if probes_only else [(_axis(e, ref), y, 1.0) for e, y in self.points]
+            if probe is not None and not xs:
+                centre, level, slope = probe
+                coef = (centre, level + (0.0 if probes_only else bias), slope)
+            else:
+                if probe is not None:
+                    # Probes start a law; completed work, measured by the network, then carries it
+                    # alone (a provider that lies in its probes moves no law that has history).
+                    centre, level, slope = probe
+                    xs += [(centre - 1.0, level + bias - slope, _PROBE_WEIGHT)]
+                    xs += [(centre + 1.0, level + bias + slope, _PROBE_WEIGHT)]
+                coef = _line(xs) if xs else (0.0, 0.0, 1.0)
+            if len(self._coef) > 64:
+                self._coef.clear()
+            self._coef[key] = coef
+        xm, ym, b = coef
         return ym + b * (_axis(estimate, ref) - xm)
+
+
+def _line(xs: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    """A weighted line through (x, y, weight) points: (centre, level there, slope shrunk towards 1)."""
+    total = sum(w for _, _, w in xs)
+    xm = sum(w * px for px, _, w in xs) / total
+    ym = sum(w * py for _, py, w in xs) / total
+    sxx = sum(w * (px - xm) ** 2 for px, _, w in xs)
+    sxy = sum(w * (px - xm) * (py - ym) for px, py, w in xs)
+    b = (sxy + _SLOPE_PRIOR) / (sxx + _SLOPE_PRIOR)
+    return xm, ym, min(max(b, _SLOPE_RANGE[0]), _SLOPE_RANGE[1])
 
 
 @dataclass(slots=True)
@@ -301,13 +365,18 @@ class RuntimeModel:
     coverage: float = DEFAULT_COVERAGE
     _fits: dict[tuple[str, str], _Fit] = field(default_factory=dict)
     _refs: dict[str, _Reference] = field(default_factory=dict)
+    #: device class -> how much slower (log) completed tasks ran than their workload's probes said,
+    #: over every probed workload: a task carries costs a probe does not (its results hashed and
+    #: stored, progress reported, colder caches), and a workload's first tasks inherit what the
+    #: others' showed.
+    _probe_bias: dict[str, _Mean] = field(default_factory=dict)
     #: (workload, provider) -> the provider's mean log offset from its class's size law.
     _offsets: dict[tuple[str, str], _Mean] = field(default_factory=dict)
-    _by_shape_provider: dict[tuple[Shape, str], _Mean] = field(default_factory=dict)
-    _by_shape_class: dict[tuple[Shape, str], _Mean] = field(default_factory=dict)
+    _by_shape_provider: dict[tuple[Shape, str], _Recent] = field(default_factory=dict)
+    _by_shape_class: dict[tuple[Shape, str], _Recent] = field(default_factory=dict)
     #: device class -> the mean log(actual / roofline) over every workload: a new workload's prior.
     _by_class: dict[str, _Mean] = field(default_factory=dict)
-    _residuals: dict[tuple[str, str], _Residuals] = field(default_factory=dict)
+    _residuals: dict[tuple[str, str, str], _Residuals] = field(default_factory=dict)
 
     # ---- predicting --------------------------------------------------------------------------------
 
@@ -328,7 +397,7 @@ class RuntimeModel:
             return x + peers.value + shift, "shape"
         fit = self._fits.get((workload, dclass))
         if fit is not None:
-            scaled = math.exp(_clamp(self._law(fit, dclass, estimate) + shift))
+            scaled = math.exp(_clamp(self._law(fit, dclass, estimate, provider) + shift))
             return math.log(scaled + estimate.fixed_seconds), "fit" if fit.history else "probe"
         generic = self._by_class.get(dclass)
         if generic is None or estimate.fixed_seconds > 0.0:
@@ -337,9 +406,17 @@ class RuntimeModel:
         work = work_seconds(estimate, calibration)
         return math.log(work * math.exp(generic.value) + (base - work)), "roofline"
 
-    def _law(self, fit: _Fit, dclass: str, estimate: Estimate) -> float:
+    def _law(self, fit: _Fit, dclass: str, estimate: Estimate, provider: str, *, probes_only: bool = False) -> float:
         ref = self._refs.get(dclass)
-        return fit.at(estimate, ref.median() if ref is not None else None, ref.version if ref is not None else 0)
+        bias = self._probe_bias.get(dclass)
+        return fit.at(
+            estimate,
+            ref.median() if ref is not None else None,
+            ref.version if ref is not None else 0,
+            bias.value if bias is not None else 0.0,
+            provider=provider,
+            probes_only=probes_only,
+        )
 
     def predict(
         self,
@@ -363,19 +440,24 @@ class RuntimeModel:
     ) -> Prediction:
         """The prediction with its interval (``coverage``, p10 to p90 by default)."""
         y, basis = self._point(workload, estimate, calibration, provider_id or "", device_class)
-        lo, hi = self._bounds(basis, workload)
+        lo, hi = self._bounds(basis, workload, device_class)
         total = math.exp(_clamp(y))
         # The uncertainty is the varying part's: a known fixed duration (a sleep, a stencil's step
-        # delay) is certain, so it widens nothing.
+        # delay) is certain, so it widens nothing. The point always lies within its interval (runs
+        # that all came in slower than predicted would otherwise put both ends above it).
         fixed = min(estimate.fixed_seconds, total)
         varying = total - fixed
-        return Prediction(total, fixed + varying * math.exp(lo), fixed + varying * math.exp(hi), basis, self.coverage)
+        low = min(fixed + varying * math.exp(lo), total)
+        high = max(fixed + varying * math.exp(hi), total)
+        return Prediction(total, low, high, basis, self.coverage)
 
-    def _bounds(self, basis: str, workload: str) -> tuple[float, float]:
-        mine = self._residuals.get((basis, workload))
+    def _bounds(self, basis: str, workload: str, dclass: str) -> tuple[float, float]:
+        # Residuals are kept per device class: one class's erratic runs (a provider that delays its
+        # reports at will) widen no other class's intervals.
+        mine = self._residuals.get((basis, workload, dclass))
         if mine is not None and len(mine.recent) >= _MIN_WORKLOAD_RESIDUALS:
             return mine.bounds(self.coverage)
-        pooled = self._residuals.get((basis, ""))
+        pooled = self._residuals.get((basis, "", dclass))
         if pooled is not None and len(pooled.recent) >= _MIN_RESIDUALS:
             return pooled.bounds(self.coverage)
         w = _PRIOR_HALF_WIDTH[basis]
@@ -384,14 +466,20 @@ class RuntimeModel:
     # ---- learning ----------------------------------------------------------------------------------
 
     def calibrated(self, provider_id: str, device_class: str, calibration: Calibration | None) -> None:
-        """A provider calibrated: its probe runs join its class's size laws."""
+        """A provider calibrated: its probe runs (of catalogue workloads only) replace its earlier ones
+        in its class's size laws."""
         if calibration is None:
             return
-        self._refs.setdefault(device_class, _Reference()).add(provider_id, calibration)
+        _recent(self._refs, device_class, min(_MAX_CLASSES, self.max_shapes), _Reference).add(provider_id, calibration)
+        for (workload, dclass), fit in self._fits.items():
+            if dclass == device_class and workload not in calibration.probes and provider_id in fit.probes:
+                fit.probed(provider_id, ())
         for workload in sorted(calibration.probes):
+            if workload not in WORKLOADS:
+                continue
             runs = tuple((run.estimate, _scaling(run.actual_s, run.estimate)) for run in calibration.probes[workload])
             if runs:
-                self._fits.setdefault((workload, device_class), _Fit()).probed(provider_id, runs)
+                _recent(self._fits, (workload, device_class), self.max_shapes, _Fit).probed(provider_id, runs)
 
     def observe(
         self,
@@ -414,20 +502,29 @@ class RuntimeModel:
         total = math.exp(_clamp(predicted))
         varying = total - min(estimate.fixed_seconds, total)
         residual = min(max(_scaling(actual_s, estimate) - math.log(max(varying, 1e-6)), -5.0), 5.0)
-        keys = ((basis, workload), (basis, "")) if varying >= 0.5 * total else ((basis, workload),)
+        keys = [(basis, workload, device_class)]
+        if varying >= 0.5 * total:
+            keys.append((basis, "", device_class))
         for key in keys:
             _recent(self._residuals, key, self.max_shapes, _Residuals).add(residual)
         fit = self._fits.get((workload, device_class))
+        if fit is not None and fit.probes:
+            probed = self._law(fit, device_class, estimate, provider_id, probes_only=True)
+            _recent(self._probe_bias, device_class, min(_MAX_CLASSES, self.max_shapes), _Mean).observe(
+                _clamp(_scaling(actual_s, estimate) - probed), self.alpha
+            )
         if fit is not None:
             _recent(self._offsets, (workload, provider_id), self.max_shapes, _Mean).observe(
-                _clamp(_scaling(actual_s, estimate) - self._law(fit, device_class, estimate)), self.alpha
+                _clamp(_scaling(actual_s, estimate) - self._law(fit, device_class, estimate, provider_id)), self.alpha
             )
-        self._fits.setdefault((workload, device_class), _Fit()).add(estimate, _scaling(actual_s, estimate))
+        _recent(self._fits, (workload, device_class), self.max_shapes, _Fit).add(estimate, _scaling(actual_s, estimate))
         if estimate.fixed_seconds == 0.0:
-            self._by_class.setdefault(device_class, _Mean()).observe(_clamp(y - x), self.alpha)
+            _recent(self._by_class, device_class, min(_MAX_CLASSES, self.max_shapes), _Mean).observe(
+                _clamp(y - x), self.alpha
+            )
         shape = shape_of(workload, estimate)
-        _recent(self._by_shape_provider, (shape, provider_id), self.max_shapes, _Mean).observe(y - x, self.alpha)
-        _recent(self._by_shape_class, (shape, device_class), self.max_shapes, _Mean).observe(y - x, self.alpha)
+        _recent(self._by_shape_provider, (shape, provider_id), self.max_shapes, _Recent).observe(y - x, self.alpha)
+        _recent(self._by_shape_class, (shape, device_class), self.max_shapes, _Recent).observe(y - x, self.alpha)
 
 
 def _recent(table: dict[K, V], key: K, limit: int, make: type[V]) -> V:

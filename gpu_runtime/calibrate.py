@@ -145,10 +145,16 @@ def calibrate(backend: Backend, *, probes: bool = True) -> Calibration:
     """Measured figures for registration; ``task_overhead_s`` is measured later by the service."""
     sizes = _GPU_N if backend.is_cuda else _CPU_N
     rates: dict[str, Any] = {}
-    for precision in backend.precisions():
-        if precision in sizes:
-            rates[precision] = round(measure_matmul(backend, precision, sizes[precision]), 6)
-    gbps = measure_bandwidth(backend, (1 << 30) if backend.is_cuda else (64 << 20))
+    gbps = 0.0
+    # Two passes, the best of each: a burst of load elsewhere on the machine during one measurement
+    # (a multi-threaded BLAS sharing two cores) once cut a provider's fp64 figure to a tenth, and a
+    # calibration stays in the log for as long as the provider runs.
+    for _ in range(2):
+        for precision in backend.precisions():
+            if precision in sizes:
+                rate = round(measure_matmul(backend, precision, sizes[precision]), 6)
+                rates[precision] = max(rate, rates.get(precision, 0.0))
+        gbps = max(gbps, measure_bandwidth(backend, (1 << 30) if backend.is_cuda else (64 << 20)))
     backend.free_memory()
     measured = probe_workloads(backend) if probes else {}
     return Calibration(matmul_tflops=rates, memory_gbps=round(gbps, 3), probes=measured)

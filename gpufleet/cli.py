@@ -377,9 +377,18 @@ def submit(
         _verification_notice(spec)
         async with await _client("submitter", nats_url, creds, tls_ca) as client:
             if max_eta is not None or max_cost is not None:
-                over = _over_limits(await client.quote(spec), max_eta, max_cost)
+                q = await client.quote(spec)
+                over = _over_limits(q, max_eta, max_cost)
                 if over:
                     _fail(f"not submitted: {over}")
+                if max_cost is not None and spec.get("max_price_micros") is None:
+                    # A limit, not only a look: a provider that raises its price after the quote must not
+                    # bill past it, so the job gets the price ceiling that keeps the quoted GPU time in it.
+                    spec["max_price_micros"] = _ceiling_for(q, max_cost)
+                    console.print(
+                        f"price ceiling {spec['max_price_micros']} micro-credits per GPU-second (from --max-cost)",
+                        highlight=False,
+                    )
             job = await client.submit(spec, job_id=job_id)
             console.print(job.id, highlight=False)
             if watch_:
@@ -389,6 +398,16 @@ def submit(
                     raise typer.Exit(1)
 
     _run(run())
+
+
+def _ceiling_for(q: Any, max_cost: float) -> int:
+    """The price per GPU-second at which the quote's expected GPU time costs ``max_cost`` credits."""
+    per_task = getattr(q, "per_task", None)
+    gpu_s = per_task.seconds * q.runs * q.tasks if per_task is not None else 0.0
+    if gpu_s <= 0.0 and q.finish_s is not None:
+        gpu_s = q.finish_s.expected  # at least the job's wall time on one slot
+    ceiling = max_cost * 1e6 / max(gpu_s, 1e-3)
+    return int(min(ceiling, MAX_PRICE_MICROS))
 
 
 def _over_limits(q: Any, max_eta: float | None, max_cost: float | None) -> str | None:

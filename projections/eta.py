@@ -234,6 +234,8 @@ class EtaView(View):
         # Indexes derived from rows: queued tasks in queue order, and each provider's live tasks.
         self._queued: dict[str, None] = {}
         self._active: dict[str, set[str]] = {}
+        # calibration position -> tasks whose lease used it (a superseded one no task used goes).
+        self._cal_users: dict[int, int] = {}
 
     def loaded(self) -> None:
         """Rebuild the runtime model by replaying calibrations and completions in log order."""
@@ -252,8 +254,11 @@ class EtaView(View):
                 self.model.calibrated(row.provider_id, row.device_class, self._calibration(row.position))
             else:
                 self._observe(row)
+        self._cal_users.clear()
         for t in self.tasks.values():
             self._index(t, t.state)
+            if t.calibration_pos:
+                self._cal_users[t.calibration_pos] = self._cal_users.get(t.calibration_pos, 0) + 1
 
     # ---- for the quote service -----------------------------------------------------------------
 
@@ -389,6 +394,13 @@ class EtaView(View):
 
     def on_ProviderCalibrated(self, e: ProviderCalibrated, env: Envelope) -> None:
         dclass = self.device_class(e.provider_id)
+        previous = self._latest_cal.get(e.provider_id)
+        if previous is not None and not self._cal_users.get(previous):
+            # Superseded, and no task's lease used it: nothing will look it up again (the model keeps
+            # one calibration per provider, the latest).
+            self.calibrations.pop(previous, None)
+            self._cals.pop(previous, None)
+            self.dirty[ETA_CALIBRATIONS.name].add(previous)
         self.calibrations[env.sequence] = EtaCalibrationRow(
             env.sequence, e.provider_id, e.calibration.model_dump_json(), dclass
         )
@@ -466,7 +478,11 @@ class EtaView(View):
         if t.provider_id is not None and t.provider_id != e.provider_id:
             self._active.get(t.provider_id, set()).discard(t.task_id)
         t.provider_id = e.provider_id
+        if t.calibration_pos:
+            self._cal_users[t.calibration_pos] -= 1
         t.calibration_pos = self._latest_cal.get(e.provider_id, 0)
+        if t.calibration_pos:
+            self._cal_users[t.calibration_pos] = self._cal_users.get(t.calibration_pos, 0) + 1
         t.lease_predicted_s = e.predicted_s
         model = self.model.predict_interval(
             t.workload,
@@ -514,9 +530,13 @@ class EtaView(View):
             t.actual_s = t.finished_ts - t.started_ts
             if t.actual_s > 0.0 and t.predicted_s > 0.0:
                 t.abs_rel_error = abs(t.predicted_s - t.actual_s) / t.actual_s
-            t.completed_pos = env.sequence
-            t.device_class = self.device_class(t.provider_id or "")
-            self._observe(t)
+            if t.state == "running":
+                # The model learns the runs the orchestrator's learns (``actors.core``): a completion
+                # under a live lease. A result first held for verification teaches neither: a liar
+                # returning garbage at once would look fast.
+                t.completed_pos = env.sequence
+                t.device_class = self.device_class(t.provider_id or "")
+                self._observe(t)
         self._update(t, "done", (0.0, 0.0, 0.0), env)
 
     def _requeue(self, task_id: str, env: Envelope) -> None:

@@ -521,6 +521,8 @@ class QuoteService:
         queue: str = "gf-quote",
         max_bytes: int = MAX_INTAKE_BYTES,
         max_pending: int = 256,
+        rate_per_s: float = 10.0,
+        burst: int = 20,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.nc = nc
@@ -536,6 +538,11 @@ class QuoteService:
         self.refused = 0
         self._sub: Any = None
         self.max_pending = max_pending
+        #: Per identity: at most ``rate_per_s`` quotes a second, ``burst`` at once. One stranger's flood
+        #: must not take the projector's loop (and every other asker's answers) for itself.
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}
 
     @classmethod
     def over(
@@ -592,6 +599,20 @@ class QuoteService:
         with contextlib.suppress(nats.errors.Error):
             await self.nc.publish(msg.reply, json.dumps(body, separators=(",", ":"), allow_nan=False).encode())
 
+    def _take(self, who: str) -> None:
+        """One token from ``who``'s bucket, or a refusal naming the limit."""
+        now = self.clock()
+        tokens, since = self._buckets.pop(who, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - since) * self.rate_per_s)
+        if len(self._buckets) >= _MAX_BUCKETS:
+            del self._buckets[next(iter(self._buckets))]  # the longest idle: it would be full again
+        if tokens < 1.0:
+            self._buckets[who] = (tokens, now)
+            raise _Refused(
+                f"too many quotes: at most {self.rate_per_s:g} a second ({self.burst} at once) per identity", "rate"
+            )
+        self._buckets[who] = (tokens - 1.0, now)
+
     def answer(self, subject: str, data: bytes) -> dict[str, Any]:
         """The answer to one request (``_Refused`` for a bad one); synchronous, so the views it reads
         do not move under it."""
@@ -599,6 +620,7 @@ class QuoteService:
         if len(parts) != 5:
             raise _Refused(f"not a quote subject: {subject!r}", "subject")
         name = parts[3]
+        self._take(f"{parts[2]}.{name}")
         if len(data) > self.max_bytes:
             raise _Refused(f"the request is {len(data)} bytes; at most {self.max_bytes}", "body")
         try:
@@ -623,6 +645,9 @@ class QuoteService:
         )
         doc: dict[str, Any] = _finite(q.to_json())
         return doc
+
+
+_MAX_BUCKETS = 10_000
 
 
 def _finite(doc: Any) -> Any:
