@@ -114,7 +114,7 @@ class Core:
         """Whatever reactions still owe after a restart."""
         return reconcile(self.world, now, self.predict_job, self.default_verify)
 
-    def predict_job(self, spec: JobSpec, now: datetime) -> Prediction | None:
+    def predict_job(self, spec: JobSpec, now: datetime, job_id: str = "") -> Prediction | None:
         """Seconds from ``now`` until the whole job should be done, with an interval: the queue fair
         share puts ahead of it, then its tasks (replicas one after another) on the slots that can run
         them as they free up (``events.estimates.forecast``). None when nothing can run it now."""
@@ -137,9 +137,11 @@ class Core:
         free_at = self._slots_free_at(capable, now)
         queue = self.scheduler.queued(_QUEUE_LOOKED_AT)
         room = _QUEUE_LOOKED_AT - sum(len(v) for v in queue.values())
-        for prio, who, left, each in self.promised.values():
+        for promised, (prio, who, left, each) in self.promised.items():
             if room <= 0:
                 break
+            if promised == job_id:
+                continue  # the job itself
             queue.setdefault((prio, who), []).extend([each] * min(left, room))
             room -= min(left, room)
         first, last = fair_share_ahead(queue, spec.priority, spec.submitter, spec.task_count())
@@ -253,8 +255,10 @@ class Core:
 
     def _job_changed(self, job_id: str, j: JobState) -> bool:
         spec = j.spec
-        if j.status == "accepted" and spec is not None and job_id not in self.promised:
-            left = j.task_count - len(self.world.tasks_by_job.get(job_id, ()))
+        # Promised from the submission on: a burst of submissions is decided (and each one's ETA
+        # taken) before the first one's acceptance, let alone its tasks, is in the log.
+        if j.status in ("submitted", "accepted") and spec is not None and job_id not in self.promised:
+            left = j.task_count or spec.task_count()
             if left > 0 and not self.world.tasks_by_job.get(job_id):
                 c = WORKLOADS.get(spec.workload)
                 each = None
@@ -263,7 +267,7 @@ class Core:
                         estimate = c.estimate(validate_params(spec.workload, spec.task_params(0)))
                         each = self.scheduler.predict(spec.workload, estimate, spec.resources, spec.max_price_micros)
                 self.promised[job_id] = (spec.priority, spec.submitter, left, each.seconds if each else 0.0)
-        elif j.status != "accepted":
+        elif j.status not in ("submitted", "accepted"):
             self.promised.pop(job_id, None)
         if j.status == "accepted" and spec is not None and spec.deadline is not None:
             self.timers.arm(

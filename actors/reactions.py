@@ -131,18 +131,19 @@ def _expire(task_id: str, t: TaskState, reason: LeaseEndReason, at: datetime, ca
     return Intent("task", task_id, cmd, cause, t.spec.job_id if t.spec else None)
 
 
-#: The scheduler's ETA for a job spec at a time, recorded in ``JobAccepted`` (None: no prediction).
-Predict = Callable[[JobSpec, datetime], Prediction | None]
+#: The scheduler's ETA for a job (its spec, the time, its id), recorded in ``JobAccepted`` (None: no
+#: prediction).
+Predict = Callable[[JobSpec, datetime, str], Prediction | None]
 
 
-def _no_prediction(spec: JobSpec, at: datetime) -> Prediction | None:
+def _no_prediction(spec: JobSpec, at: datetime, job_id: str) -> Prediction | None:
     return None
 
 
 def _decide(
     job_id: str, at: datetime, predict: Predict, spec: JobSpec, cause: str | None, verify: VerifyPolicy | None
 ) -> Intent:
-    eta = predict(spec, at)
+    eta = predict(spec, at, job_id)
     cmd = DecideJob(
         command_id=derive_id("dj-", job_id),
         at=at,

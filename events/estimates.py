@@ -339,13 +339,23 @@ class _Residuals:
         self.recent.append(r)
 
     def bounds(self, coverage: float) -> tuple[float, float]:
-        """Split-conformal bounds: the ranks that cover ``coverage`` of a new exchangeable residual."""
+        """The central ``coverage`` of the residuals, at the split-conformal level (each residual was
+        taken out of sample, before its run was learned), interpolated between ranks: the whole ranks,
+        which guarantee at least ``coverage``, covered 86% in ``bench/eta.py``, the plain p10 and p90
+        74%, this 83%."""
         values = sorted(self.recent)
         n = len(values)
-        tail = (1.0 - coverage) / 2.0
-        lo = max(0, math.floor((n + 1) * tail) - 1)
-        hi = min(n - 1, math.ceil((n + 1) * (1.0 - tail)) - 1)
-        return values[lo], values[hi]
+        # The split-conformal level, (n + 1) / n of the nominal one, interpolated between ranks.
+        upper = min(1.0, (1.0 - (1.0 - coverage) / 2.0) * (n + 1) / n)
+        return _quantile(values, 1.0 - upper), _quantile(values, upper)
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """Linear interpolation between the closest ranks of sorted ``values`` (numpy's default)."""
+    pos = (len(values) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
 
 
 def _clamp(x: float) -> float:
@@ -619,6 +629,9 @@ def forecast(
         return Forecast(inf, inf, inf, inf, len(ahead_first), 0)
     start, _ = _makespan(free_at, ahead_first, min(tasks, 1), per_task.seconds)
     _, finish = _makespan(free_at, ahead_last, tasks, per_task.seconds)
-    _, low = _makespan(free_at, ahead_last, tasks, per_task.low)
-    _, high = _makespan(free_at, ahead_last, tasks, per_task.high)
+    # The work ahead is as uncertain as the job's own: its ends scale alike.
+    lo = per_task.low / per_task.seconds if per_task.seconds > 0 else 1.0
+    hi = per_task.high / per_task.seconds if per_task.seconds > 0 else 1.0
+    _, low = _makespan(free_at, [d * lo for d in ahead_last], tasks, per_task.low)
+    _, high = _makespan(free_at, [d * hi for d in ahead_last], tasks, per_task.high)
     return Forecast(start, finish, low, high, len(ahead_first), len(free_at))

@@ -92,3 +92,17 @@ def test_nothing_capable_means_no_prediction() -> None:
     core = network()
     cuda = JobSpec(workload="sleep", params={"seconds": 1.0}, submitter="bob", resources={"backend": "cuda"})
     assert core.predict_job(cuda, at(2)) is None
+
+
+def test_a_submission_not_yet_decided_counts_for_the_next_but_not_for_itself() -> None:
+    core = network()
+    alone = core.predict_job(spec("alice", 10, priority=9), at(2))
+    s = spec("alice", 10, priority=9)
+    apply(core, "job.alice.x", JobSubmitted(at=at(1), job_id="alice.x", spec=s))
+    # its own decision, taken right after its submission is in the log, does not queue it behind itself
+    assert core.predict_job(s, at(2), "alice.x") == alone
+    # while a submission decided a moment later waits behind it
+    bob_alone = network().predict_job(spec("bob", 2), at(2))
+    behind = core.predict_job(spec("bob", 2), at(2), "bob.y")
+    assert bob_alone is not None and behind is not None
+    assert behind.seconds == pytest.approx(bob_alone.seconds * 6, rel=0.05)

@@ -132,8 +132,8 @@ def test_a_submitted_job_is_decided_with_the_schedulers_eta_once_whoever_asks() 
         command_id=derive_id("dj-", JOB), at=NOW, predicted_s=42.0, predicted_low_s=30.0, predicted_high_s=60.0
     )
     eta = Prediction(42.0, 30.0, 60.0, "fit")
-    assert reconcile(log.world, NOW, lambda spec, at: eta) == [Intent("job", JOB, decide, None, JOB)]
-    (reacted,) = react(submitted, log.world, lambda spec, at: eta)
+    assert reconcile(log.world, NOW, lambda spec, at, job_id: eta) == [Intent("job", JOB, decide, None, JOB)]
+    (reacted,) = react(submitted, log.world, lambda spec, at, job_id: eta)
     assert reacted.command.command_id == decide.command_id
     assert (reacted.kind, reacted.aggregate_id, reacted.causation) == ("job", JOB, submitted.envelope.id)
 
