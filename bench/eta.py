@@ -4,15 +4,16 @@ Run: ``python bench/eta.py`` (``--help`` for sizes; a default run takes under tw
 It runs the network the way ``gpufleet up`` does (``python -m gpufleet up --no-provider``: nats-server,
 orchestrator, projections and their quote service, notary), starts real provider runtimes beside it
 (``python -m gpu_runtime --backend cpu``: NumPy, one slot each, calibrated at start with probe runs of
-every workload), and submits a seeded job mix: six compute workloads (matmul, fft, reduction,
+every workload; one by default, as a new user's ``gpufleet up`` has, ``--providers 2`` for two that
+share this machine's cores), and submits a seeded job mix: six compute workloads (matmul, fft, reduction,
 elementwise, montecarlo, stencil; sleep is a seventh, set apart) at many sizes each across a wide
 range (matmul n 384-1536, fft 2^16-2^22 points, montecarlo 2-30 M samples, ...). In each round, one
 job per workload: three sizes that recur in every round (shapes seen again) and new sizes that
 appear once (shapes never seen); the rounds' order of workloads, the one-off sizes and the seeds all
 come from ``--seed``. While the mix runs it asks the quote service for quotes of the same jobs,
 alternating with a bare NATS request/reply round trip as the floor. After the mix, one provider
-leaves and the other runs one fixed shape of each workload many times in a row: the noise floor of
-this machine. Then it reads the log back and reports, for the mix's completed tasks:
+(the only one, or the first when the others leave) runs one fixed shape of each workload many times in
+a row: the noise floor of this machine. Then it reads the log back and reports, for the mix's completed tasks:
 
 - error ``|predicted - actual| / actual`` (median, p90) overall and per workload, at first sight (the
   task's shape, ``events.estimates.shape_of``, had completed nowhere on the network before the lease)
@@ -783,7 +784,7 @@ async def main() -> None:
 
     configure_logging("console", "warning")  # a table for people; warnings only
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--providers", type=int, default=2, help="provider runtimes (subprocesses), 1 slot each")
+    p.add_argument("--providers", type=int, default=1, help="provider runtimes (subprocesses), 1 slot each")
     p.add_argument("--rounds", type=int, default=4, help="rounds of the mix (one job per workload each)")
     p.add_argument("--repeat", type=int, default=2, help="runs of each recurring size per round")
     p.add_argument("--once", type=int, default=3, help="one-off sizes per workload per round")
