@@ -329,25 +329,36 @@ def _job_spec(
     return spec
 
 
+# A job spec from a file or flags: the options `submit` and `quote` share.
+JobFileArg = Annotated[Path | None, typer.Argument(help="Job file, YAML or JSON ('-' for stdin).")]
+WorkloadOpt = Annotated[str | None, typer.Option(help="Workload name (instead of, or over, the file).")]
+ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (JSON value).")]
+TasksOpt = Annotated[int | None, typer.Option(help="Split into this many identical tasks.")]
+MaxPriceOpt = Annotated[
+    int | None, typer.Option(min=0, max=MAX_PRICE_MICROS, help="Price ceiling, micro-credits per GPU-second.")
+]
+DeadlineInOpt = Annotated[float | None, typer.Option(help="Deadline, seconds from now.")]
+BackendOpt = Annotated[str | None, typer.Option(help="Required backend: cuda or any.")]
+PriorityOpt = Annotated[int | None, typer.Option(help="0 (low) to 9 (high).")]
+VerifyOpt = Annotated[
+    str | None,
+    typer.Option(help="Result verification: auto (default: spot checks when paid), none, spot or replicate."),
+]
+ReplicasOpt = Annotated[int | None, typer.Option(min=1, max=8, help="With --verify replicate: providers per task.")]
+
+
 @app.command()
 def submit(
-    file: Annotated[Path | None, typer.Argument(help="Job file, YAML or JSON ('-' for stdin).")] = None,
-    workload: Annotated[str | None, typer.Option(help="Workload name (instead of, or over, the file).")] = None,
-    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (JSON value).")] = None,
-    tasks: Annotated[int | None, typer.Option(help="Split into this many identical tasks.")] = None,
-    max_price: Annotated[
-        int | None, typer.Option(min=0, max=MAX_PRICE_MICROS, help="Price ceiling, micro-credits per GPU-second.")
-    ] = None,
-    deadline_in: Annotated[float | None, typer.Option(help="Deadline, seconds from now.")] = None,
-    backend: Annotated[str | None, typer.Option(help="Required backend: cuda or any.")] = None,
-    priority: Annotated[int | None, typer.Option(help="0 (low) to 9 (high).")] = None,
-    verify: Annotated[
-        str | None,
-        typer.Option(help="Result verification: auto (default: spot checks when paid), none, spot or replicate."),
-    ] = None,
-    replicas: Annotated[
-        int | None, typer.Option(min=1, max=8, help="With --verify replicate: providers per task.")
-    ] = None,
+    file: JobFileArg = None,
+    workload: WorkloadOpt = None,
+    param: ParamOpt = None,
+    tasks: TasksOpt = None,
+    max_price: MaxPriceOpt = None,
+    deadline_in: DeadlineInOpt = None,
+    backend: BackendOpt = None,
+    priority: PriorityOpt = None,
+    verify: VerifyOpt = None,
+    replicas: ReplicasOpt = None,
     job_id: Annotated[str | None, typer.Option(help="Choose the job's name (a retry with it is a no-op).")] = None,
     watch_: Annotated[bool, typer.Option("--watch", "-w", help="Follow the job to the end.")] = False,
     max_eta: Annotated[
@@ -488,23 +499,16 @@ def _print_quote(q: Any) -> None:
 
 @app.command()
 def quote(
-    file: Annotated[Path | None, typer.Argument(help="Job file, YAML or JSON ('-' for stdin).")] = None,
-    workload: Annotated[str | None, typer.Option(help="Workload name (instead of, or over, the file).")] = None,
-    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (JSON value).")] = None,
-    tasks: Annotated[int | None, typer.Option(help="Split into this many identical tasks.")] = None,
-    max_price: Annotated[
-        int | None, typer.Option(min=0, max=MAX_PRICE_MICROS, help="Price ceiling, micro-credits per GPU-second.")
-    ] = None,
-    deadline_in: Annotated[float | None, typer.Option(help="Deadline, seconds from now.")] = None,
-    backend: Annotated[str | None, typer.Option(help="Required backend: cuda or any.")] = None,
-    priority: Annotated[int | None, typer.Option(help="0 (low) to 9 (high).")] = None,
-    verify: Annotated[
-        str | None,
-        typer.Option(help="Result verification: auto (default: spot checks when paid), none, spot or replicate."),
-    ] = None,
-    replicas: Annotated[
-        int | None, typer.Option(min=1, max=8, help="With --verify replicate: providers per task.")
-    ] = None,
+    file: JobFileArg = None,
+    workload: WorkloadOpt = None,
+    param: ParamOpt = None,
+    tasks: TasksOpt = None,
+    max_price: MaxPriceOpt = None,
+    deadline_in: DeadlineInOpt = None,
+    backend: BackendOpt = None,
+    priority: PriorityOpt = None,
+    verify: VerifyOpt = None,
+    replicas: ReplicasOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the quote as JSON.")] = False,
     nats_url: NatsOpt = None,
     creds: CredsOpt = None,

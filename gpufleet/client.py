@@ -30,7 +30,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -355,24 +355,25 @@ class Client:
             )
         subject = api_subject(me.role, me.name, QUOTE_OPERATION)
         body = job_spec.model_dump_json(exclude={"submitter"}).encode()
-        try:
+        with self._asking("the quote service", "are its projections on?", subject, me):
             msg = await self.nc.request(subject, body, timeout=timeout)
-        except nats.errors.NoRespondersError as e:
-            raise StoreUnavailable("the network's quote service does not answer (are its projections on?)") from e
-        except nats.errors.TimeoutError as e:
-            raise_if_denied(self.nc, subject, str(me))
-            raise StoreUnavailable(f"the network's quote service did not answer in {timeout:g} s") from e
-        except (nats.errors.Error, OSError) as e:
-            raise StoreUnavailable(f"cannot reach the quote service: {e!s}") from e
-        try:
-            doc = json.loads(msg.data)
-        except ValueError as e:
-            raise StoreUnavailable("the quote service answered something that is not JSON") from e
-        if not isinstance(doc, dict):
-            raise StoreUnavailable("the quote service answered something that is not a JSON object")
+        doc = _answer(msg.data, "the quote service")
         if "error" in doc:
             raise InvalidPayload(f"the network refused to quote it: {doc['error']}", field=doc.get("field"))
         return Quote.from_json(doc)
+
+    @contextlib.contextmanager
+    def _asking(self, service: str, hint: str, subject: str, me: Identity) -> Iterator[None]:
+        """A request to one of the network's services: NATS failures as one line naming it."""
+        try:
+            yield
+        except nats.errors.NoRespondersError as e:
+            raise StoreUnavailable(f"{service} does not answer ({hint})") from e
+        except nats.errors.TimeoutError as e:
+            raise_if_denied(self.nc, subject, str(me))
+            raise StoreUnavailable(f"{service} did not answer in time") from e
+        except (nats.errors.Error, OSError) as e:
+            raise StoreUnavailable(f"cannot reach {service}: {e!s}") from e
 
     async def _publish(self, subject: str, body: bytes, headers: dict[str, str] | None = None) -> int:
         """Publish to intake; the intake stream's sequence. A full intake or a refusal is one clear line."""
@@ -417,7 +418,7 @@ class Client:
             raise AccessDenied("this client has no credentials: Client.connect(url, creds=PATH)")
         req = json.dumps({"streams": streams, "after": after, "wait_s": wait_s}).encode()
         subject = api_subject(me.role, me.name, "events")
-        try:
+        with self._asking("the event feed", "is its orchestrator running?", subject, me):
             while True:
                 # A server that restarts forgets the question; the answer would never come. So the
                 # request races the next reconnection, and is asked again if that comes first.
@@ -431,17 +432,7 @@ class Client:
                 request.cancel()
                 with contextlib.suppress(asyncio.CancelledError, nats.errors.Error):
                     await request
-        except nats.errors.NoRespondersError as e:
-            raise StoreUnavailable("the network's event feed does not answer (is its orchestrator running?)") from e
-        except nats.errors.TimeoutError as e:
-            raise_if_denied(self.nc, subject, str(me))
-            raise StoreUnavailable("the network's event feed did not answer in time") from e
-        except (nats.errors.Error, OSError) as e:
-            raise StoreUnavailable(f"cannot reach the event feed: {e!s}") from e
-        try:
-            doc = json.loads(msg.data)
-        except ValueError as e:
-            raise StoreUnavailable("the event feed answered something that is not JSON") from e
+        doc = _answer(msg.data, "the event feed")
         if "error" in doc:
             raise AccessDenied(f"the event feed refused: {doc['error']}")
         events = [from_json_line(json.dumps(d)) for d in doc["events"]]
@@ -606,6 +597,17 @@ class Job:
             raise AccessDenied(f"job {self.id!r} is not yours to cancel ({me})")
         body = json.dumps({"reason": reason[:2000]}).encode()
         await self.client._publish(intake_subject("submitter", me.name, "cancel", self.name), body)
+
+
+def _answer(data: bytes, service: str) -> dict[str, Any]:
+    """A service's JSON object answer (``StoreUnavailable`` for anything else)."""
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        raise StoreUnavailable(f"{service} answered something that is not JSON") from e
+    if not isinstance(doc, dict):
+        raise StoreUnavailable(f"{service} answered something that is not a JSON object")
+    return doc
 
 
 def _ends(env: Envelope, job_id: str) -> bool:
