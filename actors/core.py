@@ -21,7 +21,7 @@ from actors.task import ExpireLease, ExpireVerification, LeaseTask, QueueTask, T
 from actors.timers import Timers
 from actors.world import LIVE_LEASE, Change, World
 from events import Envelope, InvalidPayload
-from events.estimates import Prediction, RuntimeModel, device_class, fair_share_ahead, forecast
+from events.estimates import Prediction, RuntimeModel, device_class, fair_share_ahead, forecast, handoff_sample
 from events.job import JobSpec
 from events.provider import ProviderCalibrated
 from events.task import TaskCancelled, TaskCompleted, TaskLeaseExpired
@@ -86,6 +86,8 @@ class Core:
         #: to come, predicted seconds each). A burst of jobs is accepted before the first one's tasks
         #: reach the queue; each later job's ETA must still count the earlier ones' work.
         self.promised: dict[str, tuple[int, str, int, float]] = {}
+        #: provider -> when a lease on it last ended (epoch seconds): the start of a handover.
+        self._freed: dict[str, float] = {}
 
     # ---- the log ---------------------------------------------------------------------------------
 
@@ -133,7 +135,10 @@ class Core:
         capable = self.scheduler.eligible(spec.resources, spec.workload, spec.max_price_micros)
         paid = bool(capable) and min(p.capabilities.price_micros for p in capable) > 0
         policy = spec.verify if spec.verify is not None else self.default_verify
-        per_task = per_task.scaled(expected_replicas(policy, paid, c.compare))
+        runs = expected_replicas(policy, paid, c.compare)
+        # Each run also holds its slot while the network hands it over to the next.
+        handoff = min((self.runtime.handoff(p.dclass) for p in capable), default=0.0)
+        per_task = per_task.plus(handoff).scaled(runs)
         free_at = self._slots_free_at(capable, now)
         queue = self.scheduler.queued(_QUEUE_LOOKED_AT)
         room = _QUEUE_LOOKED_AT - sum(len(v) for v in queue.values())
@@ -197,6 +202,7 @@ class Core:
         if new is not None and started_lease and self.reserved.pop(new.lease_id, None) is None:
             self.scheduler.occupy(new.provider_id)  # leased elsewhere, or before a restart
         if old is not None and (new is None or new.lease_id != old.lease_id):
+            self._freed[old.provider_id] = c.envelope.time.timestamp()
             self.scheduler.release(old.provider_id)
             rep = self.world.reputation.get(old.provider_id)
             if rep is not None:  # (a lease recorded for a provider the log never registered: forged)
@@ -204,6 +210,20 @@ class Core:
             fx.schedule = True
             if live and isinstance(c.event, TaskCancelled | TaskLeaseExpired):
                 fx.revokes.append(Revoke(task_id, old.lease_id, old.provider_id, c.event.reason))
+        if (
+            new is not None
+            and old is not None
+            and old.lease_id == new.lease_id
+            and old.started_at is None
+            and new.started_at is not None
+            and new.leased_at is not None
+        ):
+            # The lease started: how long its slot took to hand over (``events.estimates``).
+            p = self.world.providers.get(new.provider_id)
+            self.runtime.observe_handoff(
+                device_class(p.capabilities if p else None),
+                handoff_sample(self._freed.get(new.provider_id), new.leased_at.timestamp(), new.started_at.timestamp()),
+            )
         if new is not None:
             self.timers.arm(f"lease:{task_id}", new.expires_at, _expiry(task_id, new.lease_id, new.expires_at))
             fx.timers = True

@@ -49,6 +49,7 @@ __all__ = [
     "device_class",
     "fair_share_ahead",
     "forecast",
+    "handoff_sample",
     "shape_of",
     "work_seconds",
 ]
@@ -203,6 +204,10 @@ class Prediction:
     def scaled(self, factor: float) -> Prediction:
         """The same prediction for ``factor`` times the work (runs one after another)."""
         return Prediction(self.seconds * factor, self.low * factor, self.high * factor, self.basis, self.coverage)
+
+    def plus(self, seconds: float) -> Prediction:
+        """The same prediction with ``seconds`` more, certain (the network's own handling of a task)."""
+        return Prediction(self.seconds + seconds, self.low + seconds, self.high + seconds, self.basis, self.coverage)
 
     def contains(self, actual: float) -> bool:
         """Whether ``actual`` fell inside the interval."""
@@ -387,6 +392,10 @@ class RuntimeModel:
     #: device class -> the mean log(actual / roofline) over every workload: a new workload's prior.
     _by_class: dict[str, _Mean] = field(default_factory=dict)
     _residuals: dict[tuple[str, str, str], _Residuals] = field(default_factory=dict)
+    #: device class -> seconds a slot spends between tasks when work waits: from a lease ending to the
+    #: next lease there, plus from that lease to the start the provider reports. A job's forecast pays
+    #: it once per task; for tasks of milliseconds it is most of the job.
+    handoffs: dict[str, _Mean] = field(default_factory=dict)
 
     # ---- predicting --------------------------------------------------------------------------------
 
@@ -473,7 +482,22 @@ class RuntimeModel:
         w = _PRIOR_HALF_WIDTH[basis]
         return -w, w
 
+    def handoff(self, device_class: str) -> float:
+        """Seconds a slot of this class spends handing over from one task to the next (0: unknown)."""
+        h = self.handoffs.get(device_class)
+        return h.value if h is not None else 0.0
+
     # ---- learning ----------------------------------------------------------------------------------
+
+    def restore_handoff(self, device_class: str, seconds: float, n: int) -> None:
+        """Set a class's handover as a reader that stored it had learned it (a restart)."""
+        self.handoffs[device_class] = _Mean(seconds, n)
+
+    def observe_handoff(self, device_class: str, seconds: float) -> None:
+        """A slot handed over to its next task in ``seconds`` (see ``handoffs``)."""
+        if math.isfinite(seconds):
+            classes = min(_MAX_CLASSES, self.max_shapes)
+            _recent(self.handoffs, device_class, classes, _Mean).observe(min(max(seconds, 0.0), 60.0), self.alpha)
 
     def calibrated(self, provider_id: str, device_class: str, calibration: Calibration | None) -> None:
         """A provider calibrated: its probe runs (of catalogue workloads only) replace its earlier ones
@@ -535,6 +559,20 @@ class RuntimeModel:
         shape = shape_of(workload, estimate)
         _recent(self._by_shape_provider, (shape, provider_id), self.max_shapes, _Recent).observe(y - x, self.alpha)
         _recent(self._by_shape_class, (shape, device_class), self.max_shapes, _Recent).observe(y - x, self.alpha)
+
+
+#: A slot idle longer than this before its next lease was waiting for work, not handing over.
+_HANDOFF_GAP_MAX_S = 1.0
+
+
+def handoff_sample(freed_ts: float | None, leased_ts: float, started_ts: float) -> float:
+    """One handover, in seconds: from the slot's last lease ending (``freed_ts``, epoch seconds, if
+    any) to this lease, when that is short enough to have been handing over (work was waiting), plus
+    from this lease to its reported start. The orchestrator and the ETA view both take it this way."""
+    gap = leased_ts - freed_ts if freed_ts is not None else 0.0
+    if not 0.0 <= gap <= _HANDOFF_GAP_MAX_S:
+        gap = 0.0
+    return gap + max(started_ts - leased_ts, 0.0)
 
 
 def _recent(table: dict[K, V], key: K, limit: int, make: type[V]) -> V:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from events.envelope import Envelope
-from events.estimates import RuntimeModel, device_class
+from events.estimates import RuntimeModel, device_class, handoff_sample
 from events.job import JobAccepted, JobCancelled, JobCompleted, JobFailed, JobRejected, JobSubmitted
 from events.provider import ProviderCalibrated, ProviderRegistered
 from events.task import (
@@ -102,6 +102,8 @@ class EtaTaskRow:
     completed_pos: int = 0
     #: The device class of the provider that completed it, as it was then (the model learns by class).
     device_class: str = ""
+    #: When its current lease was made (epoch seconds).
+    leased_ts: float = 0.0
     #: Its job's priority and submitter: the queue's order (``queue``).
     priority: int = 5
     submitter: str = ""
@@ -154,12 +156,24 @@ class EtaProviderRow:
 
     provider_id: str
     device_class: str = ""
+    #: When a lease on it last ended (epoch seconds; 0: never): the start of a handover.
+    freed_ts: float = 0.0
+
+
+@dataclass(slots=True)
+class EtaClassRow:
+    """A device class's learned handover (``events.estimates.RuntimeModel.handoffs``)."""
+
+    device_class: str
+    handoff_s: float = 0.0
+    handoffs: int = 0
 
 
 ETA_TASKS = Table.of("eta_tasks", EtaTaskRow, key=("task_id",), indexes=(("job_id",),))
 ETA_JOBS = Table.of("eta_jobs", EtaJobRow, key=("job_id",))
 ETA_CALIBRATIONS = Table.of("eta_calibrations", EtaCalibrationRow, key=("position",))
 ETA_PROVIDERS = Table.of("eta_providers", EtaProviderRow, key=("provider_id",))
+ETA_CLASSES = Table.of("eta_classes", EtaClassRow, key=("device_class",))
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,8 +229,14 @@ class EtaView(View):
     """Folds task, job and provider events into predictions and recorded errors."""
 
     name: ClassVar[str] = "eta"
-    version: ClassVar[int] = 3
-    tables: ClassVar[tuple[Table[object], ...]] = (ETA_TASKS, ETA_JOBS, ETA_CALIBRATIONS, ETA_PROVIDERS)  # type: ignore[assignment]
+    version: ClassVar[int] = 4
+    tables: ClassVar[tuple[Table[object], ...]] = (  # type: ignore[assignment]
+        ETA_TASKS,
+        ETA_JOBS,
+        ETA_CALIBRATIONS,
+        ETA_PROVIDERS,
+        ETA_CLASSES,
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -224,6 +244,7 @@ class EtaView(View):
         self.jobs: dict[str, EtaJobRow] = self.data[ETA_JOBS.name]
         self.calibrations: dict[int, EtaCalibrationRow] = self.data[ETA_CALIBRATIONS.name]
         self.providers: dict[str, EtaProviderRow] = self.data[ETA_PROVIDERS.name]
+        self.classes: dict[str, EtaClassRow] = self.data[ETA_CLASSES.name]
         self._dirty_tasks = self.dirty[ETA_TASKS.name]
         self._dirty_jobs = self.dirty[ETA_JOBS.name]
         self.model = RuntimeModel()
@@ -249,6 +270,8 @@ class EtaView(View):
             self._latest_cal[self.calibrations[pos].provider_id] = pos
         steps: list[tuple[int, EtaCalibrationRow | EtaTaskRow]] = [(p, c) for p, c in self.calibrations.items()]
         steps += [(t.completed_pos, t) for t in self.tasks.values() if t.completed_pos]
+        for c in self.classes.values():  # the handovers' means, as they stood
+            self.model.restore_handoff(c.device_class, c.handoff_s, c.handoffs)
         for _, row in sorted(steps, key=lambda step: step[0]):
             if isinstance(row, EtaCalibrationRow):
                 self.model.calibrated(row.provider_id, row.device_class, self._calibration(row.position))
@@ -363,6 +386,11 @@ class EtaView(View):
         self._dirty_tasks.add(t.task_id)
         if t.provider_id is not None and state not in ("leased", "running"):
             self._active.get(t.provider_id, set()).discard(t.task_id)
+            if t.state in ("leased", "running"):  # its lease ended: the slot hands over from now
+                row = self.providers.get(t.provider_id)
+                if row is not None:
+                    row.freed_ts = now
+                    self.dirty[ETA_PROVIDERS.name].add(t.provider_id)
         job = self.jobs.get(t.job_id)
         if job is not None:
             old_active = t.state in ("leased", "running")
@@ -389,7 +417,10 @@ class EtaView(View):
     # ---- events --------------------------------------------------------------------------------
 
     def on_ProviderRegistered(self, e: ProviderRegistered, env: Envelope) -> None:
-        self.providers[e.provider_id] = EtaProviderRow(e.provider_id, device_class(e.capabilities))
+        old = self.providers.get(e.provider_id)
+        self.providers[e.provider_id] = EtaProviderRow(
+            e.provider_id, device_class(e.capabilities), old.freed_ts if old is not None else 0.0
+        )
         self.dirty[ETA_PROVIDERS.name].add(e.provider_id)
 
     def on_ProviderCalibrated(self, e: ProviderCalibrated, env: Envelope) -> None:
@@ -484,6 +515,7 @@ class EtaView(View):
         if t.calibration_pos:
             self._cal_users[t.calibration_pos] = self._cal_users.get(t.calibration_pos, 0) + 1
         t.lease_predicted_s = e.predicted_s
+        t.leased_ts = e.at.timestamp()
         model = self.model.predict_interval(
             t.workload,
             self._estimate(t.estimate),
@@ -506,6 +538,16 @@ class EtaView(View):
         if t is None or t.state == "done":
             return
         t.started_ts = e.at.timestamp()
+        if t.state == "leased" and t.provider_id is not None:
+            # As the orchestrator learns it: how long the slot took to hand over to this task.
+            row = self.providers.get(t.provider_id)
+            dclass = row.device_class if row is not None else ""
+            freed = row.freed_ts if row is not None and row.freed_ts else None
+            self.model.observe_handoff(dclass, handoff_sample(freed, t.leased_ts, t.started_ts))
+            h = self.model.handoffs.get(dclass)
+            if h is not None:
+                self.classes[dclass] = EtaClassRow(dclass, h.value, h.n)
+                self.dirty[ETA_CLASSES.name].add(dclass)
         self._update(t, "running", (t.predicted_s, t.predicted_low_s, t.predicted_high_s), env)
 
     def on_TaskProgressed(self, e: TaskProgressed, env: Envelope) -> None:

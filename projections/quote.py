@@ -453,7 +453,10 @@ def quote(
             _cost(per.seconds, best.caps.price_micros, runs),
             _cost(per.high, max(prices), runs),
         )
-        f = forecast([t for m in members for t in m.free_at], first, last, tasks, per.scaled(runs))
+        # Each run holds its slot for the task and the network's handover to the next (as the
+        # orchestrator forecasts a job at acceptance).
+        per_run = per.plus(eta.model.handoff(dclass)).scaled(runs)
+        f = forecast([t for m in members for t in m.free_at], first, last, tasks, per_run)
         options.append(
             ClassOption(
                 device_class=dclass,
@@ -474,7 +477,8 @@ def quote(
         )
     options.sort(key=lambda o: (o.finish_s.expected, o.cost_micros.expected, o.device_class))
     top = min(options, key=lambda o: (o.per_task.seconds * o.runs, o.device_class))
-    whole = forecast([t for c in capable for t in c.free_at], first, last, tasks, top.per_task.scaled(top.runs))
+    top_run = top.per_task.plus(eta.model.handoff(top.device_class)).scaled(top.runs)
+    whole = forecast([t for c in capable for t in c.free_at], first, last, tasks, top_run)
     return answer(
         True,
         online=online,

@@ -106,3 +106,43 @@ def test_a_submission_not_yet_decided_counts_for_the_next_but_not_for_itself() -
     behind = core.predict_job(spec("bob", 2), at(2), "bob.y")
     assert bob_alone is not None and behind is not None
     assert behind.seconds == pytest.approx(bob_alone.seconds * 6, rel=0.05)
+
+
+def test_the_orchestrator_and_the_eta_view_learn_the_same_handover_and_a_job_pays_it_per_task() -> None:
+    from projections.eta import EtaView
+    from tests.golden.loggen import Sim
+
+    s = Sim()
+    s.register("p")
+    s.submit("j1", "sleep", {"seconds": 0.01, "steps": 1}, count=3)
+    for i in range(3):  # one slot: each task leased 0.2 s after the last ended, started 0.1 s later
+        s.tick(0.2)
+        s.lease(f"j1-{i}", "p")
+        s.tick(0.1)
+        s.start(f"j1-{i}")
+        s.tick(0.01)
+        s.complete(f"j1-{i}")
+    core = Core()
+    for env in s.events:
+        core.apply(env, live=False)
+    view = EtaView()
+    view.fold(s.events)
+    dclass = core.scheduler.providers["p"].dclass
+    # the first start had no lease ending before it (0.1 s); the next two handed over in 0.3 s
+    assert core.runtime.handoff(dclass) == pytest.approx((0.1 + 0.3 + 0.3) / 3, abs=1e-3)
+    assert view.model.handoff(dclass) == pytest.approx(core.runtime.handoff(dclass), rel=1e-6)
+    # a restarted view has it back, as it stood
+    again = EtaView()
+    for name, rows in view.data.items():
+        again.data[name].update(rows)
+    again.loaded()
+    assert again.model.handoff(dclass) == view.model.handoff(dclass)
+    # a job of many tiny tasks on the one slot: each pays the handover, not only its own run
+    tiny = JobSpec(workload="sleep", params={"seconds": 0.01, "steps": 1}, split=CountSplit(count=10), submitter="b")
+    p = core.predict_job(tiny, s.now)
+    assert p is not None
+    slots = core.scheduler.providers["p"].capabilities.slots
+    run = core.scheduler.predict("sleep", plan_task("b.j", tiny, 0, s.now, None).estimate, tiny.resources)
+    assert run is not None
+    waves = -(-10 // slots)
+    assert p.seconds == pytest.approx(waves * (run.seconds + core.runtime.handoff(dclass)), rel=1e-6)
