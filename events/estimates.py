@@ -8,22 +8,29 @@ A prediction is built in three layers, from the loosest to the closest:
 
 1. **Physics** (``base_seconds``): the workload contract's FLOPs and bytes against the provider's
    calibrated peak rates, roofline-style: max(compute, memory) + fixed costs + per-task overhead.
-2. **The workload's size law on the device class** (``_Fit``): a weighted log-log fit of actual time
-   against the roofline time, from the calibration probes every provider of the class ran at start
-   (each workload at two small sizes) and from every completed task of the workload on the class. A
-   new size of a known workload is interpolated (or extrapolated) along it, not guessed; the slope is
-   shrunk towards 1 (time proportional to work) when the sizes seen are few or close together. The
-   provider's own offset from its class is learned as it completes work.
+2. **The workload's size law** (``_Fit``, per workload and device class): a log-log line of actual
+   time against roofline time (a known fixed duration is added outside it), its slope shrunk towards
+   1 (time proportional to work) while the evidence is thin, so a new size is read off the line, not
+   guessed. It starts from calibration probes (each provider runs every catalogue workload at two
+   small sizes at start): a provider's own for its own device, else the median across the class's
+   providers of each one's line (one vote each); shifted by how much slower completed tasks on the
+   class ran than their probes said. Completed tasks then carry it alone (after ``_PROBES_UNTIL``),
+   and the provider's own offset from it is learned as it completes work.
 3. **The shape's own runs**: once this exact task shape (workload and estimate) has run on the
-   provider, or on its class, their geometric mean time.
+   provider, or on its class, the median of its last few runs.
 
 Every prediction carries an interval, p10 to p90 by default: split-conformal, from the distribution of
-log(actual / predicted) residuals of earlier predictions made on the same basis (and the same
-workload once it has enough of them), each residual taken before its observation was learned. Until a
-basis has residuals, a wide prior interval stands in for it.
+log(actual / predicted) residuals of earlier predictions made on the same basis and device class
+(and the same workload once it has enough of them), each residual taken before its observation was
+learned. Until a basis has residuals, a wide prior interval stands in for it. The point always lies
+inside.
 
 ``forecast`` turns per-task predictions into a job's start and finish given the queue: the slots that
-could run it, when each frees up, and the work fair share puts ahead of it.
+could run it, when each frees up, and the work fair share puts ahead of it (``fair_share_ahead``);
+each run also holds its slot for the network's handover to the next task (``handoff``).
+
+Tables keyed by names strangers choose (device models, shapes) are bounded; probes of workloads
+outside the catalogue are ignored.
 """
 
 from __future__ import annotations
