@@ -35,8 +35,8 @@ __all__ = ["MIN_LEASE_START_S", "Core", "Effects", "Revoke"]
 #: is made would let an orchestrator starve a provider of every task with a clean log.
 MIN_LEASE_START_S = 1.0
 
-#: The most queued tasks a job's ETA looks at one by one (beyond, a forecast is a fluid): an acceptance
-#: costs at most that, however long the queue.
+#: The most queued tasks a job's ETA counts ahead of it: an acceptance costs at most that, however long
+#: the queue (beyond it, the ETA is optimistic).
 _QUEUE_LOOKED_AT = 5_000
 
 
