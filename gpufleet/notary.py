@@ -239,6 +239,8 @@ class Notary:
         self._prefix_len = len(store.settings.prefix) + 1
         self._js = store.nc.jetstream()
         self._task: asyncio.Task[None] | None = None
+        #: Set by ``stop``: the follow loop ends at its next turn even if a cancellation was lost.
+        self._stopping = False
         self._sub: Any = None
         self._answers: set[asyncio.Task[None]] = set()
         self._notes: dict[int, str] = {}
@@ -298,13 +300,19 @@ class Notary:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
             self._sub = None
-        for t in [self._task, *self._answers]:
-            if t is not None:
+        self._stopping = True
+        # Cancelled again until done: Python 3.11's ``asyncio.wait_for`` (under every JetStream read)
+        # can swallow a cancellation that lands as its inner wait completes, and ``stop`` then hung
+        # for good (seen in CI: a quiet network's shutdown, about one run in five of its test file).
+        tasks = {t for t in [self._task, *self._answers] if t is not None}
+        pending = set(tasks)
+        while pending:
+            for t in pending:
                 t.cancel()
-        for t in [self._task, *self._answers]:
-            if t is not None:
-                with contextlib.suppress(BaseException):
-                    await t
+            _, pending = await asyncio.wait(pending, timeout=1.0)
+        for t in tasks:
+            if not t.cancelled():
+                t.exception()  # retrieved (``wait`` reports why the notary stopped)
         self._task = None
         self._hashes.flush()
         self._save_state()
@@ -326,7 +334,7 @@ class Notary:
     async def _follow(self) -> None:
         loop = asyncio.get_running_loop()
         last_sign = last_check = loop.time()
-        while True:
+        while not self._stopping:
             head = await self._head()
             if head < self.tree.size:
                 raise NotaryError(
