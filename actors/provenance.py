@@ -829,9 +829,6 @@ class _Unscheduled:
     def predict(self, *args: Any) -> None:
         return None
 
-    def capacity(self, *args: Any) -> int:
-        return 1
-
     def assign(self, *args: Any) -> list[Any]:
         return []
 

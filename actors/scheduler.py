@@ -570,8 +570,4 @@ class Scheduler:
 
     def capacity(self, resources: Resources, workload: str) -> int:
         """Slots across available providers that could run such a task."""
-        probe = PendingTask("", "", 5, workload, resources, Estimate())
-        total = 0
-        for cls in self._eligible_classes(probe.shape, probe):
-            total += sum(self.providers[m].capabilities.slots for m in cls.members if self.providers[m].available)
-        return total
+        return sum(p.capabilities.slots for p in self.eligible(resources, workload))
