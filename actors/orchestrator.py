@@ -56,6 +56,7 @@ from events.intake import (
 from events.store import JetStreamEventStore
 from events.store.blobs import BlobStore
 from events.store.connection import Access, connect_nats
+from events.store.protocol import log_invalid
 from events.store.topology import Topology, check_topology
 from events.store.watermark import Watermark, WatermarkFile, check_watermark, watermark_file
 from events.subjects import outcomes_stream_of
@@ -130,6 +131,11 @@ class Orchestrator:
         self._started_at = utc_now()
         #: Intake messages JetStream delivered to this orchestrator (with others, each gets a share).
         self.intake_delivered = 0
+        #: Leases this orchestrator granted (the log has them all; this counts this process's share).
+        self.leases_granted = 0
+        #: Positions of stored events that did not decode and were skipped (``actors.metrics``).
+        self.quarantined: set[int] = set()
+        self.store.on_invalid = self._invalid
         self.leadership = Leadership(
             self.js,
             self.topology.leader_bucket,
@@ -316,6 +322,12 @@ class Orchestrator:
         if fx.timers:
             self._timer_kick.set()
 
+    def _invalid(self, position: int, error: InvalidPayload) -> None:
+        """A stored event that does not decode: skipped (as every reader does), logged, counted once."""
+        if position not in self.quarantined:
+            self.quarantined.add(position)
+            log_invalid(position, error)
+
     # ---- commands --------------------------------------------------------------------------------
 
     def _shell(self, kind: str) -> ActorShell[Any, Any]:
@@ -416,6 +428,7 @@ class Orchestrator:
                 self.core.lease_refused(cmd.lease_id)
                 self._kick.set()
             else:
+                self.leases_granted += 1
                 self._dispatch_grant(a.task.task_id, r.state)
 
     def _dispatch_grant(self, task_id: str, t: TaskState) -> None:

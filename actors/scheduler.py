@@ -311,6 +311,17 @@ class Scheduler:
         """Tasks waiting for a provider."""
         return len(self._pending)
 
+    def pending_by_class(self) -> dict[tuple[str, str], int]:
+        """Tasks waiting for a provider by the class of provider they need: (backend, workload).
+
+        One pass over the queue: for a scrape, not for the hot path.
+        """
+        out: dict[tuple[str, str], int] = {}
+        for t in self._pending.values():
+            key = (t.resources.backend, t.workload)
+            out[key] = out.get(key, 0) + 1
+        return out
+
     def _push(self, task: PendingTask, *, front: bool) -> None:
         level = self._levels[task.priority]
         q = level.queues.get(task.submitter)

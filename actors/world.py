@@ -14,7 +14,9 @@ from actors.provider import ProviderState, provider_decider
 from actors.task import TERMINAL, TaskState, task_decider
 from events import Envelope
 from events.intake import InputAccepted, InputRejected
+from events.job import JobRejected
 from events.reputation import Record, counts_against
+from events.subjects import job_owner
 from events.task import TaskFailed, TaskLeaseExpired, TaskResultJudged, TaskResultRejected
 from events.types import EventModel
 
@@ -50,6 +52,11 @@ class World:
         self._intake_seen: set[int] = set()
         #: The lowest intake sequence without a recorded outcome.
         self.intake_low = 1
+        #: Intake messages refused (``InputRejected``), by sender: ``<role>.<name>`` (the outcome
+        #: stream's name after ``intake.``), or "" for outcomes recorded before per-sender streams.
+        self.intake_refusals: dict[str, int] = {}
+        #: Jobs refused when decided (``JobRejected``), by submitter ("" for jobs before identities).
+        self.jobs_rejected: dict[str, int] = {}
         self.position = 0
         self.events = 0
 
@@ -79,6 +86,9 @@ class World:
             before_j = self.jobs.get(agg) or job_decider.initial_state()
             after_j = job_decider.evolve(before_j, e)
             self.jobs[agg] = after_j
+            if isinstance(e, JobRejected):
+                owner = job_owner(agg) or ""
+                self.jobs_rejected[owner] = self.jobs_rejected.get(owner, 0) + 1
             return Change(kind, agg, e, env, before_j, after_j)
         if kind == "provider":
             before_p = self.providers.get(agg) or provider_decider.initial_state()
@@ -88,6 +98,9 @@ class World:
             return Change(kind, agg, e, env, before_p, after_p)
         if isinstance(e, InputAccepted | InputRejected):
             self._intake(e.intake_seq)
+            if isinstance(e, InputRejected):
+                sender = agg if kind == "intake" and "." in agg else ""
+                self.intake_refusals[sender] = self.intake_refusals.get(sender, 0) + 1
         return None
 
     def _intake(self, seq: int) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "readable",
     "report_subject",
     "stream_name",
+    "submitted_job",
     "task_id_of",
 ]
 
@@ -104,6 +105,19 @@ def intake_subject(role: str, name: str, verb: str, target: str = "") -> str:
     """Where identity ``role``/``name`` sends ``verb``: ``gf.in.<role>.<name>.<verb>[.<target>]``."""
     base = f"{INTAKE_PREFIX}.{role}.{name}.{verb}"
     return f"{base}.{target}" if target else base
+
+
+def submitted_job(intake: str) -> str | None:
+    """The job a submission on intake subject ``intake`` asked for (``gf.in.submitter.<name>.submit.<job
+    name>`` → ``<name>.<job name>``), or None for any other subject. The id is the sender's own by
+    construction: nobody can name another submitter's job by submitting."""
+    parts = intake.split(".")
+    prefix = INTAKE_PREFIX.split(".")
+    n = len(prefix)
+    if len(parts) != n + 4 or parts[:n] != prefix or parts[n] != "submitter" or parts[n + 2] != "submit":
+        return None
+    sender, name = parts[n + 1], parts[n + 3]
+    return job_id_of(sender, name) if _token(sender) and _token(name) else None
 
 
 def report_subject(provider_id: str, task_id: str) -> str:

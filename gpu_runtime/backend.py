@@ -224,6 +224,15 @@ class Backend:
             return int(self._cp.get_default_memory_pool().get_limit())
         return 0
 
+    def memory_in_use(self) -> tuple[int, int] | None:
+        """(bytes in use, bytes in all) on this GPU, by every process (as the driver counts them);
+        None on the CPU, which has no device memory to count."""
+        if not self.is_cuda:
+            return None
+        with self._cp.cuda.Device(self.device_index):
+            free, total = self._cp.cuda.runtime.memGetInfo()
+        return int(total) - int(free), int(total)
+
     def free_memory(self) -> None:
         """Give cached device memory back to the driver."""
         if self.is_cuda:

@@ -66,7 +66,7 @@ from gpu_runtime.throttle import ProgressThrottle
 from gpu_runtime.worker import TaskSpec, WorkerOptions
 from gpu_runtime.workloads import faults_enabled
 
-__all__ = ["RUNTIME_VERSION", "ProviderRuntime", "RuntimeConfig"]
+__all__ = ["RUNTIME_VERSION", "ProviderRuntime", "RuntimeConfig", "RuntimeStats"]
 
 RUNTIME_VERSION = "gpu_runtime/0.1.0"
 
@@ -137,6 +137,26 @@ class _TaskRun:
     worker: WorkerProcess | None = None
     revoked: bool = False
     task: asyncio.Task[None] | None = None
+    #: How it ended, once reported: ``completed`` or ``failed`` (with ``reason``).
+    outcome: str = ""
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class RuntimeStats:
+    """What the runtime counts for metrics (``gpu_runtime.metrics``): plain numbers, read at scrape time."""
+
+    #: Leases that ended here, by outcome: ``completed``, ``failed``, ``revoked`` (stopped by the
+    #: orchestrator: cancelled, expired, reassigned) or ``unreported`` (its report could not be sent).
+    tasks: dict[str, int] = field(default_factory=dict)
+    #: Failed tasks by reason (``events.types.FailureReason``).
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def ended(self, outcome: str, reason: str = "") -> None:
+        """Count one lease that ended."""
+        self.tasks[outcome] = self.tasks.get(outcome, 0) + 1
+        if outcome == "failed":
+            self.failures[reason] = self.failures.get(reason, 0) + 1
 
 
 @dataclass
@@ -228,6 +248,7 @@ class ProviderRuntime:
         self._idle.set()
         self._background: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Future[Any]] = set()
+        self.stats = RuntimeStats()
 
     # ----------------------------------------------------------------------------------- lifecycle
 
@@ -249,6 +270,24 @@ class ProviderRuntime:
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers."""
         return self._pool.pids() if self._pool else []
+
+    @property
+    def slots(self) -> int:
+        """Worker processes (tasks it runs at once), once started."""
+        return self._pool.size if self._pool else 0
+
+    @property
+    def worker_restarts(self) -> int:
+        """Workers restarted since the start: after a crash, or a task that would not stop."""
+        return sum(w.restarts for w in self._pool.workers) if self._pool else 0
+
+    def gpu_memory(self) -> dict[int, tuple[int, int]]:
+        """Per GPU index: (bytes in use, bytes in all), as its workers last reported; empty on the CPU."""
+        out: dict[int, tuple[int, int]] = {}
+        for w in self._pool.workers if self._pool else []:
+            if w.memory is not None:
+                out[w.options.device_index] = w.memory
+        return out
 
     async def start(self) -> None:
         """Connect, create the topology, start and calibrate the workers, register, start serving."""
@@ -563,6 +602,7 @@ class ProviderRuntime:
             run.worker.cancel("cancelled")
 
     def _finished(self, run: _TaskRun) -> None:
+        self.stats.ended(run.outcome or ("revoked" if run.revoked else "unreported"), run.reason)
         self._remember(self._recent, run.lease.lease_id)
         self._runs.pop(run.lease.lease_id, None)
         if not self._runs:
@@ -584,6 +624,7 @@ class ProviderRuntime:
             lease_id=lease.lease_id, provider_id=self.provider_id, reason=reason, message=message[:2000]
         )
         await self.report(lease, body, f"{lease.lease_id}-end")
+        run.outcome, run.reason = "failed", reason
 
     def _validate(self, lease: LeaseGranted) -> BaseModel:
         """The lease's parameters, checked against the workload and against this device."""
@@ -689,5 +730,6 @@ class ProviderRuntime:
         if run.revoked:
             return
         await self.report(lease, body, f"{lease.lease_id}-end")
+        run.outcome = "completed"
         log = self._log.bind(task_id=lease.task_id, lease_id=lease.lease_id)
         log.debug("task.completed", gpu_ms=outcome.gpu_ms)

@@ -93,6 +93,8 @@ class WorkerProcess:
     grace_s: float = 2.0
     info: dict[str, Any] = field(default_factory=dict, init=False)
     restarts: int = field(default=0, init=False)
+    #: (bytes in use, bytes in all) on its GPU, as the worker last reported (None on the CPU).
+    memory: tuple[int, int] | None = field(default=None, init=False)
     _proc: Any = field(default=None, init=False, repr=False)
     _conn: Any = field(default=None, init=False, repr=False)
     _cancel: Any = field(default=None, init=False, repr=False)
@@ -141,6 +143,9 @@ class WorkerProcess:
             self._hard_stop()
             raise WorkerStartError(f"worker {self.index} failed to start: {detail}")
         self.info = msg[1]
+        memory = self.info.get("memory_in_use")
+        if memory is not None:
+            self.memory = (int(memory[0]), int(memory[1]))
         _log.debug("worker.ready", worker=self.index, pid=proc.pid, backend=self.info.get("backend"))
         return self.info
 
@@ -284,6 +289,8 @@ class WorkerProcess:
             if kind == "cancel":
                 if reason is None:
                     stop(msg[2])
+            elif kind == "memory":
+                self.memory = (int(msg[2]), int(msg[3]))
             elif kind == "progress":
                 if reason is None:
                     await sink.progress(msg[2], msg[3], msg[4])

@@ -2,16 +2,16 @@
 
 It talks to the service over a ``multiprocessing`` pipe. In: a :class:`TaskSpec`, or ``None`` to
 stop. Out: ``("ready", info)`` once, then per task any number of ``("progress", seq, done, total,
-unit)`` and ``("checkpoint", seq, step, blob)``, and finally ``("result", seq, summary, arrays,
-metrics, gpu_ms)`` or ``("error", seq, reason, message, restart)``. Cancellation is a shared integer
-the service sets to the sequence number of the task to stop.
+unit)`` and ``("checkpoint", seq, step, blob)``, then on a GPU ``("memory", seq, used, total)`` (device
+bytes), and finally ``("result", seq, summary, arrays, metrics, gpu_ms)`` or ``("error", seq, reason,
+message, restart)``. Cancellation is a shared integer the service sets to the sequence number of the
+task to stop.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +30,7 @@ from events.workloads import (
 from gpu_runtime.backend import Backend, BackendChoice, select_backend
 from gpu_runtime.calibrate import calibrate
 from gpu_runtime.errors import WorkloadError
+from gpu_runtime.pdeathsig import die_with_parent
 from gpu_runtime.results import json_safe
 from gpu_runtime.workloads import TaskContext, load_arrays, run_workload
 
@@ -112,19 +113,14 @@ def execute(backend: Backend, spec: TaskSpec, send: Any, cancel: Any) -> tuple[A
 
 
 def _die_with_parent() -> None:
-    """Linux: get SIGKILL when the service dies, even inside a long kernel that never reads the pipe."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
+    """Linux: get SIGKILL when the service dies, even inside a long kernel that never reads the pipe.
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() == 1:  # the parent died before prctl took effect
-            os._exit(1)
-    except (OSError, AttributeError):
-        pass  # best effort: the broken pipe still ends the worker at its next report
+    Elsewhere, the broken pipe still ends the worker at its next report."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    # Spawned by the service, which told us its pid; a parent already gone ends this worker at once.
+    die_with_parent(parent.pid if parent is not None and parent.pid else os.getppid())
 
 
 def worker_main(conn: Any, cancel: Any, options: WorkerOptions) -> None:
@@ -141,6 +137,7 @@ def worker_main(conn: Any, cancel: Any, options: WorkerOptions) -> None:
             "precisions": list(backend.precisions()),
             "device_count": backend.device_count(),
             "total_memory": backend.total_memory(),
+            "memory_in_use": backend.memory_in_use(),
         }
         if options.calibrate:
             info["calibration"] = calibrate(backend).model_dump(mode="json")
@@ -155,4 +152,15 @@ def worker_main(conn: Any, cancel: Any, options: WorkerOptions) -> None:
             return
         if spec is None:
             return
-        conn.send(execute(backend, spec, conn.send, cancel))
+        outcome = execute(backend, spec, conn.send, cancel)
+        memory = _memory_in_use(backend)
+        if memory is not None:  # before the outcome: the service reads it while it waits for that
+            conn.send(("memory", spec.seq, *memory))
+        conn.send(outcome)
+
+
+def _memory_in_use(backend: Backend) -> tuple[int, int] | None:
+    try:
+        return backend.memory_in_use()
+    except Exception:  # a figure for metrics is never worth a task's outcome
+        return None

@@ -781,13 +781,13 @@ def _tracker(bar: Any) -> Progress:
 
 async def backup_command(directory: Path, access: Access | None, data_dir: Path, console: Any) -> Manifest:
     """``gpufleet backup DIR``: snapshot every stream and bucket, print what the backup holds."""
-    from rich.table import Table
+    from gpufleet.tables import narrow_table
 
     say = _say(console)
     async with _reach(access, data_dir, say) as target, admin_connection(target) as nc:
         with _progress_bar(console) as bar, _disk_errors():
             manifest = await take_backup(nc, directory, access=target, progress=_tracker(bar))
-    table = Table(title=f"backup in {directory}")
+    table = narrow_table(f"backup in {directory}")
     for col in ("stream", "messages", "first seq", "last seq", "file bytes", "sha256"):
         table.add_column(col, justify="left" if col in ("stream", "sha256") else "right")
     for s in manifest.streams:
@@ -816,7 +816,7 @@ async def restore_command(
 ) -> list[Restored]:
     """``gpufleet restore DIR``: verify, check this machine's watermarks, restore, check them again, and
     say what came back and what to do next."""
-    from rich.table import Table
+    from gpufleet.tables import narrow_table
 
     with _progress_bar(console) as bar, _disk_errors():
         manifest = await asyncio.to_thread(verify_backup, directory, _tracker(bar))
@@ -842,7 +842,7 @@ async def restore_command(
                 notes, problems = await settle_watermarks(store, data_dir, marks, manifest.log, accept=accept)
         finally:
             await store.close()
-    table = Table(title=f"restored from {directory} (taken {manifest.created})")
+    table = narrow_table(f"restored from {directory} (taken {manifest.created})")
     for col in ("stream", "messages", "first seq", "last seq", "consumers"):
         table.add_column(col, justify="left" if col == "stream" else "right")
     for r in restored:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import sys
 import tempfile
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -59,6 +59,39 @@ NotaryKeyOpt = Annotated[
 TlsCaOpt = Annotated[
     Path | None, typer.Option("--tls-ca", help="The CA of the network's TLS certificate (or $GPUFLEET_TLS_CA).")
 ]
+MetricsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics (a PORT alone: on 127.0.0.1 only).",
+    ),
+]
+
+
+def _metrics_listen(text: str | None) -> tuple[str, int] | None:
+    """``--metrics`` checked before anything starts: one line naming what is wrong."""
+    from gpufleet.metrics import parse_listen
+
+    if text is None:
+        return None
+    try:
+        return parse_listen(text)
+    except GpufleetError as e:
+        _fail(str(e))
+    raise AssertionError("unreachable")
+
+
+async def _serve_metrics(listen: tuple[str, int] | None, **parts: Any) -> Any:
+    """With ``--metrics``: serve ``/metrics`` for ``parts`` (``gpufleet.metrics.registry_for``) on this
+    event loop; the server to close, or None."""
+    if listen is None:
+        return None
+    from gpufleet.metrics import registry_for, serve_metrics
+
+    server = await serve_metrics(*listen, registry_for(**parts))
+    console.print(f"metrics at {server.url}", highlight=False)
+    return server
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -165,6 +198,21 @@ def up(
             help="Run N nats-servers here as one JetStream cluster, every stream with N replicas (odd: 1, 3, 5)."
         ),
     ] = 1,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            help="Keep the read models here: postgresql://USER@HOST/DB[?schema=NAME], or a SQLite file "
+            "(default: readmodels.sqlite in the data directory).",
+        ),
+    ] = None,
+    dashboard: Annotated[
+        bool, typer.Option(help="Serve the web dashboard on 127.0.0.1 (read-only; its URL is printed).")
+    ] = True,
+    dashboard_port: Annotated[
+        int | None, typer.Option(help="The dashboard's port (default 8222 if free, else any; 0: any).")
+    ] = None,
+    metrics: MetricsOpt = None,
 ) -> None:
     """Run the whole network here, secured: nats-server with JetStream, orchestrator, projections, a provider.
 
@@ -198,31 +246,33 @@ def up(
         tls_key=tls_key,
         tls_hosts=list(tls_host or []),
         cluster=cluster,
+        db=db,
+        dashboard=dashboard,
+        dashboard_port=dashboard_port,
+        metrics=_metrics_listen(metrics),
     )
 
     async def run() -> None:
-        import signal
+        from gpufleet.lifecycle import graceful_shutdown
 
-        net = LocalNetwork(cfg)
-        with console.status("starting the network..."):
-            await net.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        # SIGTERM (systemd, Docker, a supervisor) stops as cleanly as Ctrl-C: nats-server goes too.
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        orch = net.orchestrator
-        assert orch is not None
-        try:
-            _print_network(net)
-            halted = asyncio.ensure_future(orch.halted.wait())
-            stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait([halted, stopping], return_when=asyncio.FIRST_COMPLETED)
-            halted.cancel()
-            stopping.cancel()
-        finally:
-            await net.stop()
+        # SIGTERM (systemd, Docker, a supervisor) stops as cleanly as Ctrl-C: every part in order,
+        # nats-server last. (A SIGKILL leaves no orphan either: the children die with this process.)
+        async with graceful_shutdown() as shutdown:
+            net = LocalNetwork(cfg)
+            with console.status("starting the network..."):
+                await net.start()  # a second `up` on the data directory is refused here, in one line
+            orch = net.orchestrator
+            assert orch is not None
+            try:
+                if not shutdown.requested.is_set():
+                    _print_network(net)
+                await shutdown.until(orch.halted.wait())
+            finally:
+                with console.status("stopping..."):
+                    await net.stop()
         if orch.fatal is not None:
             raise orch.fatal  # the log was lost under the running network: one line, non-zero
+        console.print("stopped; `gpufleet up` resumes from the same log")
 
     try:
         _run(run())
@@ -234,7 +284,12 @@ def up(
 
 
 def _print_network(net: Any) -> None:
-    t = Table(title="gpufleet is up", show_header=False)
+    from gpufleet.tables import device_text
+
+    # No frame: it costs columns an 80-column terminal cannot spare (the command to try stays on one line).
+    t = Table(title="gpufleet is up", title_justify="left", show_header=False, box=None, padding=(0, 2, 0, 0))
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column(overflow="fold")
     if net.cluster is not None:
         t.add_row("NATS", f"a {net.cluster.size}-node JetStream cluster (embedded), every stream R{net.cluster.size}:")
         for node in net.cluster.nodes:
@@ -246,12 +301,21 @@ def _print_network(net: Any) -> None:
     orch = net.orchestrator
     t.add_row("orchestrator", f"log position {orch.world.position}, {len(orch.world.jobs)} jobs so far")
     if net.projector is not None:
-        t.add_row("projections", f"{net.db_path}")
+        from projections.storage import describe_db
+
+        t.add_row("projections", describe_db(net.read_models_db))
+    if getattr(net, "dashboard", None) is not None:
+        t.add_row("dashboard", f"{net.dashboard.url}  (this machine only; read-only)")
+    if net.metrics_server is not None:
+        t.add_row("metrics", f"{net.metrics_server.url}  (Prometheus)")
+    elif getattr(net, "dashboard", None) is not None:
+        t.add_row("metrics", f"{net.dashboard.url.rstrip('/')}/metrics  (Prometheus)")
     p = net.provider
     if p is not None and p.capabilities is not None:
         caps = p.capabilities
-        t.add_row("provider", f"{p.provider_id}: {caps.backend} {caps.gpu_model}, {caps.slots} slot(s)")
-    t.add_row("try", "gpufleet submit --workload montecarlo --param samples=1000000 --watch")
+        device = device_text(caps.backend, caps.gpu_model, width=40)
+        t.add_row("provider", f"{p.provider_id}: {device}, {caps.slots} slot(s)")
+    t.add_row("try", "gpufleet submit --workload montecarlo -p samples=1000000 --watch")
     console.print(t)
     console.print("Ctrl-C to stop.")
 
@@ -449,15 +513,21 @@ def _seconds(s: float | None) -> str:
 
 
 def _span_s(expected: float, low: float, high: float) -> str:
-    """ "1.2 s (0.9 to 1.6)": the unit of the expected value for all three."""
-    unit, div = ("s", 1.0) if expected < 100 else ("min", 60.0) if expected < 6000 else ("h", 3600.0)
-    return f"{expected / div:.3g} {unit} ({low / div:.2g} to {high / div:.2g})"
+    """ "1.2 s (0.9-1.6)" (an en dash): the unit of the expected value for all three."""
+    units = (("ms", 1e-3, 1.0), ("s", 1.0, 100.0), ("min", 60.0, 6000.0))
+    unit, div = next(((u, d) for u, d, below in units if expected < below), ("h", 3600.0))
+    return f"{_num(expected / div, 3)} {unit} ({_num(low / div)}\u2013{_num(high / div)})"
+
+
+def _num(x: float, digits: int = 2) -> str:
+    """``x`` to about ``digits`` significant digits, never in scientific notation: 0.66, 2.2, 176."""
+    return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:.0f}"
 
 
 def _credits(span: Any) -> str:
     if span.high == 0:
         return "free"
-    return f"{span.expected / 1e6:.6f} ({span.low / 1e6:.6f} to {span.high / 1e6:.6f})"
+    return f"{span.expected / 1e6:.6f} ({span.low / 1e6:.6g}\u2013{span.high / 1e6:.6g})"
 
 
 def _print_quote(q: Any) -> None:
@@ -469,16 +539,21 @@ def _print_quote(q: Any) -> None:
         for requirement, why in q.why.items():
             console.print(f"  {requirement}: {escape(why)}", highlight=False)
         return
-    t = Table(title=f"quote: {q.tasks} {q.workload} task(s) for {q.submitter}")
-    for col in ("class", "providers", "per task", "cost (credits)", "start", "finish"):
-        t.add_column(col)
+    from gpufleet.tables import device_text, narrow_table
+
+    t = narrow_table(f"quote: {q.tasks} {q.workload} task(s) for {q.submitter}")
+    for col in ("class", "providers", "per task", "credits", "starts", "finishes"):
+        t.add_column(col, no_wrap=col in ("class", "starts"), overflow="fold")
     for o in q.options:
         p = o.per_task
         runs = f" x{o.runs:g}" if o.runs != 1 else ""
+        backend, _, model = o.device_class.partition(":")
+        shown = o.providers[:2]
+        more = f" +{len(o.providers) - len(shown)}" if len(o.providers) > len(shown) else ""
         t.add_row(
-            escape(o.device_class),
-            escape(", ".join(f"{x.provider_id} ({x.free}/{x.slots} free)" for x in o.providers)),
-            escape(f"{_span_s(p.seconds, p.low, p.high)}{runs} [{p.basis}]"),
+            escape(device_text(backend, model)),
+            escape(", ".join(f"{x.provider_id} {x.free}/{x.slots}" for x in shown) + more),
+            escape(f"{_span_s(p.seconds, p.low, p.high)}{runs} {p.basis}"),
             _credits(o.cost_micros),
             f"in {_seconds(o.start_s)}",
             f"in {_span_s(o.finish_s.expected, o.finish_s.low, o.finish_s.high)}",
@@ -686,8 +761,11 @@ async def _read_models(access: Any, data_dir: Path | None) -> Any:
     home = data_dir or DEFAULT_DATA_DIR
     info = _read_info(home)
     live = home / "readmodels.sqlite"
-    if info and info.get("url") == url and _alive(int(info.get("pid", 0))) and live.exists():
-        return ReadModels.open(live)
+    if info and info.get("url") == url and _alive(int(info.get("pid", 0))):
+        if info.get("db"):  # `up --db postgresql://...`: its shared read models
+            return ReadModels.open(str(info["db"]))
+        if live.exists():
+            return ReadModels.open(live)
     home.mkdir(parents=True, exist_ok=True)
     cache = home / f"cache-{hashlib.sha1(url.encode()).hexdigest()[:10]}.sqlite"
     store = await JetStreamEventStore.connect(access, name="gpufleet-cli", reads="direct")
@@ -715,7 +793,7 @@ def jobs(
     """Jobs, newest first: status, progress, ETA and cost (the whole network: an operator's or auditor's view)."""
 
     async def run() -> None:
-        from gpufleet.tables import eta_cell
+        from gpufleet.tables import jobs_table, refusals
 
         models = await _read_models(_access("auditor", nats_url, creds, tls_ca, data_dir), data_dir)
         try:
@@ -724,23 +802,9 @@ def jobs(
         finally:
             models.close()
         now = datetime.now(UTC).timestamp()
-        t = Table(title=f"{len(rows)} job(s)")
-        for col in ("job", "workload", "submitter", "status", "tasks", "eta", "verify", "credits"):
-            t.add_column(col, no_wrap=col == "tasks")
-        for r in rows:
-            # The policy its tasks run under, and the results verification refused (never delivered).
-            verify = r.verify + (f", {r.invalid_results} invalid" if r.invalid_results else "")
-            t.add_row(
-                r.job_id,
-                r.workload,
-                r.submitter,
-                r.status,
-                f"{r.tasks_completed}/{r.task_count} {r.progress:.0%}",
-                eta_cell(etas[r.job_id], now),
-                verify,
-                f"{r.cost_micros / 1e6:.6f}",
-            )
-        console.print(t)
+        console.print(jobs_table(rows, etas, now, console.width))
+        for line in refusals(rows):
+            console.print(f"rejected {line}", highlight=False, markup=False)
 
     _run(run())
 
@@ -759,7 +823,7 @@ def providers(
             models.close()
         from gpufleet.tables import fleet_table
 
-        console.print(fleet_table(rows))
+        console.print(fleet_table(rows, console.width))
 
     _run(run())
 
@@ -767,25 +831,51 @@ def providers(
 @app.command()
 def replay(
     audit: Annotated[bool, typer.Option("--audit", help="Also audit the log and print the report.")] = False,
-    db: Annotated[Path | None, typer.Option(help="Rebuild into this SQLite file (default: a temporary one).")] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            help="Rebuild into this SQLite file or postgresql://USER@HOST/DB[?schema=NAME] (default: a temporary one).",
+        ),
+    ] = None,
     nats_url: NatsOpt = None,
     creds: CredsOpt = None,
     tls_ca: TlsCaOpt = None,
     notary_key: NotaryKeyOpt = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="A stopped network's data directory: serve its store here for the replay (no network needed).",
+        ),
+    ] = None,
 ) -> None:
-    """Rebuild every read model from position 0 of the log; with --audit, check the network kept its rules."""
+    """Rebuild every read model from position 0 of the log; with --audit, check the network kept its rules.
+
+    With --data-dir, it works on a stopped network's store by itself (a private nats-server, stopped after).
+    """
     from events.store import JetStreamEventStore
     from gpufleet.audit import full_audit
     from projections.projector import Projector
     from projections.query import ReadModels
-    from projections.storage import SqliteStore
+    from projections.storage import describe_db, open_store
+
+    if data_dir is not None and (nats_url or creds):
+        _fail("--data-dir serves a stopped network's store here; --nats and --creds reach a running one: choose one")
 
     async def run() -> None:
         # As an auditor: it reads every stream and bucket, and can write nothing.
-        access = _access("auditor", nats_url, creds, tls_ca)
+        async with _auditor_of(data_dir, nats_url, creds, tls_ca) as access:
+            await replay_on(access)
+
+    async def replay_on(access: Any) -> None:
         store = await JetStreamEventStore.connect(access, name="gpufleet-replay", reads="direct")
-        target = db or Path(tempfile.mkdtemp(prefix="gpufleet-replay-")) / "readmodels.sqlite"
-        sqlite = SqliteStore(str(target))
+        target = db or str(Path(tempfile.mkdtemp(prefix="gpufleet-replay-")) / "readmodels.sqlite")
+        try:
+            sqlite = open_store(target)
+        except BaseException:
+            await store.close()
+            raise
         try:
             projector = Projector(store, sqlite)
             projector.open()
@@ -795,7 +885,8 @@ def replay(
             books = await models.balances()
             err = await models.eta_error()
             console.print(
-                f"rebuilt every read model from {projector.applied} events (log position {position}) into {target}",
+                f"rebuilt every read model from {projector.applied} events (log position {position}) "
+                f"into {describe_db(target)}",
                 highlight=False,
             )
             console.print(f"books balance: {'yes' if books.balanced else 'NO: ' + '; '.join(books.problems[:3])}")
@@ -815,7 +906,7 @@ def replay(
                     report, provenance = await full_audit(store)
                 console.print(provenance.summary(), highlight=False)
                 console.print(report.render(), highlight=False, markup=False)
-                signed_ok = await _audit_signed_checkpoints(store, notary_key)
+                signed_ok = await _audit_signed_checkpoints(store, notary_key, data_dir)
                 if not report.ok or not signed_ok:
                     raise typer.Exit(1)
         finally:
@@ -823,6 +914,44 @@ def replay(
             sqlite.close()
 
     _run(run())
+
+
+@contextlib.asynccontextmanager
+async def _auditor_of(
+    data_dir: Path | None, nats_url: str | None, creds: Path | None, tls_ca: Path | None
+) -> AsyncIterator[Any]:
+    """The auditor's access: to the network named or running here; with ``data_dir``, to that stopped
+    network's store, served for the time of the block (refused while a network runs there)."""
+    if data_dir is None:
+        yield _access("auditor", nats_url, creds, tls_ca)
+        return
+    from gpufleet.lifecycle import DataDirInUse, stopped_store
+    from gpufleet.network import network_running
+
+    try:
+        async with stopped_store(data_dir) as access:
+            yield access
+    except DataDirInUse as e:
+        if not network_running(data_dir):
+            raise
+        live = _live_replay(data_dir)
+        raise DataDirInUse(
+            f"data directory {data_dir} is in use by {e.holder} (pid {e.pid}): audit the live network with `{live}`",
+            data_dir,
+            e.pid,
+            e.holder,
+        ) from None
+
+
+def _live_replay(data_dir: Path) -> str:
+    """The command that audits the network running from ``data_dir``."""
+    import os
+
+    from gpufleet.network import DEFAULT_DATA_DIR
+
+    if os.path.abspath(data_dir) == os.path.abspath(DEFAULT_DATA_DIR):
+        return "gpufleet replay --audit"
+    return f"GPUFLEET_HOME={data_dir} gpufleet replay --audit"
 
 
 # ---- backup and restore --------------------------------------------------------------------------
@@ -914,11 +1043,11 @@ def _trusted_key(given: str | None, data_dir: Path | None = None) -> Any:
     return read_trusted_key(vkey) if vkey.exists() else None
 
 
-async def _audit_signed_checkpoints(store: Any, notary_key: str | None) -> bool:
+async def _audit_signed_checkpoints(store: Any, notary_key: str | None, data_dir: Path | None = None) -> bool:
     """The audit's signed-checkpoint step (``projections.checkpoints``): False on a finding."""
     from projections.checkpoints import audit_checkpoints
 
-    key = _trusted_key(notary_key)
+    key = _trusted_key(notary_key, data_dir)
     if key is None:
         console.print("  signed checkpoints not checked: no trusted notary key (give --notary-key)")
         return True
@@ -928,6 +1057,40 @@ async def _audit_signed_checkpoints(store: Any, notary_key: str | None) -> bool:
     if not found.ok:
         console.print("FAIL: the log is not the one the notary signed", highlight=False)
     return found.ok
+
+
+@app.command("dashboard")
+def dashboard_cmd(
+    nats_url: NatsOpt = None,
+    creds: CredsOpt = None,
+    tls_ca: TlsCaOpt = None,
+    port: Annotated[
+        int | None, typer.Option(help="Serve on this port of 127.0.0.1 (default 8222 if free, else any; 0: any).")
+    ] = None,
+    notary_key: NotaryKeyOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Serve the read-only web dashboard of any network on 127.0.0.1, showing what your identity may see.
+
+    An auditor's credentials show the whole network (the log is followed into a cache in the data
+    directory); a submitter's show that submitter's own jobs. Ctrl-C or SIGTERM stops it.
+    """
+    from gpufleet.dashboard.sources import serve_network
+    from gpufleet.network import DEFAULT_DATA_DIR
+
+    def ready(url: str, who: str) -> None:
+        console.print(f"dashboard for {who} at {url}  (Ctrl-C to stop)", highlight=False, markup=False, soft_wrap=True)
+
+    async def run() -> None:
+        access = _access("auditor", nats_url, creds, tls_ca, data_dir)
+        key = _trusted_key(notary_key, data_dir)
+        await serve_network(access, port=port, notary_key=key, data_dir=data_dir or DEFAULT_DATA_DIR, ready=ready)
+
+    try:
+        _run(run())
+    except typer.Exit as e:
+        if e.exit_code != 130:
+            raise
 
 
 @app.command()
@@ -1047,16 +1210,18 @@ def provider_run(
         int, typer.Option(min=0, max=MAX_PRICE_MICROS, help="Price, micro-credits per GPU-second.")
     ] = 0,
     memory_limit_mb: Annotated[int | None, typer.Option(help="Per-task GPU memory cap.")] = None,
+    metrics: MetricsOpt = None,
 ) -> None:
     """Join this machine's GPU (or CPU) to a network: detect, calibrate, register, take work.
 
     The provider's id is the name in its credentials (`gpufleet creds issue provider NAME` on the
     network's machine). Ctrl-C or SIGTERM drains: running work finishes, nothing new is taken, then
-    the provider leaves.
+    the provider leaves; a second one stops at once (its running tasks are then reassigned).
     """
-    import signal
-
     from gpu_runtime.service import ProviderRuntime, RuntimeConfig
+    from gpufleet.lifecycle import graceful_shutdown
+
+    listen = _metrics_listen(metrics)
 
     async def run() -> None:
         access = _access("provider", nats_url, creds, tls_ca)
@@ -1076,26 +1241,36 @@ def provider_run(
                 memory_limit_mb=memory_limit_mb,
             )
         )
-        with console.status("detecting and calibrating the device..."):
-            await runtime.start()
-        caps = runtime.capabilities
-        assert caps is not None
-        console.print(
-            f"provider {runtime.provider_id}: {caps.backend} {caps.gpu_model}, {caps.slots} slot(s), "
-            f"registered on {runtime.config.nats_url}",
-            highlight=False,
-        )
-        loop = asyncio.get_running_loop()
-        drains: list[Any] = []
+        draining: list[asyncio.Task[None]] = []
 
-        def drain() -> None:
-            if not drains:
-                console.print("draining: finishing running work...")
-                drains.append(loop.create_task(runtime.drain("stopped by its operator")))
+        def at_once(_: str) -> None:
+            for task in draining:
+                task.cancel()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, drain)
-        await runtime.serve()
+        # SIGTERM or Ctrl-C: drain, then leave; the worker processes go with the runtime (and die
+        # with this process, should it be killed).
+        async with graceful_shutdown(on_repeat=at_once) as shutdown:
+            with console.status("detecting and calibrating the device..."):
+                await runtime.start()
+            served = None
+            try:
+                served = await _serve_metrics(listen, providers=(runtime,))
+                caps = runtime.capabilities
+                assert caps is not None
+                console.print(
+                    f"provider {runtime.provider_id}: {caps.backend} {caps.gpu_model}, {caps.slots} slot(s), "
+                    f"registered on {runtime.config.nats_url}",
+                    highlight=False,
+                )
+                if await shutdown.until(runtime.serve()):
+                    console.print("draining: finishing running work (again to stop at once)...")
+                    draining.append(asyncio.ensure_future(runtime.drain("stopped by its operator")))
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await draining[0]
+            finally:
+                await runtime.close()  # at once, if the drain was cut short; else nothing left to do
+                if served is not None:
+                    await served.close()
 
     _run(run())
 
@@ -1156,6 +1331,7 @@ def orchestrator_run(
     ] = 30.0,
     lease_grace: Annotated[float, typer.Option(help="Seconds a started lease outlives the task timeout.")] = 30.0,
     data_dir: DataDirOpt = None,
+    metrics: MetricsOpt = None,
 ) -> None:
     """Run an orchestrator (and an event feed) against NATS until interrupted (Ctrl-C stops it cleanly).
 
@@ -1172,20 +1348,35 @@ def orchestrator_run(
         lease_grace_s=lease_grace,
         state_dir=data_dir or DEFAULT_DATA_DIR,
     )
+    listen = _metrics_listen(metrics)
 
     async def run() -> None:
+        from gpufleet.lifecycle import graceful_shutdown
+
         access = _access("orchestrator", nats_url, creds, tls_ca)
-        orch = await Orchestrator.connect(access, config=config)
-        store = await JetStreamEventStore.connect(access, name="gpufleet-feed")
-        feed = EventFeed(store)
-        await feed.start()
-        console.print(f"orchestrator running on {access.url} (log position {orch.world.position})", highlight=False)
-        try:
-            await orch.wait()  # until interrupted, or until it halts on its own (a lost log): one line
-        finally:
-            await feed.stop()
-            await store.close()
-            await orch.close()
+        # SIGTERM or Ctrl-C: stop taking intake, then close the feed and the orchestrator in order.
+        async with graceful_shutdown() as shutdown:
+            orch = await Orchestrator.connect(access, config=config)
+            served = None
+            try:
+                served = await _serve_metrics(listen, orchestrator=orch)
+                store = await JetStreamEventStore.connect(access, name="gpufleet-feed")
+                feed = EventFeed(store)
+                try:
+                    await feed.start()
+                    console.print(
+                        f"orchestrator running on {access.url} (log position {orch.world.position})", highlight=False
+                    )
+                    # Until a signal, or until it halts on its own (a lost log): one line, non-zero.
+                    await shutdown.until(orch.wait())
+                finally:
+                    await feed.stop()
+                    await store.close()
+            finally:
+                if served is not None:
+                    await served.close()
+                await orch.close()
+        console.print("orchestrator stopped", highlight=False)
 
     try:
         _run(run())

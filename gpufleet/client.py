@@ -52,7 +52,7 @@ from events.job import JobCancelled, JobCompleted, JobFailed, JobRejected, JobSp
 from events.store.blobs import BlobStore, ObjectIntegrityError
 from events.store.connection import Access, connect_nats, raise_if_denied
 from events.store.topology import Topology
-from events.subjects import api_subject, intake_subject, job_owner, outcomes_stream
+from events.subjects import api_subject, intake_subject, job_owner, outcomes_stream, submitted_job
 from events.tlog import Checkpoint, NoteKey
 from events.types import ObjectRef, ResultRef, is_valid_id, utc_now
 from events.verification import inline_sha256
@@ -483,7 +483,14 @@ class Job:
         the log). If the connection drops, it resumes where it was.
         """
         if self.intake_seq is None:
-            await self._exists(wait=10.0)
+            try:
+                await self._exists(wait=10.0)
+            except UnknownJobError:
+                refusal = await self._refusal()
+                if refusal is None:
+                    raise
+                yield refusal  # it never became a job: its refusal is all there is
+                return
         after = 0
         # With our submission's intake sequence, the job's end counts only once that submission's
         # outcome is known: an earlier job under the same id may have ended already (and a different
@@ -522,8 +529,26 @@ class Job:
             if loop.time() >= deadline:
                 raise UnknownJobError(self.id)
 
+    async def _refusal(self) -> Envelope | None:
+        """The latest refusal, at intake, of a submission of this job (from its owner's intake
+        outcomes): for a job that never came to be, the reason it did not."""
+        owner = job_owner(self.id)
+        if owner is None:
+            return None
+        found: Envelope | None = None
+        after = 0
+        while True:
+            events, last, head = await self.client.feed([outcomes_stream("submitter", owner)], after)
+            for env in events:
+                if isinstance(env.data, InputRejected) and submitted_job(env.data.subject) == self.id:
+                    found = env
+            if last <= after or last >= head:
+                return found
+            after = last
+
     async def status(self) -> JobStatus:
-        """The job now, folded from its events (``UnknownJobError`` if it does not exist)."""
+        """The job now, folded from its events; a submission refused at intake is a ``rejected`` job
+        with its reason (``UnknownJobError`` if neither exists)."""
         world = World()
         timings = Timings()
         last: Any = None
@@ -538,7 +563,10 @@ class Job:
             if _ends(env, self.id):
                 last = env.data
         if self.id not in world.jobs:
-            raise UnknownJobError(self.id)
+            refusal = await self._refusal()
+            if refusal is None or not isinstance(refusal.data, InputRejected):
+                raise UnknownJobError(self.id)
+            return _refused(self.id, refusal.data, refusal.sequence)
         return _status(self.id, world, last, position, timings)
 
     async def wait(self, timeout: float | None = None) -> JobStatus:

@@ -31,6 +31,7 @@ from events.errors import GpufleetError, StoreUnavailable
 from events.store.connection import Access, connect_nats
 from events.store.topology import Topology, ensure_topology
 from gpufleet.auth import AccountLimits, Authority
+from gpufleet.lifecycle import DataDirLock
 from gpufleet.natsserver import NatsServer
 
 __all__ = [
@@ -152,10 +153,15 @@ class LocalCluster:
         tls_key: Path | None = None,
         tls_ca: Path | None = None,
         limits: AccountLimits | None = None,
+        lock: DataDirLock | None = None,
     ) -> None:
         self.size = check_cluster_size(size)
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
+        #: The data directory's lock: given (``up`` holds it), or taken when a node first starts and
+        #: let go by ``stop`` (``gpufleet.lifecycle.DataDirLock``).
+        self._lock = lock
+        self._own_lock: DataDirLock | None = None
         base = limits or AccountLimits()
         # Every replica counts against the account's storage: R3 reserves three times the bytes.
         self.authority = Authority.open(
@@ -227,6 +233,10 @@ class LocalCluster:
         return self
 
     def _start_one(self, node: ClusterNode, timeout: float, verify: bool) -> None:
+        lock = self._lock or self._own_lock
+        if lock is None:
+            lock = self._own_lock = DataDirLock.acquire(self.data_dir)
+        node.server.keep_fds = (lock.fd,)  # the store stays held while any node lives
         if verify and not node.server.running:
             # nats-server trusts a stream's index (``msgs/index.db``) when it matches the last record of
             # the last block: a byte flipped earlier in a block goes unnoticed until a read hits it, and
@@ -242,6 +252,7 @@ class LocalCluster:
         # A clustered server reports ready once its client port listens; JetStream then joins the meta
         # group in the background (``wait_formed`` waits for that).
         node.server.start(timeout)
+        lock.note_servers([n.server.proc.pid for n in self.nodes if n.server.proc is not None and n.server.running])
 
     def start_node(self, index: int, timeout: float = 30.0, *, verify: bool = True) -> ClusterNode:
         """Start (or restart) one node, on the same ports and store.
@@ -263,10 +274,13 @@ class LocalCluster:
         self.nodes[index].server.kill()
 
     def stop(self) -> None:
-        """Stop every node."""
+        """Stop every node (and let go of the data directory, if this cluster took it)."""
         for node in self.nodes:
             with contextlib.suppress(Exception):
                 node.server.stop()
+        if self._own_lock is not None:
+            self._own_lock.release()
+            self._own_lock = None
 
     def access(self, role: str, name: str) -> Access:
         """How identity ``role``/``name`` reaches the cluster, through any node."""

@@ -7,20 +7,20 @@ checkpoints, and, where a GPU exists, a custom CUDA kernel compiled on the provi
 from __future__ import annotations
 
 import asyncio
+import shlex
 import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from actors.orchestrator import OrchestratorConfig
 from gpufleet.client import Client, JobStatus
 from gpufleet.network import LocalNetwork, NetworkConfig
-from gpufleet.tables import fleet_table
+from gpufleet.tables import fleet_table, narrow_table
 from gpufleet.watch import watch_jobs
 
-__all__ = ["demo_jobs", "run_demo"]
+__all__ = ["demo_jobs", "replay_command", "run_demo"]
 
 SAXPY = r"""
 extern "C" __global__ void saxpy(const float a, const float* x, float* y, const int n) {
@@ -93,6 +93,12 @@ def _summary(st: JobStatus, values: list[Any]) -> str:
     return f"{len(values)} result(s)"
 
 
+def replay_command(data_dir: Path) -> str:
+    """The command the demo ends with: it replays and audits the kept log once the demo's network has
+    stopped, serving the store itself (``gpufleet replay --data-dir``)."""
+    return f"gpufleet replay --audit --data-dir {shlex.quote(str(data_dir))}"
+
+
 async def run_demo(data_dir: Path, console: Console, *, backend: str = "auto") -> None:
     """Bring the network up, run the sample mix with live bars, print results, fleet and audit."""
     from gpufleet.audit import full_audit
@@ -130,9 +136,9 @@ async def run_demo(data_dir: Path, console: Console, *, backend: str = "auto") -
             jobs.append(await client.submit(spec))
         statuses = await watch_jobs(jobs, console)
 
-        table = Table(title="results (every digest verified against the log)")
+        table = narrow_table("results (every digest verified against the log)")
         for col in ("job", "workload", "status", "tasks", "result"):
-            table.add_column(col)
+            table.add_column(col, no_wrap=col != "result")
         for job, st in zip(jobs, statuses, strict=True):
             values = [r.value for r in await job.result()] if st.status == "completed" else []
             table.add_row(
@@ -157,7 +163,7 @@ async def run_demo(data_dir: Path, console: Console, *, backend: str = "auto") -
 
         models = ReadModels(SqliteStore(str(net.db_path)))
         try:
-            console.print(fleet_table(await models.fleet()))
+            console.print(fleet_table(await models.fleet(), console.width))
             books = await models.balances()
             console.print(f"books balance: {'[green]yes[/]' if books.balanced else '[red]NO[/]'}")
         finally:
@@ -173,7 +179,9 @@ async def run_demo(data_dir: Path, console: Console, *, backend: str = "auto") -
         )
         if not report.ok:
             console.print(report.render(), markup=False, highlight=False)
-        console.print(f"log kept in {data_dir}; replay it any time with `gpufleet replay --audit`")
+        console.print(
+            f"log kept in {data_dir}; replay and audit it any time with `{replay_command(data_dir)}`", highlight=False
+        )
     finally:
         for c in clients:
             await c.close()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from events.errors import GpufleetError
+from gpufleet.lifecycle import spawn
 
 __all__ = ["NatsServer", "NatsServerError", "find_nats_server"]
 
@@ -61,6 +62,9 @@ class NatsServer:
     #: Serve TLS with this certificate and key (clients then use ``tls://``).
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: Open descriptors the server inherits (the data directory's lock: it stays held while the
+    #: server lives, see ``gpufleet.lifecycle.DataDirLock``).
+    keep_fds: tuple[int, ...] = ()
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -118,7 +122,8 @@ class NatsServer:
             with os.fdopen(fd, "w") as f:
                 f.write(text)
             args[1:1] = ["-c", str(self.config_file)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # It dies with this process, however this one ends (``lifecycle.spawn``): never an orphan on the store.
+        self.proc = spawn(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=self.keep_fds)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -4,8 +4,9 @@ It creates the network's operator, accounts and keys on first start (``<data dir
 an embedded ``nats-server`` with JetStream that admits only identities they signed (unless
 ``nats_url`` names an existing server or cluster set up the same way), creates the streams as the
 network's admin, and runs the orchestrator, the event feed, the projections (read models in
-SQLite, live) and one local provider, each under the credentials of its role. Everything keeps its
-state in the log, so a later ``up`` on the same data directory resumes where the last one stopped.
+SQLite, or in PostgreSQL with ``db``, live) and one local provider, each under the credentials of
+its role. Everything keeps its state in the log, so a later ``up`` on the same data directory resumes
+where the last one stopped.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ from events.store.topology import Topology, ensure_topology
 from gpu_runtime.service import ProviderRuntime, RuntimeConfig
 from gpufleet.auth import HUB_ACCOUNT, AccountLimits, Authority, ensure_server_tls, push_accounts
 from gpufleet.cluster import ClusterError, LocalCluster, check_cluster_size, check_store_layout, cluster_info
+from gpufleet.lifecycle import DataDirLock, check_port_free
+from gpufleet.metrics import MetricsRegistry, MetricsServer, register_network, serve_metrics
 from gpufleet.natsserver import NatsServer
 from gpufleet.notary import Notary
 from projections.feed import EventFeed
 from projections.projector import Projector
 from projections.quote import QuoteService
-from projections.storage import SqliteStore
+from projections.storage import ReadModelStore, is_postgres_url, open_store, without_password
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -166,6 +169,9 @@ class NetworkConfig:
     #: The local provider's price, micro-credits per GPU-second.
     provider_price_micros: int = 0
     projections: bool = True
+    #: Where the projections keep the read models: a ``postgresql://`` URL (``?schema=NAME`` to share
+    #: a database), or a SQLite file; None is ``<data dir>/readmodels.sqlite``.
+    db: str | None = None
     #: Run the notary (``gpufleet.notary``): it signs checkpoints of the log every so many events
     #: and seconds, with its key in ``<data dir>/notary``.
     notary: bool = True
@@ -177,6 +183,13 @@ class NetworkConfig:
     #: Run this many embedded nats-servers as one JetStream cluster, every stream and bucket with that
     #: many replicas (odd; 1 is the single server). See ``gpufleet.cluster``.
     cluster: int = 1
+    #: Serve the web dashboard (``gpufleet.dashboard``) on 127.0.0.1, live with the projections, on
+    #: ``dashboard_port`` (None: 8222 if free, else any free port; 0: any free port).
+    dashboard: bool = False
+    dashboard_port: int | None = None
+    #: Also serve ``/metrics`` (Prometheus) on this (host, port) by itself (``up --metrics``); the
+    #: dashboard serves the same registry (``LocalNetwork.metrics_registry``) on its own port.
+    metrics: tuple[str, int] | None = None
 
 
 class EmbeddedServer:
@@ -197,9 +210,14 @@ class EmbeddedServer:
         tls_key: Path | None = None,
         tls_ca: Path | None = None,
         limits: AccountLimits | None = None,
+        lock: DataDirLock | None = None,
     ) -> None:
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
+        #: The data directory's lock: given (``up`` holds it), or taken by ``start`` and let go by
+        #: ``stop``. One server per store: a second one on it is refused while this one runs.
+        self._lock = lock
+        self._own_lock: DataDirLock | None = None
         self.authority = Authority.open(data_dir / "auth", limits=limits)
         store_dir = data_dir / "nats"
         self.tls_ca = tls_ca
@@ -221,10 +239,26 @@ class EmbeddedServer:
         return url
 
     def start(self) -> EmbeddedServer:
-        """Start the server (blocking until it is ready)."""
-        self._adopt_open_store()
-        self.server.start()
+        """Start the server (blocking until it is ready); ``DataDirInUse`` if another process holds the
+        data directory."""
+        lock = self._lock or self._own_lock
+        if lock is None:
+            lock = self._own_lock = DataDirLock.acquire(self.data_dir)
+        # The server keeps the lock held for as long as it lives, should it ever outlive us.
+        self.server.keep_fds = (lock.fd,)
+        try:
+            self._adopt_open_store()
+            self.server.start()
+        except BaseException:
+            self._let_go()
+            raise
+        lock.note_servers([self.server.proc.pid if self.server.proc else 0])
         return self
+
+    def _let_go(self) -> None:
+        if self._own_lock is not None:
+            self._own_lock.release()
+            self._own_lock = None
 
     def _adopt_open_store(self) -> None:
         """A data directory from before identities keeps its log in the open server's global account
@@ -240,10 +274,12 @@ class EmbeddedServer:
     def stop(self) -> None:
         """Stop it gracefully."""
         self.server.stop()
+        self._let_go()
 
     def kill(self) -> None:
         """Kill it, as a crash would."""
         self.server.kill()
+        self._let_go()
 
     def access(self, role: str, name: str | None = None) -> Access:
         """How identity ``role``/``name`` reaches this server (credentials issued on first use)."""
@@ -298,12 +334,24 @@ class LocalNetwork:
         self._feed_store: JetStreamEventStore | None = None
         self.notary: Notary | None = None
         self._notary_store: JetStreamEventStore | None = None
-        self._db: SqliteStore | None = None
+        self._db: ReadModelStore | None = None
+        #: The web dashboard when it is served (``gpufleet.dashboard.sources.RunningDashboard``).
+        self.dashboard: Any = None
+        #: The data directory, held from start to stop (``gpufleet.lifecycle.DataDirLock``).
+        self._lock: DataDirLock | None = None
+        #: This network's Prometheus metrics (``gpufleet.metrics``): its parts register once started.
+        self.metrics_registry = MetricsRegistry(process=True)
+        self.metrics_server: MetricsServer | None = None
 
     @property
     def db_path(self) -> Path:
         """The read models' SQLite file."""
         return self.config.data_dir / "readmodels.sqlite"
+
+    @property
+    def read_models_db(self) -> str:
+        """Where the read models are: the configured ``db`` (a URL or a file), else ``db_path``."""
+        return self.config.db or str(self.db_path)
 
     @property
     def server(self) -> NatsServer | None:
@@ -339,12 +387,17 @@ class LocalNetwork:
 
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        # One network per data directory (its store, read models and watermark): a second `up` on it
+        # is refused, in one line naming the first one's pid.
+        self._lock = DataDirLock.acquire(cfg.data_dir)
         self.authority = Authority.open(cfg.data_dir / "auth", limits=cfg.limits)
         if cfg.nats_url is None and cfg.cluster != 1:
             cfg = self.config = await self._start_cluster(cfg)
         elif cfg.nats_url is None:
             check_store_layout(cfg.data_dir, 1)  # not a cluster's data directory
             previous = _read_info(cfg.data_dir) or {}
+            if cfg.port:
+                check_port_free(cfg.port, cfg.host)  # asked for: taken is an error, never a silent switch
             port = cfg.port if cfg.port is not None else (int(previous.get("port", 0)) or 4222)
             cert, key = cfg.tls_cert, cfg.tls_key
             if cfg.tls and (cert is None or key is None):
@@ -358,6 +411,7 @@ class LocalNetwork:
                 tls_key=key if cfg.tls else None,
                 tls_ca=self.tls_ca,
                 limits=cfg.limits,
+                lock=self._lock,
             )
             self.authority = self.embedded.authority
             await asyncio.to_thread(self.embedded.start)
@@ -399,10 +453,10 @@ class LocalNetwork:
             self._store = await JetStreamEventStore.connect(
                 self.access("orchestrator"), settings=cfg.topology.events, name="gpufleet-projections"
             )
-            self._db = SqliteStore(str(self.db_path))
+            self._db = open_store(self.read_models_db)
             self.projector = Projector(self._store, self._db, checkpoint_every=1000)
             self.projector.open()
-            self._projector_task = asyncio.create_task(self.projector.run(), name="projections")
+            self._projector_task = asyncio.create_task(self._run_projections(), name="projections")
             self.quotes = QuoteService.over(self.projector, self._store.nc, validate_spec, orch_config.default_verify)
             await self.quotes.start()
         if cfg.provider:
@@ -420,6 +474,11 @@ class LocalNetwork:
                 )
             )
             await self.provider.start()
+        register_network(self.metrics_registry, self)
+        if cfg.metrics is not None:
+            self.metrics_server = await serve_metrics(*cfg.metrics, self.metrics_registry)
+        if cfg.dashboard and self.projector is not None:
+            await self._start_dashboard()
         info = {
             "url": self.url,
             "pid": os.getpid(),
@@ -428,12 +487,66 @@ class LocalNetwork:
             # The key readers trust for the log's signed checkpoints (see `gpufleet checkpoint`).
             "notary_key": self.notary.key.vkey if self.notary is not None else None,
         }
+        if cfg.projections and is_postgres_url(self.read_models_db):
+            # Where `gpufleet jobs` and the like read them; never the password (PGPASSWORD, ~/.pgpass).
+            info["db"] = without_password(self.read_models_db)
         if self.cluster is not None:
             info["cluster"] = cluster_info(self.cluster)
+        if self.dashboard is not None:
+            info["dashboard"] = self.dashboard.url
+        if self.metrics_server is not None:
+            info["metrics"] = self.metrics_server.url
         # Atomically: whoever looks for the file (a CLI command, a test) never reads half of it.
         tmp = cfg.data_dir / ".network.json.tmp"
         tmp.write_text(json.dumps(info))
         os.replace(tmp, cfg.data_dir / "network.json")
+
+    async def _run_projections(self) -> None:
+        """The projector, live. A failed write to the read models (their database restarted, a full
+        disk) is logged and the projector starts again from what the store committed, after a pause
+        that grows to 10 s; anything else stops it, logged, never silently."""
+        import asyncio
+        import sqlite3
+
+        from projections.storage import ReadModelError
+
+        projector = self.projector
+        assert projector is not None
+        pause = 0.25
+        while True:
+            try:
+                await projector.run()
+                return
+            except (ReadModelError, sqlite3.Error) as e:
+                _log.error("projections.write_failed", error=str(e), retry_in_s=pause)
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # stopping (``stop``): not again
+            except Exception as e:
+                _log.error("projections.stopped", error=f"{type(e).__name__}: {e}")
+                raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 10.0)
+            with contextlib.suppress(ReadModelError, sqlite3.Error):  # still down: run() says so again
+                projector.recover()
+
+    async def _start_dashboard(self) -> None:
+        """Serve the dashboard over the projector's read models, pushed on each of its commits; the
+        audit page verifies the notary's signed checkpoints as an auditor would."""
+        from gpufleet.dashboard.sources import CheckpointProbe, start_dashboard
+        from projections.query import ReadModels
+
+        assert self.projector is not None and self._db is not None
+        probe = None
+        if self.notary is not None:
+            probe = CheckpointProbe(self.access("auditor", "dashboard"), self.notary.key)
+        self.dashboard = await start_dashboard(
+            self.projector,
+            ReadModels(self._db),
+            port=self.config.dashboard_port,
+            checkpoints=probe,
+            metrics_registry=getattr(self, "metrics_registry", None),
+        )
 
     async def _start_cluster(self, cfg: NetworkConfig) -> NetworkConfig:
         """Start ``cfg.cluster`` nodes, wait for the meta-leader, create every stream and bucket with
@@ -447,11 +560,14 @@ class LocalNetwork:
         previous = (_read_info(cfg.data_dir) or {}).get("cluster") or []
         if cfg.port is not None:
             ports = [cfg.port + i if cfg.port else 0 for i in range(size)]
+            for p in ports:
+                if p:
+                    check_port_free(p, cfg.host)  # asked for: taken is an error, never a silent switch
         elif len(previous) == size:
             ports = [int(n.get("port", 0)) for n in previous]
         else:
             ports = [4222 + i for i in range(size)]
-        self.cluster = LocalCluster(cfg.data_dir, size, host=cfg.host, ports=ports, limits=cfg.limits)
+        self.cluster = LocalCluster(cfg.data_dir, size, host=cfg.host, ports=ports, limits=cfg.limits, lock=self._lock)
         self.authority = self.cluster.authority
         await asyncio.to_thread(self.cluster.start)
         self.url = self.cluster.url
@@ -479,6 +595,13 @@ class LocalNetwork:
         """Stop everything, last started first; the log keeps all state for the next ``up``."""
         import asyncio
 
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
+            self.metrics_server = None
+        if self.dashboard is not None:
+            with contextlib.suppress(Exception):
+                await self.dashboard.stop()
+            self.dashboard = None
         if self.provider is not None:
             with contextlib.suppress(Exception):
                 await self.provider.close()
@@ -519,6 +642,9 @@ class LocalNetwork:
             info = _read_info(self.config.data_dir)
             if info and info.get("pid") == os.getpid():
                 (self.config.data_dir / "network.json").unlink()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     async def __aenter__(self) -> LocalNetwork:
         return await self.start()

@@ -314,9 +314,28 @@ class Notary:
             if not t.cancelled():
                 t.exception()  # retrieved (``wait`` reports why the notary stopped)
         self._task = None
+        await self._sign_last()
         self._hashes.flush()
         self._save_state()
         self._hashes.close()
+
+    async def _sign_last(self, timeout_s: float = 5.0) -> None:
+        """On a clean stop: sign the log as it ends, so that a network that lived less than ``every_s``
+        (or whose tail grew since the last checkpoint) leaves a signed log behind. Never after a
+        failure (a rewritten or lost log is not signed), never waiting long for an unreachable server."""
+        if self.failed is not None or not self.store.nc.is_connected:
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                head = await self.store.head()
+                if head < self.tree.size:
+                    return  # a shorter log: never signed (the next start says so, in one line)
+                if head > self.tree.size:
+                    await self._ingest(head, sign=False)
+                if self.tree.size > self.signed_size:
+                    await self._sign()
+        except (TimeoutError, GpufleetError, nats.errors.Error, OSError) as e:
+            self._log.warning("notary.last_checkpoint_unsigned", size=self.tree.size, error=str(e) or type(e).__name__)
 
     async def wait(self) -> None:
         """Until the notary stops: ``NotaryError`` if it stopped because the log was rewritten or lost."""

@@ -1,8 +1,13 @@
 """Tables people read: the fleet (shared by ``gpufleet providers`` and the demo), a job's tasks
-(``gpufleet status``), and the ETA cell of ``gpufleet jobs``."""
+(``gpufleet status``), the jobs (``gpufleet jobs``) and a quote's device classes (``gpufleet quote``).
+
+Every one reads well in an 80-column terminal: ids never wrap nor lose characters (people copy them),
+device names are shortened rather than wrapped, and columns a narrow terminal cannot hold are left
+out (they come back in a wider one) rather than squeezed into ellipses."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -15,33 +20,75 @@ from gpufleet.eta import Eta, short, task_text, took
 if TYPE_CHECKING:
     from gpufleet.client import JobStatus
 
-__all__ = ["eta_cell", "fleet_table", "job_table"]
+__all__ = ["device_text", "eta_cell", "fleet_table", "job_table", "jobs_table", "narrow_table", "refusals"]
+
+#: Marks and filler words in device names: "Intel(R) Xeon(R) Processor" reads as "Intel Xeon".
+_DEVICE_NOISE = re.compile(
+    r"\((?:R|TM|tm|r)\)|\b(?:CPU|Processor|Corporation|NVIDIA|GeForce)\b|@\s*[\d.]+\s*GHz|\b\d+-Core\b"
+)
+#: The longest device name a fleet row shows; a longer one ends in an ellipsis.
+DEVICE_WIDTH = 22
+#: From these widths on, ``gpufleet jobs`` also shows the cost, then the submitter and the
+#: verification policy (``gpufleet status`` shows a job's cost at any width).
+WITH_COST = 96
+WIDE = 120
 
 
-def fleet_table(rows: list[Any]) -> Table:
+def narrow_table(title: str) -> Table:
+    """A table that spends its width on its cells: a heavy rule under the header, no frame, two
+    spaces between columns."""
+    return Table(
+        title=title, box=box.SIMPLE_HEAVY, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True
+    )
+
+
+def device_text(backend: str, model: str, vram_mb: int = 0, width: int = DEVICE_WIDTH) -> str:
+    """A device in one short line: ``cuda H100 80GB HBM3`` (its memory is in its name), ``cpu Intel
+    Xeon 23G`` (memory in GiB)."""
+    name = " ".join(_DEVICE_NOISE.sub(" ", model).split())
+    memory = f" {vram_mb // 1024}G" if vram_mb >= 1024 and not re.search(r"\d+\s*GB", name) else ""
+    text = f"{backend} {name}{memory}"
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
+def fleet_table(rows: list[Any], width: int = 80) -> Table:
     """The fleet: each provider's verified id, state, device, load, record, trust and earnings.
 
-    Narrow enough for an 80-column terminal: the slots go with the load (``50%/2``); the results
-    judged invalid follow the completed ones, in brackets, when there are any; trust is the count of
-    valid results in a row, with the chance that its next paid result is spot-checked; earnings are
-    in credits.
+    Made for a ``width``-column terminal: the slots go with the load (``50%/2``); the results judged
+    invalid follow the completed ones, in brackets, when there are any; trust is the count of valid
+    results in a row, with the chance that its next paid result is spot-checked; earnings are in
+    credits. The device gets the width the other columns leave (it is shortened, never wrapped),
+    and the reputation column goes first when even that is too little.
     """
-    t = Table(title=f"{len(rows)} provider(s)", box=box.SIMPLE_HEAVY, pad_edge=False)
-    for col in ("provider", "state", "device", "busy", "done", "trust", "rep.", "earned"):
-        t.add_column(col, no_wrap=col != "device", min_width=10 if col == "device" else None)
+    cells: list[dict[str, str]] = []
     for r in rows:
-        device = f"{r.backend} {r.gpu_model}" + (f" {r.vram_mb // 1024} GiB" if r.vram_mb else "")
-        done = f"{r.completions} ({r.invalid_results})" if r.invalid_results else str(r.completions)
-        t.add_row(
-            r.provider_id,
-            r.status,
-            device,
-            f"{r.utilisation:.0%}/{r.slots}",
-            done,
-            f"{r.consecutive_valid} ({spot_probability(r.consecutive_valid):.0%})",
-            f"{r.reputation:.2f}",
-            f"{r.earnings_micros / 1e6:.4f}",
+        cells.append(
+            {
+                "provider": r.provider_id,
+                "state": r.status,
+                "device": device_text(r.backend, r.gpu_model, r.vram_mb, width=64),
+                "busy": f"{r.utilisation:.0%}/{r.slots}",
+                "done": f"{r.completions} ({r.invalid_results})" if r.invalid_results else str(r.completions),
+                "trust": f"{r.consecutive_valid} ({spot_probability(r.consecutive_valid):.0%})",
+                "rep.": f"{r.reputation:.2f}",
+                "earned": f"{r.earnings_micros / 1e6:.4f}",
+            }
         )
+    columns = ["provider", "state", "device", "busy", "done", "trust", "rep.", "earned"]
+
+    def room(cols: list[str]) -> int:
+        others = sum(max([len(c)] + [len(row[c]) for row in cells]) for c in cols if c != "device")
+        return width - others - 2 * (len(cols) - 1)
+
+    if room(columns) < 14:
+        columns.remove("rep.")
+    device_width = max(12, min(DEVICE_WIDTH + 10, room(columns)))
+    t = narrow_table(f"{len(rows)} provider(s)")
+    for col in columns:
+        t.add_column(col, no_wrap=True, max_width=device_width if col == "device" else None)
+    for r, row in zip(rows, cells, strict=True):
+        row["device"] = device_text(r.backend, r.gpu_model, r.vram_mb, width=device_width)
+        t.add_row(*(row[c] for c in columns))
     return t
 
 
@@ -49,7 +96,7 @@ def job_table(st: JobStatus, now: datetime) -> Table:
     """A job's tasks: state (with the attempt, from the second on), provider, progress and time
     (``1.2 s (0.9-1.6)`` while it runs, ``took 1.3 s`` once done). 80 columns hold it for the ids
     ``submit`` makes; a longer task id folds before the time does."""
-    t = Table(title=f"job {st.job_id}: {st.status}", box=box.SIMPLE_HEAVY, pad_edge=False)
+    t = narrow_table(f"job {st.job_id}: {st.status}")
     for col in ("task", "state", "provider", "done", "eta"):
         t.add_column(col, no_wrap=col in ("eta", "done"), overflow="fold", justify="right" if col == "done" else "left")
     for task in st.tasks:
@@ -81,3 +128,60 @@ def eta_cell(row: Any, now: float) -> str:
     if low_ts is None or high_ts is None:
         return short(Eta(row.eta_ts - now))
     return short(Eta(max(0.0, row.eta_ts - now), max(0.0, low_ts - now), high_ts - now))
+
+
+def _credits(micros: int) -> str:
+    return "0" if micros == 0 else f"{micros / 1e6:.6f}"
+
+
+def jobs_table(rows: list[Any], etas: dict[str, Any], now: float, width: int) -> Table:
+    """``gpufleet jobs``: each job's id, workload, status, tasks done, ETA (or time taken) and cost.
+
+    Ids, workloads and task counts never wrap; the status and the ETA wrap when they must. The job id
+    already names its submitter (``alice.j1``): the cost gets a column from :data:`WITH_COST` columns
+    on, the submitter and the verification policy from :data:`WIDE` on. Results verification judged
+    invalid show in the status (``completed, 2 invalid``), at any width.
+    """
+    columns = ["job", "workload", "status", "tasks", "eta"]
+    if width >= WIDE:
+        columns[2:2] = ["submitter"]
+        columns.append("verify")
+    if width >= WITH_COST:
+        columns.append("credits")
+    t = narrow_table(f"{len(rows)} job(s)")
+    for col in columns:
+        wraps = col in ("status", "eta")
+        t.add_column(
+            col,
+            no_wrap=not wraps,
+            min_width=9 if wraps else None,
+            justify="right" if col in ("tasks", "credits") else "left",
+        )
+    for r in rows:
+        status = r.status + (f", {r.invalid_results} invalid" if r.invalid_results else "")
+        tasks = f"{r.tasks_completed}/{r.task_count} {r.progress:.0%}" if r.task_count else "-"
+        cells = {
+            "job": r.job_id,
+            "workload": r.workload or "-",
+            "submitter": r.submitter,
+            "status": status,
+            "tasks": tasks,
+            "eta": eta_cell(etas.get(r.job_id), now),
+            "verify": r.verify,
+            "credits": _credits(r.cost_micros),
+        }
+        t.add_row(*(cells[c] for c in columns))
+    return t
+
+
+def refusals(rows: list[Any]) -> list[str]:
+    """Why each rejected job of ``rows`` was rejected, one line each: ``alice.j2: priority: Input should
+    be less than or equal to 9``. Strangers wrote these reasons: print them without markup."""
+    lines = []
+    for r in rows:
+        if r.status != "rejected":
+            continue
+        reason = r.reason or "no reason recorded"
+        named = r.reason_field and not reason.startswith(f"{r.reason_field}:")
+        lines.append(f"{r.job_id}: " + (f"{r.reason_field}: " if named else "") + reason)
+    return lines

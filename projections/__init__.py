@@ -1,4 +1,4 @@
-"""gpufleet read side: views folded from the event log into SQLite, the ledger, the audit and queries.
+"""gpufleet read side: views folded from the event log into SQLite or PostgreSQL, the ledger, the audit and queries.
 
 Projections import only ``events``: they read the log and never write domain facts (the one event
 they append is the audit chain's ``AuditCheckpointed``).
@@ -13,7 +13,16 @@ from projections.ledger import LedgerView, metered_amount
 from projections.projector import Projector, default_views
 from projections.query import Balances, JobDetail, ReadModels
 from projections.source import read_batches
-from projections.storage import Checkpoint, ReadModelStore, SqliteStore, Table, Transaction
+from projections.storage import (
+    Checkpoint,
+    ReadModelError,
+    ReadModelStore,
+    ReadModelUnavailable,
+    SqliteStore,
+    Table,
+    Transaction,
+    open_store,
+)
 from projections.view import View
 
 __all__ = [
@@ -30,7 +39,9 @@ __all__ = [
     "JobsView",
     "LedgerView",
     "Projector",
+    "ReadModelError",
     "ReadModelStore",
+    "ReadModelUnavailable",
     "ReadModels",
     "SqliteStore",
     "Table",
@@ -44,6 +55,7 @@ __all__ = [
     "default_views",
     "eta_error",
     "metered_amount",
+    "open_store",
     "read_batches",
     "reputation",
 ]

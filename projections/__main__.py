@@ -19,13 +19,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from events.errors import GpufleetError, InvalidPayload
 from events.identity import CredentialsError
+from events.metrics import MetricsRegistry, parse_listen, serve_metrics
 from events.store.connection import Access
 from events.store.jetstream import JetStreamEventStore, Reads, StreamSettings
 from events.subjects import EVENT_PREFIX, EVENTS_STREAM, INTAKE_STREAM
 from projections.audit import audit_jetstream
+from projections.metrics import ProjectorCollector
 from projections.projector import Projector
-from projections.storage import SqliteStore
+from projections.storage import open_store
 
 __all__ = ["main", "peak_rss_kb"]
 
@@ -55,12 +58,21 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--intake", default=INTAKE_STREAM, help="the intake stream ('' to skip)")
             c.add_argument("--json", action="store_true", help="print the report as JSON")
             continue
-        c.add_argument("--db", required=True, help="the SQLite file of the read models")
+        c.add_argument(
+            "--db", required=True, help="the read models: a SQLite file or postgresql://USER@HOST/DB[?schema=NAME]"
+        )
         c.add_argument("--batch-size", type=int, default=5000, help="events per commit")
         c.add_argument("--read-batch", type=int, default=2000, help="events per read request")
         c.add_argument("--json", action="store_true", help="print a JSON summary when done")
         if name == "run":
             c.add_argument("--checkpoint-every", type=int, default=10_000, help="audit chain checkpoints")
+            c.add_argument(
+                "--metrics",
+                type=_listen,
+                default=None,
+                metavar="HOST:PORT",
+                help="serve Prometheus metrics at http://HOST:PORT/metrics (a PORT alone: on 127.0.0.1 only)",
+            )
             c.add_argument(
                 "--hold-commit",
                 type=float,
@@ -68,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
                 help="fault injection: sleep this long inside each commit's transaction, before COMMIT",
             )
     return p
+
+
+def _listen(text: str) -> tuple[str, int]:
+    try:
+        return parse_listen(text)
+    except InvalidPayload as e:
+        raise argparse.ArgumentTypeError(e.problem) from e
 
 
 async def _store(args: argparse.Namespace) -> JetStreamEventStore:
@@ -83,8 +102,8 @@ async def _store(args: argparse.Namespace) -> JetStreamEventStore:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    db = open_store(args.db)  # first: a bad --db fails before anything connects
     store = await _store(args)
-    db = SqliteStore(args.db)
 
     def hold(position: int) -> None:
         print(f"in-transaction {position}", flush=True)
@@ -99,6 +118,18 @@ async def _run(args: argparse.Namespace) -> int:
         in_transaction=hold if args.hold_commit > 0 else None,
     )
     print(f"from {projector.open()}", flush=True)
+    served = None
+    if args.metrics is not None:
+        registry = MetricsRegistry(process=True)
+        registry.register(ProjectorCollector(projector))
+        try:
+            host, port = args.metrics
+            served = await serve_metrics(host, port, registry)
+        except InvalidPayload:
+            await store.close()
+            db.close()
+            raise
+        print(f"metrics at {served.url}", flush=True)
     task = asyncio.create_task(projector.run())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -108,6 +139,8 @@ async def _run(args: argparse.Namespace) -> int:
     except asyncio.CancelledError:
         pass
     finally:
+        if served is not None:
+            await served.close()
         await store.close()
         db.close()
     print(f"stopped at {projector.position}", flush=True)
@@ -115,8 +148,8 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _rebuild(args: argparse.Namespace) -> int:
+    db = open_store(args.db)
     store = await _store(args)
-    db = SqliteStore(args.db)
     projector = Projector(store, db, batch_size=args.batch_size, read_batch=args.read_batch)
     started = time.perf_counter()
     position = await projector.rebuild()
@@ -152,7 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # projector is doing.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     command = {"run": _run, "rebuild": _rebuild, "audit": _audit}[args.command]
-    return asyncio.run(command(args))
+    try:
+        return asyncio.run(command(args))
+    except GpufleetError as e:  # one line a person can act on, never a traceback
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

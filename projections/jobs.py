@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from events.envelope import Envelope
+from events.intake import InputRejected
 from events.job import (
     JobAccepted,
     JobCancelled,
@@ -21,6 +22,7 @@ from events.job import (
     SubmitterCharged,
     UsageMetered,
 )
+from events.subjects import submitted_job
 from events.task import (
     TERMINAL_TASK_STATES,
     TaskCancelled,
@@ -163,7 +165,8 @@ class JobsView(View):
     """Folds job and task events into the ``jobs`` and ``tasks`` tables."""
 
     name: ClassVar[str] = "jobs"
-    version: ClassVar[int] = 2
+    #: 3: a submission refused at intake is a ``rejected`` job with its reason and field.
+    version: ClassVar[int] = 3
     tables: ClassVar[tuple[Table[object], ...]] = (JOBS, TASKS)  # type: ignore[assignment]
 
     def __init__(self) -> None:
@@ -248,6 +251,31 @@ class JobsView(View):
             job.reason = e.reason
             job.reason_field = e.field
             job.finished_at = iso(e.at)
+
+    def on_InputRejected(self, e: InputRejected, env: Envelope) -> None:
+        """A submission refused at intake (a bad field, say) never became a job; it shows as one that
+        was rejected, with the reason and field, so its submitter sees why instead of "unknown job".
+        A job that exists keeps its row (a refused resubmission of it changes nothing); the latest
+        refusal of a submission that never became a job replaces the one before."""
+        job_id = submitted_job(e.subject)
+        if job_id is None:
+            return
+        job = self.jobs.get(job_id)
+        if job is not None and not (job.status == "rejected" and not job.workload):
+            return
+        at = iso(e.at)
+        self.jobs[job_id] = JobRow(
+            job_id=job_id,
+            submitter=job_id.partition(".")[0],
+            status="rejected",
+            reason=e.reason,
+            reason_field=e.field,
+            submitted_at=at,
+            finished_at=at,
+            updated_at=at,
+            position=env.sequence,
+        )
+        self._dirty_jobs.add(job_id)
 
     def on_UsageMetered(self, e: UsageMetered, env: Envelope) -> None:
         job = self._job(e.job_id, env)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import structlog
 
@@ -30,7 +32,7 @@ from projections.jobs import JobsView
 from projections.ledger import LedgerView
 from projections.quarantine import ALL_VIEWS, QuarantineView
 from projections.source import read_batches
-from projections.storage import Checkpoint, ReadModelStore, Table, Value
+from projections.storage import Checkpoint, ReadModelError, ReadModelStore, Table, Value
 from projections.view import Changes, Handler, View
 
 __all__ = ["ChainHead", "Projector", "default_views"]
@@ -75,6 +77,9 @@ class Projector:
     ``checkpoint_every``: when following live, append an ``AuditCheckpointed`` to ``audit.chain``
     every that many events (None: never). ``in_transaction`` is a test hook called inside each
     commit's transaction, after the rows and before COMMIT, with the batch's position.
+
+    ``on_commit``: called on the event loop with the position once each commit is durable (the
+    dashboard's push); it must be cheap and must not raise. It may be set after construction.
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class Projector:
         checkpoint_every: int | None = None,
         source: str = "gpufleet.projections",
         in_transaction: Callable[[int], None] | None = None,
+        on_commit: Callable[[int], None] | None = None,
     ) -> None:
         self.events = events
         self.db = db
@@ -99,6 +105,7 @@ class Projector:
         self.checkpoint_every = checkpoint_every
         self.source = source
         self.in_transaction = in_transaction
+        self.on_commit = on_commit
         self._position = 0
         self._view_pos: dict[str, int] = {}
         self._routes: dict[str, list[tuple[int, Handler, str]]] = {}
@@ -106,6 +113,12 @@ class Projector:
         self._uncommitted = 0
         self._lock = asyncio.Lock()
         self._inflight: asyncio.Future[None] | None = None
+        #: A write that failed: its batch is lost from memory, so nothing after it may be written.
+        self._failed: BaseException | None = None
+        #: The task in ``run``: a failed write stops it at once, idle or not (``_write_done``).
+        self._main: asyncio.Task[Any] | None = None
+        #: Cancellations of ``run``'s task made from inside (a failed write, a failed ticker).
+        self._inner_cancels = 0
         self._chain: ChainView | None = next((v for v in self.views if isinstance(v, ChainView)), None)
         self._quarantine: QuarantineView | None = next((v for v in self.views if isinstance(v, QuarantineView)), None)
         self.quarantined = 0
@@ -143,8 +156,8 @@ class Projector:
         for v in self.views:
             try:
                 v.load(self.db)
-            except sqlite3.Error:
-                raise  # the database itself (locked, damaged): not this view's rows; nothing is cleared
+            except (sqlite3.Error, ReadModelError):
+                raise  # the database itself (locked, damaged, gone): not this view's rows; nothing is cleared
             except Exception as e:
                 # Stored rows this view cannot take back (a fold that failed half-way, once, and was
                 # quarantined; or a bug): read models are disposable, so this one view starts over
@@ -160,6 +173,18 @@ class Projector:
         self._route()
         self._opened = True
         return self._position
+
+    def recover(self) -> int:
+        """After a failed write (``run`` raised it): forget what was folded but not written, and take
+        every view back to what the store committed; the position to follow from again."""
+        self._failed = None
+        self._inflight = None
+        self._uncommitted = 0
+        self._opened = False
+        position = self.open()
+        mark = self.watermark()
+        self._last_id = mark.event_id if mark is not None and mark.position == position else ""
+        return position
 
     def reset(self) -> None:
         """Empty every view and its checkpoint: the next catch-up rebuilds from position 0."""
@@ -267,6 +292,9 @@ class Projector:
 
     async def _commit(self) -> ChainHead | None:
         async with self._lock:
+            if self._failed is not None:
+                # A failed batch is gone: a later one committed with its checkpoint would hide the gap.
+                raise self._failed
             if self._uncommitted == 0:
                 return None
             position = self._position
@@ -279,8 +307,28 @@ class Projector:
             mark = Watermark(position, self._last_id, self._log_id) if self._last_id else None
             await self._await_inflight()
             self._inflight = asyncio.ensure_future(asyncio.to_thread(self._write, changes, position, mark))
+            self._inflight.add_done_callback(self._write_done)
+            if self.on_commit is not None:
+                self._inflight.add_done_callback(functools.partial(self._committed, position))
             self.batches += 1
             return head
+
+    def _write_done(self, done: asyncio.Future[None]) -> None:
+        if done.cancelled() or done.exception() is None or self._failed is not None:
+            return
+        self._failed = done.exception()
+        self._stop_main()  # ``run`` raises the failure, even while it waits for the next event
+
+    def _stop_main(self) -> None:
+        main = self._main
+        if main is not None and not main.done():
+            self._inner_cancels += 1
+            main.cancel()
+
+    def _committed(self, position: int, done: asyncio.Future[None]) -> None:
+        on_commit = self.on_commit
+        if on_commit is not None and not done.cancelled() and done.exception() is None:
+            on_commit(position)
 
     async def _await_inflight(self) -> None:
         if self._inflight is not None:
@@ -322,15 +370,30 @@ class Projector:
         A cancellation at any point, during the catch-up too, still commits what was folded.
         """
         ticker: asyncio.Task[None] | None = None
+        self._main = asyncio.current_task()
+        self._inner_cancels = 0
         try:
             await self.catch_up()
             self._live_from = self._position
             ticker = asyncio.create_task(self._tick())
+            # Whatever stops the ticker (a log that regressed) stops the projector: never a stuck one.
+            ticker.add_done_callback(lambda t: self._stop_main() if not t.cancelled() and t.exception() else None)
             async for env in self.events.subscribe(self._position):
                 self.fold(env)
                 if self._uncommitted >= self.batch_size:
                     await self._checkpoint_chain(await self.commit())
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            cause = self._failed
+            if cause is None and ticker is not None and ticker.done() and not ticker.cancelled():
+                cause = ticker.exception()
+            if cause is None or task is None or task.cancelling() > self._inner_cancels:
+                raise  # stopped from outside
+            for _ in range(self._inner_cancels):
+                task.uncancel()  # cancelled from inside alone: the failure is why it stops
+            raise cause from None
         finally:
+            self._main = None
             if ticker is not None:
                 ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

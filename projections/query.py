@@ -1,13 +1,13 @@
 """The async query API over the read models: jobs, tasks, ETAs, the fleet and the balances.
 
-Reads run in a worker thread, so callers on an event loop never block on SQLite. Every answer is
+Reads run in a worker thread, so callers on an event loop never block on the database (SQLite or
+PostgreSQL: any ``ReadModelStore``). Every answer is
 read from the views' tables; ``positions`` tells how far each view has applied the log.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,7 @@ from projections.ledger import (
     LedgerJobRow,
 )
 from projections.quarantine import QuarantineRow, QuarantineView
-from projections.storage import CHECKPOINTS, ReadModelStore, SqliteStore, Table
+from projections.storage import CHECKPOINTS, MissingTable, ReadModelStore, Table, open_store
 
 __all__ = ["Balances", "JobDetail", "ReadModels"]
 
@@ -73,9 +73,9 @@ class ReadModels:
         self.db = db
 
     @classmethod
-    def open(cls, path: str | Path) -> ReadModels:
-        """Read models in the SQLite file at ``path``, read-only."""
-        return cls(SqliteStore(path, readonly=True))
+    def open(cls, db: str | Path) -> ReadModels:
+        """Read models in the SQLite file at ``db``, or at a ``postgresql://`` URL, read-only."""
+        return cls(open_store(db, readonly=True))
 
     def close(self) -> None:
         """Release the store."""
@@ -202,7 +202,7 @@ class ReadModels:
         def q() -> list[QuarantineRow]:
             try:
                 return sorted(self._rows(QuarantineView.quarantine), key=lambda r: (r.position, r.view))
-            except sqlite3.OperationalError:  # a read model written before the quarantine: no such table
+            except MissingTable:  # a read model written before the quarantine
                 return []
 
         return await self._run(q)

@@ -1,14 +1,16 @@
 """Read-model storage: tables described once, a small ``ReadModelStore`` protocol, and SQLite.
 
 A view's rows and its checkpoint (the last applied global position) are written in one transaction,
-so a crash can never separate them. PostgreSQL can implement the same protocol later: the views
-only ever upsert rows, delete rows, set checkpoints, and read whole tables or simple selections.
+so a crash can never separate them. The views only ever upsert rows, delete rows, set checkpoints,
+and read whole tables or simple selections: ``projections.pgstore`` implements the same protocol on
+PostgreSQL, and :func:`open_store` picks the backend from the ``--db`` a person gives.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import operator
+import re
 import sqlite3
 import threading
 import typing
@@ -18,15 +20,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any, Generic, Protocol, TypeVar
+from urllib.parse import unquote
+
+from events.errors import GpufleetError
 
 __all__ = [
     "CHECKPOINTS",
     "Checkpoint",
+    "MissingTable",
+    "ReadModelError",
     "ReadModelStore",
+    "ReadModelUnavailable",
     "SqliteStore",
     "Table",
     "Transaction",
     "Value",
+    "describe_db",
+    "is_postgres_url",
+    "open_store",
+    "without_password",
 ]
 
 #: What a column holds: SQL's portable scalars. JSON documents are stored as canonical text.
@@ -38,6 +50,78 @@ _SQL_TYPES: dict[object, str] = {int: "INTEGER", float: "REAL", str: "TEXT", boo
 
 #: The name of the table that holds every view's checkpoint.
 CHECKPOINTS = "checkpoints"
+
+
+class ReadModelError(GpufleetError):
+    """The read models' database refused or failed an operation."""
+
+
+class ReadModelUnavailable(ReadModelError):
+    """The read models' database could not be reached, or its address is not one we can use."""
+
+
+class MissingTable(ReadModelError):
+    """A table the query needs does not exist (read models written by an older version, or none yet)."""
+
+
+def is_postgres_url(db: str | Path) -> bool:
+    """True for a ``postgresql://`` or ``postgres://`` URL; anything else names a SQLite file."""
+    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
+
+
+#: libpq's query parameters that hold a secret (``?password=...`` is as valid as ``user:pw@``).
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+
+
+def _query_without_secrets(query: str, password: str | None) -> str:
+    kept = []
+    for item in query.split("&") if query else []:
+        if unquote(item.partition("=")[0]).strip().lower() in _SECRET_PARAMS:
+            if password is not None:
+                kept.append(f"{item.partition('=')[0]}={password}")
+            continue
+        kept.append(item)
+    return "&".join(kept)
+
+
+def _userinfo(db: str, password: str | None) -> str:
+    """``db`` with its password (in the user info, or a query parameter) as ``password``, or without.
+
+    The user info is split as libpq splits it (up to the first ``@`` before any ``/``), so a password
+    with ``#`` or ``?`` in it, which ``urlsplit`` reads as a fragment or a query, is hidden too.
+    """
+    scheme, sep, rest = db.partition("://")
+    info = re.match(r"[^@/]*@", rest)
+    if info is not None:
+        user, colon, _ = info[0][:-1].partition(":")
+        if colon:
+            who = f"{user}:{password}" if password is not None else user
+            rest = (f"{who}@" if who else "") + rest[info.end() :]
+    head, mark, query = rest.partition("?")
+    return scheme + sep + head + (mark + _query_without_secrets(query, password) if mark else "")
+
+
+def describe_db(db: str | Path) -> str:
+    """``db`` as it may be printed or logged: a URL's password shows as ``***``."""
+    return _userinfo(db, "***") if isinstance(db, str) and is_postgres_url(db) else str(db)
+
+
+def without_password(db: str) -> str:
+    """A URL without its password, to write down (libpq finds it in ``PGPASSWORD`` or ``~/.pgpass``)."""
+    return _userinfo(db, None) if is_postgres_url(db) else db
+
+
+def open_store(db: str | Path, *, readonly: bool = False) -> ReadModelStore:
+    """The read models at ``db``: PostgreSQL for a ``postgresql://`` URL, else the SQLite file at that path.
+
+    A URL may name a schema (``?schema=net1``) so that several networks share one database.
+    Raises ``ReadModelUnavailable`` (one line) when a URL is malformed or its server unreachable.
+    """
+    if is_postgres_url(db):
+        from projections.pgstore import PostgresStore
+
+        return PostgresStore(str(db), readonly=readonly)
+    return SqliteStore(db, readonly=readonly)
 
 
 def _sql_type(hint: object) -> str:
@@ -265,7 +349,12 @@ class SqliteStore:
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         with self._lock:
-            return self._conn.execute(sql, tuple(where.values())).fetchall()
+            try:
+                return self._conn.execute(sql, tuple(where.values())).fetchall()
+            except sqlite3.OperationalError as e:
+                if str(e).startswith("no such table"):
+                    raise MissingTable(f"read models: {e}") from e
+                raise
 
     def close(self) -> None:
         """See ``ReadModelStore.close``."""

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from events.store import JetStreamEventStore, MemoryEventStore, StreamSettings
+from tests.pg import MISSING as PG_MISSING
+from tests.pg import PgServer, pg_bin
 from tests.secure import SecureServer
 
 _counter = itertools.count(1)
@@ -60,6 +62,17 @@ async def store(request: pytest.FixtureRequest, nats_server: SecureServer) -> As
         js = await JetStreamEventStore.connect(nats_server.superuser(), settings=isolated_settings(), create=True)
         yield js
         await js.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One real PostgreSQL server for the session (``tests.pg``); skipped where none is installed."""
+    bin_dir = pg_bin()
+    if bin_dir is None:
+        pytest.skip(PG_MISSING)
+    server = PgServer(bin_dir).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -17,7 +17,7 @@ import pytest
 
 from events.store import JetStreamEventStore
 from events.store.connection import Access
-from gpufleet import Client, JobCancelledError, JobRejectedError
+from gpufleet import Client, JobCancelledError, JobRejectedError, UnknownJobError
 from gpufleet.auth import Authority
 from tests.integration.audited import assert_audit_passes, eventually, eventually_sync
 from tests.integration.orchestra import every_input_has_its_outcome
@@ -249,6 +249,37 @@ async def test_a_refused_submission_surfaces_as_a_typed_error(up: Up) -> None:
         with pytest.raises(JobRejectedError) as info:
             await again.result(timeout=30)
         assert "already used" in str(info.value)
+
+
+async def test_a_submission_refused_at_intake_shows_in_status_and_jobs_with_its_reason(up: Up) -> None:
+    """Sent over raw NATS with a bad field, the submission never becomes a job: `status` and `jobs`
+    (and the client) still show it, rejected, with the reason and the field, not "unknown job"."""
+    from events.subjects import intake_subject
+
+    async with await up.client("rawuser") as client:
+        body = json.dumps({"workload": "noop", "priority": 99}).encode()
+        await client.nc.publish(intake_subject("submitter", "rawuser", "submit", "raw-bad"), body)
+        await client.nc.flush()
+        async def refused() -> object:
+            try:
+                return await client.job("raw-bad").status()
+            except UnknownJobError:
+                return None  # not in the log yet
+
+        st = await eventually(refused, "the refusal of raw-bad in the log")
+        assert (st.status, st.field) == ("rejected", "priority") and st.reason, st
+    creds = str(up.creds("submitter", "rawuser"))
+    out = await asyncio.to_thread(up.cli, "status", "raw-bad", "--nats", up.url, "--creds", creds)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "rejected" in out.stdout and "reason:" in out.stdout and "(priority)" in out.stdout, out.stdout
+
+    async def listed() -> str:
+        jobs = await asyncio.to_thread(up.cli, "jobs", "--nats", up.url, "--data-dir", str(up.data_dir))
+        assert jobs.returncode == 0, jobs.stdout + jobs.stderr
+        return jobs.stdout if "rawuser.raw-bad" in jobs.stdout else ""
+
+    text = await eventually(listed, "rawuser.raw-bad in `gpufleet jobs`")
+    assert "rejected rawuser.raw-bad: priority:" in text, text
 
 
 def test_stopping_up_mid_job_and_starting_again_finishes_the_job(tmp_path: Path) -> None:

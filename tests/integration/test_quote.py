@@ -154,7 +154,7 @@ async def test_the_cli_quotes_as_a_table_and_as_json(net: Net) -> None:
     code, out, err = await cli(net, "quote", "--workload", "matmul", "-p", "n=512", "--backend", "cuda")
     assert code == 0 and "nothing can run this" in out and "backend: needs cuda" in out, out + err
     code, out, err = await cli(net, "quote", "--workload", "matmul", "-p", "n=512")
-    assert code == 0 and "per task" in out and " to " in out and "finishes in" in out, out + err
+    assert code == 0 and "per task" in out and "\u2013" in out and "finishes in" in out, out + err
 
 
 async def test_submit_with_a_max_eta_below_the_quote_is_refused_up_front(net: Net) -> None:
