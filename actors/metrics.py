@@ -8,13 +8,12 @@ backlog is asked of the server, once per scrape (``refresh``). Register one with
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from actors.orchestrator import INTAKE_CONSUMER
-from events.metrics import histogram_family
+from events.metrics import Families, histogram_family
 from events.store.topology import Topology
 from events.types import utc_now
 
@@ -39,7 +38,7 @@ async def intake_backlog(js: Any, topology: Topology) -> tuple[int, float]:
     return behind, max(0.0, age)
 
 
-class OrchestratorCollector:
+class OrchestratorCollector(Families):
     """The figures of one orchestrator (``gpufleet_orchestrator_*``)."""
 
     def __init__(self, orch: Orchestrator) -> None:
@@ -53,14 +52,6 @@ class OrchestratorCollector:
         """Ask the server for the intake backlog."""
         self.backlog = None
         self.backlog = await intake_backlog(self.orch.js, self.orch.topology)
-
-    def describe(self) -> Iterator[Metric]:
-        """The families, without samples (the registry refuses a second collector with these names)."""
-        return iter(self._families(live=False))
-
-    def collect(self) -> Iterator[Metric]:
-        """Every family with its current samples."""
-        return iter(self._families(live=True))
 
     def _families(self, *, live: bool) -> list[Metric]:
         p = "gpufleet_orchestrator"

@@ -46,6 +46,7 @@ from actors.task import (
 )
 from actors.world import World
 from events import ANY, Envelope, GpufleetError, InvalidPayload, LogRegressed, StoreUnavailable, new_envelope
+from events.aio import cancel_and_wait
 from events.dispatch import Heartbeat, LeaseGranted, LeaseRevoked
 from events.intake import (
     InputAccepted,
@@ -274,11 +275,7 @@ class Orchestrator:
         """Stop every loop; in-flight commands finish or are abandoned (the log makes that safe)."""
         await self.leadership.resign()
         self._live = False
-        for t in self._running:
-            t.cancel()
-        for t in self._running:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._running)  # again until done: a cancellation can be lost (events.aio)
         if self._inflight:
             await asyncio.wait(list(self._inflight), timeout=2.0)
         self._running = []

@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
 from prometheus_client import REGISTRY, ProcessCollector
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import HistogramMetricFamily
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from events.errors import InvalidPayload
@@ -33,6 +33,7 @@ from events.stats import LATENCY_BUCKETS, Histogram
 __all__ = [
     "LATENCY_BUCKETS",
     "ASGIApp",
+    "Families",
     "Histogram",
     "MetricsApp",
     "MetricsRegistry",
@@ -66,6 +67,23 @@ def histogram_family(
     for values, h in series:
         family.add_metric(list(values), [(_bound(b), float(n)) for b, n in h.cumulative()], h.sum)
     return family
+
+
+class Families:
+    """Base of the components' collectors: ``describe`` and ``collect`` come from one list of
+    families, so a collector states its names, help and samples once."""
+
+    def describe(self) -> Iterator[Metric]:
+        """The families, without samples (the registry refuses a second collector with these names)."""
+        return iter(self._families(live=False))
+
+    def collect(self) -> Iterator[Metric]:
+        """Every family with its current samples."""
+        return iter(self._families(live=True))
+
+    def _families(self, *, live: bool) -> list[Metric]:
+        """Every family; with samples only when ``live``."""
+        raise NotImplementedError
 
 
 @runtime_checkable

@@ -7,11 +7,11 @@ series carries the ``provider`` label, so one collector can serve the runtimes o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, get_args
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from events.metrics import Families
 from events.types import FailureReason
 
 if TYPE_CHECKING:
@@ -23,19 +23,11 @@ __all__ = ["OUTCOMES", "ProviderCollector"]
 OUTCOMES = ("completed", "failed", "revoked", "unreported")
 
 
-class ProviderCollector:
+class ProviderCollector(Families):
     """The figures of one or more provider runtimes (``gpufleet_provider_*``)."""
 
     def __init__(self, *runtimes: ProviderRuntime) -> None:
         self.runtimes = list(runtimes)
-
-    def describe(self) -> Iterator[Metric]:
-        """The families, without samples (the registry refuses a second collector with these names)."""
-        return iter(self._families(live=False))
-
-    def collect(self) -> Iterator[Metric]:
-        """Every family with its current samples."""
-        return iter(self._families(live=True))
 
     def _families(self, *, live: bool) -> list[Metric]:
         p = "gpufleet_provider"

@@ -27,6 +27,7 @@ import nats.js.errors
 import structlog
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from events.aio import cancel_and_wait
 from events.dispatch import Dispatch, Heartbeat, LeaseGranted, LeaseRevoked
 from events.identity import read_credentials
 from events.intake import (
@@ -412,16 +413,7 @@ class ProviderRuntime:
         A single ``cancel()`` is not enough: a cancellation that lands as a nats-py request
         completes can be swallowed (``asyncio.wait_for`` on Python 3.11), leaving a loop running.
         """
-        loop = asyncio.get_running_loop()
-        pending = {t for t in tasks if not t.done()}
-        deadline = loop.time() + timeout_s
-        while pending and loop.time() < deadline:
-            for t in pending:
-                t.cancel()
-            _, pending = await asyncio.wait(pending, timeout=0.25)
-        for t in tasks:
-            if t.done() and not t.cancelled():
-                t.exception()  # retrieved: a failure here was logged where it happened
+        pending = await cancel_and_wait(tasks, every_s=0.25, timeout_s=timeout_s)
         if pending:
             self._log.warning("provider.tasks_linger", count=len(pending))
 

@@ -25,6 +25,7 @@ import structlog
 
 from actors.job import validate_spec
 from actors.orchestrator import Orchestrator, OrchestratorConfig
+from events.aio import cancel_and_wait
 from events.errors import StoreUnavailable
 from events.store import JetStreamEventStore
 from events.store.connection import Access, connect_nats
@@ -335,6 +336,7 @@ class LocalNetwork:
         self.notary: Notary | None = None
         self._notary_store: JetStreamEventStore | None = None
         self._db: ReadModelStore | None = None
+        self._dashboard_db: ReadModelStore | None = None
         #: The web dashboard when it is served (``gpufleet.dashboard.sources.RunningDashboard``).
         self.dashboard: Any = None
         #: The data directory, held from start to stop (``gpufleet.lifecycle.DataDirLock``).
@@ -540,9 +542,12 @@ class LocalNetwork:
         probe = None
         if self.notary is not None:
             probe = CheckpointProbe(self.access("auditor", "dashboard"), self.notary.key)
+        # Its own read-only connection: page loads never queue behind the projector's writes (SQLite's
+        # WAL lets readers read while it writes; PostgreSQL serves the two sessions side by side).
+        self._dashboard_db = open_store(self.read_models_db, readonly=True)
         self.dashboard = await start_dashboard(
             self.projector,
-            ReadModels(self._db),
+            ReadModels(self._dashboard_db),
             port=self.config.dashboard_port,
             checkpoints=probe,
             metrics_registry=getattr(self, "metrics_registry", None),
@@ -602,6 +607,9 @@ class LocalNetwork:
             with contextlib.suppress(Exception):
                 await self.dashboard.stop()
             self.dashboard = None
+        if self._dashboard_db is not None:
+            self._dashboard_db.close()
+            self._dashboard_db = None
         if self.provider is not None:
             with contextlib.suppress(Exception):
                 await self.provider.close()
@@ -610,9 +618,8 @@ class LocalNetwork:
             await self.quotes.stop()
             self.quotes = None
         if self._projector_task is not None:
-            self._projector_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._projector_task
+            # Again until done (events.aio); seldom, so that the projector's last flush can end first.
+            await cancel_and_wait([self._projector_task], every_s=5.0)
             self._projector_task = None
         if self.notary is not None:
             with contextlib.suppress(Exception):

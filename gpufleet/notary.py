@@ -35,6 +35,7 @@ import nats.errors
 import structlog
 from nats.aio.msg import Msg
 
+from events.aio import cancel_and_wait
 from events.errors import GpufleetError, StoreUnavailable
 from events.store.jetstream import JetStreamEventStore, RawMessage
 from events.store.topology import Topology
@@ -301,18 +302,8 @@ class Notary:
                 await self._sub.unsubscribe()
             self._sub = None
         self._stopping = True
-        # Cancelled again until done: Python 3.11's ``asyncio.wait_for`` (under every JetStream read)
-        # can swallow a cancellation that lands as its inner wait completes, and ``stop`` then hung
-        # for good (seen in CI: a quiet network's shutdown, about one run in five of its test file).
-        tasks = {t for t in [self._task, *self._answers] if t is not None}
-        pending = set(tasks)
-        while pending:
-            for t in pending:
-                t.cancel()
-            _, pending = await asyncio.wait(pending, timeout=1.0)
-        for t in tasks:
-            if not t.cancelled():
-                t.exception()  # retrieved (``wait`` reports why the notary stopped)
+        # Cancelled again until done (``events.aio``: a cancellation can be lost under a JetStream read).
+        await cancel_and_wait([self._task, *self._answers], every_s=1.0)
         self._task = None
         await self._sign_last()
         self._hashes.flush()

@@ -23,6 +23,7 @@ import nats.errors
 import structlog
 from nats.aio.msg import Msg
 
+from events.aio import cancel_and_wait
 from events.codec import to_structured
 from events.errors import GpufleetError
 from events.store.jetstream import JetStreamEventStore
@@ -84,13 +85,9 @@ class EventFeed:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
             self._sub = None
-        for t in [self._poller, *self._tasks]:
-            if t is not None:
-                t.cancel()
-        for t in [self._poller, *self._tasks]:
-            if t is not None:
-                with contextlib.suppress(BaseException):
-                    await t
+        # Cancelled again until done: a cancellation can be lost under a JetStream read (``events.aio``);
+        # the head poller once swallowed its only one, and the network's shutdown hung for good.
+        await cancel_and_wait([self._poller, *self._tasks])
 
     async def _poll_head(self) -> None:
         """One poller for every long-polling request: wake them when the log grows."""

@@ -8,11 +8,11 @@ therefore shows a growing lag, not the last figure it happened to see.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from events.metrics import Families
 from events.store.jetstream import JetStreamEventStore
 from events.store.protocol import EventStore
 from events.types import utc_now
@@ -59,7 +59,7 @@ async def projector_lag(store: EventStore, position: int) -> tuple[int, float | 
     return behind, None if at is None else max(0.0, (utc_now() - at).total_seconds())
 
 
-class ProjectorCollector:
+class ProjectorCollector(Families):
     """The figures of one projector (``gpufleet_projector_*``)."""
 
     def __init__(self, projector: Projector) -> None:
@@ -71,14 +71,6 @@ class ProjectorCollector:
         """Ask the store for the log's head (and the oldest unfolded event's time)."""
         self.lag = None
         self.lag = await projector_lag(self.projector.events, self.projector.position)
-
-    def describe(self) -> Iterator[Metric]:
-        """The families, without samples (the registry refuses a second collector with these names)."""
-        return iter(self._families(live=False))
-
-    def collect(self) -> Iterator[Metric]:
-        """Every family with its current samples."""
-        return iter(self._families(live=True))
 
     def _families(self, *, live: bool) -> list[Metric]:
         p = "gpufleet_projector"

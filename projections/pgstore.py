@@ -322,15 +322,13 @@ class PostgresStore:
     ) -> list[tuple[Value, ...]]:
         """See ``ReadModelStore.select``; column names are checked against the table."""
         where = where or {}
+        table.check_selection(where, order_by)
         order: list[sql.Composable] = []
         for o in order_by:
             # NULLs sort as in SQLite: before every value, last when descending.
             name = o.removesuffix(" DESC")
             how = "DESC NULLS LAST" if name != o else "NULLS FIRST"
             order.append(sql.SQL("{} " + how).format(_ident(name)))
-        for name in (*where, *(o.removesuffix(" DESC") for o in order_by)):
-            if name not in table.columns:
-                raise ValueError(f"{table.name} has no column {name!r}")
         q = sql.SQL("SELECT {} FROM {}").format(_cols(table.columns), _ident(table.name))
         if where:
             q += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(sql.SQL("{} = %s").format(_ident(k)) for k in where)

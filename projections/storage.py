@@ -171,6 +171,13 @@ class Table(Generic[R]):
         """A row object from its column values, in column order."""
         return self.row(*values)
 
+    def check_selection(self, where: Mapping[str, Value], order_by: Sequence[str]) -> None:
+        """Raise ``ValueError`` unless every column a selection names (``where``'s, and ``order_by``'s
+        with or without `` DESC``) is one of this table's: no other name reaches SQL."""
+        for name in (*where, *(o.removesuffix(" DESC") for o in order_by)):
+            if name not in self.columns:
+                raise ValueError(f"{self.name} has no column {name!r}")
+
     def key_from_values(self, values: Sequence[Value]) -> Any:
         """The in-memory key of a row given as column values: a scalar, or a tuple for compound keys."""
         idx = [self.columns.index(k) for k in self.key]
@@ -338,9 +345,7 @@ class SqliteStore:
     ) -> list[tuple[Value, ...]]:
         """See ``ReadModelStore.select``; column names are checked against the table."""
         where = where or {}
-        for name in (*where, *(o.removesuffix(" DESC") for o in order_by)):
-            if name not in table.columns:
-                raise ValueError(f"{table.name} has no column {name!r}")
+        table.check_selection(where, order_by)
         sql = f"SELECT {', '.join(table.columns)} FROM {table.name}"
         if where:
             sql += " WHERE " + " AND ".join(f"{k} = ?" for k in where)

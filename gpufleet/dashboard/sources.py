@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from events import MemoryEventStore
+from events.aio import cancel_and_wait
 from events.errors import GpufleetError
 from events.store.connection import Access
 from events.subjects import outcomes_stream
@@ -109,11 +110,7 @@ class RunningDashboard:
         """Stop serving, then stop following the log, then release stores and connections."""
         if self.server is not None:
             await self.server.stop()
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(self.tasks)  # again until done: a cancellation can be lost (events.aio)
         if self.probe is not None:
             await self.probe.close()
         for close in self.closers:

@@ -209,3 +209,23 @@ async def test_an_asked_port_that_is_taken_is_an_error_never_a_switch() -> None:
         server = DashboardServer(create_app(Source(ReadModels(SqliteStore(":memory:")), changes)), changes, port=port)
         with pytest.raises(DashboardError, match=f"cannot serve the dashboard on 127.0.0.1:{port}"):
             await server.start()
+
+
+async def test_the_server_turns_nagle_off_on_every_connection(live: Live) -> None:
+    """With Nagle's algorithm on, a response's last small write waits for the browser's delayed ACK:
+    every request took ~44 ms here (bench/dashboard.py) instead of ~2. asyncio sets TCP_NODELAY only
+    on sockets that declare IPPROTO_TCP; the dashboard binds its own socket, so it must declare it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", live.server.port)
+    try:
+        writer.write(b"GET /static/dashboard.css HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        server = live.server._server
+        assert server is not None
+        accepted = [c.transport.get_extra_info("socket") for c in server.server_state.connections]
+        assert accepted, "the server holds no connection"
+        for sock in accepted:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), "Nagle is on for a dashboard connection"
+    finally:
+        writer.close()
+        await writer.wait_closed()

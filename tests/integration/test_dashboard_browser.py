@@ -24,6 +24,7 @@ from asyncio.subprocess import PIPE, STDOUT
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -76,6 +77,18 @@ async def net(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Net]:
         await network.stop()
 
 
+async def until(page: Any, predicate: str, timeout: float = 30.0) -> None:
+    """Until ``predicate`` (a JavaScript function) is true on the page. Not ``page.wait_for_function``:
+    that evaluates its string in the page, which the dashboard's Content-Security-Policy (no
+    ``unsafe-eval``) refuses whenever the first check is false; ``evaluate`` goes through the
+    debugging protocol, which the policy does not govern."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await page.evaluate(predicate):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not true on the page within {timeout:g}s: {predicate}")
+        await asyncio.sleep(0.05)
+
+
 JOB_DONE = """() => {
   const bar = document.getElementById('job-progress');
   const status = document.getElementById('job-status');
@@ -111,15 +124,15 @@ async def test_a_job_completes_on_the_dashboard(net: Net) -> None:
             # Before the job exists: the page says so, and its stream is open.
             r = await page.goto(net.url + "jobs/" + job_id)
             assert r is not None and r.status == 404
-            await page.wait_for_function("document.getElementById('conn').textContent === 'live'")
+            await until(page, "() => document.getElementById('conn').textContent === 'live'")
             await page.evaluate(WATCH)
             await net.alice.submit(SPEC, job_id="watched")
             shot = os.environ.get("GPUFLEET_SCREENSHOT")
             if shot:  # for the README: the page while the work runs
-                await page.wait_for_function(HALF_WAY, timeout=60_000)
+                await until(page, HALF_WAY, timeout=60)
                 Path(shot).parent.mkdir(parents=True, exist_ok=True)
                 await page.screenshot(path=shot)
-            await page.wait_for_function(JOB_DONE, timeout=60_000)
+            await until(page, JOB_DONE, timeout=60)
             # The same document all along (a reload would have dropped the marker), updated by pushes.
             assert await page.evaluate("window.__samePage === true")
             seen = await page.evaluate("window.__seen")
@@ -211,6 +224,9 @@ async def test_gpufleet_dashboard_runs_until_sigterm_and_refuses_what_it_cannot_
         line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
         assert line.startswith("dashboard for auditor dash-cli"), line
         url = line.split(" at ", 1)[1].split()[0]
+        # Keep reading what it logs: a child blocked on a full pipe could never stop.
+        logged: list[bytes] = []
+        drain = asyncio.create_task(_drain(proc.stdout, logged))
         async with httpx.AsyncClient(timeout=30) as http:
             assert "alice.watched" in (await http.get(url)).text or "alice.first" in (await http.get(url)).text
             async with http.stream("GET", url + "events?view=jobs") as stream:  # an open stream does not hold it
@@ -222,3 +238,10 @@ async def test_gpufleet_dashboard_runs_until_sigterm_and_refuses_what_it_cannot_
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        if "drain" in locals():
+            await drain
+
+
+async def _drain(stream: asyncio.StreamReader, into: list[bytes]) -> None:
+    while chunk := await stream.read(65536):
+        into.append(chunk)
