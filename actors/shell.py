@@ -162,6 +162,12 @@ class ActorShell(Generic[C, S]):
                     for _, a, _, _, _ in plans:
                         self._cache.pop(a, None)
                     results = None
+                except BaseException:
+                    # Outcome unknown (the acknowledgement lost with the connection, say): it may have
+                    # landed. The log, not the cache, says what these aggregates are now.
+                    for _, a, _, _, _ in plans:
+                        self._cache.pop(a, None)
+                    raise
                 if results is not None:
                     for (i, a, entry, events, envs), r in zip(plans, results, strict=True):
                         if r.duplicate:
@@ -240,6 +246,13 @@ class ActorShell(Generic[C, S]):
                 if loaded:
                     await self._skip_unreadable(aggregate_id, entry.version)
                 continue
+            except BaseException:
+                # Outcome unknown (the acknowledgement lost with the connection, say): the append may
+                # have landed. Deciding the next command on the cached state could refuse it on a
+                # state the log no longer holds (a lease timer's expiry, refused as "no such lease",
+                # left a task leased to nobody for good): that aggregate is read from the log again.
+                self._cache.pop(aggregate_id, None)
+                raise
             if result.duplicate:
                 # Our own earlier try landed (its acknowledgement was lost): the log decides.
                 self._cache.pop(aggregate_id, None)

@@ -17,7 +17,16 @@ import pytest
 
 from actors.errors import InvalidTransition
 from actors.shell import ActorShell, Handled
-from actors.task import CancelTask, CreateTask, LeaseTask, ReportProgress, ReportStarted, TaskState, task_decider
+from actors.task import (
+    CancelTask,
+    CreateTask,
+    ExpireLease,
+    LeaseTask,
+    ReportProgress,
+    ReportStarted,
+    TaskState,
+    task_decider,
+)
 from events import (
     ANY,
     AppendResult,
@@ -290,6 +299,34 @@ async def test_a_lost_acknowledgement_then_a_retry_of_the_command_is_a_duplicate
     assert handled.duplicate and handled.events == []
     assert handled.state.progress == 0.5
     assert len(own(await store.log(), "pr-1")) == 1
+
+
+@pytest.mark.parametrize("batched", [False, True])
+async def test_after_a_lost_acknowledgement_another_command_decides_on_what_the_log_holds(batched: bool) -> None:
+    """A lease lands but its acknowledgement is lost (nats-server killed mid-append). The lease's
+    timer then fires: its expiry must be decided on the log's state (a lease, to expire), not on the
+    cache's (no lease: refused, the timer spent, and the task leased to nobody forever). This was
+    the stuck task of test_sigkilled_orchestrator_nats_server_and_provider_lose_and_duplicate_nothing."""
+    store = FaultyStore()
+    shell = shell_over(store)
+    ids = ["ann.j.0", "ann.j.1"]
+    for t in ids:
+        await shell.handle(t, CreateTask(command_id=f"ct-{t}", at=T0, created=created(t)))
+    leases = [
+        (t, LeaseTask(command_id=f"ls-{n}", at=at(1), expires_at=at(4), lease_id=f"l{n}", provider_id="p1"))
+        for n, t in enumerate(ids)
+    ]
+    store.lost_acks = 1
+    with pytest.raises(StoreUnavailable):
+        if batched:
+            await shell.handle_many(leases)  # type: ignore[arg-type]
+        else:
+            await shell.handle(*leases[0])
+    assert own(await store.log(), "ls-0"), "the lease landed"
+    expiry = ExpireLease(command_id="ex-1", at=at(5), lease_id="l0", reason="expired")
+    handled = await shell.handle("ann.j.0", expiry)
+    assert [e.type for e in handled.events] == ["TaskLeaseExpired"]
+    assert "TaskLeaseExpired" in await store.types("ann.j.0")
 
 
 async def test_a_store_that_is_down_fails_typed_and_a_retry_appends_once() -> None:
