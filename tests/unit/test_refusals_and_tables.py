@@ -8,6 +8,7 @@ reason and the field. And at 80 columns every table keeps its ids whole and its 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
@@ -77,6 +78,19 @@ def render(table: object, width: int = WIDTH) -> str:
     console = Console(width=width, record=True, force_terminal=False)
     console.print(table)
     return console.export_text()
+
+
+def printed(show: Callable[[], None]) -> str:
+    """What one of the CLI's printers shows in an 80-column terminal."""
+    from gpufleet import cli
+
+    saved = cli.console
+    cli.console = Console(width=WIDTH, record=True, force_terminal=False)
+    try:
+        show()
+        return cli.console.export_text()
+    finally:
+        cli.console = saved
 
 
 def fits(text: str, width: int = WIDTH) -> None:
@@ -157,13 +171,7 @@ def test_the_quote_table_fits_80_columns() -> None:
             )
         ],
     )
-    saved = cli.console
-    cli.console = Console(width=WIDTH, record=True, force_terminal=False)
-    try:
-        cli._print_quote(q)
-        text = cli.console.export_text()
-    finally:
-        cli.console = saved
+    text = printed(lambda: cli._print_quote(q))
     fits(text)
     assert "cuda H100 80GB HBM3" in text and "+2" in text
     assert "1.21 ms" in text and "e+0" not in text
@@ -187,13 +195,7 @@ def test_the_up_table_fits_80_columns_and_names_the_device_shortly() -> None:
             capabilities=SimpleNamespace(backend="cpu", gpu_model="Intel(R) Xeon(R) Processor", slots=2),
         ),
     )
-    saved = cli.console
-    cli.console = Console(width=WIDTH, record=True, force_terminal=False)
-    try:
-        cli._print_network(net)
-        text = cli.console.export_text()
-    finally:
-        cli.console = saved
+    text = printed(lambda: cli._print_network(net))
     fits(text)
     assert "gpufleet submit --workload montecarlo -p samples=1000000 --watch" in text  # one line, to copy
     assert "local-vm: cpu Intel Xeon, 2 slot(s)" in text and "http://127.0.0.1:8222/metrics" in text
