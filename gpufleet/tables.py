@@ -177,11 +177,4 @@ def jobs_table(rows: list[Any], etas: dict[str, Any], now: float, width: int) ->
 def refusals(rows: list[Any]) -> list[str]:
     """Why each rejected job of ``rows`` was rejected, one line each: ``alice.j2: priority: Input should
     be less than or equal to 9``. Strangers wrote these reasons: print them without markup."""
-    lines = []
-    for r in rows:
-        if r.status != "rejected":
-            continue
-        reason = r.reason or "no reason recorded"
-        named = r.reason_field and not reason.startswith(f"{r.reason_field}:")
-        lines.append(f"{r.job_id}: " + (f"{r.reason_field}: " if named else "") + reason)
-    return lines
+    return [f"{r.job_id}: {r.why() or 'no reason recorded'}" for r in rows if r.status == "rejected"]

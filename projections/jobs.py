@@ -110,6 +110,15 @@ class JobRow:
     #: Global position of the last event that changed this row.
     position: int = 0
 
+    def why(self) -> str:
+        """The reason, led by the field it names (``priority: Input should be ...``), the field once
+        even when the reason already begins with it (intake refusals do); empty without a reason."""
+        if not self.reason:
+            return ""
+        if self.reason_field and not self.reason.startswith(f"{self.reason_field}:"):
+            return f"{self.reason_field}: {self.reason}"
+        return self.reason
+
 
 @dataclass(slots=True)
 class TaskRow:

@@ -11,6 +11,7 @@ real Projector into a real SQLite store; the live stream served by a real uvicor
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -109,6 +110,9 @@ def test_every_page_renders_what_the_read_models_hold(client: Client) -> None:
             assert text in r.text, (path, text)
         assert 'id="live" data-stream="/events?view=' in r.text
         assert "script-src 'self'" in r.headers["content-security-policy"]
+    # A refusal's reason that names its field already shows the field once (alice.oops: "body: ...").
+    jobs_page = re.sub(r"<[^>]+>", "", client.get("/").text)  # as the page reads
+    assert "body is not valid JSON" in jobs_page and "body: body:" not in jobs_page
     missing = client.get("/jobs/nobody.nothing")
     assert missing.status_code == 404 and "No job nobody.nothing" in missing.text
     frag = client.get("/fragment/fleet")

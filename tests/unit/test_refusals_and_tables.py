@@ -126,6 +126,7 @@ def test_the_jobs_table_fits_80_columns_with_whole_ids_and_shows_more_when_wide(
     assert refusals(rows) == ["carol.raw-bad-priority: priority: Input should be at most 9"]
     rows[2].reason = "priority: Input should be at most 9"  # a reason that names its field already
     assert refusals(rows) == ["carol.raw-bad-priority: priority: Input should be at most 9"]
+    assert JobRow("a.b").why() == "" and JobRow("a.b", reason="no field").why() == "no field"
 
 
 def test_the_fleet_table_keeps_each_device_on_one_line_at_80_columns() -> None:
