@@ -127,12 +127,14 @@ class Core:
             estimate = c.estimate(validate_params(spec.workload, spec.task_params(0)))
         except InvalidPayload:
             return None
-        per_task = self.scheduler.predict(spec.workload, estimate, spec.resources, spec.max_price_micros)
+        per_task = self.scheduler.predict(
+            spec.workload, estimate, spec.resources, spec.max_price_micros, spec.submitter
+        )
         if per_task is None:
             return None
         # Replicas run one after another: a verified task takes as many runs as it gathers results.
         # "auto" verification spot-checks paid attempts only: paid when no capable provider is free.
-        capable = self.scheduler.eligible(spec.resources, spec.workload, spec.max_price_micros)
+        capable = self.scheduler.eligible(spec.resources, spec.workload, spec.max_price_micros, spec.submitter)
         paid = bool(capable) and min(p.capabilities.price_micros for p in capable) > 0
         policy = spec.verify if spec.verify is not None else self.default_verify
         runs = expected_replicas(policy, paid, c.compare)
@@ -285,7 +287,9 @@ class Core:
                 if c is not None:
                     with contextlib.suppress(InvalidPayload):
                         estimate = c.estimate(validate_params(spec.workload, spec.task_params(0)))
-                        each = self.scheduler.predict(spec.workload, estimate, spec.resources, spec.max_price_micros)
+                        each = self.scheduler.predict(
+                            spec.workload, estimate, spec.resources, spec.max_price_micros, spec.submitter
+                        )
                 self.promised[job_id] = (spec.priority, spec.submitter, left, each.seconds if each else 0.0)
         elif j.status not in ("submitted", "accepted"):
             self.promised.pop(job_id, None)

@@ -33,6 +33,7 @@ from events.job import (
     UsageMetered,
 )
 from events.metering import metered_amount
+from events.placement import bad_specifier
 from events.subjects import OBJECTS_STREAM, job_owner, object_owner
 from events.types import MAX_SECONDS, EventModel, recorded_seconds
 from events.verification import VerifyPolicy
@@ -193,6 +194,10 @@ def validate_spec(spec: JobSpec, at: datetime) -> InvalidPayload | None:
             f"workload {spec.workload} runs only on CUDA providers: set resources.backend to 'cuda'",
             field="resources.backend",
         )
+    for name, specifier in sorted(spec.resources.packages.items()):
+        problem = bad_specifier(specifier)
+        if problem is not None:
+            return InvalidPayload(problem, field=f"resources.packages.{name}")
     if isinstance(spec.split, ShardSplit) and spec.split.shards > max(1, spec.split.input.size):
         return InvalidPayload("more shards than input bytes", field="split.shards")
     if spec.deadline is not None and spec.deadline <= at:

@@ -591,7 +591,7 @@ class Replayer:
             if busy >= p.capabilities.slots:
                 why.append(f"provider {cmd.provider_id} has no free slot ({busy} of {p.capabilities.slots} leased)")
             if spec is not None:
-                why += misfits(p.capabilities, spec.resources, spec.workload, spec.max_price_micros)
+                why += misfits(p.capabilities, spec.resources, spec.workload, spec.max_price_micros, spec.submitter)
             if cmd.price_micros != p.capabilities.price_micros:
                 why.append(f"price {cmd.price_micros} is not the provider's {p.capabilities.price_micros}")
         if why:

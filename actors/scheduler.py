@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from events.estimates import Prediction, RuntimeModel, device_class
 from events.placement import misfits
 from events.types import Calibration, Capabilities, Estimate, Resources
+from events.workloads import CODE_WORKLOAD
 
 __all__ = ["Assignment", "PendingTask", "ProviderInfo", "Scheduler"]
 
@@ -65,7 +66,20 @@ class PendingTask:
     def shape(self) -> tuple[object, ...]:
         """What decides which providers can take it."""
         r = self.resources
-        return (r.backend, r.min_vram_mb, r.min_compute_capability, self.workload, self.max_price_micros, self.exclude)
+        # Code runs only on providers that opted in to its submitter: the submitter is part of the
+        # shape of a code task, and of nothing else's.
+        code_of = self.submitter if self.workload == CODE_WORKLOAD else ""
+        packages = tuple(sorted(r.packages.items())) if r.packages else ()
+        return (
+            r.backend,
+            r.min_vram_mb,
+            r.min_compute_capability,
+            self.workload,
+            self.max_price_micros,
+            self.exclude,
+            code_of,
+            packages,
+        )
 
 
 @dataclass(slots=True)
@@ -136,6 +150,8 @@ def _class_key(c: Capabilities) -> tuple[object, ...]:
         tuple(sorted(c.workloads)),
         c.price_micros,
         c.gpu_model,
+        tuple(sorted(c.code_from)),
+        tuple(sorted(c.packages.items())),
     )
 
 
@@ -413,7 +429,7 @@ class Scheduler:
             found = [
                 c
                 for c in self._classes.values()
-                if not misfits(c.capabilities, t.resources, t.workload, t.max_price_micros)
+                if not misfits(c.capabilities, t.resources, t.workload, t.max_price_micros, t.submitter)
             ]
             self._eligible[shape] = found
         return found
@@ -535,11 +551,16 @@ class Scheduler:
         return out
 
     def predict(
-        self, workload: str, estimate: Estimate, resources: Resources, max_price_micros: int | None = None
+        self,
+        workload: str,
+        estimate: Estimate,
+        resources: Resources,
+        max_price_micros: int | None = None,
+        submitter: str = "",
     ) -> Prediction | None:
-        """The prediction for one such task on the fastest class that may run it (under the price
-        ceiling; one available member of each looked at), or None if none may."""
-        probe = PendingTask("", "", 5, workload, resources, estimate, max_price_micros)
+        """The prediction for one such task of ``submitter``'s on the fastest class that may run it
+        (under the price ceiling; one available member of each looked at), or None if none may."""
+        probe = PendingTask("", submitter, 5, workload, resources, estimate, max_price_micros)
         best: Prediction | None = None
         for cls in self._eligible_classes(probe.shape, probe):
             live = [m for m in cls.members if self.providers[m].available]
@@ -550,9 +571,11 @@ class Scheduler:
                     best = s
         return best
 
-    def eligible(self, resources: Resources, workload: str, max_price_micros: int | None = None) -> list[ProviderInfo]:
-        """Available providers that could run such a task, free or busy (by id)."""
-        probe = PendingTask("", "", 5, workload, resources, Estimate(), max_price_micros)
+    def eligible(
+        self, resources: Resources, workload: str, max_price_micros: int | None = None, submitter: str = ""
+    ) -> list[ProviderInfo]:
+        """Available providers that could run such a task of ``submitter``'s, free or busy (by id)."""
+        probe = PendingTask("", submitter, 5, workload, resources, Estimate(), max_price_micros)
         found = [
             self.providers[m]
             for cls in self._eligible_classes(probe.shape, probe)
@@ -579,6 +602,6 @@ class Scheduler:
             out.setdefault((t.priority, t.submitter), []).append(d)
         return out
 
-    def capacity(self, resources: Resources, workload: str) -> int:
-        """Slots across available providers that could run such a task."""
-        return sum(p.capabilities.slots for p in self.eligible(resources, workload))
+    def capacity(self, resources: Resources, workload: str, submitter: str = "") -> int:
+        """Slots across available providers that could run such a task of ``submitter``'s."""
+        return sum(p.capabilities.slots for p in self.eligible(resources, workload, None, submitter))

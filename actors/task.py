@@ -65,8 +65,9 @@ __all__ = [
 
 TaskStatus = Literal["none", "queued", "leased", "running", "waiting", "completed", "dead", "cancelled"]
 TERMINAL = TERMINAL_TASK_STATES
-#: Failures that would repeat on any provider: retrying them wastes the submitter's money.
-NON_RETRYABLE: frozenset[str] = frozenset({"invalid_params", "unsupported"})
+#: Failures that would repeat on any provider: retrying them wastes the submitter's money. A
+#: submitted function that raised (``function_error``) would raise again on the same arguments.
+NON_RETRYABLE: frozenset[str] = frozenset({"invalid_params", "unsupported", "function_error"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,8 @@ from events.subjects import (
     EVENTS_STREAM,
     HEARTBEAT_BUCKET,
     INTAKE_STREAM,
+    OBJECT_PREFIX,
+    OBJECTS_STREAM,
 )
 from events.types import ID_PATTERN, EventModel
 
@@ -70,6 +72,8 @@ _PARAMS = {
     "providerId": "A provider's id: the name in its credentials, one NATS token matching " + ID_PATTERN,
     "role": "An identity's role: submitter or provider.",
     "index": "A task's index in its job, from 0.",
+    "sha256": "The object's SHA-256, 64 lowercase hex digits: its name is its content.",
+    "part": "`0`, `1`, ... for the object's 256 KiB chunks in order, then `m` for its manifest.",
 }
 
 
@@ -405,6 +409,36 @@ def generate_asyncapi() -> dict[str, Any]:
         "x-jetstream-stream": f"KV_{HEARTBEAT_BUCKET}",
     }
 
+    # Objects a submitter stores before submitting: a sharded job's input, a kernel argument, a code
+    # job's archive and array arguments (``events.store.blobs`` is the reference implementation).
+    messages["ObjectPart"] = {
+        "name": "ObjectPart",
+        "title": "object chunk or manifest",
+        "summary": "Raw bytes (a chunk), or the manifest `{\"chunks\": N, \"sha256\": ..., \"size\": ...}`.",
+        "contentType": "application/octet-stream",
+        "payload": {"schemaFormat": JSON_SCHEMA_FORMAT, "schema": {"type": "string", "format": "binary"}},
+    }
+    channels["submitterObjects"] = {
+        "address": f"{OBJECT_PREFIX}.submitter.{{submitter}}.{{sha256}}.{{part}}",
+        "title": "a submitter's objects",
+        "description": (
+            f"Content-addressed objects in the `{OBJECTS_STREAM}` stream, written by their owner only: "
+            "split the bytes into 256 KiB chunks, publish chunk i to part `i` (JetStream publish), then the "
+            "manifest (sorted-key JSON of `chunks`, `sha256`, `size`) to part `m`. Each subject holds one "
+            "message for ever: publishing it again is refused, and means it is stored already. A job then "
+            "names the object as `{\"bucket\": \"GF_OBJECTS\", \"name\": \"submitter.<submitter>.<sha256>\", "
+            '"sha256": ..., "size": ...}`. A code job (workload `function`, `workloads/function.json`) pins '
+            "its code this way: a zip of Python source files (at most 8 MiB, 1,000 files, 64 MiB unpacked) "
+            "whose `entry` `module:function` is imported by the provider, in a sandbox, and called as "
+            "`function(xp, **args, ctx=ctx)`; `arrays` name `.npy` objects passed as arrays. Its result is "
+            '`{"value": ...}`, arrays in the value standing as `{"$array": name, ...}` entries of the '
+            "`.npz` object the result's `arrays` names."
+        ),
+        "parameters": _parameters(f"{OBJECT_PREFIX}.submitter.{{submitter}}.{{sha256}}.{{part}}"),
+        "messages": {"ObjectPart": _ref("components", "messages", "ObjectPart")},
+        "x-jetstream-stream": OBJECTS_STREAM,
+    }
+
     # A quote before submitting: a request, answered by the network's quote service (``projections.quote``).
     messages["QuoteRequest"] = {
         "name": "QuoteRequest",
@@ -437,6 +471,13 @@ def generate_asyncapi() -> dict[str, Any]:
     # The submitter.
     operation("submitJob", "submitter", "send", "submitterSubmit", "Submit a job spec.")
     operation("cancelJob", "submitter", "send", "submitterCancel", "Cancel one of your jobs.")
+    operation(
+        "storeObject",
+        "submitter",
+        "send",
+        "submitterObjects",
+        "Store an input, a code archive or an array argument under your name, before the job that names it.",
+    )
     operations["quoteJob"] = {
         "action": "send",
         "channel": _ref("channels", "quote"),

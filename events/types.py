@@ -25,9 +25,11 @@ __all__ = [
     "MAX_GPU_MS",
     "MAX_MEASURE",
     "MAX_MICROS",
+    "MAX_PACKAGES",
     "MAX_PRICE_MICROS",
     "MAX_PROBED_WORKLOADS",
     "MAX_PROBES_PER_WORKLOAD",
+    "MAX_REQUIRED_PACKAGES",
     "MAX_SECONDS",
     "MAX_TIMEOUT_S",
     "MAX_TOTAL_GPU_MS",
@@ -50,6 +52,7 @@ __all__ = [
     "Measure",
     "Micros",
     "ObjectRef",
+    "PackageName",
     "PriceMicros",
     "ProbeRun",
     "Resources",
@@ -138,6 +141,7 @@ FailureReason = Literal[
     "unsupported",
     "provider_error",
     "unverifiable",
+    "function_error",
 ]
 
 #: inf and NaN are refused: JSON has no spelling for them (pydantic would write null, unreadable).
@@ -180,12 +184,27 @@ def is_valid_id(value: str) -> bool:
     return bool(_ID_RE.match(value))
 
 
+#: A Python distribution's normalised name (PEP 503) or ``python``, as providers advertise them.
+PackageName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9._-]{0,98}[a-z0-9])?$")]
+#: Most packages a provider advertises, and a task may require.
+MAX_PACKAGES = 1024
+MAX_REQUIRED_PACKAGES = 32
+
+
 class Resources(EventModel):
     """What a task needs from a provider."""
 
     min_vram_mb: int = Field(default=0, ge=0, le=2**24)
     min_compute_capability: float = Field(default=0.0, ge=0.0, le=20.0)
     backend: BackendRequirement = "any"
+    #: Python packages (and ``python`` itself) a code task needs, each with a version specifier
+    #: (PEP 440, ``">=1.11"``; ``""`` for any version): matched against what providers advertise, never
+    #: installed. Stored only when given, so a spec written before it existed encodes as it did.
+    packages: Annotated[
+        dict[PackageName, Annotated[str, Field(max_length=200)]],
+        Field(max_length=MAX_REQUIRED_PACKAGES),
+        AfterValidator(canonical_json),
+    ] = Field(default_factory=dict, exclude_if=lambda v: not v)
 
 
 class RetryPolicy(EventModel):
@@ -286,6 +305,18 @@ class Capabilities(EventModel):
     price_micros: PriceMicros = 0
     workloads: tuple[str, ...] = ()
     extra: StrMap = Field(default_factory=dict)
+    #: Whose code (the ``function`` workload) it runs, sandboxed: submitter names, or ``"*"`` for
+    #: anyone. Empty: nobody's (absent from registrations before code tasks existed).
+    code_from: tuple[Annotated[str, Field(max_length=128)], ...] = Field(
+        default=(), max_length=256, exclude_if=lambda v: not v
+    )
+    #: Installed Python packages (normalised name -> version), and ``python`` itself: what code tasks
+    #: may require (``Resources.packages``).
+    packages: Annotated[
+        dict[PackageName, Annotated[str, Field(max_length=64)]],
+        Field(max_length=MAX_PACKAGES),
+        AfterValidator(canonical_json),
+    ] = Field(default_factory=dict, exclude_if=lambda v: not v)
 
 
 def recorded_seconds(value: float | None) -> float | None:

@@ -12,17 +12,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from events.errors import InvalidPayload
 from events.types import Estimate, JsonValue, ObjectRef
 from events.verification import Compare
 
 __all__ = [
+    "CODE_WORKLOAD",
+    "MAX_ARCHIVE_BYTES",
+    "MAX_ARCHIVE_FILES",
+    "MAX_UNPACKED_BYTES",
     "WORKLOADS",
     "CustomKernelParams",
     "ElementwiseParams",
     "FftParams",
+    "FunctionParams",
     "KernelArg",
     "MatmulParams",
     "MonteCarloParams",
@@ -144,6 +149,56 @@ class CustomKernelParams(_Params):
     options: tuple[str, ...] = ()
 
 
+#: The workload that runs a submitter's own Python function (sandboxed, on providers that opted in).
+CODE_WORKLOAD = "function"
+#: The largest code archive a job may pin (zip of the function's module and a small local package),
+#: the most files in it, and the most bytes they may unpack to: the client builds within these, the
+#: provider's sandbox refuses an archive outside them.
+MAX_ARCHIVE_BYTES = 8 << 20
+MAX_ARCHIVE_FILES = 1000
+MAX_UNPACKED_BYTES = 64 << 20
+
+_Ident = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")]
+
+
+class FunctionParams(_Params):
+    """The submitter's own Python function, shipped as source and run in a sandbox."""
+
+    #: The code archive (a zip of source files) in the object store, pinned by its sha256.
+    code: ObjectRef
+    #: ``module:function`` inside the archive, e.g. ``saxpy:saxpy_sum`` or ``pkg.mod:f``.
+    entry: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$", max_length=200
+    )
+    #: Keyword arguments, as JSON.
+    args: dict[_Ident, JsonValue] = Field(default_factory=dict, max_length=64)
+    #: Keyword arguments that are arrays: ``.npy`` objects in the object store.
+    arrays: dict[_Ident, ObjectRef] = Field(default_factory=dict, max_length=32)
+    #: The seed of ``ctx``'s random numbers (the same bits on NumPy and CuPy).
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+    #: The submitter's guess of one call's seconds: the ETA before any call has been measured.
+    expected_s: float = Field(default=0.0, ge=0.0, le=86400.0)
+
+    @model_validator(mode="after")
+    def _checked(self) -> FunctionParams:
+        if self.code.size > MAX_ARCHIVE_BYTES:
+            raise ValueError(f"the code archive is {self.code.size} bytes, over {MAX_ARCHIVE_BYTES}")
+        both = sorted(set(self.args) & set(self.arrays))
+        if both:
+            raise ValueError(f"argument {both[0]!r} is given twice (in args and in arrays)")
+        reserved = sorted({"xp", "ctx"} & (set(self.args) | set(self.arrays)))
+        if reserved:
+            raise ValueError(f"argument {reserved[0]!r} is reserved: the provider passes it")
+        return self
+
+
+def _estimate_function(p: FunctionParams) -> Estimate:
+    # Nothing is known about a stranger's function but its arrays and the submitter's guess; the
+    # runtime model learns its real duration from its first completions.
+    mem = sum(ref.size for ref in p.arrays.values())
+    return Estimate(fixed_seconds=p.expected_s, bytes_moved=float(mem), memory_bytes=mem)
+
+
 def _estimate_matmul(p: MatmulParams) -> Estimate:
     size = _DTYPE_BYTES[p.dtype]
     return Estimate(
@@ -260,6 +315,12 @@ WORKLOADS: dict[str, WorkloadContract] = {
             "none",
             requires_cuda=True,
             ignore=frozenset({"sha256", "arrays"}),
+        ),
+        # A stranger's function: its value compares within the job's tolerance (``exact`` is a zero
+        # tolerance). An array it returns stands in the value as its shape, dtype, sum and norm, which
+        # compare; the object holding the arrays is named by its provider, so it does not.
+        _contract(
+            CODE_WORKLOAD, FunctionParams, _estimate_function, "steps", checkpoints=True, ignore=frozenset({"arrays"})
         ),
     )
 }

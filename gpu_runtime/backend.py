@@ -210,6 +210,18 @@ class Backend:
         """``a`` on the device."""
         return self.xp.asarray(a)
 
+    def array_api(self) -> Any:
+        """The Array-API-compatible namespace of this backend (``array_api_compat``'s wrapper of
+        NumPy or CuPy): what a submitter's function gets as ``xp``. Imported here, lazily, because
+        ``array_api_compat.cupy`` imports CuPy."""
+        if self.is_cuda:
+            import array_api_compat.cupy as compat_cupy  # type: ignore[import-untyped,unused-ignore]
+
+            return compat_cupy
+        import array_api_compat.numpy as compat_numpy  # type: ignore[import-untyped,unused-ignore]
+
+        return compat_numpy
+
     def set_memory_limit(self, nbytes: int | None) -> None:
         """Cap the device memory one task may hold, through CuPy's memory-pool limit (0 = none).
 

@@ -20,7 +20,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import nats.js.errors
@@ -41,7 +41,14 @@ from events.intake import (
 from events.store.blobs import BlobStore, ObjectIntegrityError, ObjectNotFound
 from events.store.connection import Access, connect_nats
 from events.store.topology import Topology
-from events.subjects import dispatch_consumer, heartbeat_subject, intake_subject, job_owner, report_subject
+from events.subjects import (
+    dispatch_consumer,
+    heartbeat_subject,
+    intake_subject,
+    job_of_task,
+    job_owner,
+    report_subject,
+)
 from events.types import (
     MAX_GPU_MS,
     MAX_MEASURE,
@@ -54,13 +61,16 @@ from events.types import (
     utc_now,
 )
 from events.workloads import (
+    CODE_WORKLOAD,
     WORKLOADS,
     CustomKernelParams,
+    FunctionParams,
     NoopParams,
 )
 from gpu_runtime.admission import DeviceFacts, admit
 from gpu_runtime.backend import BackendChoice
 from gpu_runtime.errors import RuntimeServiceError, WorkloadError
+from gpu_runtime.packages import installed_packages
 from gpu_runtime.results import INLINE_LIMIT, canonical_json, json_safe, sha256_hex
 from gpu_runtime.supervisor import Completed, Failed, NullSink, WorkerPool, WorkerProcess
 from gpu_runtime.throttle import ProgressThrottle
@@ -72,7 +82,19 @@ __all__ = ["RUNTIME_VERSION", "ProviderRuntime", "RuntimeConfig", "RuntimeStats"
 RUNTIME_VERSION = "gpu_runtime/0.1.0"
 
 _DISPATCH: TypeAdapter[LeaseGranted | LeaseRevoked] = TypeAdapter(Dispatch)
+#: The key of a code task's archive among its fetched inputs (array arguments are keyed by name,
+#: which is an identifier: never this).
+_ARCHIVE = "-archive"
 _log = structlog.get_logger("gpufleet.provider")
+
+if TYPE_CHECKING:
+    from gpu_runtime.sandbox import CodeSpec, SandboxWorker
+
+
+def _task_index(task_id: str) -> int:
+    """A task's index in its job, from its id (``<job>.<index>``, see ``events.subjects.task_id_of``)."""
+    tail = task_id[len(job_of_task(task_id)) + 1 :]
+    return int(tail) if tail.isdigit() else 0
 
 
 def _default_provider_id() -> str:
@@ -108,9 +130,20 @@ class RuntimeConfig:
     topology: Topology | None = None
     #: Fault injection (tests only): needs ``GPUFLEET_FAULTS=1`` in the environment as well.
     faults: bool = field(default_factory=faults_enabled)
+    #: Whose code (the ``function`` workload) it runs: submitter names, ``("*",)`` for anyone, or
+    #: nobody's (the default). See ``gpu_runtime.packages.parse_accept_code``.
+    accept_code: tuple[str, ...] = ()
+    #: Run code without a sandbox when ``bwrap`` is missing (``--unsafe-trusted-code``): only for
+    #: code you trust as you trust your own; it can read and write whatever this process can.
+    unsafe_trusted_code: bool = False
+    #: A sandboxed function's host-memory cap, MiB (its GPU memory is capped as a task's is).
+    code_memory_mb: int = 4096
+    #: Paths a sandbox never sees, even inside a directory it is given (the provider's data).
+    private_paths: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if self.creds is not None:
+            object.__setattr__(self, "private_paths", (*self.private_paths, self.creds))
             ident = read_credentials(self.creds)
             if ident.role != "provider":
                 raise RuntimeServiceError(f"{self.creds} are {ident.role} credentials, not a provider's")
@@ -135,7 +168,7 @@ class _TaskRun:
     """One lease as this provider runs it."""
 
     lease: LeaseGranted
-    worker: WorkerProcess | None = None
+    worker: WorkerProcess | SandboxWorker | None = None
     revoked: bool = False
     task: asyncio.Task[None] | None = None
     #: How it ended, once reported: ``completed`` or ``failed`` (with ``reason``).
@@ -250,6 +283,11 @@ class ProviderRuntime:
         self._background: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Future[Any]] = set()
         self.stats = RuntimeStats()
+        #: Slot index -> the warm sandbox of the tenant (submitter) whose code ran there last.
+        self._sandboxes: dict[int, SandboxWorker] = {}
+        #: Why code tasks are refused here (None: they run), decided at start.
+        self._no_code: str | None = "this provider runs no submitters' code (it did not opt in: --accept-code)"
+        self._sandboxed = False
 
     # ----------------------------------------------------------------------------------- lifecycle
 
@@ -356,9 +394,17 @@ class ProviderRuntime:
             self._memory_limit = cfg.memory_limit_mb << 20
         elif info["backend"] == "cuda":
             self._memory_limit = int(self._total_memory * 0.9) // per_device
-        supported = tuple(name for name, c in WORKLOADS.items() if not c.requires_cuda or info["backend"] == "cuda")
+        supported = tuple(
+            name
+            for name, c in WORKLOADS.items()
+            if (not c.requires_cuda or info["backend"] == "cuda") and name != CODE_WORKLOAD
+        )
         caps = dict(info["capabilities"])
+        if self._code_ready():
+            supported = (*supported, CODE_WORKLOAD)
+            caps.update(code_from=list(cfg.accept_code))
         caps.update(slots=slots, price_micros=cfg.price_micros, workloads=list(supported))
+        caps.update(packages=installed_packages())
         self.capabilities = Capabilities.model_validate_json(json.dumps(caps))
         if not cfg.calibrate:
             # Measured nothing: say so (no calibration), rather than register a calibration of zeros
@@ -368,6 +414,38 @@ class ProviderRuntime:
         measured = Calibration.model_validate_json(json.dumps(info.get("calibration") or {}))
         overhead = await self._measure_overhead(first)
         self.calibration = measured.model_copy(update={"task_overhead_s": round(overhead, 6)})
+
+    def _code_ready(self) -> bool:
+        """Whether code tasks can run here: opted in, and a sandbox (or the operator's waiver)."""
+        cfg = self.config
+        if not cfg.accept_code:
+            return False
+        from gpu_runtime.sandbox import find_bwrap
+
+        if find_bwrap() is not None:
+            self._sandboxed, self._no_code = True, None
+        elif cfg.unsafe_trusted_code:
+            self._no_code = None
+            self._log.warning(
+                "code.unsandboxed",
+                accept_code=list(cfg.accept_code),
+                warning="--unsafe-trusted-code: submitted functions run WITHOUT a sandbox, with this "
+                "process's access to files and network",
+            )
+        else:
+            self._no_code = "unsupported: no sandbox (install bubblewrap, or pass --unsafe-trusted-code)"
+            self._log.warning("code.refused", reason=self._no_code, accept_code=list(cfg.accept_code))
+            return False
+        return True
+
+    def _code_refusal(self, tenant: str | None) -> str | None:
+        """Why this provider will not run ``tenant``'s code now, or None."""
+        if self._no_code is not None:
+            return self._no_code
+        accepted = self.config.accept_code
+        if not tenant or ("*" not in accepted and tenant not in accepted):
+            return f"this provider runs no code from {tenant or 'a job without a submitter'}"
+        return None
 
     async def _measure_overhead(self, worker: WorkerProcess, rounds: int = 15) -> float:
         """Median round trip of a no-op task through a warm worker."""
@@ -422,6 +500,12 @@ class ProviderRuntime:
         await self._stop_tasks(self._background)
         self._background = []
         await self._stop_tasks([r.task for r in self._runs.values() if r.task is not None])
+        sandboxes, self._sandboxes = list(self._sandboxes.values()), {}
+        if graceful:
+            await asyncio.gather(*(s.stop() for s in sandboxes), return_exceptions=True)
+        else:
+            for s in sandboxes:
+                s.kill()
         if self._pool is not None:
             if graceful:
                 await self._pool.stop()
@@ -638,7 +722,42 @@ class ProviderRuntime:
             for i, arg in enumerate(params.args):
                 if arg.ref is not None and arg.ref.name not in blobs:
                     blobs[arg.ref.name] = await self.get_object(arg.ref, f"params.args.{i}.ref")
+        elif isinstance(params, FunctionParams):
+            # The code archive (pinned by its sha256), then each array argument by its name.
+            blobs[_ARCHIVE] = await self.get_object(params.code, "params.code")
+            for name, ref in params.arrays.items():
+                blobs[name] = await self.get_object(ref, f"params.arrays.{name}")
         return resume, blobs
+
+    async def _sandbox_for(self, slot: WorkerProcess, tenant: str) -> SandboxWorker:
+        """The slot's warm sandbox for ``tenant``: kept while the same submitter's code runs there,
+        replaced (its process killed, its GPU memory released) when another submitter's comes."""
+        from gpu_runtime.sandbox import SandboxOptions, SandboxWorker
+
+        current = self._sandboxes.get(slot.index)
+        if current is not None and current.tenant == tenant:
+            return current
+        if current is not None:
+            self._log.info("sandbox.replaced", slot=slot.index, tenant=tenant, previous=current.tenant)
+            current.kill()
+        options = SandboxOptions(
+            backend="cuda" if self.backend == "cuda" else "cpu",
+            device_index=slot.options.device_index,
+            memory_limit=self._memory_limit,
+            host_memory_mb=self.config.code_memory_mb,
+            hide=self.config.private_paths,
+            unsafe=not self._sandboxed,
+        )
+        sandbox = SandboxWorker(slot.index, tenant, options, grace_s=self.config.cancel_grace_s)
+        self._sandboxes[slot.index] = sandbox
+        try:
+            await sandbox.start()
+        except Exception as e:
+            self._sandboxes.pop(slot.index, None)
+            sandbox.kill()
+            raise WorkloadError("provider_error", f"the sandbox did not start: {e}") from e
+        self._log.info("sandbox.started", slot=slot.index, tenant=tenant, pid=sandbox.pid, sandboxed=self._sandboxed)
+        return sandbox
 
     async def _run_lease(self, run: _TaskRun) -> None:
         lease = run.lease
@@ -647,7 +766,26 @@ class ProviderRuntime:
         t0 = time.perf_counter()
         try:
             params = self._validate(lease)
+            code: CodeSpec | None = None
+            if isinstance(params, FunctionParams):
+                from gpu_runtime.sandbox import CodeSpec
+
+                refusal = self._code_refusal(job_owner(lease.job_id))
+                if refusal is not None:
+                    raise WorkloadError("unsupported", refusal)
             resume, blobs = await self._inputs(lease, params)
+            if isinstance(params, FunctionParams):
+                code = CodeSpec(
+                    task_id=lease.task_id,
+                    index=_task_index(lease.task_id),
+                    archive=blobs.pop(_ARCHIVE),
+                    entry=params.entry,
+                    args=dict(params.args),
+                    arrays=blobs,
+                    seed=params.seed,
+                    resume_step=lease.resume_step if resume is not None else 0,
+                    resume_blob=resume,
+                )
             worker = await self._pool.acquire()
             try:
                 if run.revoked:
@@ -660,17 +798,24 @@ class ProviderRuntime:
                     return
                 base = lease.resume_step if resume is not None else 0
                 reporter = _Reporter(self, run, ProgressThrottle(self.config.progress_per_s), base=base)
-                spec = TaskSpec(
-                    seq=0,
-                    task_id=lease.task_id,
-                    workload=lease.workload,
-                    params=params,
-                    memory_limit=self._memory_limit,
-                    resume_step=lease.resume_step if resume is not None else 0,
-                    resume_blob=resume,
-                    blobs=blobs,
-                )
-                outcome = await worker.run(spec, reporter, lease.timeout_s, stopped=lambda: run.revoked)
+                if code is not None:
+                    sandbox = await self._sandbox_for(worker, job_owner(lease.job_id) or "")
+                    run.worker = sandbox
+                    if run.revoked:
+                        return
+                    outcome = await sandbox.run(code, reporter, lease.timeout_s, stopped=lambda: run.revoked)
+                else:
+                    spec = TaskSpec(
+                        seq=0,
+                        task_id=lease.task_id,
+                        workload=lease.workload,
+                        params=params,
+                        memory_limit=self._memory_limit,
+                        resume_step=lease.resume_step if resume is not None else 0,
+                        resume_blob=resume,
+                        blobs=blobs,
+                    )
+                    outcome = await worker.run(spec, reporter, lease.timeout_s, stopped=lambda: run.revoked)
             finally:
                 run.worker = None
                 self._pool.release(worker)

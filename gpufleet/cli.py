@@ -35,6 +35,11 @@ console = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
 
+ACCEPT_CODE_HELP = (
+    "Whose code this provider runs, sandboxed with bubblewrap: none (the default), any, "
+    "or submitter names separated by commas."
+)
+
 NatsOpt = Annotated[
     str | None,
     typer.Option("--nats", help="NATS server or cluster URL (default: the network `gpufleet up` runs)."),
@@ -212,6 +217,16 @@ def up(
     dashboard_port: Annotated[
         int | None, typer.Option(help="The dashboard's port (default 8222 if free, else any; 0: any).")
     ] = None,
+    accept_code: Annotated[
+        str | None,
+        typer.Option(
+            help="Whose code the local provider runs, sandboxed: none, any, or names "
+            "(default: your own submitter's, and nobody else's)."
+        ),
+    ] = None,
+    unsafe_trusted_code: Annotated[
+        bool, typer.Option(help="Without bubblewrap, let the local provider run that code unsandboxed.")
+    ] = False,
     metrics: MetricsOpt = None,
 ) -> None:
     """Run the whole network here, secured: nats-server with JetStream, orchestrator, projections, a provider.
@@ -232,6 +247,14 @@ def up(
         _fail("--tls-cert and --tls-key go together")
     if host not in ("127.0.0.1", "localhost", "::1") and not (tls or tls_cert):
         _fail(f"listening on {host} exposes the network beyond this machine: add --tls")
+    code_from: tuple[str, ...] | None = None
+    if accept_code is not None:
+        from gpu_runtime.packages import AcceptCodeError, parse_accept_code
+
+        try:
+            code_from = parse_accept_code(accept_code)
+        except AcceptCodeError as e:
+            _fail(str(e))
     cfg = NetworkConfig(
         data_dir=data_dir or DEFAULT_DATA_DIR,
         nats_url=nats_url,
@@ -239,6 +262,8 @@ def up(
         provider_backend=backend,
         provider_slots=slots,
         provider_price_micros=price_micros,
+        provider_accept_code=code_from,
+        provider_unsafe_code=unsafe_trusted_code,
         port=port,
         host=host,
         tls=tls or tls_cert is not None,
@@ -1210,6 +1235,14 @@ def provider_run(
         int, typer.Option(min=0, max=MAX_PRICE_MICROS, help="Price, micro-credits per GPU-second.")
     ] = 0,
     memory_limit_mb: Annotated[int | None, typer.Option(help="Per-task GPU memory cap.")] = None,
+    accept_code: Annotated[str, typer.Option(help=ACCEPT_CODE_HELP)] = "none",
+    unsafe_trusted_code: Annotated[
+        bool,
+        typer.Option(help="Without bubblewrap, run accepted code anyway, unsandboxed: only code you trust as yours."),
+    ] = False,
+    code_memory_mb: Annotated[
+        int, typer.Option(min=64, max=1 << 24, help="A submitted function's host-memory cap, MiB.")
+    ] = 4096,
     metrics: MetricsOpt = None,
 ) -> None:
     """Join this machine's GPU (or CPU) to a network: detect, calibrate, register, take work.
@@ -1218,10 +1251,15 @@ def provider_run(
     network's machine). Ctrl-C or SIGTERM drains: running work finishes, nothing new is taken, then
     the provider leaves; a second one stops at once (its running tasks are then reassigned).
     """
+    from gpu_runtime.packages import AcceptCodeError, parse_accept_code
     from gpu_runtime.service import ProviderRuntime, RuntimeConfig
     from gpufleet.lifecycle import graceful_shutdown
 
     listen = _metrics_listen(metrics)
+    try:
+        code_from = parse_accept_code(accept_code)
+    except AcceptCodeError as e:
+        _fail(str(e))
 
     async def run() -> None:
         access = _access("provider", nats_url, creds, tls_ca)
@@ -1239,6 +1277,9 @@ def provider_run(
                 slots=slots,
                 price_micros=price_micros,
                 memory_limit_mb=memory_limit_mb,
+                accept_code=code_from,
+                unsafe_trusted_code=unsafe_trusted_code,
+                code_memory_mb=code_memory_mb,
             )
         )
         draining: list[asyncio.Task[None]] = []

@@ -30,7 +30,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -52,7 +52,8 @@ from events.job import JobCancelled, JobCompleted, JobFailed, JobRejected, JobSp
 from events.store.blobs import BlobStore, ObjectIntegrityError
 from events.store.connection import Access, connect_nats, raise_if_denied
 from events.store.topology import Topology
-from events.subjects import api_subject, intake_subject, job_owner, outcomes_stream, submitted_job
+from events.subjects import api_subject, intake_subject, job_owner, object_name, outcomes_stream, submitted_job
+from events.task import TaskFailed
 from events.tlog import Checkpoint, NoteKey
 from events.types import ObjectRef, ResultRef, is_valid_id, utc_now
 from events.verification import inline_sha256
@@ -65,10 +66,11 @@ from gpufleet.errors import (
     UnknownJobError,
 )
 from gpufleet.eta import Eta, Timings, job_eta, task_eta
+from gpufleet.functions import Call, Function
 from gpufleet.receipts import CheckpointKeeper, Receipt, fetch_receipt, refresh
 from projections.quote import QUOTE_OPERATION, Quote
 
-__all__ = ["Client", "Job", "JobStatus", "TaskResult", "TaskStatus", "new_job_id"]
+__all__ = ["Client", "FunctionJob", "Job", "JobStatus", "TaskResult", "TaskStatus", "new_job_id"]
 
 _TERMINAL = frozenset({"rejected", *ENDED})
 
@@ -408,6 +410,59 @@ class Client:
             raise AccessDenied("this client has no credentials: Client.connect(url, creds=PATH)")
         return await BlobStore(self.nc, me.role, me.name, self.topology).get(ref)
 
+    async def map(
+        self,
+        fn: Function,
+        calls: Iterable[Mapping[str, Any] | Sequence[Any]],
+        *,
+        name: str | None = None,
+        seed: int = 0,
+    ) -> FunctionJob:
+        """Run ``fn`` (a ``@gpufleet.function``) once per call, as one job of one task per call.
+
+        A call is a dict of arguments by name, or a list of them by position after ``xp``; each is
+        JSON or an array. Everything is checked before anything is uploaded (``FunctionArgumentError``
+        or ``InvalidPayload`` naming the call and argument). The code archive and each distinct
+        array (as ``.npy``) are stored once, by content; ``name`` is the job's name, ``seed`` the
+        seed of every call's ``ctx``. ``await job.result()`` gives the return values in call order.
+        """
+        return await self._run_calls(fn, fn.bind_all(calls), name=name, seed=seed)
+
+    def function_job(self, job_id: str) -> FunctionJob:
+        """A handle on an existing job of a function's calls (``map``), by full id or by name."""
+        return FunctionJob(self, self.job_id(job_id))
+
+    async def call(self, fn: Function, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` on the network (a job of one task) and return its value."""
+        job = await self._run_calls(fn, [fn.bind(args, kwargs)], name=None, seed=0)
+        values = await job.result()
+        return values[0]
+
+    async def _run_calls(self, fn: Function, calls: list[Call], *, name: str | None, seed: int) -> FunctionJob:
+        from gpu_runtime.usercode import save_npy
+
+        me = self._me()
+        blobs: dict[str, bytes] = {}
+
+        def ref(data: bytes) -> ObjectRef:
+            # The reference upload will return, known before anything is uploaded: the spec is
+            # checked whole first, so a refused one leaves nothing behind.
+            digest = hashlib.sha256(data).hexdigest()
+            blobs.setdefault(digest, data)
+            name = object_name("submitter", me.name, digest)
+            return ObjectRef(bucket=self.topology.objects_stream, name=name, sha256=digest, size=len(data))
+
+        archive, _ = fn.archive()
+        code = ref(archive)
+        spec = fn.spec(code, [(c, {k: ref(save_npy(a)) for k, a in c.arrays.items()}) for c in calls], seed=seed)
+        problem = validate_spec(spec, utc_now())
+        if problem is not None:
+            raise problem
+        for data in blobs.values():
+            await self.upload(data)
+        job = await self.submit(spec, job_id=name)
+        return FunctionJob(self, job.id, intake_seq=job.intake_seq)
+
     async def feed(self, streams: list[str], after: int, *, wait_s: float = 0.0) -> tuple[list[Envelope], int, int]:
         """Events of ``streams`` after ``after`` from the network's feed: (events, read up to, head).
 
@@ -625,6 +680,62 @@ class Job:
             raise AccessDenied(f"job {self.id!r} is not yours to cancel ({me})")
         body = json.dumps({"reason": reason[:2000]}).encode()
         await self.client._publish(intake_subject("submitter", me.name, "cancel", self.name), body)
+
+
+class FunctionJob(Job):
+    """A job of a ``@gpufleet.function``'s calls (``Client.map``): its result is their return values."""
+
+    async def task_results(self, timeout: float | None = None) -> list[TaskResult]:
+        """Wait for the job; each task's raw result (its summary), in call order, digests verified."""
+        return await super().result(timeout)
+
+    async def result(self, timeout: float | None = None) -> list[Any]:
+        """Wait for the job and return the function's values, in call order (arrays as NumPy arrays).
+
+        A job that failed raises ``JobFailedError`` carrying the function's own traceback as its
+        provider reported it; rejected or cancelled ones, ``JobRejectedError``/``JobCancelledError``.
+        """
+        try:
+            results = await super().result(timeout)
+        except JobFailedError as e:
+            raise await self._failure(e) from None
+        return [await self.value(r) for r in results]
+
+    async def value(self, r: TaskResult) -> Any:
+        """One task's return value, decoded from its summary (its arrays fetched, digest checked)."""
+        from gpu_runtime.usercode import decode_result
+        from gpu_runtime.workloads.context import load_arrays
+
+        summary = r.value
+        if not isinstance(summary, dict) or "value" not in summary:
+            raise ResultIntegrityError(f"task {r.task_id}: its result is not a function's summary")
+        arrays: dict[str, Any] = {}
+        if summary.get("arrays") is not None:
+            try:
+                ref = ObjectRef.model_validate_json(json.dumps(summary["arrays"]))
+            except ValidationError as e:
+                raise ResultIntegrityError(f"task {r.task_id}: its arrays are not an object reference") from e
+            try:
+                arrays = load_arrays(await self.client.download(ref))
+            except ObjectIntegrityError as e:
+                raise ResultIntegrityError(f"task {r.task_id}: {e}") from e
+        return decode_result(summary, arrays)
+
+    async def _failure(self, e: JobFailedError) -> JobFailedError:
+        """The job's failure with the dead task's own message (the function's traceback, as its
+        provider reported it, up to 2000 characters): the job's reason quotes it, but cut to fit."""
+        dead: dict[str, TaskFailed] = {}
+        culprit: str | None = None
+        async for env in self.client._read(self.id, 0, follow=False):
+            if isinstance(env.data, TaskFailed) and env.data.terminal:
+                dead[env.data.task_id] = env.data
+            elif isinstance(env.data, JobFailed):
+                culprit = env.data.task_id
+        failed = dead.get(culprit) if culprit is not None else None
+        if failed is None:
+            return e  # it failed for another reason (its deadline): the job's reason says it all
+        reason = f"task {failed.task_id} failed: {failed.reason}: {failed.message}"
+        return JobFailedError(self.id, e.status, reason, e.field)
 
 
 def _answer(data: bytes, service: str) -> dict[str, Any]:

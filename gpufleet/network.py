@@ -169,6 +169,11 @@ class NetworkConfig:
     provider_slots: int | None = None
     #: The local provider's price, micro-credits per GPU-second.
     provider_price_micros: int = 0
+    #: Whose code the local provider runs, sandboxed (``gpu_runtime.packages.parse_accept_code``):
+    #: None is this machine's own submitter (``local_name("submitter")``), and nobody else.
+    provider_accept_code: tuple[str, ...] | None = None
+    #: Let the local provider run that code without a sandbox when ``bwrap`` is missing.
+    provider_unsafe_code: bool = False
     projections: bool = True
     #: Where the projections keep the read models: a ``postgresql://`` URL (``?schema=NAME`` to share
     #: a database), or a SQLite file; None is ``<data dir>/readmodels.sqlite``.
@@ -473,6 +478,13 @@ class LocalNetwork:
                     slots=cfg.provider_slots,
                     price_micros=cfg.provider_price_micros,
                     topology=cfg.topology,
+                    accept_code=(
+                        (local_name("submitter"),) if cfg.provider_accept_code is None else cfg.provider_accept_code
+                    ),
+                    unsafe_trusted_code=cfg.provider_unsafe_code,
+                    # The network's data (its operator's keys, every identity's credentials) is never
+                    # a sandbox's to see, wherever it lies.
+                    private_paths=(cfg.data_dir,),
                 )
             )
             await self.provider.start()

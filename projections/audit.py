@@ -578,7 +578,7 @@ class Auditor:
                 problems.append(f"a provider that is {p.status}")
             # The placement rule itself (events.placement), less the price: a lease's price is checked
             # as recorded, below (the provider's price may have changed since it registered).
-            problems += misfits(p.caps, c.resources, c.workload, None)
+            problems += misfits(p.caps, c.resources, c.workload, None, c.submitter)
         if c.max_price_micros is not None and e.price_micros > c.max_price_micros:
             problems.append(f"price {e.price_micros} over the ceiling {c.max_price_micros}")
         if problems:

@@ -66,7 +66,7 @@ from events.placement import REQUIREMENTS, misfits_by_requirement
 from events.subjects import API_PREFIX
 from events.types import Calibration, Capabilities, Estimate
 from events.verification import TRUSTED_AFTER, VerifyPolicy, expected_replicas
-from events.workloads import contract, validate_params
+from events.workloads import CODE_WORKLOAD, contract, validate_params
 from projections.eta import EtaView
 from projections.fleet import FleetView, ProviderRow
 from projections.projector import Projector
@@ -376,7 +376,14 @@ def _why(requirement: str, spec: JobSpec, out: list[Capabilities], online: int) 
         return f"needs compute capability {r.min_compute_capability}; {n} have less (at most {best})"
     if requirement == "workload":
         extra = " (it needs CUDA)" if contract(spec.workload).requires_cuda else ""
+        if spec.workload == CODE_WORKLOAD:
+            extra = " (a provider runs submitters' code only when it opts in: --accept-code)"
         return f"{n} do not run {spec.workload}{extra}"
+    if requirement == "code":
+        return f"{n} do not run code from {spec.submitter or 'you'} (a provider opts in with --accept-code)"
+    if requirement == "packages":
+        need = ", ".join(f"{k}{v}" for k, v in sorted(r.packages.items()))
+        return f"needs {need}; {n} do not have them"
     cheapest = min(c.price_micros for c in out)
     return f"ceiling {spec.max_price_micros} micros/GPU-s; {n} charge more (the cheapest {cheapest})"
 
@@ -409,7 +416,7 @@ def quote(
         if caps is None:
             continue
         online += 1
-        problems = misfits_by_requirement(caps, spec.resources, spec.workload, spec.max_price_micros)
+        problems = misfits_by_requirement(caps, spec.resources, spec.workload, spec.max_price_micros, spec.submitter)
         for req in problems:
             ruled.setdefault(req, []).append(caps)
         if not problems:

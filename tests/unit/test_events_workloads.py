@@ -14,6 +14,7 @@ from events.workloads import (
     CustomKernelParams,
     ElementwiseParams,
     FftParams,
+    FunctionParams,
     MatmulParams,
     MonteCarloParams,
     NoopParams,
@@ -24,6 +25,7 @@ from events.workloads import (
     validate_params,
 )
 
+CODE = {"bucket": "gf-objects", "name": "submitter.alice." + "a" * 64, "sha256": "a" * 64, "size": 900}
 KERNEL = {"source": 'extern "C" __global__ void k(float* x) {}', "name": "k", "grid": [4, 2], "block": [128]}
 
 VALID: dict[str, tuple[dict[str, JsonValue], type]] = {
@@ -39,6 +41,11 @@ VALID: dict[str, tuple[dict[str, JsonValue], type]] = {
         {**KERNEL, "args": [{"kind": "array", "dtype": "float32", "size": 1024, "output": True},
                             {"kind": "scalar", "dtype": "int32", "value": 3}]},
         CustomKernelParams,
+    ),
+    "function": (
+        {"code": CODE, "entry": "pkg.saxpy:saxpy_sum", "args": {"a": 2.0, "n": 10, "tag": [1, "x"]},
+         "arrays": {"x": {**CODE, "name": "submitter.alice." + "b" * 64, "sha256": "b" * 64}}, "seed": 3},
+        FunctionParams,
     ),
 }  # fmt: skip
 
@@ -63,6 +70,15 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("custom_kernel", {"name": "k", "grid": [1], "block": [1]}, "params.source"),
     ("custom_kernel", {**KERNEL, "args": [{"kind": "pointer"}]}, "params.args.0.kind"),
     ("custom_kernel", {**KERNEL, "shared_mem": 1 << 30}, "params.shared_mem"),
+    ("function", {"entry": "m:f"}, "params.code"),
+    ("function", {"code": CODE, "entry": "m.f"}, "params.entry"),  # no function named
+    ("function", {"code": CODE, "entry": "m:f;import os"}, "params.entry"),
+    ("function", {"code": CODE, "entry": "../m:f"}, "params.entry"),
+    ("function", {"code": CODE, "entry": "m:f", "args": {"1x": 1}}, "params.args.1x.[key]"),
+    ("function", {"code": CODE, "entry": "m:f", "args": {"xp": 1}}, "params"),  # reserved: the provider's
+    ("function", {"code": CODE, "entry": "m:f", "args": {"a": 1}, "arrays": {"a": CODE}}, "params"),
+    ("function", {"code": {**CODE, "size": (8 << 20) + 1}, "entry": "m:f"}, "params"),  # archive too big
+    ("function", {"code": CODE, "entry": "m:f", "expected_s": -1.0}, "params.expected_s"),
 ]
 
 
@@ -84,7 +100,7 @@ def test_valid_params(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(VALID))
 def test_defaults_alone_are_valid_except_for_custom_kernels(name: str) -> None:
-    if name == "custom_kernel":
+    if name in ("custom_kernel", "function"):  # code is never defaulted
         with pytest.raises(InvalidPayload):
             validate_params(name, {})
     else:
@@ -128,7 +144,14 @@ def estimate(name: str, **params: JsonValue) -> Estimate:
     return contract(name).estimate(validate_params(name, params))
 
 
-@pytest.mark.parametrize("name", sorted(set(VALID) - {"noop", "sleep"}))
+def test_a_functions_estimate_is_the_submitters_guess_and_its_arrays() -> None:
+    params = {**VALID["function"][0], "expected_s": 2.5}
+    est = contract("function").estimate(validate_params("function", params))
+    # Nothing else is known about a stranger's function: no flops are invented.
+    assert (est.fixed_seconds, est.flops, est.memory_bytes) == (2.5, 0.0, 900)
+
+
+@pytest.mark.parametrize("name", sorted(set(VALID) - {"noop", "sleep", "function"}))
 def test_estimates_are_positive(name: str) -> None:
     est = contract(name).estimate(validate_params(name, VALID[name][0]))
     assert est.flops > 0 and est.bytes_moved > 0 and est.memory_bytes > 0

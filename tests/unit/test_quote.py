@@ -193,11 +193,17 @@ def test_nothing_can_run_it_names_every_requirement_that_rules_providers_out() -
 
 
 def test_the_requirements_are_the_placement_rule() -> None:
-    caps = Capabilities(backend="cpu", gpu_model="x", vram_mb=10, price_micros=9, workloads=("noop",))
-    need = Resources(backend="cuda", min_vram_mb=20, min_compute_capability=1.0)
+    caps = Capabilities(
+        backend="cpu", gpu_model="x", vram_mb=10, price_micros=9, workloads=("noop",), packages={"numpy": "2.1.0"}
+    )
+    need = Resources(backend="cuda", min_vram_mb=20, min_compute_capability=1.0, packages={"scipy": ">=1"})
     by = misfits_by_requirement(caps, need, "matmul", 1)
-    assert tuple(by) == REQUIREMENTS
     assert list(by.values()) == misfits(caps, need, "matmul", 1)
+    # A provider that runs code, but not this submitter's: the one requirement left.
+    coder = caps.model_copy(update={"workloads": ("function",), "code_from": ("bob",)})
+    code = misfits_by_requirement(coder, need, "function", 1, "alice")
+    assert tuple(by) == tuple(r for r in REQUIREMENTS if r != "code")
+    assert set(by) | set(code) == set(REQUIREMENTS) and code["code"] == "runs no code from alice"
 
 
 def test_the_answer_is_what_the_asyncapi_document_says() -> None:
