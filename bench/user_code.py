@@ -10,7 +10,11 @@ Rows (NumPy backend, so it runs on any provider; every figure is measured in thi
   submitter's own function in a warm bubblewrap ``SandboxWorker``, and in the unsafe (no bwrap)
   runner; the raw floor is the same function called in this process (load once, call, encode);
 * cold start: a tenant's sandbox from spawn to warm, against a plain ``WorkerProcess`` start (which
-  also warms every catalogue workload up).
+  also warms every catalogue workload up);
+* through a real network (``LocalNetwork``: secured nats-server, orchestrator, projector, one NumPy
+  provider slot), one job at a time, submit to result in the submitter's hands: a one-call job of
+  the function (``Client.map``, its archive uploaded once) against a one-task catalogue job of the
+  same work; and the first code job, which starts the tenant's sandbox (``--jobs``, 0 to skip).
 """
 # ruff: noqa: E402
 
@@ -143,18 +147,101 @@ async def main(calls: int, starts: int) -> list[tuple[str, str, list[float]]]:
     return rows
 
 
+NETWORK_SOURCE = """
+import gpufleet
+
+
+@gpufleet.function(compare="none")
+def noop(xp):
+    return None
+
+
+@gpufleet.function
+def saxpy(xp, n, ctx):
+    x = ctx.uniform(n, stream=1) * 2 - 1
+    y = ctx.uniform(n, stream=2) * 2 - 1
+    return float(xp.sum(x * 2.5 + y))
+"""
+
+
+async def through_network(jobs: int) -> list[tuple[str, str, list[float]]]:
+    """Submit to result, one job at a time, on a real local network with one provider slot."""
+    import importlib
+
+    from gpufleet import Client
+    from gpufleet.network import LocalNetwork, NetworkConfig
+
+    rows: list[tuple[str, str, list[float]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "bench_user_net.py").write_text(NETWORK_SOURCE)
+        sys.path.insert(0, tmp)
+        fns = importlib.import_module("bench_user_net")
+        config = NetworkConfig(
+            data_dir=Path(tmp) / "net",
+            port=0,
+            provider_backend="cpu",
+            provider_slots=1,
+            provider_accept_code=("bench",),
+            notary=False,
+            dashboard=False,
+        )
+        net = await LocalNetwork(config).start()
+        access = net.access("submitter", "bench")
+        client = await Client.connect(access.url, creds=access.creds)
+        try:
+            catalogue: dict[str, dict[str, Any]] = {
+                "noop": {"workload": "noop"},
+                "saxpy": {"workload": "elementwise", "params": {"n": N, "op": "saxpy", "seed": 1}},
+            }
+
+            async def code(name: str, args: dict[str, Any]) -> None:
+                await (await client.map(getattr(fns, name), [args])).result(timeout=120)
+
+            async def plain(name: str) -> None:
+                await (await client.submit(catalogue[name])).result(timeout=120)
+
+            t0 = time.perf_counter()
+            await code("noop", {})
+            first = time.perf_counter() - t0
+            for name, args in (("noop", {}), ("saxpy", {"n": N})):
+                for label, one in (
+                    ("catalogue job, through the network", functools.partial(plain, name)),
+                    ("function job (map), through the network", functools.partial(code, name, args)),
+                ):
+                    for _ in range(3):
+                        await one()
+                    samples = []
+                    for _ in range(jobs):
+                        t0 = time.perf_counter()
+                        await one()
+                        samples.append(time.perf_counter() - t0)
+                    rows.append((name, label, samples))
+            rows.append(("cold start", "first function job (sandbox starts), network", [first]))
+        finally:
+            await client.close()
+            await net.stop()
+            sys.path.remove(tmp)
+    return rows
+
+
 def _print(rows: list[tuple[str, str, list[float]]], calls: int) -> None:
     print(f"user code overhead, NumPy backend, saxpy n={N}, {calls} calls per row, {os.cpu_count()} CPUs")
-    print(f"{'task':<11} {'how':<44} {'n':>5} {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9}")
+    print(f"{'task':<11} {'how':<46} {'n':>5} {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9}")
     for task, how, samples in rows:
         p50, p99, mean = _stats(samples)
-        print(f"{task:<11} {how:<44} {len(samples):>5} {p50:>9.3f} {p99:>9.3f} {mean:>9.3f}")
+        print(f"{task:<11} {how:<46} {len(samples):>5} {p50:>9.3f} {p99:>9.3f} {mean:>9.3f}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=50, help="jobs per row through a real network (0: skip)")
     a = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    _print(asyncio.run(main(a.calls, a.starts)), a.calls)
+
+    async def everything() -> list[tuple[str, str, list[float]]]:
+        rows = await main(a.calls, a.starts)
+        return rows + (await through_network(a.jobs) if a.jobs > 0 and find_bwrap() else [])
+
+    _print(asyncio.run(everything()), a.calls)

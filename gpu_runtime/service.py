@@ -85,6 +85,8 @@ _DISPATCH: TypeAdapter[LeaseGranted | LeaseRevoked] = TypeAdapter(Dispatch)
 #: The key of a code task's archive among its fetched inputs (array arguments are keyed by name,
 #: which is an identifier: never this).
 _ARCHIVE = "-archive"
+#: Code archives kept for the next task of the same code (each at most ``MAX_ARCHIVE_BYTES``).
+_ARCHIVE_CACHE_BYTES = 64 << 20
 _log = structlog.get_logger("gpufleet.provider")
 
 if TYPE_CHECKING:
@@ -285,6 +287,8 @@ class ProviderRuntime:
         self.stats = RuntimeStats()
         #: Slot index -> the warm sandbox of the tenant (submitter) whose code ran there last.
         self._sandboxes: dict[int, SandboxWorker] = {}
+        #: Code archives by object name, most recently used last (at most ``_ARCHIVE_CACHE_BYTES``).
+        self._archives: dict[str, bytes] = {}
         #: Why code tasks are refused here (None: they run), decided at start.
         self._no_code: str | None = "this provider runs no submitters' code (it did not opt in: --accept-code)"
         self._sandboxed = False
@@ -723,8 +727,17 @@ class ProviderRuntime:
                 if arg.ref is not None and arg.ref.name not in blobs:
                     blobs[arg.ref.name] = await self.get_object(arg.ref, f"params.args.{i}.ref")
         elif isinstance(params, FunctionParams):
-            # The code archive (pinned by its sha256), then each array argument by its name.
-            blobs[_ARCHIVE] = await self.get_object(params.code, "params.code")
+            # The code archive, then each array argument by its name. The archive is pinned by its
+            # sha256, so a copy fetched for an earlier task is the same bytes; it is kept by its
+            # object's name, which names its owner too: knowing another submitter's digest is no way
+            # to run their code without it being in the object store under your own name.
+            archive = self._archives.pop(params.code.name, None)
+            if archive is None:
+                archive = await self.get_object(params.code, "params.code")
+            self._archives[params.code.name] = archive
+            while sum(len(a) for a in self._archives.values()) > _ARCHIVE_CACHE_BYTES and len(self._archives) > 1:
+                del self._archives[next(iter(self._archives))]
+            blobs[_ARCHIVE] = archive
             for name, ref in params.arrays.items():
                 blobs[name] = await self.get_object(ref, f"params.arrays.{name}")
         return resume, blobs
