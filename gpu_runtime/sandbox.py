@@ -43,7 +43,7 @@ from gpu_runtime.backend import BackendChoice
 from gpu_runtime.errors import WorkerStartError
 from gpu_runtime.sandboxed import MAX_HEADER, MAX_PAYLOAD, encode_frame
 from gpu_runtime.supervisor import Completed, Failed, TaskSink, WorkerProcess, describe_exit
-from gpu_runtime.usercode import array_names
+from gpu_runtime.usercode import MAX_RESULT_DEPTH, array_names
 from gpu_runtime.worker import WorkerOptions
 
 __all__ = [
@@ -220,8 +220,8 @@ def bwrap_command(
 
 _LAUNCHER = """
 import ctypes, os, resource, sys
-cg, parent, limits = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-if cg != "-":
+cgs, parent, limits = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+for cg in filter(None, cgs.split("\\n")):
     with open(cg, "w") as f:
         f.write(str(os.getpid()))
 for item in filter(None, limits.split(",")):
@@ -245,40 +245,75 @@ def _rlimits(options: SandboxOptions) -> str:
     return ",".join(f"{k}={v}" for k, v in items.items())
 
 
-def _cgroup_roots() -> list[Path]:
-    """Where this process may make a pids cgroup: cgroup v1's pids hierarchy, v2's unified one."""
-    out: list[Path] = []
+#: Per controller: the file of its limit in cgroup v1 and in v2.
+_LIMIT_FILES = {"pids": ("pids.max", "pids.max"), "memory": ("memory.limit_in_bytes", "memory.max")}
+
+
+def _cgroup_roots(controller: str) -> list[tuple[Path, str]]:
+    """Where this process may make a cgroup with ``controller`` (``pids`` or ``memory``), and the
+    file of its limit there: cgroup v1's hierarchy of that controller, or v2's unified one."""
+    out: list[tuple[Path, str]] = []
+    v1, v2 = _LIMIT_FILES[controller]
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
         return out
     for line in lines:
         _, controllers, path = line.split(":", 2)
-        if "pids" in controllers.split(","):
-            out.append(Path("/sys/fs/cgroup/pids") / path.lstrip("/"))
+        if controller in controllers.split(","):
+            out.append((Path("/sys/fs/cgroup") / controller / path.lstrip("/"), v1))
     for line in lines:
         if line.startswith("0::"):
             base = Path("/sys/fs/cgroup") / line[3:].lstrip("/")
             with contextlib.suppress(OSError):
-                if "pids" in (base / "cgroup.subtree_control").read_text().split():
-                    out.append(base)
+                if controller in (base / "cgroup.subtree_control").read_text().split():
+                    out.append((base, v2))
     return out
 
 
-def _make_cgroup(limit: int) -> Path | None:
-    for root in _cgroup_roots():
+def _make_cgroup(limit: int, controller: str = "pids") -> Path | None:
+    for root, limit_file in _cgroup_roots(controller):
         path = root / f"gpufleet-sandbox-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             path.mkdir()
         except OSError:
             continue
         try:
-            (path / "pids.max").write_text(str(limit))
+            (path / limit_file).write_text(str(limit))
             return path
         except OSError:
             with contextlib.suppress(OSError):
                 path.rmdir()
     return None
+
+
+def _make_cgroups(options: SandboxOptions) -> tuple[Path | None, Path | None]:
+    """The sandbox's (pids, memory) cgroups, either None where it cannot be made. In cgroup v2 a
+    process is in one cgroup: both limits go in one, made for pids."""
+    pids = _make_cgroup(options.processes, "pids")
+    memory_bytes = options.host_memory_mb << 20
+    if pids is not None and (pids / "memory.max").exists():
+        try:
+            (pids / "memory.max").write_text(str(memory_bytes))
+            return pids, pids
+        except OSError:
+            return pids, None
+    if pids is not None and not str(pids).startswith("/sys/fs/cgroup/pids"):
+        return pids, None  # v2 without the memory controller: a second cgroup would move the process
+    return pids, _make_cgroup(memory_bytes, "memory")
+
+
+def oom_kills(cgroup: Path | None) -> int:
+    """How many processes the kernel killed for going over ``cgroup``'s memory limit (0 if unknown)."""
+    if cgroup is None:
+        return 0
+    for name in ("memory.events", "memory.oom_control"):
+        with contextlib.suppress(OSError, ValueError):
+            for line in (cgroup / name).read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    return 0
 
 
 def pids_cgroup_available() -> bool:
@@ -307,6 +342,13 @@ def _drop_cgroup(path: Path) -> None:
 
             time.sleep(0.02)
     _log.warning("sandbox.cgroup_left", path=str(path))
+
+
+def _children(pid: int, tid: str) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+    except OSError:
+        return []
 
 
 # -- frames from the sandbox --------------------------------------------------------------------
@@ -359,9 +401,26 @@ class FrameReader:
         return len(self._buf)
 
 
+def _too_deep(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        items = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        if items is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((item, depth + 1) for item in items)
+    return False
+
+
 def _check_summary(summary: Any, blob: bytes) -> None:
     if not isinstance(summary, dict) or set(summary) != {"value"}:
         raise ProtocolError("a result whose summary is not {'value': ...}")
+    # encode_result nests a value at most MAX_RESULT_DEPTH deep, plus the summary and an array's
+    # placeholder: a deeper one is forged, and would break the service's recursive encoders.
+    if _too_deep(summary, MAX_RESULT_DEPTH + 4):
+        raise ProtocolError(f"a result nested deeper than {MAX_RESULT_DEPTH}")
     names = array_names(summary)
     if not blob:
         if names:
@@ -397,6 +456,29 @@ class _CancelPipe:
 # -- the worker ---------------------------------------------------------------------------------
 
 
+@dataclass
+class _OomWatch:
+    """A running task's sink that also watches its sandbox's memory cgroup: once the kernel killed a
+    process of it there (a child, say, while the runner waits for it), the whole sandbox goes, and
+    the task fails as ``out_of_memory`` at once rather than at its timeout."""
+
+    worker: SandboxWorker
+    sink: TaskSink
+    ooms: int
+
+    async def progress(self, done: int, total: int, unit: str) -> None:
+        await self.sink.progress(done, total, unit)
+
+    async def checkpoint(self, step: int, blob: bytes) -> None:
+        await self.sink.checkpoint(step, blob)
+
+    async def tick(self) -> None:
+        w = self.worker
+        if w._oom_before + oom_kills(w._memory_cgroup) > self.ooms:
+            w._kill_now()
+        await self.sink.tick()
+
+
 class SandboxWorker(WorkerProcess):
     """One tenant's warm sandbox in one slot: never shared with another tenant."""
 
@@ -425,11 +507,18 @@ class SandboxWorker(WorkerProcess):
         self._out_fd: int | None = None
         self._log_tail = bytearray()
         self._cgroup: Path | None = None
+        #: The memory cgroup that caps the whole sandbox's host memory (root only; RLIMIT_AS or
+        #: RLIMIT_DATA caps each process by itself, so children could otherwise add up).
+        self._memory_cgroup: Path | None = None
+        #: Processes the kernel killed over that cap, in the memory cgroups of sandboxes now gone.
+        self._oom_before = 0
         self._unsafe_dir: str | None = None
         self._archives: set[str] = set()
         self._t0 = 0.0
         self._replace = False
         self._reader = FrameReader()
+        #: The sandbox's processes when it got ready (bwrap's init and the runner), seen from the host.
+        self._baseline: int | None = None
 
     def __repr__(self) -> str:
         return f"SandboxWorker(index={self.index}, tenant={self.tenant!r}, pid={self.pid})"
@@ -447,6 +536,27 @@ class SandboxWorker(WorkerProcess):
         if self._cgroup is not None:
             return "cgroup"
         return "none" if os.geteuid() == 0 else "rlimit"
+
+    def _processes(self) -> int | None:
+        """The sandbox's live processes below its outermost one, read from the host's /proc; None
+        when it is gone or cannot be read."""
+        popen = self._popen
+        if popen is None or popen.poll() is not None:
+            return None
+        try:
+            todo = [int(k) for t in os.listdir(f"/proc/{popen.pid}/task") for k in _children(popen.pid, t)]
+        except OSError:
+            return None
+        count = 0
+        while todo:
+            pid = todo.pop()
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+                todo += [int(k) for t in os.listdir(f"/proc/{pid}/task") for k in _children(pid, t)]
+            except (OSError, IndexError):
+                continue  # it ended meanwhile
+            count += state != "Z"
+        return count
 
     def output(self) -> str:
         """The last ``LOG_BYTES`` of what the sandbox printed (its stdout and stderr)."""
@@ -473,11 +583,16 @@ class SandboxWorker(WorkerProcess):
             raise WorkerStartError("bubblewrap (bwrap) is not installed: code tasks need a sandbox")
         parent, child = socket.socketpair()
         cancel_r, cancel_w = os.pipe()
+        # A sandbox may stop reading its cancels while a process of it holds the pipe: a full pipe
+        # must drop a cancel (the SIGKILL after the grace period still comes), never block the loop.
+        os.set_blocking(cancel_w, False)
         out_r, out_w = os.pipe()
         if os.geteuid() == 0:
-            self._cgroup = _make_cgroup(self.sandbox.processes)
+            self._cgroup, self._memory_cgroup = _make_cgroups(self.sandbox)
             if self._cgroup is None:
                 _log.warning("sandbox.processes_unlimited", why="root, and no pids cgroup could be made")
+            if self._memory_cgroup is None:
+                _log.warning("sandbox.memory_per_process", why="root, and no memory cgroup could be made")
         if self.sandbox.unsafe:
             self._unsafe_dir = tempfile.mkdtemp(prefix="gpufleet-unsafe-")
             work = self._unsafe_dir
@@ -487,7 +602,9 @@ class SandboxWorker(WorkerProcess):
             program = bwrap_command(
                 self.sandbox, self._runner_argv(child.fileno(), cancel_r, work), bwrap=bwrap or "bwrap", work=work
             )
-        procs = str(self._cgroup / "cgroup.procs") if self._cgroup is not None else "-"
+        procs = "\n".join(
+            str(cg / "cgroup.procs") for cg in dict.fromkeys((self._cgroup, self._memory_cgroup)) if cg is not None
+        )
         argv = [sys.executable, "-I", "-S", "-c", _LAUNCHER, procs, str(os.getpid()), _rlimits(self.sandbox), *program]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": work}
         try:
@@ -537,6 +654,7 @@ class SandboxWorker(WorkerProcess):
             detail = f"{e}; {describe_exit(code)}" + (f": {' | '.join(tail)}" if tail else "")
             raise WorkerStartError(f"sandbox {self.index} failed to start: {detail}") from None
         self.info = info
+        self._baseline = self._processes()
         _log.debug("sandbox.ready", worker=self.index, tenant=self.tenant, pid=popen.pid, limit=self.process_limit)
         return info
 
@@ -657,10 +775,17 @@ class SandboxWorker(WorkerProcess):
         self._seq += 1
         seq = self._seq
         queue = self._queue
+        died = self._popen is None or self._popen.poll() is not None
         while not queue.empty():
-            if queue.get_nowait()[0] == "eof":
-                self._restart_later()
-                return Failed("worker_crashed", "the sandbox had died before the task started")
+            died = queue.get_nowait()[0] == "eof" or died
+        if died:
+            # Only this tenant's earlier code ran in it (a thread it left may end it after its
+            # result): a fresh sandbox runs this task, which is not to blame, nor is the provider.
+            _log.info("sandbox.replaced", worker=self.index, tenant=self.tenant, why="died between tasks")
+            self._restart_later()
+            await self.ensure_started()
+            assert self._queue is not None and self._sock is not None
+            queue = self._queue
         sha = hashlib.sha256(spec.archive).hexdigest()
         parts: list[tuple[str, bytes]] = []
         if sha not in self._archives:
@@ -687,6 +812,12 @@ class SandboxWorker(WorkerProcess):
         self._t0 = loop.time()
         try:
             frame = encode_frame(header, b"".join(data for _, data in parts))
+        except ValueError as e:
+            # The task's own inputs (its arrays, up to the device's memory, pass admission): the
+            # same on every provider, and no fault of this one.
+            self._current = None
+            return Failed("invalid_params", f"the task's code and arrays do not fit the sandbox's channel: {e}")
+        try:
             async with asyncio.timeout(timeout_s):
                 await loop.sock_sendall(self._sock, frame)
         except (OSError, ValueError, TimeoutError) as e:
@@ -696,11 +827,27 @@ class SandboxWorker(WorkerProcess):
         self._archives.add(sha)
         if stopped():
             self.cancel("cancelled")
+        ooms = self._oom_before + oom_kills(self._memory_cgroup)
         try:
-            outcome = await self._await_outcome(seq, queue, sink, deadline, timeout_s)
+            outcome = await self._await_outcome(seq, queue, _OomWatch(self, sink, ooms), deadline, timeout_s)
         finally:
             self._current = None
+        if isinstance(outcome, Failed) and outcome.reason == "worker_crashed":
+            # The sandbox runs this submitter's code alone: its death mid-task (os._exit, a signal
+            # it sent itself, a crash in native code it called, the kernel's OOM killer at its
+            # memory cgroup's cap) is the function's failure. worker_crashed is a provider fault
+            # (events.reputation), retried on another provider.
+            if self._oom_before + oom_kills(self._memory_cgroup) > ooms:
+                cap = self.sandbox.host_memory_mb
+                outcome = Failed("out_of_memory", f"the function's processes went over its {cap} MiB of host memory")
+            else:
+                outcome = Failed("function_error", f"the function's sandbox died: {outcome.message}")
         self.tasks_run += 1
+        if not self._replace and self._baseline is not None:
+            # Counted from the host: the runner's own "nothing left" can be rewritten by the
+            # function, which runs in its interpreter.
+            now = self._processes()
+            self._replace = now is None or now > self._baseline
         if self._replace and self._starting is None and self._popen is not None:
             _log.info("sandbox.replaced", worker=self.index, tenant=self.tenant, why="processes left behind")
             self._restart_later()
@@ -755,9 +902,11 @@ class SandboxWorker(WorkerProcess):
             self._kill_now(popen)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 popen.wait(2.0)
-        if self._cgroup is not None:
-            _drop_cgroup(self._cgroup)
-            self._cgroup = None
+        self._oom_before += oom_kills(self._memory_cgroup)
+        for cg in dict.fromkeys((self._cgroup, self._memory_cgroup)):
+            if cg is not None:
+                _drop_cgroup(cg)
+        self._cgroup = self._memory_cgroup = None
         if self._unsafe_dir is not None:
             shutil.rmtree(self._unsafe_dir, ignore_errors=True)
             self._unsafe_dir = None

@@ -212,6 +212,11 @@ class _Reporter:
     dirty: bool = False
     checkpoint_dirty: bool = False
     sent: int = 0
+    #: The newest checkpoint not yet stored: stored when a report carries it, not once per call.
+    pending: tuple[int, bytes] | None = None
+    #: 100% passes the throttle once: a submitted function may report it in a loop, and the intake
+    #: keeps every report (and refuses everyone's messages once full).
+    finished: bool = False
 
     async def progress(self, done: int, total: int, unit: str) -> None:
         elapsed = max(time.monotonic() - self.started, 1e-9)
@@ -219,11 +224,12 @@ class _Reporter:
         self.rate = max(0.0, (done - self.base) / elapsed)
         self.unit = unit[:32]
         self.dirty = True
-        await self.flush(final=done >= total)
+        final = done >= total and not self.finished
+        self.finished = self.finished or final
+        await self.flush(final=final)
 
     async def checkpoint(self, step: int, blob: bytes) -> None:
-        ref = await self.runtime.put_object(blob)
-        self.checkpoint_ref, self.checkpoint_step = ref, step
+        self.pending = (step, blob)
         self.dirty = self.checkpoint_dirty = True
         await self.flush()
 
@@ -235,6 +241,9 @@ class _Reporter:
         """Publish the latest state if the throttle allows (always when ``final``)."""
         if not self.dirty or self.run.revoked or not self.throttle.allow(time.monotonic(), final=final):
             return
+        if self.pending is not None:
+            (step, blob), self.pending = self.pending, None
+            self.checkpoint_ref, self.checkpoint_step = await self.runtime.put_object(blob), step
         lease = self.run.lease
         report = ProgressReport(
             lease_id=lease.lease_id,

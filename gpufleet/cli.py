@@ -1254,6 +1254,7 @@ def provider_run(
     from gpu_runtime.packages import AcceptCodeError, parse_accept_code
     from gpu_runtime.service import ProviderRuntime, RuntimeConfig
     from gpufleet.lifecycle import graceful_shutdown
+    from gpufleet.network import DEFAULT_DATA_DIR
 
     listen = _metrics_listen(metrics)
     try:
@@ -1280,6 +1281,8 @@ def provider_run(
                 accept_code=code_from,
                 unsafe_trusted_code=unsafe_trusted_code,
                 code_memory_mb=code_memory_mb,
+                # This machine's own network data (operator keys, credentials), should it run one.
+                private_paths=(DEFAULT_DATA_DIR,),
             )
         )
         draining: list[asyncio.Task[None]] = []

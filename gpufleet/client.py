@@ -703,6 +703,7 @@ class FunctionJob(Job):
 
     async def value(self, r: TaskResult) -> Any:
         """One task's return value, decoded from its summary (its arrays fetched, digest checked)."""
+        from gpu_runtime.errors import WorkloadError
         from gpu_runtime.usercode import decode_result
         from gpu_runtime.workloads.context import load_arrays
 
@@ -719,6 +720,8 @@ class FunctionJob(Job):
                 arrays = load_arrays(await self.client.download(ref))
             except ObjectIntegrityError as e:
                 raise ResultIntegrityError(f"task {r.task_id}: {e}") from e
+            except WorkloadError as e:  # a provider's .npz that is no valid one (or would inflate past itself)
+                raise ResultIntegrityError(f"task {r.task_id}: its arrays: {e.message}") from e
         return decode_result(summary, arrays)
 
     async def _failure(self, e: JobFailedError) -> JobFailedError:

@@ -246,12 +246,20 @@ def _included(entry: str | Path, base: Path) -> list[tuple[str, Path]]:
     if not path.is_dir():
         raise FunctionDefinitionError(f"{entry} is neither a file nor a directory", field="include")
     out: list[tuple[str, Path]] = []
+    top = path.resolve()
     for root, dirs, files in os.walk(path):
         dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
         for f in sorted(files):
             if f.startswith(".") or Path(f).suffix in _SKIP_SUFFIXES:
                 continue
             full = Path(root) / f
+            if full.is_symlink() and top not in full.resolve().parents:
+                # Its target's content would go to a stranger's provider (a key under ~/.ssh, say).
+                name = (Path(path.name) / full.relative_to(path)).as_posix()
+                raise FunctionDefinitionError(
+                    f"{name} is a symlink out of {entry} (to {full.resolve()}): copy the file in, or remove the link",
+                    field="include",
+                )
             if full.is_file():
                 out.append(((Path(path.name) / full.relative_to(path)).as_posix(), full))
     return out

@@ -142,6 +142,9 @@ class BlobStore:
             raise ObjectNotFound(f"object {ref.name} not found")
         if m["size"] > MAX_OBJECT_BYTES or m["chunks"] > MAX_OBJECT_BYTES // OBJECT_CHUNK_BYTES + 1:
             raise ObjectIntegrityError(f"object {ref.name} claims an impossible size")
+        if m["size"] != ref.size or m["chunks"] != max(1, -(-ref.size // OBJECT_CHUNK_BYTES)):
+            # Checked before any chunk is read: the reference (from the log) says how big it is.
+            raise ObjectIntegrityError(f"object {ref.name} is not the size its reference says ({ref.size} bytes)")
         sem = asyncio.Semaphore(self.concurrency)
 
         async def one(i: int) -> bytes:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import math
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,12 +43,31 @@ def save_arrays(arrays: dict[str, np.ndarray[Any, Any]]) -> bytes:
     return buf.getvalue()
 
 
+def _check_sizes(blob: bytes) -> None:
+    """Refuse an ``.npz`` that would inflate past its own size: :func:`save_arrays` stores its members
+    uncompressed, so a member bigger than the blob, or an array header promising more elements
+    than its member holds, is a zip bomb or a lie (a stranger's checkpoint or result)."""
+    with zipfile.ZipFile(io.BytesIO(blob)) as z:
+        infos = z.infolist()
+        if sum(i.file_size for i in infos) > len(blob):
+            raise ValueError(f"its members claim {sum(i.file_size for i in infos)} bytes in a {len(blob)}-byte blob")
+        for info in infos:
+            with z.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(f)
+                need = math.prod(shape) * dtype.itemsize
+                if need > info.file_size:
+                    raise ValueError(f"{info.filename} promises {need} bytes in {info.file_size}")
+
+
 def load_arrays(blob: bytes) -> dict[str, np.ndarray[Any, Any]]:
-    """Inverse of :func:`save_arrays`; never unpickles."""
+    """Inverse of :func:`save_arrays`; never unpickles, never inflates past the blob's own size."""
     try:
+        _check_sizes(blob)
         with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise WorkloadError("invalid_params", f"not a valid .npz blob: {e}") from e
 
 
