@@ -68,6 +68,11 @@ LOG_BYTES = 64 << 10
 #: claiming a timeout) is a protocol violation.
 _SANDBOX_REASONS = frozenset({"function_error", "out_of_memory", "kernel_error", "cancelled"})
 _MAX_MESSAGE = 64 << 10
+#: An idle sandbox is looked at this often; one that used more CPU than ``IDLE_CPU_S`` in that
+#: time while no task ran there is computing for nobody (a thread or process its function left,
+#: hidden from the runner's own checks) and is killed.
+IDLE_WATCH_S = 1.0
+IDLE_CPU_S = 0.5
 _BIG = 2**63
 _LEN = struct.Struct(">I")
 
@@ -512,6 +517,7 @@ class SandboxWorker(WorkerProcess):
         self._memory_cgroup: Path | None = None
         #: Processes the kernel killed over that cap, in the memory cgroups of sandboxes now gone.
         self._oom_before = 0
+        self._watch: asyncio.Task[None] | None = None
         self._unsafe_dir: str | None = None
         self._archives: set[str] = set()
         self._t0 = 0.0
@@ -536,6 +542,48 @@ class SandboxWorker(WorkerProcess):
         if self._cgroup is not None:
             return "cgroup"
         return "none" if os.geteuid() == 0 else "rlimit"
+
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds the sandbox's processes have used, read from the host's /proc (None when it
+        is gone): what the function cannot hide from, since it runs inside."""
+        popen = self._popen
+        if popen is None or popen.poll() is not None:
+            return None
+        ticks, todo, seen = 0, [popen.pid], set()
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+                todo += [int(k) for t in os.listdir(f"/proc/{pid}/task") for k in _children(pid, t)]
+            except (OSError, ValueError, IndexError):
+                continue  # it ended meanwhile
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    async def _watch_idle(self, popen: subprocess.Popen[bytes]) -> None:
+        """Kill this sandbox when it computes while no task runs in it: a forged early result, or a
+        thread the function left running after its own, would otherwise use the provider's device
+        for nobody and bill nobody. The next task of the tenant gets a fresh sandbox."""
+        last: float | None = None
+        while self._popen is popen:
+            await asyncio.sleep(IDLE_WATCH_S)
+            if self.busy or self._popen is not popen:
+                last = None
+                continue
+            used = self.cpu_seconds()
+            if used is None:
+                return
+            if last is not None and used - last > IDLE_CPU_S:
+                _log.warning(
+                    "sandbox.busy_while_idle", worker=self.index, tenant=self.tenant, cpu_s=round(used - last, 2)
+                )
+                self.restarts += 1
+                self._hard_stop()
+                return
+            last = used
 
     def _processes(self) -> int | None:
         """The sandbox's live processes below its outermost one, read from the host's /proc; None
@@ -655,6 +703,7 @@ class SandboxWorker(WorkerProcess):
             raise WorkerStartError(f"sandbox {self.index} failed to start: {detail}") from None
         self.info = info
         self._baseline = self._processes()
+        self._watch = loop.create_task(self._watch_idle(popen))
         _log.debug("sandbox.ready", worker=self.index, tenant=self.tenant, pid=popen.pid, limit=self.process_limit)
         return info
 
@@ -883,6 +932,10 @@ class SandboxWorker(WorkerProcess):
             loop = None
         sock, out_fd, popen, cancel = self._sock, self._out_fd, self._popen, self._cancel
         self._sock = self._out_fd = self._popen = self._conn = self._proc = None
+        watch, self._watch = self._watch, None
+        if watch is not None and (loop is None or watch is not asyncio.current_task()):
+            with contextlib.suppress(RuntimeError):  # its loop is closed already
+                watch.cancel()
         self._cancel = None
         if sock is not None:
             if loop is not None:

@@ -20,13 +20,11 @@ interpreter):
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import socket
 import sys
 import uuid
-import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -38,8 +36,10 @@ from events.store.connection import connect_nats
 from events.store.topology import Topology
 from gpu_runtime.sandbox import CodeSpec, SandboxOptions, SandboxWorker, find_bwrap
 from gpu_runtime.supervisor import Completed, Failed
+from gpu_runtime.supervisor import NullSink as Sink
 from gpufleet import Client
 from gpufleet.network import LocalNetwork, NetworkConfig
+from tests.integration.test_sandbox import archive
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -178,6 +178,17 @@ def die_later(xp):
     return "later"
 
 
+def spin_after(xp):
+    import __main__, threading
+    __main__._Runner.must_go = lambda self: False  # hide the thread from the runner's own check
+    def spin():
+        n = 0
+        while True:
+            n += 1
+    threading.Thread(target=spin, daemon=True).start()
+    return "spun"  # a result now, and the provider's CPU for nobody afterwards
+
+
 def deep(xp):
     value = 0
     for _ in range(900):
@@ -188,26 +199,7 @@ def deep(xp):
 """
 
 
-def _archive(files: dict[str, str]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for name, text in files.items():
-            z.writestr(name, text)
-    return buf.getvalue()
-
-
-CODE = _archive({"user.py": USER})
-
-
-class Sink:
-    async def progress(self, done: int, total: int, unit: str) -> None:
-        return None
-
-    async def checkpoint(self, step: int, blob: bytes) -> None:
-        return None
-
-    async def tick(self) -> None:
-        return None
+CODE = archive({"user.py": USER})
 
 
 #: The entries of /root or /home that lead to a bound interpreter (pyenv's, say): all a sandbox sees there.
@@ -346,6 +338,25 @@ async def test_a_sandbox_that_dies_between_tasks_is_replaced_and_the_next_task_r
     assert popen is not None
     await asyncio.get_running_loop().run_in_executor(None, popen.wait)  # the thread ends the runner
     assert await value(mallory, "others") == []
+
+
+async def test_a_sandbox_that_computes_while_idle_is_killed_and_the_next_task_runs_afresh() -> None:
+    # Work after the result (a thread the function left, hidden from the runner's checks) is work
+    # nobody is billed for: the host sees the sandbox's CPU time grow with no task there.
+    w = SandboxWorker(5, "mallory", SandboxOptions(backend="cpu"), grace_s=0.5)
+    try:
+        await w.start()
+        assert await value(w, "spin_after") == "spun"
+        spinning = w.pid
+        for _ in range(100):
+            if w.pid is None:
+                break
+            await asyncio.sleep(0.1)
+        assert w.pid is None and spinning is not None and not marked(w.marker), "the idle sandbox still spins"
+        assert await value(w, "others") == []  # a fresh sandbox for the tenant's next task
+        assert w.pid is not None and w.pid != spinning
+    finally:
+        w.kill()
 
 
 async def test_a_forged_result_nested_past_any_functions_is_a_protocol_break(mallory: SandboxWorker) -> None:

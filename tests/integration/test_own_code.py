@@ -32,7 +32,7 @@ from gpu_runtime.service import ProviderRuntime, RuntimeConfig
 from gpufleet import Client
 from gpufleet.audit import full_audit
 from gpufleet.errors import JobFailedError
-from gpufleet.network import LocalNetwork, NetworkConfig
+from gpufleet.network import LocalNetwork, NetworkConfig, local_name
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -63,7 +63,8 @@ async def net(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Net]:
         port=0,
         provider_backend="cpu",
         provider_slots=2,
-        provider_accept_code=("alice",),
+        # alice, and this machine's own submitter, as `gpufleet up` accepts (for the example).
+        provider_accept_code=("alice", local_name("submitter")),
         notary=False,
     )
     network = await LocalNetwork(config).start()
@@ -177,3 +178,23 @@ async def test_code_goes_only_to_providers_that_opted_in(net: Net) -> None:
 async def _code_ref(client: Client, fn: Any) -> Any:
     archive, _ = fn.archive()
     return await client.upload(archive)
+
+
+async def test_the_readmes_example_runs_through_the_network(net: Net) -> None:
+    # examples/own_code.py, as the README's "Your own code" runs it against `gpufleet up`: it finds the
+    # network from its data directory, as this machine's own submitter, and prints each value beside
+    # the local call's.
+    example = Path(__file__).parents[2] / "examples" / "own_code.py"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUFLEET_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(example),
+        str(net.net.config.data_dir),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 180)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert text.count("equal") == 3 and "DIFFER" not in text, text
