@@ -433,9 +433,19 @@ class ProviderRuntime:
         cfg = self.config
         if not cfg.accept_code:
             return False
-        from gpu_runtime.sandbox import find_bwrap
+        from gpu_runtime import sandbox
 
-        if find_bwrap() is not None:
+        if sandbox.find_bwrap() is not None:
+            if os.geteuid() == 0 and not sandbox.pids_cgroup_available() and not cfg.unsafe_trusted_code:
+                # Root is exempt from RLIMIT_NPROC: without a pids cgroup, a fork bomb in a sandbox
+                # would reach the whole machine.
+                self._no_code = (
+                    "unsupported: no process cap for a sandbox (the provider runs as root, which the kernel "
+                    "exempts from RLIMIT_NPROC, and no pids cgroup can be made here): run the provider as "
+                    "another user, or pass --unsafe-trusted-code"
+                )
+                self._log.warning("code.refused", reason=self._no_code, accept_code=list(cfg.accept_code))
+                return False
             self._sandboxed, self._no_code = True, None
         elif cfg.unsafe_trusted_code:
             self._no_code = None

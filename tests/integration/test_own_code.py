@@ -198,3 +198,61 @@ async def test_the_readmes_example_runs_through_the_network(net: Net) -> None:
     text = out.decode()
     assert proc.returncode == 0, text
     assert text.count("equal") == 3 and "DIFFER" not in text, text
+
+
+async def test_a_root_provider_that_cannot_cap_a_sandboxs_processes_runs_no_code(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As root the kernel ignores RLIMIT_NPROC; only a pids cgroup caps a fork bomb. Where none can be
+    # made (the probe answers no, as in a container without cgroup rights), the provider opts out of
+    # code, saying why, rather than run it uncapped.
+    from gpu_runtime import sandbox
+
+    monkeypatch.setattr(sandbox, "pids_cgroup_available", lambda: False)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    access = net.net.access("provider", "root-box")
+    box = ProviderRuntime(
+        RuntimeConfig(nats_url=access.url, creds=access.creds, backend="cpu", calibrate=False, accept_code=("*",))
+    )
+    await box.start()
+    try:
+        caps = box.capabilities
+        assert caps is not None and "function" not in caps.workloads and not caps.code_from
+        refusal = box._code_refusal("alice")
+        assert refusal is not None and "no process cap" in refusal and "--unsafe-trusted-code" in refusal
+    finally:
+        await box.close()
+
+
+async def test_without_bwrap_code_is_refused_honestly_unless_the_operator_waives_the_sandbox(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gpu_runtime import sandbox
+
+    monkeypatch.setattr(sandbox, "find_bwrap", lambda: None)  # as on a machine without bubblewrap
+    access = net.net.access("provider", "no-bwrap-box")
+    for unsafe in (False, True):
+        box = ProviderRuntime(
+            RuntimeConfig(
+                nats_url=access.url,
+                creds=access.creds,
+                backend="cpu",
+                calibrate=False,
+                accept_code=("alice",),
+                unsafe_trusted_code=unsafe,
+            )
+        )
+        await box.start()
+        try:
+            caps = box.capabilities
+            assert caps is not None
+            if unsafe:  # the operator's waiver: it runs code, unsandboxed, and said so at start
+                assert "function" in caps.workloads and caps.code_from == ("alice",)
+                assert box._code_refusal("alice") is None and not box._sandboxed
+            else:
+                assert "function" not in caps.workloads and not caps.code_from
+                assert box._code_refusal("alice") == (
+                    "unsupported: no sandbox (install bubblewrap, or pass --unsafe-trusted-code)"
+                )
+        finally:
+            await box.close()
