@@ -354,9 +354,18 @@ class Scheduler:
             heapq.heappush(level.heap, (start, next(self._seq), task.submitter))
 
     def _owed(self, p: ProviderInfo) -> int:
-        """Free slots of ``p`` that no task handed back for them is already queued to take."""
+        """Free slots of ``p`` that no task handed back for them is already queued to take.
+
+        A task handed back for ``p``, set aside again, then handed back for another provider's slot
+        is that provider's now (``handed_to``): counted here too, it would keep ``p``'s free slot
+        from the tasks still waiting aside (a queued task waiting beside a free slot that fits it).
+        """
         if p.handed:
-            p.handed = [t for t in p.handed if self._pending.get(t.task_id) is t and not t.aside]
+            p.handed = [
+                t
+                for t in p.handed
+                if self._pending.get(t.task_id) is t and not t.aside and t.handed_to == p.provider_id
+            ]
         return p.free - len(p.handed)
 
     def _unblock(self, cls: _Class, p: ProviderInfo) -> None:

@@ -66,6 +66,15 @@ class ProviderCollector(Families):
         overhead = GaugeMetricFamily(
             f"{p}_task_overhead_seconds", "Calibrated fixed cost of one task on a warm worker.", labels=who
         )
+        sandboxes = GaugeMetricFamily(
+            f"{p}_sandboxes", "Warm sandboxes of submitters' code, one per slot and submitter.", labels=who
+        )
+        sandbox_starts = CounterMetricFamily(
+            f"{p}_sandbox_starts",
+            "Sandboxes started: a submitter's first code on a slot, another submitter's, or a replacement "
+            "(after the function left processes, computed while idle, or its sandbox died).",
+            labels=who,
+        )
         families: list[Metric] = [
             info,
             tasks,
@@ -78,6 +87,8 @@ class ProviderCollector(Families):
             flops,
             bandwidth,
             overhead,
+            sandboxes,
+            sandbox_starts,
         ]
         if not live:
             return families
@@ -102,4 +113,6 @@ class ProviderCollector(Families):
                     flops.add_metric([pid, precision], tflops * 1e12)
                 bandwidth.add_metric([pid], cal.memory_gbps * 1e9)
                 overhead.add_metric([pid], cal.task_overhead_s)
+            sandboxes.add_metric([pid], r.sandboxes)
+            sandbox_starts.add_metric([pid], r.sandbox_starts)
         return families

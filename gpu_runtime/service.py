@@ -296,6 +296,8 @@ class ProviderRuntime:
         self.stats = RuntimeStats()
         #: Slot index -> the warm sandbox of the tenant (submitter) whose code ran there last.
         self._sandboxes: dict[int, SandboxWorker] = {}
+        #: Sandboxes started for a new tenant on a slot, and the replacements of sandboxes now gone.
+        self._sandbox_starts = 0
         #: Code archives by object name, most recently used last (at most ``_ARCHIVE_CACHE_BYTES``).
         self._archives: dict[str, bytes] = {}
         #: Why code tasks are refused here (None: they run), decided at start.
@@ -332,6 +334,16 @@ class ProviderRuntime:
     def worker_restarts(self) -> int:
         """Workers restarted since the start: after a crash, or a task that would not stop."""
         return sum(w.restarts for w in self._pool.workers) if self._pool else 0
+
+    @property
+    def sandboxes(self) -> int:
+        """Warm sandboxes of submitters' code (at most one per slot)."""
+        return sum(1 for s in self._sandboxes.values() if s.pid is not None)
+
+    @property
+    def sandbox_starts(self) -> int:
+        """Sandboxes started since the start: new tenants on a slot, and replacements."""
+        return self._sandbox_starts + sum(s.restarts for s in self._sandboxes.values())
 
     def gpu_memory(self) -> dict[int, tuple[int, int]]:
         """Per GPU index: (bytes in use, bytes in all), as its workers last reported; empty on the CPU."""
@@ -771,6 +783,7 @@ class ProviderRuntime:
             return current
         if current is not None:
             self._log.info("sandbox.replaced", slot=slot.index, tenant=tenant, previous=current.tenant)
+            self._sandbox_starts += current.restarts  # a counter: what it counted stays counted
             current.kill()
         options = SandboxOptions(
             backend="cuda" if self.backend == "cuda" else "cpu",
@@ -782,6 +795,7 @@ class ProviderRuntime:
         )
         sandbox = SandboxWorker(slot.index, tenant, options, grace_s=self.config.cancel_grace_s)
         self._sandboxes[slot.index] = sandbox
+        self._sandbox_starts += 1
         try:
             await sandbox.start()
         except Exception as e:

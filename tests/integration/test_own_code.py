@@ -120,6 +120,9 @@ async def test_escape_and_abuse_attempts_each_fail_and_harm_nothing(net: Net) ->
         # As root, only a pids cgroup bounds the sandbox's processes (the kernel exempts root from
         # RLIMIT_NPROC): without one, a fork bomb would hit the machine, not the sandbox.
         attempts.append((fns.fork_bomb, {}, ("function_error", "timeout", "worker_crashed")))
+    provider = net.net.provider
+    assert provider is not None
+    starts = provider.sandbox_starts
     jobs = [await net.alice.map(fn, [args]) for fn, args, _ in attempts]
     # Meanwhile another submitter's catalogue work, and alice's own benign code, run beside them.
     bystander = await net.bob.submit({"workload": "sleep", "params": {"seconds": 0.2, "steps": 2}})
@@ -133,9 +136,10 @@ async def test_escape_and_abuse_attempts_each_fail_and_harm_nothing(net: Net) ->
     assert "timed out" in said["spin"]
     assert not (data_dir / "gpufleet-was-here.txt").exists()
     assert not (Path(sys.prefix) / "gpufleet-was-here.txt").exists()
-    # The provider is still whole: both slots serve, and code still runs.
-    provider = net.net.provider
-    assert provider is not None and provider.slots == 2 and not provider.draining
+    # The provider is still whole: both slots serve, and code still runs. The sandboxes the attempts
+    # broke (the endless loop's was killed at its timeout) were replaced, and the metrics say so.
+    assert provider.slots == 2 and not provider.draining
+    assert provider.sandbox_starts > starts and 1 <= provider.sandboxes <= 2
     assert await net.alice.map(fns.saxpy_sum, [{"a": 1.0, "n": 5}] * 4) is not None
     assert await net.alice.call(fns.saxpy_sum, 1.0, 5) == fns.saxpy_sum(a=1.0, n=5)
 
