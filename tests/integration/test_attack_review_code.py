@@ -39,7 +39,7 @@ from gpu_runtime.supervisor import Completed, Failed
 from gpu_runtime.supervisor import NullSink as Sink
 from gpufleet import Client
 from gpufleet.network import LocalNetwork, NetworkConfig
-from tests.integration.test_sandbox import archive
+from tests.integration.test_sandbox import archive, marked
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -204,20 +204,6 @@ CODE = archive({"user.py": USER})
 
 #: The entries of /root or /home that lead to a bound interpreter (pyenv's, say): all a sandbox sees there.
 LEADING = {p.parts[2] for p in (Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()) if len(p.parts) > 2}
-
-
-def marked(marker: str) -> list[int]:
-    """Live processes whose command line carries ``marker`` (every process of one sandbox)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker.encode() in cmd:
-                out.append(int(entry))
-    return sorted(out)
 
 
 def spec(entry: str, args: dict[str, Any] | None = None) -> CodeSpec:

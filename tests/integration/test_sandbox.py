@@ -205,7 +205,7 @@ def spec(entry: str, args: dict[str, Any] | None = None, **kw: Any) -> CodeSpec:
 
 
 def marked(marker: str) -> list[int]:
-    """Live processes whose command line carries ``marker``."""
+    """Live processes whose command line carries ``marker`` (every process of one sandbox), by pid."""
     out = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -215,7 +215,7 @@ def marked(marker: str) -> list[int]:
                 continue
             if marker.encode() in cmd:
                 out.append(int(entry))
-    return out
+    return sorted(out)
 
 
 def leading_to_bound(home: Path) -> set[str]:
