@@ -136,3 +136,25 @@ def test_a_bad_version_specifier_is_refused_at_intake_naming_the_package() -> No
     assert "not a version specifier" in str(problem)
     ok = spec.model_copy(update={"resources": Resources(packages={"scipy": ">=1.11"})})
     assert validate_spec(ok, utc_now()) is None
+
+
+def test_what_a_stranger_may_claim_or_require_is_bounded() -> None:
+    # A provider's registration and a submitter's job are strangers' words: their package maps and
+    # code lists are bounded by the catalogue, and refused past that, naming the field.
+    from pydantic import ValidationError
+
+    from events.types import MAX_PACKAGES, MAX_REQUIRED_PACKAGES
+
+    many = {f"pkg{i}": "1.0" for i in range(MAX_PACKAGES + 1)}
+    with pytest.raises(ValidationError, match="packages"):
+        Capabilities(backend="cpu", gpu_model="m", vram_mb=1, packages=many)
+    with pytest.raises(ValidationError, match="code_from"):
+        Capabilities(backend="cpu", gpu_model="m", vram_mb=1, code_from=tuple(f"s{i}" for i in range(257)))
+    with pytest.raises(ValidationError, match="packages"):
+        Resources(packages={f"pkg{i}": "" for i in range(MAX_REQUIRED_PACKAGES + 1)})
+    with pytest.raises(ValidationError, match="packages"):
+        Resources(packages={"Not A Name": ">=1"})  # names are PEP 503-normalised, one token
+    with pytest.raises(ValidationError, match="packages"):
+        Resources(packages={"scipy": "x" * 201})
+    most = dict(list(many.items())[:MAX_PACKAGES])
+    assert len(Capabilities(backend="cpu", gpu_model="m", vram_mb=1, packages=most).packages) == MAX_PACKAGES
