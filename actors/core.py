@@ -13,17 +13,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from actors.ids import derive_id
-from actors.job import JobState, MissDeadline
+from actors.job import ENDED, JobState, MissDeadline
 from actors.provider import ProviderState
-from actors.reactions import Intent, react, reconcile
+from actors.reactions import Intent, create_task, react, reconcile
 from actors.scheduler import Assignment, PendingTask, ProviderInfo, Scheduler
 from actors.task import ExpireLease, ExpireVerification, LeaseTask, QueueTask, TaskState
 from actors.timers import Timers
+from actors.window import DEFAULT_WINDOW, Windows
 from actors.world import LIVE_LEASE, Change, World
 from events import Envelope, InvalidPayload
 from events.estimates import Prediction, RuntimeModel, device_class, fair_share_ahead, forecast, handoff_sample
 from events.job import JobSpec
 from events.provider import ProviderCalibrated
+from events.subjects import task_id_of
 from events.task import TaskCancelled, TaskCompleted, TaskLeaseExpired
 from events.verification import VerifyPolicy, expected_replicas
 from events.workloads import WORKLOADS, validate_params
@@ -72,12 +74,24 @@ class Effects:
 class Core:
     """World, scheduler and timers, kept consistent with the log."""
 
-    def __init__(self, weights: dict[str, float] | None = None, default_verify: VerifyPolicy | None = None) -> None:
+    def __init__(
+        self,
+        weights: dict[str, float] | None = None,
+        default_verify: VerifyPolicy | None = None,
+        *,
+        window: int = DEFAULT_WINDOW,
+        materialise: bool = True,
+    ) -> None:
         #: The network's verification policy for jobs that name none (``events.verification``).
         self.default_verify = default_verify
         self.world = World()
         self.runtime = RuntimeModel()
         self.scheduler = Scheduler(self.runtime)
+        #: Each submitter's window of tasks that exist, and its usage (``actors.window``).
+        self.windows = Windows(window)
+        #: Create jobs' tasks as their windows free up (the orchestrator does; the audit's replayer
+        #: judges each creation by the rule instead, ``actors.provenance``).
+        self.materialise = materialise
         for who, w in (weights or {}).items():
             self.scheduler.set_weight(who, w)
         self.timers = Timers()
@@ -107,14 +121,30 @@ class Core:
             )
             fx.schedule = True
         elif change.kind == "job":
-            fx.timers |= self._job_changed(change.aggregate_id, change.after)  # type: ignore[arg-type]
+            fx.timers |= self._job_changed(change.aggregate_id, change.before, change.after)  # type: ignore[arg-type]
         if live:
             fx.intents += react(change, self.world, self.predict_job, self.default_verify)
+            if self.materialise:
+                fx.intents += self._create(self.windows.plan(), getattr(env.data, "at", env.time), env.id)
         return fx
 
     def reconcile(self, now: datetime) -> list[Intent]:
-        """Whatever reactions still owe after a restart."""
-        return reconcile(self.world, now, self.predict_job, self.default_verify)
+        """Whatever reactions still owe after a restart, and the tasks whose windows have room."""
+        out = reconcile(self.world, now, self.predict_job, self.default_verify)
+        if self.materialise:
+            tasks = self.world.tasks_by_job
+            made = self.windows.holes(lambda job_id, index: task_id_of(job_id, index) in tasks.get(job_id, ()))
+            self.windows.refill_all()
+            out += self._create(made + self.windows.plan(), now, None)
+        return out
+
+    def _create(self, plan: list[tuple[str, int]], at: datetime, cause: str | None) -> list[Intent]:
+        out: list[Intent] = []
+        for job_id, index in plan:
+            job = self.world.jobs.get(job_id)
+            if job is not None and job.spec is not None:
+                out.append(create_task(job_id, job.spec, index, at, cause, job.verify))
+        return out
 
     def predict_job(self, spec: JobSpec, now: datetime, job_id: str = "") -> Prediction | None:
         """Seconds from ``now`` until the whole job should be done, with an interval: the queue fair
@@ -179,6 +209,8 @@ class Core:
         spec = after.spec
         if spec is None:
             return
+        if before.status != after.status:
+            self.windows.task_changed(spec.job_id, spec.index, before.status, after.status)
         if before.status == "none" and after.status != "none":
             self._created(spec.job_id)
         if after.status == "queued" and before.status != "queued":
@@ -203,9 +235,11 @@ class Core:
         started_lease = new is not None and (old is None or old.lease_id != new.lease_id)
         if new is not None and started_lease and self.reserved.pop(new.lease_id, None) is None:
             self.scheduler.occupy(new.provider_id)  # leased elsewhere, or before a restart
+            self.scheduler.started(spec.submitter)
         if old is not None and (new is None or new.lease_id != old.lease_id):
             self._freed[old.provider_id] = c.envelope.time.timestamp()
             self.scheduler.release(old.provider_id)
+            self.scheduler.ended(spec.submitter)
             rep = self.world.reputation.get(old.provider_id)
             if rep is not None:  # (a lease recorded for a provider the log never registered: forged)
                 self.scheduler.set_reputation(old.provider_id, rep.value)
@@ -275,8 +309,15 @@ class Core:
             else:
                 self.promised[job_id] = (prio, who, left - 1, each)
 
-    def _job_changed(self, job_id: str, j: JobState) -> bool:
+    def _job_changed(self, job_id: str, before: JobState, j: JobState) -> bool:
         spec = j.spec
+        if before.status != j.status:
+            if before.status == "none" and spec is not None:
+                self.windows.job_submitted(job_id, spec.submitter, spec.priority, spec.task_count())
+            if j.status == "accepted":
+                self.windows.job_accepted(job_id, j.task_count)
+            elif j.status in ENDED or j.status == "rejected":
+                self.windows.job_ended(job_id)
         # Promised from the submission on: a burst of submissions is decided (and each one's ETA
         # taken) before the first one's acceptance, let alone its tasks, is in the log.
         if j.status in ("submitted", "accepted") and spec is not None and job_id not in self.promised:
@@ -336,6 +377,7 @@ class Core:
         if a is None:
             return
         self.scheduler.release(a.provider_id)
+        self.scheduler.ended(a.task.submitter)
         t = self.world.tasks.get(a.task.task_id)
         if t is not None and t.status == "queued":
             self.scheduler.enqueue(a.task)

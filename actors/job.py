@@ -18,6 +18,8 @@ from actors.errors import DuplicateJob, NotYours, UnknownAggregate
 from events.errors import InvalidPayload
 from events.job import (
     ENDED_JOB_STATES,
+    MAX_JOB_GPU_S,
+    UNBOUNDED_TASKS,
     JobAccepted,
     JobCancelled,
     JobCompleted,
@@ -36,7 +38,7 @@ from events.metering import metered_amount
 from events.placement import bad_specifier
 from events.subjects import OBJECTS_STREAM, job_owner, object_owner
 from events.types import MAX_SECONDS, EventModel, recorded_seconds
-from events.verification import VerifyPolicy
+from events.verification import MAX_REPLICAS, VerifyPolicy
 from events.workloads import WORKLOADS, contract, validate_params
 
 __all__ = [
@@ -200,6 +202,20 @@ def validate_spec(spec: JobSpec, at: datetime) -> InvalidPayload | None:
             return InvalidPayload(problem, field=f"resources.packages.{name}")
     if isinstance(spec.split, ShardSplit) and spec.split.shards > max(1, spec.split.input.size):
         return InvalidPayload("more shards than input bytes", field="split.shards")
+    if spec.task_count() > UNBOUNDED_TASKS:
+        # Every bill stays within 64 bits: a huge job bounds its worst case (each task billed at most
+        # its timeout, for each result verification may pay).
+        if spec.verify is None:
+            replicas = MAX_REPLICAS  # the network's default policy applies, whatever it is
+        else:
+            replicas = 1 if spec.verify.mode == "none" else spec.verify.max_replicas
+        if spec.worst_gpu_s(replicas) > MAX_JOB_GPU_S:
+            return InvalidPayload(
+                f"{spec.task_count():,} tasks of up to {spec.timeout_s:g} s each (x{replicas} results) could "
+                f"bill {spec.worst_gpu_s(replicas):.3g} GPU-seconds, over the {MAX_JOB_GPU_S:.0e} a job may: "
+                "lower timeout_s, or split the job",
+                field="timeout_s",
+            )
     if spec.deadline is not None and spec.deadline <= at:
         return InvalidPayload("deadline is already past", field="deadline")
     if spec.verify is not None and spec.verify.mode in ("replicate", "spot") and c.compare == "none":

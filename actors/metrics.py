@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import nats.js.errors
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from actors.orchestrator import INTAKE_CONSUMER
+from actors.orchestrator import INTAKE_CONSUMER, INTAKE_CONSUMERS
 from events.metrics import Families, histogram_family
 from events.store.topology import Topology
 from events.types import utc_now
@@ -25,16 +26,34 @@ __all__ = ["OrchestratorCollector", "intake_backlog"]
 
 async def intake_backlog(js: Any, topology: Topology) -> tuple[int, float]:
     """Intake messages that have no recorded outcome yet (delivered or not), and the age in seconds of
-    the oldest one (0 when none): from the consumer every orchestrator shares, in one request (two
+    the oldest one (0 when none): from the consumers every orchestrator shares (one per sender role;
+    on a network whose orchestrators predate them, the single one they shared), one request each (two
     when behind)."""
-    info = await js.consumer_info(topology.intake_stream, INTAKE_CONSUMER)
-    behind = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    infos = []
+    for name in INTAKE_CONSUMERS.values():
+        try:
+            infos.append(await js.consumer_info(topology.intake_stream, name))
+        except nats.js.errors.NotFoundError:
+            continue
+    if not infos:
+        infos.append(await js.consumer_info(topology.intake_stream, INTAKE_CONSUMER))
+    behind = 0
+    oldest = None
+    for info in infos:
+        pending = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        if pending == 0:
+            continue
+        behind += pending
+        # Every message of the consumer up to its ack floor has its outcome; its next one is the
+        # oldest without.
+        floor = int(info.ack_floor.stream_seq) if info.ack_floor is not None else 0
+        subject = info.config.filter_subject or f"{topology.intake_prefix}.>"
+        msg = await js.get_msg(topology.intake_stream, seq=floor + 1, subject=subject, next=True)
+        if msg.time is not None and (oldest is None or msg.time < oldest):
+            oldest = msg.time
     if behind == 0:
         return 0, 0.0
-    # Every message up to the ack floor has its outcome; the one after it is the oldest without.
-    floor = int(info.ack_floor.stream_seq) if info.ack_floor is not None else 0
-    msg = await js.get_msg(topology.intake_stream, seq=floor + 1, subject=f"{topology.intake_prefix}.>", next=True)
-    age = (utc_now() - msg.time).total_seconds() if msg.time is not None else 0.0
+    age = (utc_now() - oldest).total_seconds() if oldest is not None else 0.0
     return behind, max(0.0, age)
 
 

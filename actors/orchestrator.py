@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -24,11 +25,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
 
+from actors.admission import Admission
 from actors.core import MIN_LEASE_START_S, Core
 from actors.errors import DomainError
 from actors.ids import new_id
 from actors.intake import intake_command
-from actors.job import job_decider
+from actors.intake_queue import FairQueue
+from actors.job import SubmitJob, job_decider
 from actors.leader import Leadership
 from actors.provider import (
     HeartbeatLapsed,
@@ -44,6 +47,7 @@ from actors.task import (
     TaskState,
     task_decider,
 )
+from actors.window import DEFAULT_WINDOW
 from actors.world import World
 from events import ANY, Envelope, GpufleetError, InvalidPayload, LogRegressed, StoreUnavailable, new_envelope
 from events.aio import cancel_and_wait
@@ -54,13 +58,14 @@ from events.intake import (
     ProviderRegistration,
     decode_intake,
 )
+from events.quotas import QUOTA_OPERATION, QuotaConfig
 from events.store import JetStreamEventStore
 from events.store.blobs import BlobStore
 from events.store.connection import Access, connect_nats
 from events.store.protocol import log_invalid
 from events.store.topology import Topology, check_topology
 from events.store.watermark import Watermark, WatermarkFile, check_watermark, watermark_file
-from events.subjects import outcomes_stream_of
+from events.subjects import API_PREFIX, outcomes_stream_of
 from events.types import utc_now
 from events.verification import VerifyPolicy, objects_to_compare
 
@@ -69,8 +74,28 @@ __all__ = ["Orchestrator", "OrchestratorConfig"]
 _log = structlog.get_logger("gpufleet.orchestrator")
 
 
-#: The durable consumer on the intake stream that every orchestrator of a network shares.
+#: The one durable consumer on the intake stream that orchestrators shared before intake was split by
+#: role (deleted at start-up where it still exists; ``actors.metrics`` still reads it on such a network).
 INTAKE_CONSUMER = "orchestrators"
+#: The durable consumers on the intake stream that every orchestrator of a network shares, one per
+#: sender role, so that providers' reports never wait behind submissions.
+INTAKE_CONSUMERS: dict[str, str] = {
+    "provider": "orchestrators-providers",
+    "submitter": "orchestrators-submitters",
+}
+#: Intake messages fetched at once, at most.
+_INTAKE_FETCH = 256
+#: Seconds one pull request for intake messages waits on the server when there are none.
+_INTAKE_PULL_S = 1.0
+#: Intake messages waiting in the fair queue, at most (or 2 x intake_concurrency, if more): how far
+#: past one sender's burst the orchestrator looks for everyone else's next message...
+_INTAKE_QUEUE_ITEMS = 4096
+#: ...and their bytes, at most.
+_INTAKE_QUEUE_BYTES = 64 * 1024 * 1024
+#: Refusals for the intake rate being recorded at once, at most (a flood waits on these).
+_RATE_REFUSALS_IN_FLIGHT = 64
+#: An intake message as it waits for a worker: the message, its intake sequence, its arrival time.
+_Delivery = tuple[Msg, int, datetime]
 #: Commands for many aggregates go to the store as atomic batches of at most this many...
 _BATCH = 500
 #: ...but only from this many on: an atomic batch costs the server a few milliseconds on a file-backed
@@ -100,6 +125,11 @@ class OrchestratorConfig:
     #: The verification policy of jobs that name none (``events.verification``). ``auto``: spot
     #: checks on paid attempts, none on free ones.
     default_verify: VerifyPolicy | None = field(default_factory=VerifyPolicy)
+    #: Each submitter's quotas (``events.quotas``).
+    quotas: QuotaConfig = field(default_factory=QuotaConfig)
+    #: Tasks of one submitter that exist and wait to be leased at once (``actors.window``): a job's
+    #: tasks are created as this frees up, not all when it is accepted.
+    task_window: int = DEFAULT_WINDOW
 
     def __post_init__(self) -> None:
         if self.lease_start_timeout_s < MIN_LEASE_START_S:
@@ -116,8 +146,12 @@ class Orchestrator:
         self.js = nc.jetstream()
         self.topology = topology or Topology()
         self.config = config or OrchestratorConfig()
-        self.core = Core(self.config.weights, self.config.default_verify)
+        self.core = Core(self.config.weights, self.config.default_verify, window=self.config.task_window)
+        quotas = self.config.quotas
+        self.core.scheduler.running_limit = lambda submitter: quotas.of(submitter).tasks_running
         self.world = self.core.world
+        #: Quotas: the intake rate per submitter, jobs and tasks in flight, object bytes.
+        self.admission = Admission(self.config.quotas)
         self.store = JetStreamEventStore(nc, settings=self.topology.events)
         source = self.config.source
         self.jobs = ActorShell(self.store, job_decider, source=source)
@@ -229,6 +263,8 @@ class Orchestrator:
             asyncio.create_task(self._supervise("schedule", self._schedule_loop), name="schedule"),
             asyncio.create_task(self._supervise("timers", self._timer_loop), name="timers"),
             asyncio.create_task(self._supervise("liveness", self._liveness), name="liveness"),
+            asyncio.create_task(self._supervise("objects", self._tally_objects), name="objects"),
+            asyncio.create_task(self._supervise("quota", self._serve_quotas), name="quota"),
         ]
         if self._watermark is not None:
             self._running.append(
@@ -631,109 +667,275 @@ class Orchestrator:
     # ---- intake ----------------------------------------------------------------------------------
 
     async def _intake(self) -> None:
-        """Take intake messages from the consumer every orchestrator of the network shares.
+        """Take intake messages from the consumers every orchestrator of the network shares, fairly.
 
-        One durable pull consumer, ``orchestrators``: JetStream hands each message to one orchestrator
-        at a time, and hands it again (to whichever asks) if it is not acknowledged in time, so with
-        several orchestrators each message still gets exactly one outcome. A message is acknowledged
-        once its outcome (its facts, or an ``InputAccepted``/``InputRejected``) is in the log.
+        Two durable pull consumers, one per sender role (``INTAKE_CONSUMERS``), each with its own
+        fetch loop: providers' reports never wait behind submissions. JetStream hands each message to
+        one orchestrator at a time, and hands it again (to whichever asks) if it is not acknowledged
+        in time, so with several orchestrators each message still gets exactly one outcome. A message
+        is acknowledged once its outcome (its facts, or an ``InputAccepted``/``InputRejected``) is in
+        the log.
+
+        Between fetching and processing, a bounded ``FairQueue``: providers first, then submitters
+        round-robin, one message each per round, so one identity's burst is not ahead of everyone
+        else's next message. A full queue stops the fetching (backpressure). A submitter's message
+        past its intake rate (``Admission.arrival``) is not queued: its refusal is recorded at once.
         """
-        sem = asyncio.Semaphore(self.config.intake_concurrency)
-        while True:
-            try:
-                psub = await self._intake_consumer()
-                while True:
-                    await sem.acquire()
-                    sem.release()
-                    try:
-                        msgs = await psub.fetch(batch=min(256, self.config.intake_concurrency), timeout=1.0)
-                    except (TimeoutError, nats.errors.TimeoutError):
-                        continue
-                    self.intake_delivered += len(msgs)
-                    for msg in msgs:
-                        meta = msg.metadata
-                        seq = meta.sequence.stream
-                        await sem.acquire()
-                        if self.world.intake_done(seq):
-                            sem.release()
-                            self._spawn(self._ack(msg))
-                            continue
-                        self._spawn(self._intake_one(msg, seq, meta.timestamp, sem))
-            except (nats.errors.Error, OSError, GpufleetError) as e:
-                self.log.warning("intake.interrupted", error=str(e) or type(e).__name__)
-                await asyncio.sleep(0.5)
+        n = self.config.intake_concurrency
+        queue: FairQueue[_Delivery] = FairQueue(max_items=self._intake_queue_items(), max_bytes=_INTAKE_QUEUE_BYTES)
+        ready = asyncio.Semaphore(0)  # released once per queued message
+        room = asyncio.Event()  # set when a worker took a message (the queue may have room again)
+        refusals = asyncio.Semaphore(_RATE_REFUSALS_IN_FLIGHT)
+        await self._drop_legacy_intake_consumer()
+        running = [
+            asyncio.create_task(self._fetch_loop(role, queue, ready, room, refusals), name=f"intake-{role}")
+            for role in INTAKE_CONSUMERS
+        ]
+        running += [asyncio.create_task(self._intake_worker(queue, ready, room)) for _ in range(n)]
+        try:
+            await asyncio.gather(*running)
+        finally:
+            await cancel_and_wait(running)
 
-    async def _intake_consumer(self) -> Any:
-        """The shared durable consumer (created by the first orchestrator, from the first message
-        without an outcome), bound."""
+    async def _drop_legacy_intake_consumer(self) -> None:
+        """Delete the single consumer orchestrators shared before intake was split by role: left in
+        place, it would hold every message it ever delivered, unacknowledged, forever."""
+        for attempt in range(5):
+            try:
+                await self.js.delete_consumer(self.topology.intake_stream, INTAKE_CONSUMER)
+                self.log.info("intake.legacy_consumer_deleted", consumer=INTAKE_CONSUMER)
+                return
+            except nats.js.errors.NotFoundError:
+                return
+            except (nats.errors.Error, OSError) as e:
+                self.log.warning("intake.legacy_consumer_retry", error=str(e) or type(e).__name__)
+                await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+
+    async def _fetch_loop(
+        self,
+        role: str,
+        queue: FairQueue[_Delivery],
+        ready: asyncio.Semaphore,
+        room: asyncio.Event,
+        refusals: asyncio.Semaphore,
+    ) -> None:
+        """Pull ``role``'s intake messages into the fair queue while it has room.
+
+        A pull request (``CONSUMER.MSG.NEXT``, at most as many as fit) answered into a subscription
+        whose callback only collects: a whole batch is then queued at once. (nats-py's ``fetch`` takes
+        its messages one await at a time; on a busy event loop the workers then drain the queue faster
+        than it fills, and the intake is served in stream order again.)"""
+        loop = asyncio.get_running_loop()
+        arrived: deque[Msg] = deque()  # at most one request's worth (and the rest of a lost one)
+        got = asyncio.Event()
+
+        async def collect(msg: Msg) -> None:
+            arrived.append(msg)
+            got.set()
+
+        while True:
+            sub = None
+            try:
+                name = await self._intake_consumer(role)
+                inbox = self.nc.new_inbox()
+                sub = await self.nc.subscribe(inbox, cb=collect)
+                pull = f"$JS.API.CONSUMER.MSG.NEXT.{self.topology.intake_stream}.{name}"
+                while True:
+                    while self._intake_room(role, queue) <= 0:
+                        room.clear()
+                        await room.wait()
+                    want = min(_INTAKE_FETCH, self._intake_room(role, queue))
+                    request = {"batch": want, "expires": int(_INTAKE_PULL_S * 1e9)}
+                    await self.nc.publish(pull, json.dumps(request).encode(), reply=inbox)
+                    deadline = loop.time() + _INTAKE_PULL_S + 1.0
+                    over = False
+                    while want > 0 and not over:
+                        if not arrived:
+                            got.clear()
+                            try:
+                                await asyncio.wait_for(got.wait(), max(0.0, deadline - loop.time()))
+                            except TimeoutError:
+                                break  # the request was lost (a reconnect): ask again
+                        msgs: list[Msg] = []
+                        while arrived:
+                            msg = arrived.popleft()
+                            status = msg.headers.get(api.Header.STATUS) if msg.headers else None
+                            if not status:
+                                msgs.append(msg)
+                            elif status != "100":  # 404, 408: nothing more for now; 409: see below
+                                over = True
+                                if status == "409" and "deleted" in (msg.headers or {}).get("Description", "").lower():
+                                    raise StoreUnavailable(f"intake consumer {name} was deleted")
+                        want -= len(msgs)
+                        await self._enqueue(msgs, queue, ready, room, refusals)
+            except (nats.errors.Error, OSError, GpufleetError) as e:
+                self.log.warning("intake.interrupted", role=role, error=str(e) or type(e).__name__)
+                await asyncio.sleep(0.5)
+            finally:
+                if sub is not None:
+                    with contextlib.suppress(nats.errors.Error, OSError):
+                        await sub.unsubscribe()
+                arrived.clear()
+
+    async def _enqueue(
+        self,
+        msgs: list[Msg],
+        queue: FairQueue[_Delivery],
+        ready: asyncio.Semaphore,
+        room: asyncio.Event,
+        refusals: asyncio.Semaphore,
+    ) -> None:
+        """Delivered intake messages into the fair queue, or acknowledged (an outcome exists), or
+        refused for their sender's rate (recorded at once, never queued)."""
+        self.intake_delivered += len(msgs)
+        for msg in msgs:
+            meta = msg.metadata
+            seq = meta.sequence.stream
+            if self.world.intake_done(seq):
+                self._spawn(self._ack(msg))
+                continue
+            sender, name = self._sender(msg.subject)
+            refusal = self.admission.arrival(sender, name)
+            if refusal is not None:
+                # Past its rate: one recorded refusal, and nothing queued. A flood waits here for a
+                # free slot (bounded), not in memory.
+                await refusals.acquire()
+                self._spawn(self._refuse(msg, seq, meta.timestamp, refusal, refusals))
+                continue
+            item = (msg, seq, meta.timestamp)
+            size = len(msg.data) + len(msg.subject)
+            while self._intake_room(sender, queue) <= 0 or not queue.offer(
+                f"{sender}.{name}", item, size, urgent=sender == "provider"
+            ):
+                room.clear()
+                await room.wait()
+            ready.release()
+
+    def _sender(self, subject: str) -> tuple[str, str]:
+        """The role and name an intake subject names (``<prefix>.<role>.<name>.<verb>…``)."""
+        parts = subject.split(".")
+        n = self.topology.intake_prefix.count(".") + 1
+        return (parts[n] if len(parts) > n else "", parts[n + 1] if len(parts) > n + 1 else "")
+
+    async def _intake_worker(self, queue: FairQueue[_Delivery], ready: asyncio.Semaphore, room: asyncio.Event) -> None:
+        """Take intake messages from the fair queue, one at a time, and see each to its outcome."""
+        while True:
+            await ready.acquire()
+            item = queue.take()
+            room.set()
+            if item is None:  # pragma: no cover - one release per queued message
+                continue
+            msg, seq, at = item
+            if self.world.intake_done(seq):  # recorded meanwhile, by another orchestrator
+                await self._ack(msg)
+                continue
+            # Shielded: a stopping orchestrator lets the message in hand finish (``stop`` waits for
+            # what is in flight), as it cancels the workers.
+            await asyncio.shield(self._spawn(self._intake_one(msg, seq, at)))
+
+    async def _intake_consumer(self, role: str) -> str:
+        """The shared durable consumer of ``role``'s intake messages (created by the first
+        orchestrator, from the first message without an outcome): its name."""
         t = self.topology
+        name = INTAKE_CONSUMERS[role]
         config = api.ConsumerConfig(
-            durable_name=INTAKE_CONSUMER,
-            filter_subject=f"{t.intake_prefix}.>",
+            durable_name=name,
+            filter_subject=f"{t.intake_prefix}.{role}.>",
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=self.config.intake_ack_wait_s,
             max_deliver=-1,
-            max_ack_pending=max(64, 2 * self.config.intake_concurrency),
+            # What one orchestrator holds at most: its queue, its workers' messages, a fetch, refusals.
+            max_ack_pending=self._intake_queue_items()
+            + self.config.intake_concurrency
+            + _INTAKE_FETCH
+            + _RATE_REFUSALS_IN_FLIGHT,
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=self.world.intake_low,
         )
         try:
-            await self.js.consumer_info(t.intake_stream, INTAKE_CONSUMER)
+            await self.js.consumer_info(t.intake_stream, name)
         except nats.js.errors.NotFoundError:
             with contextlib.suppress(nats.js.errors.BadRequestError):  # another orchestrator made it first
                 await self.js.add_consumer(t.intake_stream, config=config)
-        return await self.js.pull_subscribe_bind(INTAKE_CONSUMER, t.intake_stream)
+        return name
+
+    @staticmethod
+    def _intake_room(role: str, queue: FairQueue[_Delivery]) -> int:
+        """Room in the fair queue for ``role``'s messages: submitters leave one fetch's worth for
+        providers, so that a queue full of submissions never keeps a provider's report out."""
+        return queue.room() - (0 if role == "provider" else _INTAKE_FETCH)
+
+    def _intake_queue_items(self) -> int:
+        return max(_INTAKE_QUEUE_ITEMS, 2 * self.config.intake_concurrency)
 
     async def _ack(self, msg: Msg) -> None:
         with contextlib.suppress(nats.errors.Error, OSError):
             await msg.ack()
 
-    async def _intake_one(self, msg: Msg, seq: int, at: datetime, sem: asyncio.Semaphore) -> None:
+    async def _refuse(self, msg: Msg, seq: int, at: datetime, refusal: InvalidPayload, slot: asyncio.Semaphore) -> None:
+        """Record the refusal of a message past its sender's intake rate, then acknowledge it."""
         try:
-            bugs = 0
-            for attempt in range(1_000_000):
-                try:
-                    outcome = await self._accept(msg, seq, at.astimezone(UTC))
-                    if outcome is None:
-                        await self._ack(msg)
-                        return  # its facts (ids in-<seq>.<n>) are the record that it was accepted
-                    break
-                except GpufleetError as e:
-                    # Not the input's fault (the store, a conflict storm): keep it and try again; never
-                    # record a false outcome. Tell JetStream we are still on it.
-                    self.log.warning("intake.retry", seq=seq, error=str(e))
-                    with contextlib.suppress(nats.errors.Error, OSError):
-                        await msg.in_progress()
-                    await asyncio.sleep(min(5.0, 0.1 * 2 ** min(attempt, 6)))
-                except Exception as e:
-                    bugs += 1
-                    self.log.exception("intake.internal_error", seq=seq, subject=msg.subject)
-                    if bugs >= 3:
-                        # Record it rather than loop forever on a message that trips a bug.
-                        outcome = InputRejected(
-                            at=at.astimezone(UTC),
-                            intake_seq=seq,
-                            subject=msg.subject[:256],
-                            reason=f"internal error: {e!r}"[:2000],
-                            excerpt=msg.data[:300].decode("utf-8", errors="replace")[:300],
-                        )
-                        break
-                    await asyncio.sleep(0.2)
-            else:  # pragma: no cover
-                return
-            stream = outcomes_stream_of(msg.subject)
-            env = new_envelope(stream, outcome, id=f"in-{seq}", source=self.config.source)
-            for attempt in range(100):
-                try:
-                    if not self.world.intake_done(seq):  # another orchestrator may have recorded it
-                        await self.store.append(stream, [env], ANY)
-                    await self._ack(msg)
-                    break
-                except GpufleetError as e:
-                    self.log.warning("intake.outcome_retry", seq=seq, error=str(e))
-                    await asyncio.sleep(min(5.0, 0.1 * 2 ** min(attempt, 6)))
+            self.log.debug("intake.rate_refused", seq=seq, subject=msg.subject, reason=str(refusal))
+            outcome = InputRejected(
+                at=at.astimezone(UTC),
+                intake_seq=seq,
+                subject=msg.subject[:256],
+                reason=str(refusal)[:2000],
+                field=refusal.field,
+                excerpt=msg.data[:300].decode("utf-8", errors="replace")[:300],
+            )
+            await self._record_outcome(msg, seq, outcome)
         finally:
-            sem.release()
+            slot.release()
+
+    async def _intake_one(self, msg: Msg, seq: int, at: datetime) -> None:
+        bugs = 0
+        for attempt in range(1_000_000):
+            try:
+                outcome = await self._accept(msg, seq, at.astimezone(UTC))
+                if outcome is None:
+                    await self._ack(msg)
+                    return  # its facts (ids in-<seq>.<n>) are the record that it was accepted
+                break
+            except GpufleetError as e:
+                # Not the input's fault (the store, a conflict storm): keep it and try again; never
+                # record a false outcome. Tell JetStream we are still on it.
+                self.log.warning("intake.retry", seq=seq, error=str(e))
+                with contextlib.suppress(nats.errors.Error, OSError):
+                    await msg.in_progress()
+                await asyncio.sleep(min(5.0, 0.1 * 2 ** min(attempt, 6)))
+            except Exception as e:
+                bugs += 1
+                self.log.exception("intake.internal_error", seq=seq, subject=msg.subject)
+                if bugs >= 3:
+                    # Record it rather than loop forever on a message that trips a bug.
+                    outcome = InputRejected(
+                        at=at.astimezone(UTC),
+                        intake_seq=seq,
+                        subject=msg.subject[:256],
+                        reason=f"internal error: {e!r}"[:2000],
+                        excerpt=msg.data[:300].decode("utf-8", errors="replace")[:300],
+                    )
+                    break
+                await asyncio.sleep(0.2)
+        else:  # pragma: no cover
+            return
+        await self._record_outcome(msg, seq, outcome)
+
+    async def _record_outcome(self, msg: Msg, seq: int, outcome: InputAccepted | InputRejected) -> None:
+        """Append a message's outcome to its sender's outcomes stream (once: its id is ``in-<seq>``),
+        then acknowledge the message."""
+        stream = outcomes_stream_of(msg.subject)
+        env = new_envelope(stream, outcome, id=f"in-{seq}", source=self.config.source)
+        for attempt in range(100):
+            try:
+                if not self.world.intake_done(seq):  # another orchestrator may have recorded it
+                    await self.store.append(stream, [env], ANY)
+                await self._ack(msg)
+                return
+            except GpufleetError as e:
+                self.log.warning("intake.outcome_retry", seq=seq, error=str(e))
+                await asyncio.sleep(min(5.0, 0.1 * 2 ** min(attempt, 6)))
 
     async def _accept(self, msg: Msg, seq: int, at: datetime) -> InputAccepted | InputRejected | None:
         """Validate and apply one intake message; the outcome to record, or None when its facts are."""
@@ -750,7 +952,13 @@ class Orchestrator:
                 # Before the registration lands, so that no lease is dispatched to a provider with no
                 # consumer; a refused registration leaves an idle consumer that expires by itself.
                 await self._open_dispatch(target)
-            handled = await self._shell(kind).handle(target, command, causationid=cmd_id)
+            admitted = isinstance(command, SubmitJob) and self._admit(command)
+            try:
+                handled = await self._shell(kind).handle(target, command, causationid=cmd_id)
+            except BaseException:
+                if admitted and isinstance(command, SubmitJob):
+                    self.admission.release(command.submitter or command.spec.submitter, command.job_id)
+                raise
         except (InvalidPayload, DomainError) as e:
             field_name = getattr(e, "field", None)
             self.log.info("intake.rejected", seq=seq, subject=subject, reason=str(e))
@@ -768,6 +976,65 @@ class Orchestrator:
             return None
         note = "no change"
         return InputAccepted(at=at, intake_seq=seq, subject=subject[:256], facts=0, note=note)
+
+    async def _tally_objects(self) -> None:
+        """Keep each submitter's bytes in the object store (its ``object_bytes`` quota): the sizes of
+        every message under ``gf.obj.submitter.<name>.>``, read once (headers only) and then followed.
+        Objects are written once and never removed, so the tally only grows."""
+        t = self.topology
+        prefix = f"{t.object_prefix}.submitter."
+        tally = self.admission
+        sub = await self.js.subscribe(
+            f"{prefix}>", stream=t.objects_stream, ordered_consumer=True, headers_only=True, idle_heartbeat=5.0
+        )
+        try:
+            async for msg in sub.messages:
+                owner = msg.subject[len(prefix) :].split(".", 1)[0]
+                try:
+                    size = int((msg.headers or {}).get("Nats-Msg-Size", "0"))
+                except ValueError:
+                    size = 0
+                tally.stored(owner, size)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _serve_quotas(self) -> None:
+        """Answer ``gf.api.<role>.<name>.quota``: the asker's limits and usage (``Admission.report``).
+        Past a bounded backlog the client library drops requests (the asker times out)."""
+        sub = await self.nc.subscribe(
+            f"{API_PREFIX}.*.*.{QUOTA_OPERATION}",
+            queue="orchestrators",
+            pending_msgs_limit=256,
+            pending_bytes_limit=256 * 4096,
+        )
+        windows = self.core.windows
+        try:
+            async for msg in sub.messages:
+                parts = msg.subject.split(".")
+                if not msg.reply or len(parts) != 5:
+                    continue
+                try:
+                    body = self.admission.report(parts[2], parts[3], windows.usage, windows.submitters())
+                except Exception as e:  # a bug costs one answer, never the service
+                    self.log.error("quota.failed", error=f"{type(e).__name__}: {e}")
+                    body = {"error": "the quota request failed on the network's side", "field": None}
+                with contextlib.suppress(nats.errors.Error):
+                    await self.nc.publish(msg.reply, json.dumps(body, separators=(",", ":")).encode())
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def _admit(self, cmd: SubmitJob) -> bool:
+        """Check a submission against its sender's quotas (``actors.admission``): raises the refusal
+        (``QuotaExceeded``, recorded as the message's outcome), or returns True (admitted)."""
+        who = cmd.submitter or cmd.spec.submitter
+        refusal = self.admission.admit_job(
+            who, cmd.job_id, cmd.spec.task_count(), self.core.windows.usage(who), self.world.jobs.__contains__
+        )
+        if refusal is not None:
+            raise refusal
+        return True
 
     async def _verification_inputs(self, task_id: str, cmd: ReportCompleted) -> ReportCompleted:
         """What the task decider needs to verify a result, which only the orchestrator can supply.

@@ -17,6 +17,11 @@ the same decisions. Each aggregate's events were appended one decision at a time
   time, and the decider itself refuses one that fires early.
 - **a lease by the scheduler**: the task was queued, and the provider was registered, online, had a
   free slot and fits the task by the placement rule (``events.placement``) at the lease's price.
+- **a window** (``actors.window``): a task of an accepted job is created when its submitter's window
+  has room, which depends on the orchestrator's configuration and timing, not on the log alone. The
+  creation is checked for legality: the job was accepted, the index is one of its tasks, the command
+  id is the one derived for that task (so it is created once), and the task is exactly the job's plan
+  for that index (``actors.reactions.plan_task``).
 - **liveness** (a provider lost or back online): judged from heartbeats in a KV bucket, which the log
   does not hold. These decisions are checked for legality only and counted as taken on trust.
 
@@ -42,7 +47,7 @@ import nats.js.errors
 from actors.core import MIN_LEASE_START_S, Core
 from actors.decider import Decider
 from actors.errors import DomainError
-from actors.ids import split_event_id
+from actors.ids import derive_id, split_event_id
 from actors.intake import intake_command as translate_intake
 from actors.job import (
     CancelJob,
@@ -110,6 +115,7 @@ from events.verification import objects_to_compare
 
 __all__ = [
     "CAUSES",
+    "QUOTA",
     "IntakeRecord",
     "IntakeSource",
     "Problem",
@@ -124,7 +130,10 @@ __all__ = [
 
 DECIDERS: dict[str, Decider[Any, Any]] = {"job": job_decider, "task": task_decider, "provider": provider_decider}
 #: What can cause a decision, in the report's order.
-CAUSES = ("intake", "outcome", "reaction", "timer", "lease", "liveness")
+CAUSES = ("intake", "outcome", "reaction", "timer", "lease", "window", "liveness")
+#: Intake refusals for a quota (``events.quotas``): the limits are the operator's configuration and
+#: the rates are of arrivals, neither of which the log holds. Taken on trust, and counted apart.
+QUOTA = "quota"
 
 #: Commands that are not idempotent by design: the same progress report again is new progress, and a
 #: provider that registers again has restarted. Redelivered intake is recognised by command id instead.
@@ -234,12 +243,13 @@ class ProvenanceReport:
 
     @property
     def on_trust(self) -> int:
-        """Decisions taken on the orchestrator's word (liveness: heartbeats are not in the log)."""
-        return self.causes["liveness"]
+        """Decisions taken on the orchestrator's word (liveness: heartbeats are not in the log; quota
+        refusals: the limits are configuration, the rates are of arrivals)."""
+        return self.causes["liveness"] + self.causes[QUOTA]
 
     def summary(self) -> str:
         """One line: how many decisions, by cause."""
-        by = ", ".join(f"{self.causes[c]} {c}" for c in CAUSES if self.causes[c])
+        by = ", ".join(f"{self.causes[c]} {c}" for c in (*CAUSES, QUOTA) if self.causes[c])
         extra = f"; {self.unchecked} not re-decided (inputs unreadable)" if self.unchecked else ""
         return f"re-decided {self.decisions} decisions over {self.events} events ({by or 'none'}){extra}"
 
@@ -314,7 +324,7 @@ class Replayer:
         self._max_problems = max_problems
         # The orchestrator's own core, fed the log as a live orchestrator is fed it: its world is the
         # deciders' fold, its reactions and timers say what is owed when.
-        self.core = Core()
+        self.core = Core(materialise=False)
         # Placement is checked against the world (``_lease_allowed``), and the ETA of an acceptance is
         # taken from the record: the replayer needs no scheduler's queues.
         self.core.scheduler = _Unscheduled()  # type: ignore[assignment]
@@ -514,6 +524,9 @@ class Replayer:
         if isinstance(cmd, LeaseTask):
             self._lease_allowed(cmd, d, before)
             return "lease", cmd
+        if isinstance(cmd, CreateTask):
+            self._creation_allowed(cmd, d)
+            return "window", cmd
         if isinstance(cmd, HeartbeatLapsed | HeartbeatSeen):
             return "liveness", cmd
         if (again := self._owed_under_another_id(d, type(cmd).__name__, before)) is not None:
@@ -596,6 +609,16 @@ class Replayer:
                 why.append(f"price {cmd.price_micros} is not the provider's {p.capabilities.price_micros}")
         if why:
             raise _NoCause("a lease the scheduler would not make: " + "; ".join(why))
+
+    def _creation_allowed(self, cmd: CreateTask, d: _Decision) -> None:
+        """A window's creation: a task of a job accepted before it, under the id derived for it."""
+        e = cmd.created
+        job = self.core.world.jobs.get(e.job_id)
+        if job is None or job.status in ("none", "submitted", "rejected"):
+            raise _NoCause(f"task {e.task_id} was created for job {e.job_id}, which was never accepted before it")
+        want = derive_id("ct-", e.job_id, e.index)
+        if d.command_id != want:
+            raise _NoCause(f"its command id {d.command_id} is not the one derived for task {e.task_id} ({want})")
 
     async def _intake_command(self, d: _Decision, seq: int) -> Any:
         first = self._intake_used.get(seq)
@@ -751,6 +774,9 @@ class Replayer:
             self._problem(env.sequence, env.subject, name, f"{where}: the intake stream has it on {rec.subject}")
             return
         self.report.decisions += 1
+        if isinstance(e, InputRejected) and (e.field or "").startswith("quota."):
+            self.report.causes[QUOTA] += 1  # the operator's limits, on trust (see QUOTA)
+            return
         self.report.causes["outcome"] += 1
         try:
             im = decode_intake(rec.subject, rec.body)
@@ -815,6 +841,12 @@ class _Unscheduled:
         pass
 
     def release(self, *args: Any) -> None:
+        pass
+
+    def started(self, *args: Any) -> None:
+        pass
+
+    def ended(self, *args: Any) -> None:
         pass
 
     def set_reputation(self, *args: Any) -> None:

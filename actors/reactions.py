@@ -18,7 +18,6 @@ from actors.task import TERMINAL, CancelTask, CreateTask, ExpireLease, TaskState
 from actors.world import LIVE_LEASE, Change, World
 from events.estimates import Prediction
 from events.job import (
-    JobAccepted,
     JobCancelled,
     JobCompleted,
     JobFailed,
@@ -33,7 +32,7 @@ from events.task import LeaseEndReason, TaskCompleted, TaskCreated, TaskFailed
 from events.verification import VerifyPolicy
 from events.workloads import contract, validate_params
 
-__all__ = ["Intent", "plan_task", "react", "reconcile", "task_id_of"]
+__all__ = ["Intent", "create_task", "plan_task", "react", "reconcile", "task_id_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +76,14 @@ def plan_task(job_id: str, spec: JobSpec, index: int, at: datetime, verify: Veri
     )
 
 
-def _create(
+def create_task(
     job_id: str, spec: JobSpec, index: int, at: datetime, cause: str | None, verify: VerifyPolicy | None = None
 ) -> Intent:
+    """The command that creates task ``index`` of a job (its id is derived: creating twice is a no-op).
+
+    A job's tasks are created as its submitter's window frees up (``actors.window``), not all at once
+    when it is accepted.
+    """
     created = plan_task(job_id, spec, index, at, verify)
     cmd = CreateTask(command_id=derive_id("ct-", job_id, index), at=at, created=created)
     return Intent("task", created.task_id, cmd, cause, job_id)
@@ -180,10 +184,6 @@ def react(
                 out.append(_complete(e.job_id, e.at, cause))
             elif job.status in ENDED:
                 out.append(_settle(e.job_id, len(job.metered), e.at, cause))  # a late completion
-        case JobAccepted():
-            job = world.jobs[change.aggregate_id]
-            if job.spec is not None:  # (None only in a log with a forged acceptance: the audit names it)
-                out = [_create(e.job_id, job.spec, i, e.at, cause, e.verify) for i in range(e.task_count)]
         case TaskCompleted():
             t = world.tasks[change.aggregate_id]
             if (m := _meter(change.aggregate_id, t, e.at, cause)) is not None:
@@ -230,11 +230,6 @@ def reconcile(
             out.append(_complete(job_id, at, None))
         if job.status in ENDED and unsettled(job):
             out.append(_settle(job_id, len(job.metered), at, None))
-        if job.status == "accepted" and job.spec is not None:
-            have = world.tasks_by_job.get(job_id, set())
-            for i in range(job.task_count):
-                if task_id_of(job_id, i) not in have:
-                    out.append(_create(job_id, job.spec, i, at, None, job.verify))
         if job.status in ("completed", "failed", "cancelled"):
             for task_id in world.job_tasks(job_id):
                 if world.tasks[task_id].status not in TERMINAL:

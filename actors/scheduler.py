@@ -21,6 +21,9 @@ Fairness:
   longest.
 - When no provider at all has a free slot, a round stops at once and leaves every task in its fair
   queue: a saturated fleet costs nothing per round, and the order is exactly the fair order.
+- A submitter at its ``tasks_running`` quota (``events.quotas``) is parked: its queue keeps its
+  place, it is skipped at no cost, and it comes back when one of its leases ends. Priority never
+  takes it past the quota.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from events.estimates import Prediction, RuntimeModel, device_class
@@ -177,6 +181,12 @@ class Scheduler:
         self._weights: dict[str, float] = {}
         self._seq = itertools.count()
         self.decisions = 0
+        #: The most tasks each submitter may have leased (or reserved) at once (``tasks_running``).
+        self.running_limit: Callable[[str], int] = lambda submitter: 1 << 62
+        #: Tasks of each submitter leased, running or reserved now.
+        self.running: dict[str, int] = {}
+        #: Submitters at their limit: the levels where their queue waits, out of the level's heap.
+        self._parked: dict[str, set[int]] = {}
 
     # ---- providers -------------------------------------------------------------------------------
 
@@ -289,6 +299,30 @@ class Scheduler:
         return None
 
     # ---- tasks -----------------------------------------------------------------------------------
+
+    def started(self, submitter: str) -> None:
+        """A lease of ``submitter``'s that this scheduler did not place began (seen in the log)."""
+        self.running[submitter] = self.running.get(submitter, 0) + 1
+
+    def ended(self, submitter: str) -> None:
+        """A lease (or a reservation) of ``submitter``'s ended: it may run one more."""
+        n = self.running.get(submitter, 0) - 1
+        if n > 0:
+            self.running[submitter] = n
+        else:
+            self.running.pop(submitter, None)
+        levels = self._parked.get(submitter)
+        if levels and max(n, 0) < self.running_limit(submitter):
+            del self._parked[submitter]
+            for prio in levels:
+                level = self._levels[prio]
+                if level.queues.get(submitter):
+                    start = max(level.passes.get(submitter, 0.0), level.vtime)
+                    level.passes[submitter] = start
+                    heapq.heappush(level.heap, (start, next(self._seq), submitter))
+
+    def _capped(self, submitter: str) -> bool:
+        return self.running.get(submitter, 0) >= self.running_limit(submitter)
 
     def set_weight(self, submitter: str, weight: float) -> None:
         """A submitter's fair-share weight (default 1)."""
@@ -531,6 +565,11 @@ class Scheduler:
                 t = self._next(level)
                 if t is None:
                     break
+                if self._capped(t.submitter):
+                    # At its running quota: parked, its queue untouched, until one of its leases ends.
+                    level.queues[t.submitter].appendleft(t)
+                    self._parked.setdefault(t.submitter, set()).add(prio)
+                    continue
                 shape = t.shape
                 try:
                     a = None if shape in full else self._place(t)
@@ -553,6 +592,7 @@ class Scheduler:
                     self._requeue(level, t.submitter, charge=False)
                     continue
                 del self._pending[t.task_id]
+                self.running[t.submitter] = self.running.get(t.submitter, 0) + 1
                 self._requeue(level, t.submitter, charge=True)
                 out.append(a)
             if len(out) >= limit:

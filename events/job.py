@@ -29,6 +29,10 @@ from events.verification import VerifyPolicy
 
 __all__ = [
     "ENDED_JOB_STATES",
+    "MAX_JOB_GPU_S",
+    "MAX_PARAM_SETS",
+    "MAX_TASKS_PER_JOB",
+    "UNBOUNDED_TASKS",
     "CountSplit",
     "JobAccepted",
     "JobCancelled",
@@ -46,7 +50,16 @@ __all__ = [
     "UsageMetered",
 ]
 
-MAX_TASKS_PER_JOB = 100_000
+#: The most tasks one job may have. Accepting a job costs the same whatever its count: its tasks are
+#: created in windows as capacity frees up (``actors.window``).
+MAX_TASKS_PER_JOB = 10_000_000
+#: The most parameter sets a ``params`` split may list (each is in the submission itself).
+MAX_PARAM_SETS = 100_000
+#: Jobs of more tasks than this must also bound their worst-case total GPU time (``JobSpec.worst_gpu_s``)
+#: by ``MAX_JOB_GPU_S``, so that no bill can overflow (jobs up to it were accepted before that rule).
+UNBOUNDED_TASKS = 100_000
+#: The most GPU-seconds a job of more than ``UNBOUNDED_TASKS`` tasks may be billed, at worst.
+MAX_JOB_GPU_S = 10**11
 
 
 class CountSplit(EventModel):
@@ -60,7 +73,7 @@ class ParamsSplit(EventModel):
     """One task per parameter set; each set is merged over the job's ``params``."""
 
     kind: Literal["params"] = "params"
-    params: list[JsonObject] = Field(min_length=1, max_length=MAX_TASKS_PER_JOB)
+    params: list[JsonObject] = Field(min_length=1, max_length=MAX_PARAM_SETS)
 
 
 class ShardSplit(EventModel):
@@ -105,6 +118,10 @@ class JobSpec(EventModel):
         if isinstance(self.split, ParamsSplit):
             return len(self.split.params)
         return self.split.shards
+
+    def worst_gpu_s(self, replicas: int = 1) -> float:
+        """The most GPU-seconds its tasks could be billed: each at most its timeout, per valid result."""
+        return self.task_count() * self.timeout_s * replicas
 
     def task_params(self, index: int) -> dict[str, JsonValue]:
         """The parameters of task ``index``: deterministic, so task creation can be replayed."""

@@ -86,8 +86,9 @@ Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 # ---- bounds: every number in the catalogue has a range, refused at intake with the field named ------
 #
 # They are sized so that no valid history can overflow a 64-bit integer anywhere (SQLite stores the
-# read models' integers in 64 bits): the largest job (MAX_TASKS_PER_JOB tasks, each billed at most
-# MAX_GPU_MS at MAX_PRICE_MICROS) costs at most 6.0e17 micros, under MAX_MICROS.
+# read models' integers in 64 bits): the largest job of up to UNBOUNDED_TASKS tasks (each billed at most
+# MAX_GPU_MS at MAX_PRICE_MICROS) costs at most 6.0e17 micros, under MAX_MICROS; a bigger job (up to
+# 10,000,000 tasks) must bound its worst-case GPU time by 1e11 s, 1e18 micros at the highest price.
 
 #: The longest a task may run per attempt: a week.
 MAX_TIMEOUT_S = 7 * 86_400.0

@@ -72,6 +72,36 @@ MetricsOpt = Annotated[
         help="Serve Prometheus metrics at http://HOST:PORT/metrics (a PORT alone: on 127.0.0.1 only).",
     ),
 ]
+QuotaOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--quota",
+        metavar="[SUBMITTER.]LIMIT=VALUE",
+        help="A submitter quota (repeatable): jobs_in_flight, tasks_queued, tasks_running, intake_per_s, "
+        "intake_burst or object_bytes; for every submitter, or one (alice.tasks_running=64).",
+    ),
+]
+QuotasFileOpt = Annotated[
+    Path | None,
+    typer.Option("--quotas", help="Quotas from a TOML file: a [default] table and [submitters.NAME] tables."),
+]
+TaskWindowOpt = Annotated[
+    int,
+    typer.Option(
+        "--task-window", min=1, max=1_000_000, help="Tasks of one submitter that exist and wait to be leased at once."
+    ),
+]
+
+
+def _quotas(settings: list[str] | None, file: Path | None) -> Any:
+    """``--quota``/``--quotas`` checked before anything starts: one line naming what is wrong."""
+    from events.errors import InvalidPayload
+    from events.quotas import QuotaConfig
+
+    try:
+        return QuotaConfig.parse(settings or [], file)
+    except InvalidPayload as e:
+        _fail(str(e))
 
 
 def _metrics_listen(text: str | None) -> tuple[str, int] | None:
@@ -228,12 +258,16 @@ def up(
         bool, typer.Option(help="Without bubblewrap, let the local provider run that code unsandboxed.")
     ] = False,
     metrics: MetricsOpt = None,
+    quota: QuotaOpt = None,
+    quotas: QuotasFileOpt = None,
+    task_window: TaskWindowOpt = 1_000,
 ) -> None:
     """Run the whole network here, secured: nats-server with JetStream, orchestrator, projections, a provider.
 
     Only identities with credentials this network issued may connect (`gpufleet creds issue`).
     Ctrl-C or SIGTERM stops everything; a later `up` on the same data directory resumes from the same log.
     """
+    from actors.orchestrator import OrchestratorConfig
     from gpufleet.cluster import ClusterError, check_cluster_size
     from gpufleet.network import DEFAULT_DATA_DIR, LocalNetwork, NetworkConfig
 
@@ -275,6 +309,7 @@ def up(
         dashboard=dashboard,
         dashboard_port=dashboard_port,
         metrics=_metrics_listen(metrics),
+        orchestrator=OrchestratorConfig(quotas=_quotas(quota, quotas), task_window=task_window),
     )
 
     async def run() -> None:
@@ -707,8 +742,15 @@ def status(
 
         async with await _client("submitter", nats_url, creds, tls_ca) as client:
             st = await client.job(job_id).status()
+            quota = await _quota_or_none(client)
         now = utc_now()
         console.print(job_table(st, now))
+        if st.not_created:
+            console.print(
+                f"{st.not_created:,} more task(s) not created yet: they come into existence as your earlier "
+                "ones are leased",
+                highlight=False,
+            )
         console.print(
             f"{st.workload}, submitter {st.submitter}, {st.count('completed')}/{st.task_count} done, "
             f"cost {st.cost_micros / 1e6:.6f} credits",
@@ -719,6 +761,54 @@ def status(
             console.print(when, highlight=False)
         if st.reason:
             console.print(f"reason: {st.reason}" + (f" ({st.field})" if st.field else ""), highlight=False)
+        if quota is not None:
+            console.print(_quota_line(quota), highlight=False)
+
+    _run(run())
+
+
+async def _quota_or_none(client: Any) -> dict[str, Any] | None:
+    """The asker's quotas and usage, or None when the orchestrator does not answer in time."""
+    from events.errors import GpufleetError
+
+    try:
+        doc: dict[str, Any] = await client.quota(timeout=3.0)
+        return doc
+    except GpufleetError:
+        return None
+
+
+def _quota_line(doc: dict[str, Any]) -> str:
+    """``quotas: 3 of 1,000 jobs in flight, 120 of 10,000,000 tasks queued, ...`` in one line."""
+    limits, usage = doc.get("limits", {}), doc.get("usage", {})
+    parts = [
+        f"{usage.get(k, 0):,} of {limits.get(k, 0):,} {what}"
+        for k, what in (
+            ("jobs_in_flight", "jobs in flight"),
+            ("tasks_queued", "tasks queued"),
+            ("tasks_running", "tasks running"),
+        )
+    ]
+    return "quotas: " + ", ".join(parts) + " (gpufleet quota: all of them)"
+
+
+@app.command()
+def quota(
+    all_: Annotated[
+        bool, typer.Option("--all", help="Every busy submitter's usage and limits (with auditor credentials).")
+    ] = False,
+    nats_url: NatsOpt = None,
+    creds: CredsOpt = None,
+    tls_ca: TlsCaOpt = None,
+) -> None:
+    """Your quotas and what you use of them now; over a limit, a submission is refused naming it."""
+
+    async def run() -> None:
+        from gpufleet.tables import quota_table
+
+        async with await _client("auditor" if all_ else "submitter", nats_url, creds, tls_ca) as client:
+            doc = await client.quota()
+        console.print(quota_table(doc))
 
     _run(run())
 
@@ -818,7 +908,7 @@ def jobs(
     """Jobs, newest first: status, progress, ETA and cost (the whole network: an operator's or auditor's view)."""
 
     async def run() -> None:
-        from gpufleet.tables import jobs_table, refusals
+        from gpufleet.tables import jobs_table, quota_table, refusals
 
         models = await _read_models(_access("auditor", nats_url, creds, tls_ca, data_dir), data_dir)
         try:
@@ -830,6 +920,11 @@ def jobs(
         console.print(jobs_table(rows, etas, now, console.width))
         for line in refusals(rows):
             console.print(f"rejected {line}", highlight=False, markup=False)
+        with contextlib.suppress(Exception):  # the quotas are the orchestrator's: shown when it answers
+            async with await _client("auditor", nats_url, creds, tls_ca) as client:
+                quotas = await _quota_or_none(client)
+            if quotas is not None:
+                console.print(quota_table(quotas))
 
     _run(run())
 
@@ -1376,6 +1471,9 @@ def orchestrator_run(
     lease_grace: Annotated[float, typer.Option(help="Seconds a started lease outlives the task timeout.")] = 30.0,
     data_dir: DataDirOpt = None,
     metrics: MetricsOpt = None,
+    quota: QuotaOpt = None,
+    quotas: QuotasFileOpt = None,
+    task_window: TaskWindowOpt = 1_000,
 ) -> None:
     """Run an orchestrator (and an event feed) against NATS until interrupted (Ctrl-C stops it cleanly).
 
@@ -1391,6 +1489,8 @@ def orchestrator_run(
         lease_start_timeout_s=lease_start_timeout,
         lease_grace_s=lease_grace,
         state_dir=data_dir or DEFAULT_DATA_DIR,
+        quotas=_quotas(quota, quotas),
+        task_window=task_window,
     )
     listen = _metrics_listen(metrics)
 

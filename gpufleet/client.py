@@ -49,6 +49,7 @@ from events.errors import AccessDenied, first_error
 from events.identity import Identity
 from events.intake import InputRejected
 from events.job import JobCancelled, JobCompleted, JobFailed, JobRejected, JobSpec
+from events.quotas import QUOTA_OPERATION
 from events.store.blobs import BlobStore, ObjectIntegrityError
 from events.store.connection import Access, connect_nats, raise_if_denied
 from events.store.topology import Topology
@@ -147,6 +148,12 @@ class JobStatus:
     def count(self, *statuses: str) -> int:
         """How many tasks are in one of ``statuses``."""
         return sum(1 for t in self.tasks if t.status in statuses)
+
+    @property
+    def not_created(self) -> int:
+        """Tasks of an accepted job that do not exist yet: a job's tasks are created in windows, as its
+        submitter's earlier tasks are leased (``actors.window``). They wait, as queued tasks do."""
+        return max(0, self.task_count - len(self.tasks)) if self.status in ("accepted", "running") else 0
 
     @property
     def progress(self) -> float:
@@ -337,6 +344,21 @@ class Client:
         subject = intake_subject("submitter", me.name, "submit", name)
         ack = await self._publish(subject, body, headers={"Nats-Msg-Id": msg_id})
         return Job(self, f"{me.name}.{name}", intake_seq=ack)
+
+    async def quota(self, *, timeout: float = 10.0) -> dict[str, Any]:
+        """This identity's quotas and usage, as the orchestrator holds them (``events.quotas``): for a
+        submitter ``{"submitter", "limits", "usage"}``; for an auditor every busy submitter's. No answer:
+        ``StoreUnavailable``."""
+        me = self.identity
+        if me is None:
+            raise AccessDenied("this client has no credentials: Client.connect(url, creds=PATH)")
+        subject = api_subject(me.role, me.name, QUOTA_OPERATION)
+        with self._asking("the orchestrator", "is it running?", subject, me):
+            msg = await self.nc.request(subject, b"", timeout=timeout)
+        doc = _answer(msg.data, "the orchestrator")
+        if "error" in doc:
+            raise InvalidPayload(str(doc["error"]), field=doc.get("field"))
+        return doc
 
     async def quote(self, spec: JobSpec | Mapping[str, Any], *, timeout: float = 10.0) -> Quote:
         """What submitting ``spec`` now would give: the capable device classes, the predicted time per

@@ -178,3 +178,57 @@ def refusals(rows: list[Any]) -> list[str]:
     """Why each rejected job of ``rows`` was rejected, one line each: ``alice.j2: priority: Input should
     be less than or equal to 9``. Strangers wrote these reasons: print them without markup."""
     return [f"{r.job_id}: {r.why() or 'no reason recorded'}" for r in rows if r.status == "rejected"]
+
+
+#: The quotas as ``gpufleet quota`` shows them: (limit, usage key, what it counts).
+_QUOTA_ROWS = (
+    ("jobs_in_flight", "jobs_in_flight", "jobs submitted or accepted, not ended"),
+    ("tasks_queued", "tasks_queued", "tasks not leased yet (created or waiting to be)"),
+    ("tasks_running", "tasks_running", "tasks leased or running"),
+    ("object_bytes", "object_bytes", "bytes of inputs in the object store"),
+    ("intake_per_s", "intake_refused", "messages a second (refused so far)"),
+)
+
+
+def _quota_value(name: str, value: Any) -> str:
+    if name == "object_bytes":
+        n = float(value)
+        for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+            if n < 1024 or unit == "TiB":
+                return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+            n /= 1024
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.1f}"
+    return f"{int(value):,}"
+
+
+def quota_table(doc: dict[str, Any]) -> Table:
+    """One submitter's quotas and usage (``Client.quota``), or, for an auditor's answer, every busy
+    submitter's usage against its limits, one row each."""
+    if "submitter" in doc:
+        t = narrow_table(f"quotas of {doc['submitter']}")
+        for col in ("limit", "used", "of", "counts"):
+            t.add_column(col, justify="right" if col in ("used", "of") else "left")
+        limits, usage = doc.get("limits", {}), doc.get("usage", {})
+        for name, key, what in _QUOTA_ROWS:
+            shown = f"{_quota_value(name, limits.get(name, 0))}"
+            if name == "intake_per_s":
+                shown += f" (burst {int(limits.get('intake_burst', 0)):,})"
+            t.add_row(name, _quota_value(name, usage.get(key, 0)), shown, what)
+        return t
+    t = narrow_table("quotas: usage of / limit, by submitter")
+    t.add_column("submitter")
+    for name, _, _ in _QUOTA_ROWS[:4]:
+        t.add_column(name, justify="right")
+    default = doc.get("default", {})
+    t.add_row("(default)", *(_quota_value(n, default.get(n, 0)) for n, _, _ in _QUOTA_ROWS[:4]), style="dim")
+    for who, one in sorted(doc.get("submitters", {}).items()):
+        limits, usage = one.get("limits", {}), one.get("usage", {})
+        t.add_row(
+            who,
+            *(
+                f"{_quota_value(n, usage.get(k, 0))} / {_quota_value(n, limits.get(n, 0))}"
+                for n, k, _ in _QUOTA_ROWS[:4]
+            ),
+        )
+    return t

@@ -1,11 +1,12 @@
 """Under any verification outcome the books balance (hypothesis).
 
 A job of a few comparable tasks runs under a random policy (the spec's, or the network's default)
-through the real task and job deciders and the real reactions, folded into a real ``World`` as the
-orchestrator folds the log; only the outside world is random: which provider gets each lease, at what
-price, whether it returns a right or a wrong result (wrong ones may agree with each other: colluders),
-how long it bills, whether its attempt fails or its lease is lost, the spot-check draw and its trust,
-and whether the submitter cancels. Whatever happens:
+through the real task and job deciders and the real reactions, folded by the orchestrator's own core
+(its ``World``, reactions and task windows) as the orchestrator folds the log; only the outside
+world is random: which provider gets each lease, at what price, whether it returns a right or a
+wrong result (wrong ones may agree with each other: colluders), how long it bills, whether its
+attempt fails or its lease is lost, the spot-check draw and its trust, and whether the submitter
+cancels. Whatever happens:
 
 * every result returned is in exactly one place: metered (paid, when judged valid), forfeited (judged
   invalid or inconclusive), or still held in escrow (not judged yet, and its task still open);
@@ -27,9 +28,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from actors.core import Core
 from actors.errors import DomainError
 from actors.job import CancelJob, SubmitJob, job_decider
-from actors.reactions import Intent, react, reconcile
+from actors.reactions import Intent
 from actors.task import (
     TERMINAL,
     ExpireLease,
@@ -120,11 +122,18 @@ class Net:
     """The orchestrator's deciders, world and reactions, one command at a time, exactly once each."""
 
     default_verify: VerifyPolicy | None
-    world: World = field(default_factory=World)
+    core: Core = field(default_factory=Core)
     log: list[EventModel] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
     now: Any = T0
     n: int = 0
+
+    def __post_init__(self) -> None:
+        self.core.default_verify = self.default_verify
+
+    @property
+    def world(self) -> World:
+        return self.core.world
 
     def run(self, kind: str, aggregate: str, command: Any) -> None:
         work: deque[Intent] = deque([Intent(kind, aggregate, command)])
@@ -147,16 +156,15 @@ class Net:
             for e in events:
                 self.n += 1
                 env = new_envelope(f"{intent.kind}.{intent.aggregate_id}", e, id=f"ev-{self.n}", source="tests")
-                change = self.world.apply(env)
                 self.log.append(e)
-                assert change is not None
-                work.extend(react(change, self.world, default_verify=self.default_verify))
+                # The orchestrator's core: the world, the reactions, and the windows that create tasks.
+                work.extend(self.core.apply(env, live=True).intents)
 
     def settle_all(self) -> None:
         """What reconciliation finds owed, until nothing is (as the orchestrator does at start)."""
         for _ in range(10):
             before = len(self.log)
-            for intent in reconcile(self.world, self.now, default_verify=self.default_verify):
+            for intent in self.core.reconcile(self.now):
                 self.run(intent.kind, intent.aggregate_id, intent.command)
             if len(self.log) == before:
                 return

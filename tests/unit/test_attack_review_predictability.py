@@ -557,7 +557,7 @@ def _quote_service() -> object:
     [
         ({"workload": "matmul", "params": {"n": 512}, "submitter": "bob"}, "submitter"),  # a forged submitter
         (
-            {"workload": "matmul", "params": {"n": 512}, "split": {"kind": "count", "count": 100_001}},
+            {"workload": "matmul", "params": {"n": 512}, "split": {"kind": "count", "count": 10_000_001}},
             "split.count.count",
         ),
         ({"workload": "no-such", "params": {}}, "workload"),

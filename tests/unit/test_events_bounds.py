@@ -20,7 +20,7 @@ from events import DEFAULT_REGISTRY
 from events.dispatch import Dispatch, Heartbeat
 from events.errors import InvalidPayload
 from events.intake import INTAKE_VERBS, decode_intake
-from events.job import MAX_TASKS_PER_JOB
+from events.job import MAX_JOB_GPU_S, MAX_TASKS_PER_JOB, UNBOUNDED_TASKS
 from events.types import MAX_GPU_MS, MAX_MICROS, MAX_PRICE_MICROS, MAX_TIMEOUT_S, MAX_TOTAL_GPU_MS
 from tests.unit.catalogue_samples import SAMPLES
 
@@ -87,8 +87,13 @@ def test_every_number_in_the_catalogue_has_both_bounds() -> None:
 
 def test_no_valid_job_can_overflow_the_ledgers_64_bit_integers() -> None:
     per_task = -(-MAX_GPU_MS * MAX_PRICE_MICROS // 1000)
-    assert per_task * MAX_TASKS_PER_JOB <= MAX_MICROS < 2**63
-    assert MAX_GPU_MS * MAX_TASKS_PER_JOB <= MAX_TOTAL_GPU_MS < 2**63
+    # A job of up to UNBOUNDED_TASKS tasks, each billed its longest at the highest price...
+    assert per_task * UNBOUNDED_TASKS <= MAX_MICROS < 2**63
+    assert MAX_GPU_MS * UNBOUNDED_TASKS <= MAX_TOTAL_GPU_MS < 2**63
+    # ...and a bigger one (up to MAX_TASKS_PER_JOB), whose worst case validate_spec bounds.
+    assert MAX_JOB_GPU_S * MAX_PRICE_MICROS <= MAX_MICROS
+    assert MAX_JOB_GPU_S * 1000 <= MAX_TOTAL_GPU_MS
+    assert MAX_TASKS_PER_JOB > UNBOUNDED_TASKS
     assert int(MAX_TIMEOUT_S * 1000) == MAX_GPU_MS
 
 

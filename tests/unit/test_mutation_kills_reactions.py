@@ -13,7 +13,7 @@ import itertools
 
 from actors.ids import derive_id
 from actors.job import CompleteJob, DecideJob, FailJob, MeterUsage, SettleJob
-from actors.reactions import Intent, plan_task, react, reconcile
+from actors.reactions import Intent, create_task, plan_task, react, reconcile
 from actors.task import CancelTask, CreateTask, ExpireLease
 from actors.world import Change, World
 from events import new_envelope
@@ -148,18 +148,16 @@ def test_without_a_scheduler_the_eta_is_zero() -> None:
 # ---- an accepted job gets its tasks, and completes ---------------------------------------------------
 
 
-def test_an_accepted_job_gets_every_missing_task_and_only_those() -> None:
+def test_an_accepted_job_owes_no_task_by_reaction_its_window_creates_them() -> None:
+    """Creating a job's tasks is the windows' (``actors.window``, tested in tests/unit/test_window.py):
+    neither the acceptance's reaction nor reconciliation may owe them, or a 10,000,000-task job would
+    cost 10,000,000 intents at once."""
     log = Log()
     accepted = accepted_job(log)
-    reacted = react(accepted, log.world)
-    assert [(i.kind, i.aggregate_id, i.causation, i.correlation) for i in reacted] == [
-        ("task", T0, accepted.envelope.id, JOB),
-        ("task", T1, accepted.envelope.id, JOB),
-    ]
-    create(log, 0)
+    assert react(accepted, log.world) == []
+    assert [i for i in reconcile(log.world, NOW) if isinstance(i.command, CreateTask)] == []
     want = CreateTask(command_id=derive_id("ct-", JOB, 1), at=NOW, created=plan_task(JOB, SPEC, 1, NOW))
-    assert reconcile(log.world, NOW) == [Intent("task", T1, want, None, JOB)]
-    assert reacted[1].command.command_id == want.command_id
+    assert create_task(JOB, SPEC, 1, NOW, None) == Intent("task", T1, want, None, JOB)
 
 
 def test_a_job_with_every_task_metered_is_completed() -> None:
