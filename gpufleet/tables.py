@@ -202,6 +202,19 @@ def _quota_value(name: str, value: Any) -> str:
     return f"{int(value):,}"
 
 
+def _compact(name: str, value: Any) -> str:
+    """A count in at most five characters: 999, 9,999, 12.3k, 10.0M (bytes: 3.0G)."""
+    n = float(value)
+    if name != "object_bytes" and n < 10_000:
+        return f"{int(n):,}"
+    base, units = (1024.0, ("", "K", "M", "G", "T")) if name == "object_bytes" else (1000.0, ("", "k", "M", "G", "T"))
+    for unit in units:
+        if n < base or unit == units[-1]:
+            return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
+        n /= base
+    return str(value)  # pragma: no cover
+
+
 def quota_table(doc: dict[str, Any]) -> Table:
     """One submitter's quotas and usage (``Client.quota``), or, for an auditor's answer, every busy
     submitter's usage against its limits, one row each."""
@@ -216,19 +229,16 @@ def quota_table(doc: dict[str, Any]) -> Table:
                 shown += f" (burst {int(limits.get('intake_burst', 0)):,})"
             t.add_row(name, _quota_value(name, usage.get(key, 0)), shown, what)
         return t
-    t = narrow_table("quotas: usage of / limit, by submitter")
-    t.add_column("submitter")
-    for name, _, _ in _QUOTA_ROWS[:4]:
-        t.add_column(name, justify="right")
+    t = narrow_table("quotas: used/limit, by submitter")
+    t.add_column("submitter", overflow="fold")
+    for header in ("jobs", "queued", "running", "objects"):
+        t.add_column(header, justify="right", no_wrap=True)
     default = doc.get("default", {})
-    t.add_row("(default)", *(_quota_value(n, default.get(n, 0)) for n, _, _ in _QUOTA_ROWS[:4]), style="dim")
+    t.add_row("(default)", *(_compact(n, default.get(n, 0)) for n, _, _ in _QUOTA_ROWS[:4]), style="dim")
     for who, one in sorted(doc.get("submitters", {}).items()):
         limits, usage = one.get("limits", {}), one.get("usage", {})
         t.add_row(
             who,
-            *(
-                f"{_quota_value(n, usage.get(k, 0))} / {_quota_value(n, limits.get(n, 0))}"
-                for n, k, _ in _QUOTA_ROWS[:4]
-            ),
+            *(f"{_compact(n, usage.get(k, 0))}/{_compact(n, limits.get(n, 0))}" for n, k, _ in _QUOTA_ROWS[:4]),
         )
     return t

@@ -176,8 +176,13 @@ def test_submit_watch_status_result_from_the_cli(up: Up, tmp_path: Path) -> None
     assert all(3.0 < r["value"]["pi"] < 3.3 and len(r["sha256"]) == 64 for r in results)
     st = up.cli("status", job_id, "--nats", up.url)
     assert st.returncode == 0 and "completed" in st.stdout and f"{job_id}.1" in st.stdout
+    assert "quotas: " in st.stdout and "of 1,000 jobs in flight" in st.stdout, st.stdout
     jobs = up.cli("jobs", "--nats", up.url, "--data-dir", str(up.data_dir))
     assert jobs.returncode == 0 and job_id in jobs.stdout, jobs.stdout + jobs.stderr
+    assert "(default)" in jobs.stdout and "10,000,000" in jobs.stdout, jobs.stdout
+    mine = up.cli("quota", "--nats", up.url)
+    assert mine.returncode == 0, mine.stdout + mine.stderr
+    assert "tasks_running" in mine.stdout and "10,000" in mine.stdout and "500" in mine.stdout, mine.stdout
     fleet = up.cli("providers", "--nats", up.url, "--data-dir", str(up.data_dir))
     assert fleet.returncode == 0 and "online" in fleet.stdout and "cpu" in fleet.stdout
 
@@ -369,6 +374,8 @@ async def test_watch_reconnects_when_the_connection_drops(own_nats_server: Secur
         (["creds", "issue", "emperor", "x"], None, "unknown role"),
         (["creds", "issue", "submitter", "two words"], None, "name"),
         (["--log-format", "xml", "jobs"], None, "--log-format"),
+        (["orchestrator", "run", "--quota", "tasks_running=0", "--nats", "{url}"], None, "quota.tasks_running"),
+        (["orchestrator", "run", "--quota", "bogus", "--nats", "{url}"], None, "KEY=VALUE"),
     ],
 )
 def test_bad_input_gives_one_line_and_a_nonzero_exit(up: Up, args: list[str], stdin: str | None, expect: str) -> None:

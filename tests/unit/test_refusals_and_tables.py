@@ -200,3 +200,31 @@ def test_the_up_table_fits_80_columns_and_names_the_device_shortly() -> None:
     fits(text)
     assert "gpufleet submit --workload montecarlo -p samples=1000000 --watch" in text  # one line, to copy
     assert "local-vm: cpu Intel Xeon, 2 slot(s)" in text and "http://127.0.0.1:8222/metrics" in text
+
+
+def test_the_quota_tables_fit_80_columns() -> None:
+    from gpufleet.tables import quota_table
+
+    limits = {
+        "jobs_in_flight": 1_000,
+        "tasks_queued": 10_000_000,
+        "tasks_running": 10_000,
+        "intake_per_s": 500.0,
+        "intake_burst": 1_000,
+        "object_bytes": 4 * 1024**3,
+    }
+    usage = {
+        "jobs_in_flight": 999,
+        "tasks_queued": 9_999_999,
+        "tasks_running": 10_000,
+        "object_bytes": 3 * 1024**3,
+        "intake_refused": 12,
+    }
+    mine = render(quota_table({"submitter": "alice", "limits": limits, "usage": usage}))
+    assert all(len(line) <= WIDTH for line in mine.splitlines()), mine
+    assert "9,999,999" in mine and "10,000,000" in mine and "3.0 GiB" in mine and "burst 1,000" in mine
+    name = "a-submitter-with-a-long-name"
+    everyone = render(quota_table({"default": limits, "submitters": {name: {"limits": limits, "usage": usage}}}))
+    assert all(len(line) <= WIDTH for line in everyone.splitlines()), everyone
+    assert name in everyone.replace("\n", "").replace(" ", "") and "(default)" in everyone
+    assert "999/1,000" in everyone and "10.0M/10.0M" in everyone and "3.0G/4.0G" in everyone
