@@ -158,6 +158,9 @@ class Flooded:
     outcome_s: float = 0.0
     created: int = 0
     log: int = 0
+    #: Peak RSS of the other processes (the projector, the simulated fleet), idle and flooded.
+    side_idle: dict[str, float] = field(default_factory=dict)
+    side_peak: dict[str, float] = field(default_factory=dict)
 
 
 async def flooded(args: argparse.Namespace, quotas: dict[str, str], tmp: Path) -> Flooded:
@@ -173,7 +176,13 @@ async def flooded(args: argparse.Namespace, quotas: dict[str, str], tmp: Path) -
         await server.ensure_streams()
         res.raw = await raw_publish_rate(server.unrestricted(), args.raw)
         net = Network(
-            server, server.data_dir, tmp / "flood-procs", providers=args.providers, slots=args.slots, quotas=quotas
+            server,
+            server.data_dir,
+            tmp / "flood-procs",
+            providers=args.providers,
+            slots=args.slots,
+            quotas=quotas,
+            projections=True,
         )
         async with net:
             res.quotas_applied = net.quotas_applied
@@ -189,6 +198,12 @@ async def flooded(args: argparse.Namespace, quotas: dict[str, str], tmp: Path) -
             res.quiet = quiet
             rss = RssSampler(net.pid, kill_above_mb=args.rss_kill_mb).start()
             res.idle_mb = rss.peak_mb
+            assert net.projector is not None and net.fleet is not None
+            side = {
+                "projector": RssSampler(net.projector.pid).start(),
+                "simulated fleet": RssSampler(net.fleet.pid).start(),
+            }
+            res.side_idle = {k: v.peak_mb for k, v in side.items()}
             halfway = asyncio.Event()
             sending = asyncio.create_task(flood(server.access("submitter", plan.submitter), plan, halfway))
             await halfway.wait()
@@ -204,6 +219,8 @@ async def flooded(args: argparse.Namespace, quotas: dict[str, str], tmp: Path) -
             res.outcome_s = time.perf_counter() - t0
             res.peak_mb = await rss.stop()
             res.killed = rss.killed
+            await asyncio.sleep(2.0)  # the projector catches up with what the flood wrote
+            res.side_peak = {k: await v.stop() for k, v in side.items()}
             res.created = await subjects_under(reader, event_subject(f"task.{plan.submitter}.>"))
             res.log = (await reader.jetstream().stream_info("GF_EVENTS")).state.messages
             await reader.close()
@@ -275,6 +292,8 @@ async def main() -> None:
     t.add_row("orchestrator peak RSS, idle", f"{res.idle_mb:,.0f} MiB", "")
     killed = f"KILLED past {args.rss_kill_mb:,.0f} MiB" if res.killed else ""
     t.add_row("orchestrator peak RSS, flooded", f"{res.peak_mb:,.0f} MiB", killed)
+    for name, peak in res.side_peak.items():
+        t.add_row(f"{name} peak RSS, idle -> flooded", f"{res.side_idle.get(name, 0):,.0f} -> {peak:,.0f} MiB", "")
     t.add_row(
         "flood messages with one outcome",
         f"{outcomes.get(1, 0):,} / {len(report.stored):,}",

@@ -173,13 +173,17 @@ class Network:
     orchestrator: subprocess.Popen[bytes] | None = None
     fleet: subprocess.Popen[bytes] | None = None
     quotas_applied: bool = False
+    #: Also run the projector (``python -m projections run``, the read models in SQLite) as a process.
+    projections: bool = False
+    projector: subprocess.Popen[bytes] | None = None
 
-    def _spawn(self, log: str, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, log: str, *args: str, module: str = "gpufleet") -> subprocess.Popen[bytes]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         out = (self.workdir / log).open("wb")
+        head = ["--log-format", "json"] if module == "gpufleet" else []
         try:
             return subprocess.Popen(
-                [sys.executable, "-m", "gpufleet", "--log-format", "json", *args],
+                [sys.executable, "-m", module, *head, *args],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -202,6 +206,12 @@ class Network:
                 "providers.log", "provider", "simulate", "--nats", self.server.url,
                 "--data-dir", str(self.data_dir), "--count", str(self.providers), "--slots", str(self.slots),
             )  # fmt: skip
+        if self.projections:
+            reader = self.server.access("orchestrator")
+            self.projector = self._spawn(
+                "projector.log", "run", "--url", self.server.url, "--creds", str(reader.creds),
+                "--db", str(self.workdir / "readmodels.sqlite"), module="projections",
+            )  # fmt: skip
         return self
 
     @property
@@ -211,7 +221,8 @@ class Network:
 
     def check_alive(self) -> None:
         """Raise, with the tail of its log, if a process has exited."""
-        for name, proc in (("orchestrator", self.orchestrator), ("providers", self.fleet)):
+        procs = (("orchestrator", self.orchestrator), ("providers", self.fleet), ("projector", self.projector))
+        for name, proc in procs:
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(f"the {name} process exited with {proc.returncode}: {self.tail(name)}")
 
@@ -221,10 +232,10 @@ class Network:
         return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
 
     def stop(self) -> None:
-        for proc in (self.fleet, self.orchestrator):
+        for proc in (self.projector, self.fleet, self.orchestrator):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
-        for proc in (self.fleet, self.orchestrator):
+        for proc in (self.projector, self.fleet, self.orchestrator):
             if proc is None:
                 continue
             try:
