@@ -43,6 +43,10 @@ class Admission:
         self.rate_refused: dict[str, int] = {}
         #: submitter -> job -> task count: admitted here, not in the log yet.
         self._admitted: dict[str, dict[str, int]] = {}
+        #: (submitter, job) -> submissions of a job admitted here again while its first one was not in
+        #: the log yet: each one's ``release`` (the job's decider refused a duplicate) must not free the
+        #: first one's reservation.
+        self._again: dict[tuple[str, str], int] = {}
         #: Bytes of each submitter's inputs in the object store (kept by the orchestrator).
         self.object_bytes: dict[str, int] = {}
         #: Submissions refused for a quota, by quota name.
@@ -89,8 +93,14 @@ class Admission:
         if mine:
             for seen in [j for j in mine if known(j)]:
                 del mine[seen]
-        if known(job_id) or (mine is not None and job_id in mine):
+                self._again.pop((submitter, seen), None)
+        if known(job_id):
             return None  # a submission again: the job's decider says what it is (a no-op, or refused)
+        if mine is not None and job_id in mine:
+            # The same job again before the log shows the first: the decider says what it is, and
+            # its release (if refused) is its own, not the first one's.
+            self._again[(submitter, job_id)] = self._again.get((submitter, job_id), 0) + 1
+            return None
         pending = mine or {}
         jobs = usage.jobs + len(pending)
         if jobs >= q.jobs_in_flight:
@@ -115,6 +125,13 @@ class Admission:
 
     def release(self, submitter: str, job_id: str) -> None:
         """The admitted submission was not recorded (refused, or failed): it holds nothing."""
+        again = self._again.get((submitter, job_id), 0)
+        if again > 0:  # a duplicate's: the first submission of the job still holds its reservation
+            if again == 1:
+                del self._again[(submitter, job_id)]
+            else:
+                self._again[(submitter, job_id)] = again - 1
+            return
         mine = self._admitted.get(submitter)
         if mine is not None:
             mine.pop(job_id, None)
@@ -131,10 +148,10 @@ class Admission:
 
     def report(self, role: str, name: str, usage_of: Callable[[str], Usage], busy: list[str]) -> dict[str, Any]:
         """The answer to a quota request from ``role``/``name``: a submitter's own limits and usage;
-        for an auditor or the admin, the defaults and every busy submitter's (at most 1,000)."""
+        for an auditor, the defaults and every busy submitter's (at most 1,000)."""
         if role == "submitter":
             return {"submitter": name, **self._of(name, usage_of(name))}
-        if role not in ("auditor", "admin"):
+        if role != "auditor":
             return {"error": f"quotas are for submitters and auditors, not {role}s", "field": "role"}
         return {
             "default": self.quotas.default.model_dump(),

@@ -152,6 +152,9 @@ class Orchestrator:
         self.world = self.core.world
         #: Quotas: the intake rate per submitter, jobs and tasks in flight, object bytes.
         self.admission = Admission(self.config.quotas)
+        #: Intake sequences this process holds (queued, being handled, or being refused): a copy that
+        #: JetStream delivers again meanwhile is left alone.
+        self._in_hand: set[int] = set()
         self.store = JetStreamEventStore(nc, settings=self.topology.events)
         source = self.config.source
         self.jobs = ActorShell(self.store, job_decider, source=source)
@@ -682,6 +685,7 @@ class Orchestrator:
         past its intake rate (``Admission.arrival``) is not queued: its refusal is recorded at once.
         """
         n = self.config.intake_concurrency
+        self._in_hand.clear()
         queue: FairQueue[_Delivery] = FairQueue(max_items=self._intake_queue_items(), max_bytes=_INTAKE_QUEUE_BYTES)
         ready = asyncio.Semaphore(0)  # released once per queued message
         room = asyncio.Event()  # set when a worker took a message (the queue may have room again)
@@ -794,12 +798,17 @@ class Orchestrator:
             if self.world.intake_done(seq):
                 self._spawn(self._ack(msg))
                 continue
+            if seq in self._in_hand:
+                # Delivered again (past the ack wait) while this process still holds it, queued or
+                # being handled: that copy gives its one outcome, and it was charged to the rate once.
+                continue
             sender, name = self._sender(msg.subject)
             refusal = self.admission.arrival(sender, name)
             if refusal is not None:
                 # Past its rate: one recorded refusal, and nothing queued. A flood waits here for a
                 # free slot (bounded), not in memory.
                 await refusals.acquire()
+                self._in_hand.add(seq)
                 self._spawn(self._refuse(msg, seq, meta.timestamp, refusal, refusals))
                 continue
             item = (msg, seq, meta.timestamp)
@@ -809,6 +818,7 @@ class Orchestrator:
             ):
                 room.clear()
                 await room.wait()
+            self._in_hand.add(seq)
             ready.release()
 
     def _sender(self, subject: str) -> tuple[str, str]:
@@ -826,12 +836,15 @@ class Orchestrator:
             if item is None:  # pragma: no cover - one release per queued message
                 continue
             msg, seq, at = item
-            if self.world.intake_done(seq):  # recorded meanwhile, by another orchestrator
-                await self._ack(msg)
-                continue
-            # Shielded: a stopping orchestrator lets the message in hand finish (``stop`` waits for
-            # what is in flight), as it cancels the workers.
-            await asyncio.shield(self._spawn(self._intake_one(msg, seq, at)))
+            try:
+                if self.world.intake_done(seq):  # recorded meanwhile, by another orchestrator
+                    await self._ack(msg)
+                    continue
+                # Shielded: a stopping orchestrator lets the message in hand finish (``stop`` waits for
+                # what is in flight), as it cancels the workers.
+                await asyncio.shield(self._spawn(self._intake_one(msg, seq, at)))
+            finally:
+                self._in_hand.discard(seq)
 
     async def _intake_consumer(self, role: str) -> str:
         """The shared durable consumer of ``role``'s intake messages (created by the first
@@ -886,6 +899,7 @@ class Orchestrator:
             )
             await self._record_outcome(msg, seq, outcome)
         finally:
+            self._in_hand.discard(seq)
             slot.release()
 
     async def _intake_one(self, msg: Msg, seq: int, at: datetime) -> None:

@@ -96,7 +96,7 @@ from events.placement import misfits
 from events.provider import ProviderLost, ProviderOnline
 from events.store.blobs import BlobStore
 from events.store.jetstream import JetStreamEventStore
-from events.subjects import job_of_task
+from events.subjects import INTAKE_PREFIX, job_of_task
 from events.task import (
     TERMINAL_TASK_STATES,
     TaskCancelled,
@@ -775,6 +775,10 @@ class Replayer:
             return
         self.report.decisions += 1
         if isinstance(e, InputRejected) and (e.field or "").startswith("quota."):
+            impossible = _no_quota_refuses(rec.subject, rec.body, e.field or "")
+            if impossible is not None:
+                self._problem(env.sequence, env.subject, name, f"{where}: {impossible}")
+                return
             self.report.causes[QUOTA] += 1  # the operator's limits, on trust (see QUOTA)
             return
         self.report.causes["outcome"] += 1
@@ -826,6 +830,32 @@ class Replayer:
         if events and e.note != "no change (a duplicate)":
             return f"{where} changed nothing, and would: {_names(events)}"
         return None
+
+
+#: Quotas that refuse any message of a submitter's (its rate, before the message is even decoded)...
+_RATE_QUOTAS = frozenset({"quota.intake_per_s"})
+#: ...and those that refuse only a job submission (``actors.admission.Admission.admit_job``).
+_JOB_QUOTAS = frozenset({"quota.jobs_in_flight", "quota.tasks_queued", "quota.object_bytes"})
+
+
+def _no_quota_refuses(subject: str, body: bytes, field: str) -> str | None:
+    """Why no quota could have refused this intake message for ``field`` (None: one could). Quota
+    refusals are taken on trust, but only where the orchestrator applies a quota: providers are never
+    refused for one, ``tasks_running`` and ``intake_burst`` refuse nothing, and the job quotas only a
+    submission."""
+    if not subject.startswith(f"{INTAKE_PREFIX}.submitter."):
+        return f"refused for {field}, but only a submitter's messages are refused for a quota"
+    if field in _RATE_QUOTAS:
+        return None
+    if field not in _JOB_QUOTAS:
+        return f"refused for {field}, which refuses no message"
+    try:
+        im = decode_intake(subject, body)
+    except InvalidPayload:
+        return f"refused for {field}, but it does not decode: it was refused for that, before any quota"
+    if (im.kind, im.verb) != ("job", "submit"):
+        return f"refused for {field}, which refuses only a job submission"
+    return None
 
 
 class _Unscheduled:
