@@ -179,7 +179,7 @@ def test_submit_watch_status_result_from_the_cli(up: Up, tmp_path: Path) -> None
     assert "quotas: " in st.stdout and "of 1,000 jobs in flight" in st.stdout, st.stdout
     jobs = up.cli("jobs", "--nats", up.url, "--data-dir", str(up.data_dir))
     assert jobs.returncode == 0 and job_id in jobs.stdout, jobs.stdout + jobs.stderr
-    assert "(default)" in jobs.stdout and "10,000,000" in jobs.stdout, jobs.stdout
+    assert "(default)" in jobs.stdout and "10.0M" in jobs.stdout, jobs.stdout
     mine = up.cli("quota", "--nats", up.url)
     assert mine.returncode == 0, mine.stdout + mine.stderr
     assert "tasks_running" in mine.stdout and "10,000" in mine.stdout and "500" in mine.stdout, mine.stdout
