@@ -173,18 +173,23 @@ def job_eta(st: JobStatus, now: datetime) -> Eta | None:
         if e is None:
             return accepted
         parts.append(e)
-    if not parts:
+    # Tasks not created yet (a job's tasks are created in windows) wait as queued ones do.
+    later = st.not_created
+    if later and typical is None:
+        return accepted
+    if not parts and not later:
         return Eta(0.0) if accepted is None else Eta(0.0, overdue_s=accepted.overdue_s, expected_s=accepted.expected_s)
     slots = max(1, sum(1 for t in unfinished if t.status in _UNDER_LEASE))
 
-    def combined(values: list[float], longest: list[float]) -> float:
-        return max(sum(values) / slots, max(longest, default=0.0))
+    def combined(values: list[float], extra: float, longest: list[float]) -> float:
+        return max((sum(values) + later * extra) / slots, max(longest, default=0.0))
 
-    point = combined([p.seconds for p in parts], [p.seconds for p in running])
+    each = typical if typical is not None else Eta(0.0)
+    point = combined([p.seconds for p in parts], each.seconds, [p.seconds for p in running])
     low = high = None
-    if all(p.interval is not None for p in parts):
-        low = combined([p.low or 0.0 for p in parts], [p.low or 0.0 for p in running])
-        high = combined([p.high or 0.0 for p in parts], [p.high or 0.0 for p in running])
+    if all(p.interval is not None for p in parts) and (not later or each.interval is not None):
+        low = combined([p.low or 0.0 for p in parts], each.low or 0.0, [p.low or 0.0 for p in running])
+        high = combined([p.high or 0.0 for p in parts], each.high or 0.0, [p.high or 0.0 for p in running])
     overdue, expected = (accepted.overdue_s, accepted.expected_s) if accepted else (0.0, 0.0)
     return Eta(point, low, high, overdue, expected)
 

@@ -255,6 +255,9 @@ class EtaView(View):
         # Indexes derived from rows: queued tasks in queue order, and each provider's live tasks.
         self._queued: dict[str, None] = {}
         self._active: dict[str, set[str]] = {}
+        #: job -> its tasks created so far: a job's tasks are created in windows (``actors.window``),
+        #: and those not created yet still count in its ETA (rebuilt from the task rows at load).
+        self._created: dict[str, int] = {}
         # calibration position -> tasks whose lease used it (a superseded one no task used goes).
         self._cal_users: dict[int, int] = {}
 
@@ -266,6 +269,9 @@ class EtaView(View):
         self._latest_cal.clear()
         self._queued.clear()
         self._active.clear()
+        self._created.clear()
+        for t in self.tasks.values():
+            self._created[t.job_id] = self._created.get(t.job_id, 0) + 1
         for pos in sorted(self.calibrations):
             self._latest_cal[self.calibrations[pos].provider_id] = pos
         steps: list[tuple[int, EtaCalibrationRow | EtaTaskRow]] = [(p, c) for p, c in self.calibrations.items()]
@@ -360,9 +366,23 @@ class EtaView(View):
             high = max(0.0, (job.predicted_high_s or job.predicted_s) - since)
         else:
             slots = max(1, job.active)
-            job.eta_s = max(0.0, job.remaining_work_s) / slots
-            low = max(0.0, job.remaining_low_s) / slots
-            high = max(0.0, job.remaining_high_s) / slots
+            work, work_low, work_high = job.remaining_work_s, job.remaining_low_s, job.remaining_high_s
+            # Tasks not created yet (windows) wait as queued ones do: each like the job's unfinished
+            # ones on average, or, with none unfinished now, its share of the job's prediction.
+            uncreated = max(0, job.task_count - self._created.get(job.job_id, 0))
+            if uncreated:
+                if job.unfinished > 0:
+                    each = (work / job.unfinished, work_low / job.unfinished, work_high / job.unfinished)
+                else:
+                    n = max(1, job.task_count)
+                    top = job.predicted_high_s or job.predicted_s
+                    each = (job.predicted_s / n, (job.predicted_low_s or job.predicted_s) / n, top / n)
+                work += uncreated * each[0]
+                work_low += uncreated * each[1]
+                work_high += uncreated * each[2]
+            job.eta_s = max(0.0, work) / slots
+            low = max(0.0, work_low) / slots
+            high = max(0.0, work_high) / slots
         job.eta_ts = now + job.eta_s
         job.eta_low_ts = now + min(low, job.eta_s)
         job.eta_high_ts = now + max(high, job.eta_s)
@@ -491,6 +511,8 @@ class EtaView(View):
         self._finish_job(e.job_id, "cancelled", env)
 
     def on_TaskCreated(self, e: TaskCreated, env: Envelope) -> None:
+        if e.task_id not in self.tasks:
+            self._created[e.job_id] = self._created.get(e.job_id, 0) + 1
         t = EtaTaskRow(e.task_id, e.job_id, e.workload, e.estimate.model_dump_json())
         self._estimates.setdefault(t.estimate, e.estimate)
         self.tasks[e.task_id] = t

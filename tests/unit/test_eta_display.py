@@ -36,7 +36,9 @@ class Log:
         self.envs.append(new_envelope(stream, e, id=f"ev-{next(_ids)}", source="tests"))
         return self
 
-    def accepted(self, t: float, pred: float, low: float | None = None, high: float | None = None) -> Log:
+    def accepted(
+        self, t: float, pred: float, low: float | None = None, high: float | None = None, created: int | None = None
+    ) -> Log:
         self.add(
             f"job.{JOB}",
             JobAccepted(
@@ -48,7 +50,7 @@ class Log:
                 predicted_high_s=high,
             ),
         )
-        for i in range(self.tasks):
+        for i in range(self.tasks if created is None else created):
             self.add(
                 f"task.{JOB}.{i}",
                 TaskCreated(
@@ -210,6 +212,17 @@ def test_unfinished_tasks_combine_over_the_slots_that_run_them() -> None:
     assert triple(st.eta(at(0.0))) == (15.0, 12.0, 21.0)
     st = log.completed(0, 9.0).completed(1, 9.0).leased(2, 9.0, 10.0, 8.0, 14.0).started(2, 9.0).status()
     assert triple(st.eta(at(12.0))) == (7.0, 5.0, 11.0)  # one task left, on one slot
+
+
+def test_tasks_not_created_yet_count_as_waiting_ones_do() -> None:
+    """A job's tasks are created in windows (``actors.window``): the ones not created yet wait, and
+    count, as the created ones that wait do."""
+    for created in (3, 2):
+        log = Log(tasks=3).accepted(0.0, 30.0, 25.0, 40.0, created=created)
+        log.leased(0, 0.0, 10.0, 8.0, 14.0).started(0, 0.0).leased(1, 0.0, 10.0, 8.0, 14.0).started(1, 0.0)
+        st = log.status()
+        assert st.not_created == 3 - created
+        assert triple(st.eta(at(0.0))) == (15.0, 12.0, 21.0)
 
 
 def test_a_completed_job_says_how_long_it_took_against_its_prediction() -> None:

@@ -125,3 +125,30 @@ def test_a_result_held_for_verification_puts_the_task_back_in_the_queue_and_its_
     s.complete("j1-0")
     v.fold(s.events[n:])
     assert t.state == "done" and t.actual_s == pytest.approx(3.0)  # the last run, on b
+
+
+def test_a_jobs_tasks_not_created_yet_count_in_its_eta() -> None:
+    """A job's tasks come into existence in windows (``actors.window``): its ETA counts the ones not
+    created yet as it counts its queued ones, so it is the same whether they exist yet or not."""
+    s = Sim()
+    s.register("a")
+    s.submit("j1", "sleep", {"seconds": 2.0, "steps": 4}, count=40)
+    s.lease("j1-0", "a")
+    s.start("j1-0")
+    s.tick(0.5)
+    every = EtaView()
+    every.fold(s.events)
+    # The same log, as the windows write it: only the first 10 of the 40 tasks created so far.
+    windowed = EtaView()
+    windowed.fold(
+        [e for e in s.events if not (e.type == "TaskCreated" and e.data.index >= 10)]  # type: ignore[attr-defined]
+    )
+    full, part = every.jobs["j1"], windowed.jobs["j1"]
+    assert part.task_count == full.task_count == 40
+    assert part.eta_s == pytest.approx(full.eta_s, rel=0.01) and full.eta_s > 30.0
+    assert part.eta_high_ts - s.now.timestamp() == pytest.approx(full.eta_high_ts - s.now.timestamp(), rel=0.01)
+    # After a restart the view counts the created tasks again from its rows.
+    again = EtaView()
+    again.tasks, again.jobs = windowed.tasks, windowed.jobs
+    again.loaded()
+    assert again._created == {"j1": 10}
