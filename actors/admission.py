@@ -19,7 +19,11 @@ from actors.window import Usage
 from events.errors import InvalidPayload
 from events.quotas import QuotaConfig, QuotaName, quota_field
 
-__all__ = ["Admission", "QuotaExceeded"]
+__all__ = ["ASKS_PER_S", "ASK_BURST", "Admission", "QuotaExceeded"]
+
+#: Quota requests (``gf.api.<role>.<name>.quota``) each identity may make a second, and at once.
+ASKS_PER_S = 10.0
+ASK_BURST = 20
 
 
 class QuotaExceeded(InvalidPayload):
@@ -49,6 +53,8 @@ class Admission:
         self._again: dict[tuple[str, str], int] = {}
         #: Bytes of each submitter's inputs in the object store (kept by the orchestrator).
         self.object_bytes: dict[str, int] = {}
+        #: Quota requests' token buckets, by identity.
+        self._asks: dict[str, _Bucket] = {}
         #: Submissions refused for a quota, by quota name.
         self.refused: dict[str, int] = {}
 
@@ -81,6 +87,23 @@ class Admission:
             q = self.quotas.of(who)
             if b.tokens + (now - b.at) * q.intake_per_s >= q.intake_burst:
                 del self._buckets[who]
+
+    def ask(self, role: str, name: str) -> bool:
+        """May ``role``/``name`` ask for its quotas now? At most ``ASKS_PER_S`` a second (a burst of
+        ``ASK_BURST``) per identity: the answers are cheap, but not free."""
+        key = f"{role}.{name}"
+        now = self._clock()
+        b = self._asks.get(key)
+        if b is None:
+            if len(self._asks) >= 10_000:
+                self._asks.clear()  # every identity starts full again: at worst a burst more each
+            b = self._asks[key] = _Bucket(float(ASK_BURST), now)
+        b.tokens = min(float(ASK_BURST), b.tokens + (now - b.at) * ASKS_PER_S)
+        b.at = now
+        if b.tokens < 1.0:
+            return False
+        b.tokens -= 1.0
+        return True
 
     def admit_job(
         self, submitter: str, job_id: str, tasks: int, usage: Usage, known: Callable[[str], bool]

@@ -1028,8 +1028,12 @@ class Orchestrator:
                 parts = msg.subject.split(".")
                 if not msg.reply or len(parts) != 5:
                     continue
+                body: dict[str, Any]
                 try:
-                    body = self.admission.report(parts[2], parts[3], windows.usage, windows.submitters())
+                    if not self.admission.ask(parts[2], parts[3]):
+                        body = {"error": "too many quota requests: at most 10 a second", "field": "rate"}
+                    else:
+                        body = self.admission.report(parts[2], parts[3], windows.usage, windows.submitters())
                 except Exception as e:  # a bug costs one answer, never the service
                     self.log.error("quota.failed", error=f"{type(e).__name__}: {e}")
                     body = {"error": "the quota request failed on the network's side", "field": None}

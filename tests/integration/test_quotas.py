@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from actors.orchestrator import OrchestratorConfig
+from events.errors import InvalidPayload
 from events.intake import InputRejected
 from events.job import MAX_TASKS_PER_JOB, JobAccepted, JobSubmitted
 from events.quotas import QuotaConfig
@@ -112,6 +113,10 @@ async def test_quotas_are_told_to_their_submitter_and_to_auditors_only(own_nats_
         async with await Client.connect(server.url, creds=server.access("submitter", "carol").creds) as carol:
             mine = await carol.quota()
             assert mine["submitter"] == "carol" and mine["limits"]["tasks_running"] == 3
+            # Asking is rate-limited per identity (10 a second, 20 at once): a flood of asks is refused.
+            answers = await asyncio.gather(*(carol.quota() for _ in range(40)), return_exceptions=True)
+            refused = [a for a in answers if isinstance(a, InvalidPayload)]
+            assert refused and all("too many quota requests" in str(a) for a in refused), answers[:3]
             # Inputs past the object quota: the next submission is refused, naming it.
             blobs = BlobStore(carol.nc, "submitter", "carol")
             for i in range(2):

@@ -110,3 +110,12 @@ def test_quota_settings_and_files(tmp_path: Path) -> None:
     f.write_text("[nope]\n")
     with pytest.raises(InvalidPayload, match="unknown table"):
         QuotaConfig.parse([], f)
+
+
+def test_quota_requests_are_rate_limited_per_identity() -> None:
+    a, now = admission()
+    assert all(a.ask("submitter", "alice") for _ in range(20))
+    assert not a.ask("submitter", "alice")
+    assert a.ask("submitter", "bob") and a.ask("auditor", "alice")  # each identity its own
+    now[0] = 0.1
+    assert a.ask("submitter", "alice")  # one back after a tenth of a second
