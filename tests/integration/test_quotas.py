@@ -22,7 +22,7 @@ from events.store import JetStreamEventStore
 from events.store.blobs import BlobStore
 from events.task import TaskCreated
 from gpufleet.client import Client
-from tests.integration.audited import assert_audit_passes
+from tests.integration.audited import assert_audit_passes, eventually
 from tests.integration.orchestra import Tenants, every_input_has_its_outcome, intake_outcomes, orchestrated, wait_for
 from tests.secure import SecureServer
 
@@ -62,11 +62,21 @@ async def test_jobs_in_flight_and_tasks_queued_refuse_once_naming_the_limit(own_
             assert jobs.subject.endswith(".a3") and "2 jobs in flight" in jobs.reason
             (tasks,) = refusals(log, "quota.tasks_queued")
             assert tasks.subject.endswith(".big") and "1,000" in tasks.reason
+            # (A submission's outcome is its JobSubmitted; the acceptance follows as a reaction.)
+            want = {"alice.a1", "alice.a2", "bob.b0", "bob.b1", "bob.b2"}
+            _, log = await wait_for(store, lambda w: all(j in w.jobs and w.jobs[j].status != "submitted" for j in want))
             accepted = {e.data.job_id for e in log if isinstance(e.data, JobAccepted)}
-            assert accepted == {"alice.a1", "alice.a2", "bob.b0", "bob.b1", "bob.b2"}
+            assert accepted == want
             # A job that ends makes room: the same submission, sent again, is accepted now.
             await tenants.cancel("alice", "a1")
             await wait_for(store, lambda w: w.jobs["alice.a1"].status == "cancelled", timeout=30)
+            # Once the orchestrator has applied the cancellation too (its usage says so):
+            async with await Client.connect(server.url, creds=server.access("submitter", "alice").creds) as alice:
+
+                async def freed() -> bool:
+                    return bool((await alice.quota())["usage"]["jobs_in_flight"] < 2)
+
+                await eventually(freed, "the orchestrator counts alice's cancelled job out", poll=0.2)
             await tenants.submit("alice", "a3", {**NOOP, "workload": "noop", "timeout_s": 6.0})
             await wait_for(store, lambda w: w.jobs.get("alice.a3") is not None, timeout=30)
             await assert_audit_passes(store)
