@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from actors.window import Usage
 from events.errors import InvalidPayload
-from events.quotas import QuotaConfig, QuotaName, quota_field
+from events.quotas import QuotaConfig, QuotaName, TokenBuckets, quota_field
 
 __all__ = ["ASKS_PER_S", "ASK_BURST", "Admission", "QuotaExceeded"]
 
@@ -30,19 +29,15 @@ class QuotaExceeded(InvalidPayload):
     """A submission past one of its sender's quotas; ``field`` is ``quota.<name>``."""
 
 
-@dataclass(slots=True)
-class _Bucket:
-    tokens: float
-    at: float
-
-
 class Admission:
     """Per-submitter quota state in one orchestrator (several orchestrators each hold their own)."""
 
     def __init__(self, quotas: QuotaConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.quotas = quotas or QuotaConfig()
         self._clock = clock
-        self._buckets: dict[str, _Bucket] = {}
+        #: Intake rates (by submitter) and quota requests (by identity).
+        self._rates = TokenBuckets(clock, max_keys=100_000)
+        self._asks = TokenBuckets(clock)
         #: Messages refused for their rate, by submitter.
         self.rate_refused: dict[str, int] = {}
         #: submitter -> job -> task count: admitted here, not in the log yet.
@@ -53,10 +48,6 @@ class Admission:
         self._again: dict[tuple[str, str], int] = {}
         #: Bytes of each submitter's inputs in the object store (kept by the orchestrator).
         self.object_bytes: dict[str, int] = {}
-        #: Quota requests' token buckets, by identity.
-        self._asks: dict[str, _Bucket] = {}
-        #: Submissions refused for a quota, by quota name.
-        self.refused: dict[str, int] = {}
 
     def arrival(self, role: str, name: str) -> QuotaExceeded | None:
         """One intake message from ``role``/``name`` arrives now: None when its rate allows it, else the
@@ -65,45 +56,17 @@ class Admission:
         if role != "submitter":
             return None
         q = self.quotas.of(name)
-        now = self._clock()
-        b = self._buckets.get(name)
-        if b is None:
-            if len(self._buckets) >= 100_000:
-                self._forget_full(now)
-            b = self._buckets[name] = _Bucket(float(q.intake_burst), now)
-        b.tokens = min(float(q.intake_burst), b.tokens + (now - b.at) * q.intake_per_s)
-        b.at = now
-        if b.tokens >= 1.0:
-            b.tokens -= 1.0
+        if self._rates.take(name, q.intake_per_s, q.intake_burst):
             return None
         self.rate_refused[name] = self.rate_refused.get(name, 0) + 1
         return self._refuse(
             "intake_per_s", f"{name} sends faster than {q.intake_per_s:g} messages a second (burst {q.intake_burst:,})"
         )
 
-    def _forget_full(self, now: float) -> None:
-        """Drop the buckets that have refilled (they hold nothing a new bucket would not)."""
-        for who, b in list(self._buckets.items()):
-            q = self.quotas.of(who)
-            if b.tokens + (now - b.at) * q.intake_per_s >= q.intake_burst:
-                del self._buckets[who]
-
     def ask(self, role: str, name: str) -> bool:
         """May ``role``/``name`` ask for its quotas now? At most ``ASKS_PER_S`` a second (a burst of
         ``ASK_BURST``) per identity: the answers are cheap, but not free."""
-        key = f"{role}.{name}"
-        now = self._clock()
-        b = self._asks.get(key)
-        if b is None:
-            if len(self._asks) >= 10_000:
-                self._asks.clear()  # every identity starts full again: at worst a burst more each
-            b = self._asks[key] = _Bucket(float(ASK_BURST), now)
-        b.tokens = min(float(ASK_BURST), b.tokens + (now - b.at) * ASKS_PER_S)
-        b.at = now
-        if b.tokens < 1.0:
-            return False
-        b.tokens -= 1.0
-        return True
+        return self._asks.take(f"{role}.{name}", ASKS_PER_S, ASK_BURST)
 
     def admit_job(
         self, submitter: str, job_id: str, tasks: int, usage: Usage, known: Callable[[str], bool]
@@ -166,7 +129,6 @@ class Admission:
         self.object_bytes[submitter] = self.object_bytes.get(submitter, 0) + size
 
     def _refuse(self, name: QuotaName, detail: str) -> QuotaExceeded:
-        self.refused[name] = self.refused.get(name, 0) + 1
         return QuotaExceeded(detail, field=quota_field(name))
 
     def report(self, role: str, name: str, usage_of: Callable[[str], Usage], busy: list[str]) -> dict[str, Any]:

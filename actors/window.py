@@ -197,6 +197,8 @@ class Windows:
 
     def plan(self) -> list[tuple[str, int]]:
         """(job, index) of the tasks to create now, for every submitter whose window has room."""
+        if not self._dirty:
+            return []  # (most events change no window: this runs for every event applied)
         out: list[tuple[str, int]] = []
         dirty, self._dirty = self._dirty, set()
         for submitter in sorted(dirty):

@@ -35,6 +35,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.orchestrator import raw_publish_async
 from events.job import MAX_TASKS_PER_JOB
 from events.store.connection import connect_nats
 from events.subjects import event_subject
@@ -50,7 +51,6 @@ from tests.integration.flood import (
     flood_outcomes,
     job_appends,
     peak_rss_mb,
-    raw_publish_rate,
     subjects_under,
     submit_and_wait,
 )
@@ -174,7 +174,7 @@ async def flooded(args: argparse.Namespace, quotas: dict[str, str], tmp: Path) -
     res = Flooded(plan)
     with EmbeddedServer(tmp / "flood") as server:
         await server.ensure_streams()
-        res.raw = await raw_publish_rate(server.unrestricted(), args.raw)
+        res.raw = await raw_publish_async(server.unrestricted(), args.raw)
         net = Network(
             server,
             server.data_dir,

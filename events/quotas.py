@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,11 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from events.errors import InvalidPayload, first_error
 
 __all__ = [
-    "QUOTA_NAMES",
     "QUOTA_OPERATION",
     "QuotaConfig",
     "QuotaName",
     "Quotas",
+    "TokenBuckets",
     "quota_field",
 ]
 
@@ -42,14 +42,6 @@ _GIB = 1024**3
 QUOTA_OPERATION = "quota"
 
 QuotaName = Literal["jobs_in_flight", "tasks_queued", "tasks_running", "intake_per_s", "intake_burst", "object_bytes"]
-QUOTA_NAMES: tuple[QuotaName, ...] = (
-    "jobs_in_flight",
-    "tasks_queued",
-    "tasks_running",
-    "intake_per_s",
-    "intake_burst",
-    "object_bytes",
-)
 
 
 class Quotas(BaseModel):
@@ -64,24 +56,6 @@ class Quotas(BaseModel):
     intake_per_s: float = Field(default=500.0, gt=0, le=1_000_000)
     intake_burst: int = Field(default=1_000, ge=1, le=10_000_000)
     object_bytes: int = Field(default=4 * _GIB, ge=0, le=2**50)
-
-    def described(self) -> dict[str, str]:
-        """Each limit as a person reads it."""
-        return {
-            "jobs_in_flight": f"{self.jobs_in_flight:,} jobs",
-            "tasks_queued": f"{self.tasks_queued:,} tasks",
-            "tasks_running": f"{self.tasks_running:,} tasks",
-            "intake_per_s": f"{self.intake_per_s:g} msgs/s (burst {self.intake_burst:,})",
-            "object_bytes": _bytes(self.object_bytes),
-        }
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -151,3 +125,29 @@ def _table(value: object, where: str) -> Mapping[str, Any]:
 def quota_field(name: QuotaName) -> str:
     """The ``field`` of a refusal for ``name``."""
     return f"quota.{name}"
+
+
+class TokenBuckets:
+    """A token bucket per key (an identity): ``take`` one token, refilled at ``rate_per_s`` up to
+    ``burst``. One rule for every rate the network limits (intake, quote and quota requests). At most
+    ``max_keys`` buckets are kept: past that, the longest idle one is forgotten (it would be full again,
+    or nearly)."""
+
+    def __init__(self, clock: Callable[[], float], max_keys: int = 10_000) -> None:
+        self._clock = clock
+        self.max_keys = max_keys
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str, rate_per_s: float, burst: int) -> bool:
+        """True, and one token fewer, when ``key`` has a token now; else False."""
+        now = self._clock()
+        tokens, since = self._buckets.pop(key, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - since) * rate_per_s)
+        if len(self._buckets) >= self.max_keys:
+            del self._buckets[next(iter(self._buckets))]  # the longest idle: re-inserted on every take
+        ok = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if ok else tokens, now)
+        return ok
+
+    def __len__(self) -> int:
+        return len(self._buckets)

@@ -191,27 +191,26 @@ _QUOTA_ROWS = (
 
 
 def _quota_value(name: str, value: Any) -> str:
+    """A limit or a usage as ``gpufleet quota`` shows it: counts whole, bytes in binary units."""
     if name == "object_bytes":
-        n = float(value)
-        for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-            if n < 1024 or unit == "TiB":
-                return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-            n /= 1024
+        return _compact(name, value)
     if isinstance(value, float) and not value.is_integer():
         return f"{value:,.1f}"
     return f"{int(value):,}"
 
 
 def _compact(name: str, value: Any) -> str:
-    """A count in at most five characters: 999, 9,999, 12.3k, 10.0M (bytes: 3.0G)."""
+    """A count in at most five characters: 999, 9,999, 12.3k, 10.0M; bytes: 512B, 3.0GiB."""
     n = float(value)
     if name != "object_bytes" and n < 10_000:
         return f"{int(n):,}"
-    base, units = (1024.0, ("", "K", "M", "G", "T")) if name == "object_bytes" else (1000.0, ("", "k", "M", "G", "T"))
+    base, units, tail = (1024.0, "KMGT", "iB") if name == "object_bytes" else (1000.0, "kMGT", "")
+    if n < base:
+        return f"{n:.0f}" + ("B" if tail else "")
     for unit in units:
-        if n < base or unit == units[-1]:
-            return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
         n /= base
+        if n < base or unit == units[-1]:
+            return f"{n:.1f}{unit}{tail}"
     return str(value)  # pragma: no cover
 
 

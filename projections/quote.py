@@ -63,6 +63,7 @@ from events.intake import MAX_INTAKE_BYTES
 from events.job import JobSpec
 from events.metering import metered_amount
 from events.placement import REQUIREMENTS, misfits_by_requirement
+from events.quotas import TokenBuckets
 from events.subjects import API_PREFIX
 from events.types import Calibration, Capabilities, Estimate
 from events.verification import TRUSTED_AFTER, VerifyPolicy, expected_replicas
@@ -553,7 +554,7 @@ class QuoteService:
         #: must not take the projector's loop (and every other asker's answers) for itself.
         self.rate_per_s = rate_per_s
         self.burst = burst
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._buckets = TokenBuckets(clock, max_keys=_MAX_BUCKETS)
 
     @classmethod
     def over(
@@ -612,17 +613,10 @@ class QuoteService:
 
     def _take(self, who: str) -> None:
         """One token from ``who``'s bucket, or a refusal naming the limit."""
-        now = self.clock()
-        tokens, since = self._buckets.pop(who, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - since) * self.rate_per_s)
-        if len(self._buckets) >= _MAX_BUCKETS:
-            del self._buckets[next(iter(self._buckets))]  # the longest idle: it would be full again
-        if tokens < 1.0:
-            self._buckets[who] = (tokens, now)
+        if not self._buckets.take(who, self.rate_per_s, self.burst):
             raise _Refused(
                 f"too many quotes: at most {self.rate_per_s:g} a second ({self.burst} at once) per identity", "rate"
             )
-        self._buckets[who] = (tokens - 1.0, now)
 
     def answer(self, subject: str, data: bytes) -> dict[str, Any]:
         """The answer to one request (``_Refused`` for a bad one); synchronous, so the views it reads

@@ -56,7 +56,6 @@ __all__ = [
     "job_appends",
     "messages_under",
     "peak_rss_mb",
-    "raw_publish_rate",
     "rss_mb",
     "subjects_under",
     "submit_and_wait",
@@ -567,24 +566,6 @@ async def flood(access: Access, plan: FloodPlan, halfway: asyncio.Event | None =
         report.seqs.setdefault(kind, []).append(ack.seq)
         report.names[ack.seq] = name
     return report
-
-
-async def raw_publish_rate(access: Access, n: int, max_pending: int = 4_000) -> float:
-    """The floor: raw nats-py ``publish_async`` msgs/s to a stream of its own on the same server (as the
-    operator's unrestricted user, as ``bench/orchestrator.py`` measures it)."""
-    nc = await connect_nats(access, name="flood-raw")
-    js = nc.jetstream(publish_async_max_pending=max_pending)
-    await js.add_stream(api.StreamConfig(name="FLOOD_RAW", subjects=["flood.raw.>"]))
-    body = b'{"type":"TaskProgressed","v":1,"at":"2026-01-01T00:00:00Z","task_id":"x","fraction":0.5}'
-    try:
-        t0 = time.perf_counter()
-        for i in range(n):
-            await js.publish_async(f"flood.raw.{i % 64}", body, headers={"Nats-Msg-Id": f"r{i}"})
-        await js.publish_async_completed()
-        return n / (time.perf_counter() - t0)
-    finally:
-        await js.delete_stream("FLOOD_RAW")
-        await nc.close()
 
 
 # --- the victim ----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import nats.errors
 import pytest
 
 from actors.orchestrator import OrchestratorConfig
@@ -20,6 +21,7 @@ from events.job import MAX_TASKS_PER_JOB, JobAccepted, JobSubmitted
 from events.quotas import QuotaConfig
 from events.store import JetStreamEventStore
 from events.store.blobs import BlobStore
+from events.store.connection import denied_subjects
 from events.task import TaskCreated
 from gpufleet.client import Client
 from tests.integration.audited import assert_audit_passes, eventually
@@ -127,6 +129,11 @@ async def test_quotas_are_told_to_their_submitter_and_to_auditors_only(own_nats_
             answers = await asyncio.gather(*(carol.quota() for _ in range(40)), return_exceptions=True)
             refused = [a for a in answers if isinstance(a, InvalidPayload)]
             assert refused and all("too many quota requests" in str(a) for a in refused), answers[:3]
+            # Nobody may ask for another submitter's usage: the server refuses the subject itself.
+            other = "gf.api.submitter.alice.quota"
+            with pytest.raises(nats.errors.TimeoutError):
+                await carol.nc.request(other, b"", timeout=1.0)
+            assert other in denied_subjects(carol.nc)
             # Inputs past the object quota: the next submission is refused, naming it.
             blobs = BlobStore(carol.nc, "submitter", "carol")
             for i in range(2):

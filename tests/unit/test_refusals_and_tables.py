@@ -222,9 +222,9 @@ def test_the_quota_tables_fit_80_columns() -> None:
     }
     mine = render(quota_table({"submitter": "alice", "limits": limits, "usage": usage}))
     assert all(len(line) <= WIDTH for line in mine.splitlines()), mine
-    assert "9,999,999" in mine and "10,000,000" in mine and "3.0 GiB" in mine and "burst 1,000" in mine
+    assert "9,999,999" in mine and "10,000,000" in mine and "3.0GiB" in mine and "burst 1,000" in mine
     name = "a-submitter-with-a-long-name"
     everyone = render(quota_table({"default": limits, "submitters": {name: {"limits": limits, "usage": usage}}}))
     assert all(len(line) <= WIDTH for line in everyone.splitlines()), everyone
     assert name in everyone.replace("\n", "").replace(" ", "") and "(default)" in everyone
-    assert "999/1,000" in everyone and "10.0M/10.0M" in everyone and "3.0G/4.0G" in everyone
+    assert "999/1,000" in everyone and "10.0M/10.0M" in everyone and "3.0GiB/4.0GiB" in everyone
