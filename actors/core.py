@@ -22,7 +22,15 @@ from actors.timers import Timers
 from actors.window import DEFAULT_WINDOW, Windows
 from actors.world import LIVE_LEASE, Change, World
 from events import Envelope, InvalidPayload
-from events.estimates import Prediction, RuntimeModel, device_class, fair_share_ahead, forecast, handoff_sample
+from events.estimates import (
+    Prediction,
+    RuntimeModel,
+    device_class,
+    fair_share_ahead,
+    forecast,
+    handoff_sample,
+    run_start,
+)
 from events.job import JobSpec
 from events.provider import ProviderCalibrated
 from events.subjects import task_id_of
@@ -278,8 +286,9 @@ class Core:
         # The run that completed a task teaches the runtime model. A result held for verification does
         # not (nor, so, do verified tasks): a liar that returns garbage at once would otherwise look
         # fast, be offered more work, and skew every provider's estimates for the workload.
-        if isinstance(c.event, TaskCompleted) and old is not None and old.started_at is not None:
-            actual = (c.event.at - old.started_at).total_seconds()
+        began = run_start(old.leased_at, old.started_at) if old is not None else None
+        if isinstance(c.event, TaskCompleted) and old is not None and began is not None:
+            actual = (c.event.at - began).total_seconds()
             p = self.world.providers.get(old.provider_id)
             calibration = p.calibration if p else None
             dclass = device_class(p.capabilities if p else None)

@@ -51,7 +51,7 @@ from actors.window import DEFAULT_WINDOW
 from actors.world import World
 from events import ANY, Envelope, GpufleetError, InvalidPayload, LogRegressed, StoreUnavailable, new_envelope
 from events.aio import cancel_and_wait
-from events.dispatch import Heartbeat, LeaseGranted, LeaseRevoked
+from events.dispatch import Heartbeat, LeaseGranted, LeaseRevoked, dispatch_messages
 from events.intake import (
     InputAccepted,
     InputRejected,
@@ -458,6 +458,7 @@ class Orchestrator:
         except Exception as e:
             self.log.warning("lease.batch_failed", size=len(plans), error=repr(e))
             results = [e] * len(plans)
+        grants: list[LeaseGranted] = []
         for (a, cmd), r in zip(plans, results, strict=True):
             if isinstance(r, Exception) or not r.events:
                 self.log.debug("lease.refused", task=a.task.task_id, reason=str(r))
@@ -465,33 +466,19 @@ class Orchestrator:
                 self._kick.set()
             else:
                 self.leases_granted += 1
-                self._dispatch_grant(a.task.task_id, r.state)
+                if (grant := _grant(a.task.task_id, r.state)) is not None:
+                    grants.append(grant)
+        self._dispatch(grants)
 
-    def _dispatch_grant(self, task_id: str, t: TaskState) -> None:
-        spec, lease = t.spec, t.lease
-        if spec is None or lease is None:
-            return
-        grant = LeaseGranted(
-            task_id=task_id,
-            job_id=spec.job_id,
-            lease_id=lease.lease_id,
-            provider_id=lease.provider_id,
-            attempt=t.attempt,
-            workload=spec.workload,
-            params=spec.params,
-            timeout_s=spec.timeout_s,
-            expires_at=lease.expires_at,
-            predicted_s=lease.predicted_s,
-            input=spec.input,
-            shard=spec.shard,
-            resume_from=t.checkpoint,
-            resume_step=t.checkpoint_step if t.checkpoint else 0,
-        )
-        self._spawn(self._publish_dispatch(lease.provider_id, grant.model_dump_json().encode(), f"{lease.lease_id}.g"))
+    def _dispatch(self, grants: list[LeaseGranted]) -> None:
+        """Send ``grants``: one dispatch message per provider, a ``LeaseBatch`` where it has several."""
+        for provider_id, body, msg_id in dispatch_messages(grants):
+            self._spawn(self._publish_dispatch(provider_id, body, msg_id))
 
     def _revoke(self, task_id: str, lease_id: str, provider_id: str, reason: str) -> None:
         msg = LeaseRevoked(task_id=task_id, lease_id=lease_id, provider_id=provider_id, reason=reason[:500])
-        self._spawn(self._publish_dispatch(provider_id, msg.model_dump_json().encode(), f"{lease_id}.r"))
+        for provider, body, msg_id in dispatch_messages([msg]):
+            self._spawn(self._publish_dispatch(provider, body, msg_id))
 
     async def _publish_dispatch(self, provider_id: str, body: bytes, msg_id: str) -> None:
         subject = f"{self.topology.dispatch_prefix}.{provider_id}"
@@ -507,9 +494,8 @@ class Orchestrator:
 
     def _redispatch(self) -> None:
         """After a restart, tell providers again about leases they may not have received."""
-        for task_id, t in self.world.tasks.items():
-            if t.status == "leased":
-                self._dispatch_grant(task_id, t)
+        grants = (_grant(task_id, t) for task_id, t in self.world.tasks.items() if t.status == "leased")
+        self._dispatch([g for g in grants if g is not None])
 
     # ---- timers ----------------------------------------------------------------------------------
 
@@ -1116,3 +1102,26 @@ class Orchestrator:
                 return
             await asyncio.sleep(0.05)
         raise TimeoutError("the orchestrator did not settle in time")
+
+
+def _grant(task_id: str, t: TaskState) -> LeaseGranted | None:
+    """The dispatch message granting ``t``'s current lease (None without one)."""
+    spec, lease = t.spec, t.lease
+    if spec is None or lease is None:
+        return None
+    return LeaseGranted(
+        task_id=task_id,
+        job_id=spec.job_id,
+        lease_id=lease.lease_id,
+        provider_id=lease.provider_id,
+        attempt=t.attempt,
+        workload=spec.workload,
+        params=spec.params,
+        timeout_s=spec.timeout_s,
+        expires_at=lease.expires_at,
+        predicted_s=lease.predicted_s,
+        input=spec.input,
+        shard=spec.shard,
+        resume_from=t.checkpoint,
+        resume_step=t.checkpoint_step if t.checkpoint else 0,
+    )

@@ -370,8 +370,11 @@ def generate_asyncapi() -> dict[str, Any]:
     # What the orchestrator tells one provider, and what a provider's heartbeat says.
     messages["Dispatch"] = {
         "name": "Dispatch",
-        "title": "LeaseGranted or LeaseRevoked",
-        "summary": "Run this task under this lease, or stop it; `type` tells which.",
+        "title": "LeaseGranted, LeaseRevoked or LeaseBatch",
+        "summary": (
+            "Run this task under this lease, or stop it; or several of those for one provider, in order "
+            "(`LeaseBatch`); `type` tells which."
+        ),
         "contentType": "application/json",
         "headers": _ref("components", "schemas", "DedupHeaders"),
         "payload": _payload("dispatch/dispatch.json"),
@@ -414,7 +417,7 @@ def generate_asyncapi() -> dict[str, Any]:
     messages["ObjectPart"] = {
         "name": "ObjectPart",
         "title": "object chunk or manifest",
-        "summary": "Raw bytes (a chunk), or the manifest `{\"chunks\": N, \"sha256\": ..., \"size\": ...}`.",
+        "summary": 'Raw bytes (a chunk), or the manifest `{"chunks": N, "sha256": ..., "size": ...}`.',
         "contentType": "application/octet-stream",
         "payload": {"schemaFormat": JSON_SCHEMA_FORMAT, "schema": {"type": "string", "format": "binary"}},
     }
@@ -426,7 +429,7 @@ def generate_asyncapi() -> dict[str, Any]:
             "split the bytes into 256 KiB chunks, publish chunk i to part `i` (JetStream publish), then the "
             "manifest (sorted-key JSON of `chunks`, `sha256`, `size`) to part `m`. Each subject holds one "
             "message for ever: publishing it again is refused, and means it is stored already. A job then "
-            "names the object as `{\"bucket\": \"GF_OBJECTS\", \"name\": \"submitter.<submitter>.<sha256>\", "
+            'names the object as `{"bucket": "GF_OBJECTS", "name": "submitter.<submitter>.<sha256>", '
             '"sha256": ..., "size": ...}`. A code job (workload `function`, `workloads/function.json`) pins '
             "its code this way: a zip of Python source files (at most 8 MiB, 1,000 files, 64 MiB unpacked) "
             "whose `entry` `module:function` is imported by the provider, in a sandbox, and called as "

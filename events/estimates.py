@@ -57,12 +57,14 @@ __all__ = [
     "fair_share_ahead",
     "forecast",
     "handoff_sample",
+    "run_start",
     "shape_of",
     "work_seconds",
 ]
 
 K = TypeVar("K")
 V = TypeVar("V")
+T = TypeVar("T")
 
 #: Assumed when a provider has not calibrated: a modest CPU.
 _DEFAULT_TFLOPS = 0.05
@@ -570,6 +572,14 @@ class RuntimeModel:
 
 #: A slot idle longer than this before its next lease was waiting for work, not handing over.
 _HANDOFF_GAP_MAX_S = 1.0
+
+
+def run_start(leased: T, started: T | None) -> T:
+    """When a run began, as the log shows it: its reported start (``TaskStarted``), or, for a short
+    task whose completion implied its start (no ``TaskStarted``: ``events.dispatch.START_REPORT_S``),
+    its lease, which then counts the handover too (milliseconds). Every reader that measures a run
+    (the orchestrator's runtime model, the ETA view, job status) takes it this way."""
+    return started if started is not None else leased
 
 
 def handoff_sample(freed_ts: float | None, leased_ts: float, started_ts: float) -> float:

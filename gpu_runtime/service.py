@@ -28,7 +28,7 @@ import structlog
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from events.aio import cancel_and_wait
-from events.dispatch import Dispatch, Heartbeat, LeaseGranted, LeaseRevoked
+from events.dispatch import Dispatch, Heartbeat, LeaseBatch, LeaseGranted, LeaseRevoked, start_report_delay
 from events.identity import read_credentials
 from events.intake import (
     CompletedReport,
@@ -81,7 +81,7 @@ __all__ = ["RUNTIME_VERSION", "ProviderRuntime", "RuntimeConfig", "RuntimeStats"
 
 RUNTIME_VERSION = "gpu_runtime/0.1.0"
 
-_DISPATCH: TypeAdapter[LeaseGranted | LeaseRevoked] = TypeAdapter(Dispatch)
+_DISPATCH: TypeAdapter[LeaseGranted | LeaseRevoked | LeaseBatch] = TypeAdapter(Dispatch)
 #: The key of a code task's archive among its fetched inputs (array arguments are keyed by name,
 #: which is an identifier: never this).
 _ARCHIVE = "-archive"
@@ -176,6 +176,10 @@ class _TaskRun:
     #: How it ended, once reported: ``completed`` or ``failed`` (with ``reason``).
     outcome: str = ""
     reason: str = ""
+    #: Its start report, once due (``start_report_delay``) and once sent: any other report implies
+    #: the start, so the first cancels the one not yet due, and goes out after the one sent.
+    start_due: asyncio.TimerHandle | None = None
+    starting: asyncio.Future[None] | None = None
 
 
 @dataclass(slots=True)
@@ -256,6 +260,7 @@ class _Reporter:
         )
         self.dirty = self.checkpoint_dirty = False
         self.sent += 1
+        await ProviderRuntime._after_start(self.run)  # progress implies the start: none is sent after it
         await self.runtime.report(lease, report, f"{lease.lease_id}-p{self.sent}", wait=False)
 
     async def flush_checkpoint(self) -> None:
@@ -669,13 +674,13 @@ class ProviderRuntime:
         except ValidationError as e:
             self._log.warning("dispatch.invalid", error=str(e.errors()[0]["msg"]))
             return
-        if d.provider_id != self.provider_id:
-            self._log.warning("dispatch.misrouted", for_provider=d.provider_id, lease_id=d.lease_id)
-            return
-        if isinstance(d, LeaseGranted):
-            self._accept(d)
-        else:
-            self._revoke(d)
+        for item in d.items if isinstance(d, LeaseBatch) else [d]:
+            if d.provider_id != self.provider_id or item.provider_id != self.provider_id:
+                self._log.warning("dispatch.misrouted", for_provider=item.provider_id, lease_id=item.lease_id)
+            elif isinstance(item, LeaseGranted):
+                self._accept(item)
+            else:
+                self._revoke(item)
 
     # ----------------------------------------------------------------------------------- leases
 
@@ -734,6 +739,7 @@ class ProviderRuntime:
         body = FailedReport(
             lease_id=lease.lease_id, provider_id=self.provider_id, reason=reason, message=message[:2000]
         )
+        await self._after_start(run)
         await self.report(lease, body, f"{lease.lease_id}-end")
         run.outcome, run.reason = "failed", reason
 
@@ -833,15 +839,16 @@ class ProviderRuntime:
                     resume_blob=resume,
                 )
             worker = await self._pool.acquire()
+            # The start is reported only if the task still runs a moment from now (it extends the
+            # lease to the task's timeout); a short task's completion implies it.
+            run.start_due = started = asyncio.get_running_loop().call_later(
+                start_report_delay(lease, utc_now()), self._report_started, run
+            )
             try:
                 if run.revoked:
                     return
                 run.worker = worker
-                started = StartedReport(lease_id=lease.lease_id, provider_id=self.provider_id)
-                await self.report(lease, started, f"{lease.lease_id}-started", wait=False)
                 log.debug("task.started", workload=lease.workload, attempt=lease.attempt)
-                if run.revoked:
-                    return
                 base = lease.resume_step if resume is not None else 0
                 reporter = _Reporter(self, run, ProgressThrottle(self.config.progress_per_s), base=base)
                 if code is not None:
@@ -863,6 +870,7 @@ class ProviderRuntime:
                     )
                     outcome = await worker.run(spec, reporter, lease.timeout_s, stopped=lambda: run.revoked)
             finally:
+                started.cancel()
                 run.worker = None
                 self._pool.release(worker)
             if run.revoked:
@@ -883,6 +891,28 @@ class ProviderRuntime:
                 await self._fail(run, "provider_error", f"{type(e).__name__}: {e}")
         finally:
             self._finished(run)
+
+    @staticmethod
+    async def _after_start(run: _TaskRun) -> None:
+        """Before any other report of ``run``: no start report is sent after it (that report implies
+        the start), and one already sent is on the wire first (reports go out in order)."""
+        if run.start_due is not None:
+            run.start_due.cancel()
+        if run.starting is not None:
+            with contextlib.suppress(Exception):
+                await run.starting
+
+    def _report_started(self, run: _TaskRun) -> None:
+        """Report that ``run`` started (it is still running ``start_report_delay`` after it began)."""
+        lease = run.lease
+        if run.revoked or run.outcome or self._stopping:
+            return
+        started = StartedReport(lease_id=lease.lease_id, provider_id=self.provider_id)
+        run.starting = task = asyncio.ensure_future(
+            self.report(lease, started, f"{lease.lease_id}-started", wait=False)
+        )
+        self._pending.add(task)
+        task.add_done_callback(self._published)
 
     async def _complete(self, run: _TaskRun, outcome: Completed, wall_s: float) -> None:
         lease = run.lease
@@ -912,6 +942,7 @@ class ProviderRuntime:
         )
         if run.revoked:
             return
+        await self._after_start(run)
         await self.report(lease, body, f"{lease.lease_id}-end")
         run.outcome = "completed"
         log = self._log.bind(task_id=lease.task_id, lease_id=lease.lease_id)

@@ -581,7 +581,7 @@ def _span_s(expected: float, low: float, high: float) -> str:
 
 def _num(x: float, digits: int = 2) -> str:
     """``x`` to about ``digits`` significant digits, never in scientific notation: 0.66, 2.2, 176."""
-    return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:.0f}"
+    return f"{x:.{digits}g}" if abs(x) < 10**digits else f"{x:.0f}"
 
 
 def _credits(span: Any) -> str:

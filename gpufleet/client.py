@@ -42,10 +42,12 @@ from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 
 from actors.job import ENDED, validate_spec
+from actors.task import TaskState
 from actors.world import World
 from events import Envelope, InvalidPayload, StoreUnavailable
 from events.codec import from_json_line
 from events.errors import AccessDenied, first_error
+from events.estimates import run_start
 from events.identity import Identity
 from events.intake import InputRejected
 from events.job import JobCancelled, JobCompleted, JobFailed, JobRejected, JobSpec
@@ -820,7 +822,7 @@ def _status(job_id: str, world: World, last: Any, position: int, timings: Timing
                 failures=t.failures,
                 progress=t.progress,
                 predicted_s=lease.predicted_s if lease else 0.0,
-                started_at=lease.started_at if lease else None,
+                started_at=_began(t),
                 completed_at=t.completed_at,
                 result=t.result,
                 predicted_low_s=low if lease else None,
@@ -851,3 +853,14 @@ def _status(job_id: str, world: World, last: Any, position: int, timings: Timing
         accepted_at=times.accepted_at,
         ended_at=last.at if isinstance(last, JobCompleted | JobFailed | JobCancelled) else None,
     )
+
+
+def _began(t: TaskState) -> datetime | None:
+    """When ``t``'s run began, as the log shows it: its start, or, for a completed task whose completion
+    implied its start (a short task reports none: ``events.dispatch.START_REPORT_S``), its lease."""
+    lease = t.lease
+    if lease is None:
+        return None
+    if t.status == "completed" and lease.leased_at is not None:
+        return run_start(lease.leased_at, lease.started_at)
+    return lease.started_at

@@ -28,7 +28,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import TypeAdapter, ValidationError
 
-from events.dispatch import Dispatch, Heartbeat, LeaseGranted, LeaseRevoked
+from events.dispatch import Dispatch, Heartbeat, LeaseBatch, LeaseGranted, LeaseRevoked, start_report_delay
 from events.intake import (
     CompletedReport,
     ProgressReport,
@@ -46,7 +46,7 @@ from events.workloads import MonteCarloParams
 __all__ = ["SimulatedProvider", "inline_result", "montecarlo_summary"]
 
 _log = structlog.get_logger("gpufleet.sim")
-_DISPATCH: TypeAdapter[LeaseGranted | LeaseRevoked] = TypeAdapter(Dispatch)
+_DISPATCH: TypeAdapter[LeaseGranted | LeaseRevoked | LeaseBatch] = TypeAdapter(Dispatch)
 
 
 def inline_result(value: Any) -> ResultRef:
@@ -80,7 +80,8 @@ class SimulatedProvider:
     price_micros: int = 100
     workloads: tuple[str, ...] = ("noop", "sleep")
     heartbeat_s: float = 0.5
-    #: Report ``started`` before ``completed`` (a real runtime always does).
+    #: Report ``started`` for a task still running ``events.dispatch.start_report_delay`` after it
+    #: began, as a real runtime does (a shorter task's completion implies its start).
     report_started: bool = True
     topology: Topology = field(default_factory=Topology)
     #: Close the connection when killed (it was opened for this provider by :meth:`connect`).
@@ -89,6 +90,9 @@ class SimulatedProvider:
     revoked: int = 0
     running: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Start reports not yet due, and in flight, by lease (``_after_start``).
+    _start_due: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    _starting: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     _sub: Any = None
     _draining: bool = False
     _dead: bool = False
@@ -176,17 +180,20 @@ class SimulatedProvider:
             await msg.term()
             return
         await msg.ack()
-        if isinstance(d, LeaseRevoked):
-            t = self.running.pop(d.lease_id, None)
-            if t is not None:
-                self.revoked += 1
-                t.cancel()
-            return
-        if d.lease_id in self.running or self._draining or self._dead:
-            return
-        self.running[d.lease_id] = asyncio.create_task(self._run(d))
+        for item in d.items if isinstance(d, LeaseBatch) else [d]:
+            if item.provider_id != self.provider_id:
+                continue  # misrouted: not ours to run
+            if isinstance(item, LeaseRevoked):
+                t = self.running.pop(item.lease_id, None)
+                if t is not None:
+                    self.revoked += 1
+                    t.cancel()
+            elif item.lease_id not in self.running and not self._draining and not self._dead:
+                self.running[item.lease_id] = asyncio.create_task(self._run(item))
 
     async def _report(self, task_id: str, body: StartedReport | ProgressReport | CompletedReport) -> None:
+        if not isinstance(body, StartedReport):
+            await self._after_start(body.lease_id)
         js = self.nc.jetstream()
         for attempt in range(1000):
             if self._dead:
@@ -237,9 +244,11 @@ class SimulatedProvider:
 
     async def _run(self, lease: LeaseGranted) -> None:
         t0 = time.perf_counter()
+        if self.report_started:
+            self._start_due[lease.lease_id] = asyncio.get_running_loop().call_later(
+                start_report_delay(lease, utc_now()), self._start_reported, lease
+            )
         try:
-            if self.report_started:
-                await self._report(lease.task_id, StartedReport(lease_id=lease.lease_id, provider_id=self.provider_id))
             result, gpu_ms = await self.outcome(lease, t0)
             await self._report(
                 lease.task_id,
@@ -252,6 +261,26 @@ class SimulatedProvider:
             _log.error("sim.task_crashed", provider=self.provider_id, task=lease.task_id, error=repr(e))
         finally:
             self.running.pop(lease.lease_id, None)
+            if (due := self._start_due.pop(lease.lease_id, None)) is not None:
+                due.cancel()
+            self._starting.pop(lease.lease_id, None)
+
+    def _start_reported(self, lease: LeaseGranted) -> None:
+        """The task of ``lease`` still runs: report its start (in the background, in order)."""
+        self._start_due.pop(lease.lease_id, None)
+        if lease.lease_id not in self.running or self._dead:
+            return
+        report = StartedReport(lease_id=lease.lease_id, provider_id=self.provider_id)
+        self._starting[lease.lease_id] = asyncio.ensure_future(self._report(lease.task_id, report))
+
+    async def _after_start(self, lease_id: str) -> None:
+        """Before any other report under ``lease_id``: it implies the start, so none is sent after it,
+        and one already sent goes first (reports go out in order)."""
+        if (due := self._start_due.pop(lease_id, None)) is not None:
+            due.cancel()
+        if (starting := self._starting.pop(lease_id, None)) is not None:
+            with contextlib.suppress(Exception):
+                await starting
 
     def deafen(self) -> None:
         """A fault: keep heartbeating, but stop reading dispatch (leases then never start)."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from events.envelope import Envelope
-from events.estimates import RuntimeModel, device_class, handoff_sample
+from events.estimates import RuntimeModel, device_class, handoff_sample, run_start
 from events.job import JobAccepted, JobCancelled, JobCompleted, JobFailed, JobRejected, JobSubmitted
 from events.provider import ProviderCalibrated, ProviderRegistered
 from events.task import (
@@ -590,11 +590,13 @@ class EtaView(View):
         if t is None or t.state == "done":
             return
         t.finished_ts = e.at.timestamp()
-        if t.started_ts is not None:
-            t.actual_s = t.finished_ts - t.started_ts
+        # A completion under a lease that never reported its start implies it (``run_start``).
+        began = t.started_ts if t.state != "leased" else run_start(t.leased_ts, t.started_ts)
+        if began is not None:
+            t.actual_s = t.finished_ts - began
             if t.actual_s > 0.0 and t.predicted_s > 0.0:
                 t.abs_rel_error = abs(t.predicted_s - t.actual_s) / t.actual_s
-            if t.state == "running":
+            if t.state in ("running", "leased"):
                 # The model learns the runs the orchestrator's learns (``actors.core``): a completion
                 # under a live lease. A result first held for verification teaches neither: a liar
                 # returning garbage at once would look fast.

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from events.envelope import Envelope
+from events.estimates import run_start
 from events.intake import InputRejected
 from events.job import (
     JobAccepted,
@@ -394,8 +395,11 @@ class JobsView(View):
         task.result_sha256 = e.result.sha256
         task.result = e.result.model_dump_json()
         task.verified_by = e.verified_by
-        if task.started_at is not None:
-            task.runtime_s = (e.at - parse_iso(task.started_at)).total_seconds()
+        began = run_start(task.leased_at, task.started_at)  # a short task's completion implies its start
+        if began is not None:
+            task.runtime_s = (e.at - parse_iso(began)).total_seconds()
+        if job is not None and job.started_at is None:
+            job.started_at = began
 
     def on_TaskFailed(self, e: TaskFailed, env: Envelope) -> None:
         task = self._task(e.task_id, env)

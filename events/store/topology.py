@@ -14,6 +14,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
+from events.dispatch import MAX_DISPATCH_BYTES
 from events.errors import StoreUnavailable
 from events.intake import MAX_INTAKE_BYTES
 from events.store.jetstream import StreamSettings, ensure_stream
@@ -99,7 +100,7 @@ class Topology:
             num_replicas=self.replicas,
             duplicate_window=self.events.duplicate_window_s,
             max_age=24 * 3600.0,
-            max_msg_size=MAX_INTAKE_BYTES,
+            max_msg_size=MAX_DISPATCH_BYTES,
             max_msgs_per_subject=100_000,
             allow_direct=True,  # an auditor reads every stream, with direct gets
         )

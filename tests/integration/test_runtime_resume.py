@@ -106,7 +106,7 @@ async def test_drain_finishes_running_work_then_leaves(nats_server: SecureServer
     async with Orchestrator.connect(nats_server) as orch, provider(nats_server) as rt:
         pid = rt.provider_id
         task = await orch.grant(pid, "sleep", {"seconds": 1.0, "steps": 10})
-        await orch.wait_for(task, ("started",))
+        await orch.wait_for(task, ("started", "progress"))  # running (progress implies the start)
         drain = asyncio.create_task(rt.drain("maintenance"))
         await orch.wait_for_subject(intake_subject("provider", pid, "drain"))
         late = await orch.grant(pid, "noop", {})

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from events.dispatch import Heartbeat
+from events.dispatch import START_REPORT_S, Heartbeat
 from events.intake import decode_intake
 from gpu_runtime import ProviderRuntime
 from gpu_runtime.results import canonical_json, sha256_hex
@@ -81,8 +81,25 @@ async def test_sleep_reports_progress_and_takes_its_time(env: tuple[ProviderRunt
     body = await orch.finished(task)
     assert body.report == "completed" and body.metrics["wall_s"] >= 0.6
     kinds = [s.kind for s in orch.of(task)]
-    assert kinds[0] == "started" and kinds[-1] == "completed"
+    assert kinds[0] == "progress" and kinds[-1] == "completed"  # its first progress implies its start
     assert orch.of(task, "progress")[-1].body.fraction == 1.0
+
+
+async def test_a_short_run_implies_its_start_and_a_long_run_reports_it(
+    env: tuple[ProviderRuntime, Orchestrator],
+) -> None:
+    rt, orch = env
+    short = await orch.grant(rt.provider_id, "noop", {})
+    long = await orch.grant(rt.provider_id, "sleep", {"seconds": 2.5, "steps": 1})
+    assert (await orch.finished(short)).report == "completed"
+    assert [s.kind for s in orch.of(short)] == ["completed"]  # one report: the completion implies the start
+    assert (await orch.finished(long)).report == "completed"
+    seen = orch.of(long)
+    # A run still going START_REPORT_S after it began reports its start (extending its lease to the
+    # task's timeout), well before its end.
+    assert seen[0].kind == "started", [s.kind for s in seen]
+    assert START_REPORT_S * 0.9 <= seen[0].at - orch.granted_at[seen[0].body.lease_id] < 2.4
+    assert seen[-1].at - seen[0].at > 1.0
 
 
 @pytest.mark.parametrize(("dtype", "rtol"), [("fp64", 1e-12), ("fp32", 1e-5), ("fp16", 5e-3)])
