@@ -89,10 +89,13 @@ class Core:
         *,
         window: int = DEFAULT_WINDOW,
         materialise: bool = True,
+        retire: bool = False,
     ) -> None:
         #: The network's verification policy for jobs that name none (``events.verification``).
         self.default_verify = default_verify
-        self.world = World()
+        #: ``retire``: jobs that are over leave memory with their tasks (``actors.world``): the
+        #: orchestrator's memory is bounded by live work. Off for readers that must see every job.
+        self.world = World(retire=retire)
         self.runtime = RuntimeModel()
         self.scheduler = Scheduler(self.runtime)
         #: Each submitter's window of tasks that exist, and its usage (``actors.window``).
@@ -134,6 +137,9 @@ class Core:
             fx.intents += react(change, self.world, self.predict_job, self.default_verify)
             if self.materialise:
                 fx.intents += self._create(self.windows.plan(), getattr(env.data, "at", env.time), env.id)
+        if self.world.retiring:
+            for job_id in self.world.retire():
+                self.promised.pop(job_id, None)
         return fx
 
     def reconcile(self, now: datetime) -> list[Intent]:

@@ -146,7 +146,8 @@ class Orchestrator:
         self.js = nc.jetstream()
         self.topology = topology or Topology()
         self.config = config or OrchestratorConfig()
-        self.core = Core(self.config.weights, self.config.default_verify, window=self.config.task_window)
+        # Jobs that are over leave memory (``actors.world``): it is bounded by the live work.
+        self.core = Core(self.config.weights, self.config.default_verify, window=self.config.task_window, retire=True)
         quotas = self.config.quotas
         self.core.scheduler.running_limit = lambda submitter: quotas.of(submitter).tasks_running
         self.world = self.core.world
@@ -959,6 +960,10 @@ class Orchestrator:
                 if admitted and isinstance(command, SubmitJob):
                     self.admission.release(command.submitter or command.spec.submitter, command.job_id)
                 raise
+            if admitted and isinstance(command, SubmitJob) and not handled.events:
+                # The same submission again, of a job this process no longer holds (it was over and
+                # left memory): it holds nothing new.
+                self.admission.release(command.submitter or command.spec.submitter, command.job_id)
         except (InvalidPayload, DomainError) as e:
             field_name = getattr(e, "field", None)
             self.log.info("intake.rejected", seq=seq, subject=subject, reason=str(e))

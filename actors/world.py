@@ -3,26 +3,35 @@
 It is a cache of the log, rebuilt from it at start-up and kept current by following it. Reactions,
 timers, the scheduler and liveness all read it; nothing here is authoritative (the actor shells
 are), so a stale view only costs a refused command and a retry.
+
+The orchestrator's world retires what is over (``World(retire=True)``): a job that ended, was
+settled and whose every task ended (and was metered, if it completed) leaves memory with its tasks,
+once the reactions to its last event ran (``retire``). Nothing more is owed for it, and the actor
+shells, not this cache, judge whatever still comes for it (a late report is refused from the
+aggregate's own stream). So its memory is bounded by the live work, not by the log's history. A
+reader that must see every job (the client's view of one job, the audit's replay) keeps them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from actors.job import JobState, job_decider
+from actors.job import ENDED, JobState, job_decider, unsettled
 from actors.provider import ProviderState, provider_decider
 from actors.task import TERMINAL, TaskState, task_decider
 from events import Envelope
 from events.intake import InputAccepted, InputRejected
-from events.job import JobRejected
+from events.job import JobRejected, JobSubmitted
 from events.reputation import Record, counts_against
 from events.subjects import job_owner
-from events.task import TaskFailed, TaskLeaseExpired, TaskResultJudged, TaskResultRejected
+from events.task import TaskCreated, TaskFailed, TaskLeaseExpired, TaskResultJudged, TaskResultRejected
 from events.types import EventModel
 
 __all__ = ["LIVE_LEASE", "Change", "World"]
 
 LIVE_LEASE = frozenset({"leased", "running"})
+#: A job in one of these states takes nothing more on (rejected: it never did).
+_OVER = ENDED | {"rejected"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +49,14 @@ class Change:
 class World:
     """Every job, task and provider, plus the indexes the orchestrator needs."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, retire: bool = False) -> None:
+        #: Forget jobs that are over, with their tasks (see the module's docstring).
+        self.retiring = retire
+        #: Jobs to look at in ``retire``: something of theirs ended since.
+        self._retire_next: set[str] = set()
+        #: Jobs retired so far (with their tasks).
+        self.retired_jobs = 0
+        self.retired_tasks = 0
         self.tasks: dict[str, TaskState] = {}
         self.jobs: dict[str, JobState] = {}
         self.providers: dict[str, ProviderState] = {}
@@ -77,18 +93,28 @@ class World:
         kind, _, agg = env.subject.partition(".")
         e = env.data
         if kind == "task":
-            before_t = self.tasks.get(agg) or task_decider.initial_state()
+            known_t = self.tasks.get(agg)
+            if known_t is None and self.retiring and not isinstance(e, TaskCreated):
+                return None  # of a task retired with its job (or never created: forged); the shell judges it
+            before_t = known_t or task_decider.initial_state()
             after_t = task_decider.evolve(before_t, e)
             self.tasks[agg] = after_t
             self._index_task(agg, before_t, after_t, e)
+            if self.retiring and after_t.status in TERMINAL and after_t.spec is not None:
+                self._retire_next.add(after_t.spec.job_id)
             return Change(kind, agg, e, env, before_t, after_t)
         if kind == "job":
-            before_j = self.jobs.get(agg) or job_decider.initial_state()
-            after_j = job_decider.evolve(before_j, e)
-            self.jobs[agg] = after_j
             if isinstance(e, JobRejected):
                 owner = job_owner(agg) or ""
                 self.jobs_rejected[owner] = self.jobs_rejected.get(owner, 0) + 1
+            known_j = self.jobs.get(agg)
+            if known_j is None and self.retiring and not isinstance(e, JobSubmitted | JobRejected):
+                return None  # of a job retired (or never submitted: forged); the shell judges it
+            before_j = known_j or job_decider.initial_state()
+            after_j = job_decider.evolve(before_j, e)
+            self.jobs[agg] = after_j
+            if self.retiring and after_j.status in _OVER:
+                self._retire_next.add(agg)
             return Change(kind, agg, e, env, before_j, after_j)
         if kind == "provider":
             before_p = self.providers.get(agg) or provider_decider.initial_state()
@@ -102,6 +128,29 @@ class World:
                 sender = agg if kind == "intake" and "." in agg else ""
                 self.intake_refusals[sender] = self.intake_refusals.get(sender, 0) + 1
         return None
+
+    def retire(self) -> list[str]:
+        """Forget the jobs that are over, with their tasks; returns their ids. A job is over once it
+        ended, its usage is settled, and each of its tasks ended (a completed one metered): nothing is
+        owed for it (``actors.reactions.reconcile`` would find nothing). Called after the reactions to
+        the events just applied ran: they read the job as it ended."""
+        out: list[str] = []
+        for job_id in sorted(self._retire_next):
+            job = self.jobs.get(job_id)
+            if job is None or job.status not in _OVER or unsettled(job):
+                continue
+            task_ids = self.tasks_by_job.get(job_id, set())
+            if any(_owed(task_id, self.tasks[task_id], job) for task_id in task_ids):
+                continue
+            for task_id in task_ids:
+                del self.tasks[task_id]
+            self.retired_tasks += len(task_ids)
+            self.tasks_by_job.pop(job_id, None)
+            del self.jobs[job_id]
+            self.retired_jobs += 1
+            out.append(job_id)
+        self._retire_next.clear()
+        return out
 
     def _intake(self, seq: int) -> None:
         if seq < self.intake_low:
@@ -147,3 +196,9 @@ class World:
     def unfinished(self) -> int:
         """Tasks not yet in a terminal state."""
         return sum(1 for t in self.tasks.values() if t.status not in TERMINAL)
+
+
+def _owed(task_id: str, t: TaskState, job: JobState) -> bool:
+    """Something may still come of task ``t`` for its ended ``job``: it runs, or its completion is
+    not metered yet."""
+    return t.status not in TERMINAL or (t.status == "completed" and task_id not in job.done)

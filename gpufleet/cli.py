@@ -359,7 +359,8 @@ def _print_network(net: Any) -> None:
     t.add_row("security", "credentials required" + (f"; TLS, CA {net.tls_ca}" if net.tls_ca else ""))
     t.add_row("credentials", "gpufleet creds issue submitter NAME --out NAME.creds")
     orch = net.orchestrator
-    t.add_row("orchestrator", f"log position {orch.world.position}, {len(orch.world.jobs)} jobs so far")
+    jobs = len(orch.world.jobs) + orch.world.retired_jobs
+    t.add_row("orchestrator", f"log position {orch.world.position}, {jobs} jobs so far")
     if net.projector is not None:
         from projections.storage import describe_db
 

@@ -39,7 +39,7 @@ from projections.audit import audit_jetstream
 from projections.projector import Projector
 from projections.storage import SqliteStore
 from tests.integration.audited import assert_audit_passes, eventually
-from tests.integration.orchestra import Tenants, all_jobs_ended, wait_for
+from tests.integration.orchestra import Tenants, all_jobs_ended, read_world, wait_for
 from tests.secure import SecureServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +62,7 @@ async def _run_jobs(server: SecureServer, state: Path, jobs: list[str]) -> int:
     projector = Projector(store, db, flush_interval=0.02)
     follower = asyncio.create_task(projector.run())
     try:
-        before = len(orch.world.jobs)
+        before = len((await read_world(store))[0].jobs)  # (the orchestrator's own world forgets ended jobs)
         for name in jobs:
             await tenants.submit("alice", name, JOB)
         await wait_for(store, all_jobs_ended(before + len(jobs)), timeout=30, poll=0.1)

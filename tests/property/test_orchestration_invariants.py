@@ -33,7 +33,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from actors.core import Core
 from actors.errors import DomainError
 from actors.ids import split_event_id
-from actors.job import ENDED, CancelJob, SubmitJob, job_decider
+from actors.job import ENDED, CancelJob, SubmitJob, job_decider, unsettled
 from actors.provider import (
     DrainProvider,
     HeartbeatLapsed,
@@ -487,7 +487,11 @@ class Orchestration(RuleBasedStateMachine):
             assert replayed.jobs == k.world.jobs
             assert replayed.providers == k.world.providers
             assert replayed.active == {p: s for p, s in k.world.active.items()}
+            self._retiring_core_agrees(k.log)
             self._calm_down_until_every_job_ends()
+            # Once every job is over, a retiring core (the orchestrator's) holds none of them.
+            retiring = self._retiring_core_agrees(k.log)
+            assert retiring.world.jobs == {} and retiring.world.tasks == {}, (retiring.world.jobs, retiring.world.tasks)
             for job_id in self.job_ids:
                 stream = f"job.{job_id}"
                 log = [e for e in k.log if e.subject == stream]
@@ -498,6 +502,37 @@ class Orchestration(RuleBasedStateMachine):
                 assert metered == charged == credited, (job_id, status, metered, charged, credited)
         finally:
             self.k.loop.close()
+
+    def _retiring_core_agrees(self, log: list[Envelope]) -> Core:
+        """The log folded by a core that retires jobs that are over (the orchestrator's), event by event
+        beside one that keeps them: after every event, each job it let go was over in the full view
+        (ended, settled, every task ended and metered), and a late event of one changes nothing; at the
+        end it holds the live ones exactly as the full core does, and owes and queues the same."""
+        k = self.k
+        full, retiring = Core(), Core(retire=True)
+        for env in log:
+            full.apply(env, live=False)
+            retiring.apply(env, live=False)
+            gone = full.world.jobs.keys() - retiring.world.jobs.keys()
+            for job_id in gone - getattr(self, "_seen_gone", set()):
+                job = full.world.jobs[job_id]
+                assert job.status in (*ENDED, "rejected") and not unsettled(job), (job_id, job.status, env.type)
+                for t in full.world.tasks_by_job.get(job_id, ()):
+                    task = full.world.tasks[t]
+                    assert task.status in TERMINAL and (task.status != "completed" or t in job.done), (t, env.type)
+            self._seen_gone = gone
+        self._seen_gone = set()
+        w = retiring.world
+        assert w.tasks == {t: s for t, s in k.world.tasks.items() if t in w.tasks}
+        assert w.jobs == {j: s for j, s in k.world.jobs.items() if j in w.jobs}
+        assert all(full.world.jobs[j].spec is None or j in w.jobs or j not in k.world.jobs for j in w.jobs)
+        assert w.providers == k.world.providers and w.active == k.world.active
+        assert w.retired_tasks == len(k.world.tasks) - len(w.tasks)
+        assert w.intake_low == k.world.intake_low
+        owed = sorted((i.kind, i.aggregate_id, type(i.command).__name__) for i in k.core.reconcile(k.now))
+        assert sorted((i.kind, i.aggregate_id, type(i.command).__name__) for i in retiring.reconcile(k.now)) == owed
+        assert retiring.scheduler.queued(10_000) == k.core.scheduler.queued(10_000)
+        return retiring
 
     def _calm_down_until_every_job_ends(self) -> None:
         """Liveness: once providers come back, new capable ones join and every genuine holder finishes
