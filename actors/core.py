@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 from actors.ids import derive_id
 from actors.job import ENDED, JobState, MissDeadline
@@ -353,7 +354,7 @@ class Core:
             self.timers.arm(
                 f"deadline:{job_id}",
                 spec.deadline,
-                lambda now: Intent("job", job_id, MissDeadline(command_id=derive_id("dl-", job_id), at=now)),
+                partial(_deadline, job_id),
             )
             return True
         if j.status in ("completed", "failed", "cancelled"):
@@ -407,25 +408,34 @@ class Core:
 # every progress report, and most timers never fire.
 
 
-def _expiry(task_id: str, lease_id: str, due: datetime) -> Callable[[datetime], Intent]:
-    def make(now: datetime) -> Intent:
-        cmd_id = derive_id("ex-", lease_id, due.isoformat())
-        return Intent("task", task_id, ExpireLease(command_id=cmd_id, at=now, lease_id=lease_id, reason="expired"))
+# Timers hold partials of module functions, not closures: a snapshot of the core (``actors.snapshot``)
+# pickles them.
 
-    return make
+
+def _expiry(task_id: str, lease_id: str, due: datetime) -> Callable[[datetime], Intent]:
+    return partial(_expire_lease, task_id, lease_id, due)
+
+
+def _expire_lease(task_id: str, lease_id: str, due: datetime, now: datetime) -> Intent:
+    cmd_id = derive_id("ex-", lease_id, due.isoformat())
+    return Intent("task", task_id, ExpireLease(command_id=cmd_id, at=now, lease_id=lease_id, reason="expired"))
 
 
 def _verification_expiry(task_id: str, since: datetime) -> Callable[[datetime], Intent]:
-    def make(now: datetime) -> Intent:
-        return Intent(
-            "task", task_id, ExpireVerification(command_id=derive_id("xv-", task_id, since.isoformat()), at=now)
-        )
+    return partial(_expire_verification, task_id, since)
 
-    return make
+
+def _expire_verification(task_id: str, since: datetime, now: datetime) -> Intent:
+    return Intent("task", task_id, ExpireVerification(command_id=derive_id("xv-", task_id, since.isoformat()), at=now))
 
 
 def _requeue(task_id: str, failures: int) -> Callable[[datetime], Intent]:
-    def make(now: datetime) -> Intent:
-        return Intent("task", task_id, QueueTask(command_id=derive_id("qt-", task_id, failures), at=now))
+    return partial(_queue_again, task_id, failures)
 
-    return make
+
+def _queue_again(task_id: str, failures: int, now: datetime) -> Intent:
+    return Intent("task", task_id, QueueTask(command_id=derive_id("qt-", task_id, failures), at=now))
+
+
+def _deadline(job_id: str, now: datetime) -> Intent:
+    return Intent("job", job_id, MissDeadline(command_id=derive_id("dl-", job_id), at=now))

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import random
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -41,6 +42,7 @@ from actors.provider import (
 from actors.reactions import Intent
 from actors.scheduler import Assignment
 from actors.shell import ActorShell
+from actors.snapshot import SnapshotFile, restore, snapshot_file
 from actors.task import (
     LeaseTask,
     ReportCompleted,
@@ -130,6 +132,9 @@ class OrchestratorConfig:
     #: Tasks of one submitter that exist and wait to be leased at once (``actors.window``): a job's
     #: tasks are created as this frees up, not all when it is accepted.
     task_window: int = DEFAULT_WINDOW
+    #: A snapshot of the core is kept in ``state_dir`` after this many events applied since the last
+    #: one, and at a clean stop (``actors.snapshot``): a restart folds only the log after it. 0: never.
+    snapshot_every: int = 100_000
 
     def __post_init__(self) -> None:
         if self.lease_start_timeout_s < MIN_LEASE_START_S:
@@ -148,8 +153,7 @@ class Orchestrator:
         self.config = config or OrchestratorConfig()
         # Jobs that are over leave memory (``actors.world``): it is bounded by the live work.
         self.core = Core(self.config.weights, self.config.default_verify, window=self.config.task_window, retire=True)
-        quotas = self.config.quotas
-        self.core.scheduler.running_limit = lambda submitter: quotas.of(submitter).tasks_running
+        self.core.scheduler.running_limit = _RunningLimit(self.config.quotas)
         self.world = self.core.world
         #: Quotas: the intake rate per submitter, jobs and tasks in flight, object bytes.
         self.admission = Admission(self.config.quotas)
@@ -195,6 +199,11 @@ class Orchestrator:
         self.fatal: GpufleetError | None = None
         self._stopping: asyncio.Future[None] | None = None
         self._saved: Watermark | None = None
+        self._snapshot: SnapshotFile | None = None
+        #: The log position the last start read on from: its snapshot's (0: the whole log).
+        self.rebuilt_from = 0
+        #: The last snapshot written (or loaded): its mark, and the events applied when it was taken.
+        self._snapshotted: tuple[Watermark | None, int] = (None, 0)
         self._blob_store: BlobStore | None = None
         #: Spot-check draws: unpredictable to providers (``events.verification``).
         self._random = random.SystemRandom()
@@ -243,11 +252,13 @@ class Orchestrator:
             if not same:
                 self.log.info("orchestrator.new_log", log=self._log_id, watermark=str(self._watermark.path))
         self._started_at = utc_now()
-        async for env in self.store.read_all():
+        after = self.rebuilt_from = await self._load_snapshot()
+        async for env in self.store.read_all(after):
             self._apply(env)
         self.log.info(
             "orchestrator.rebuilt",
             position=self.world.position,
+            from_snapshot=after,
             events=self.world.events,
             jobs=len(self.world.jobs),
             tasks=len(self.world.tasks),
@@ -274,6 +285,56 @@ class Orchestrator:
             self._running.append(
                 asyncio.create_task(self._supervise("watermark", self._watermark_loop), name="watermark")
             )
+        if self._snapshot is not None:
+            self._running.append(asyncio.create_task(self._supervise("snapshot", self._snapshot_loop), name="snapshot"))
+
+    def _snapshot_context(self) -> str:
+        """What a snapshot's core was built with besides the log: one built otherwise is not used."""
+        c = self.config
+        return repr((sorted(c.weights.items()), c.default_verify, c.task_window))
+
+    async def _load_snapshot(self) -> int:
+        """Take the core from the snapshot in ``state_dir`` if there is one the log agrees with; the log
+        position to read on from (0: none, the whole log)."""
+        if self.config.state_dir is None or self.config.snapshot_every <= 0:
+            return 0
+        self._snapshot = snapshot_file(self.config.state_dir, "orchestrator", self._log_id)
+        snap, why = await asyncio.to_thread(self._snapshot.load, self._log_id, self._snapshot_context())
+        if snap is not None and await self.store.event_id_at(snap.mark.position) != snap.mark.event_id:
+            why = f"the log does not hold event {snap.mark.event_id!r} at {snap.mark.position}"
+            snap = None
+        if snap is None:
+            if why:
+                self.log.warning("orchestrator.snapshot_set_aside", path=str(self._snapshot.path), reason=why)
+            return 0
+        self.core = restore(snap.core)
+        quotas = self.config.quotas
+        self.core.scheduler.running_limit = _RunningLimit(quotas)
+        self.world = self.core.world
+        self._snapshotted = (snap.mark, self.world.events)
+        self.log.info("orchestrator.snapshot_loaded", position=snap.mark.position, jobs=len(self.world.jobs))
+        return snap.mark.position
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            if self.world.events - self._snapshotted[1] >= self.config.snapshot_every:
+                await self._save_snapshot()
+
+    async def _save_snapshot(self) -> None:
+        """Snapshot the core as it stands (pickled here, where nothing changes it meanwhile; written
+        in a thread)."""
+        mark, snapshot = self._applied, self._snapshot
+        if snapshot is None or mark is None or mark == self._snapshotted[0]:
+            return
+        t0 = time.perf_counter()
+        body = snapshot.dumps(self.core)
+        pickled = time.perf_counter() - t0
+        size = await asyncio.to_thread(snapshot.write, body, mark, self._snapshot_context())
+        self._snapshotted = (mark, self.world.events)
+        self.log.info(
+            "orchestrator.snapshot_saved", position=mark.position, bytes=size, pickle_ms=round(pickled * 1000, 1)
+        )
 
     @property
     def _applied(self) -> Watermark | None:
@@ -321,6 +382,8 @@ class Orchestrator:
         self._running = []
         with contextlib.suppress(OSError):
             await self._save_watermark()
+        with contextlib.suppress(OSError):
+            await self._save_snapshot()  # a restart after a clean stop reads nothing but the snapshot
 
     async def close(self) -> None:
         """Stop and close the connection."""
@@ -1130,3 +1193,13 @@ def _grant(task_id: str, t: TaskState) -> LeaseGranted | None:
         resume_from=t.checkpoint,
         resume_step=t.checkpoint_step if t.checkpoint else 0,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _RunningLimit:
+    """A submitter's limit on tasks running at once, from its quotas (picklable: in the snapshot)."""
+
+    quotas: QuotaConfig
+
+    def __call__(self, submitter: str) -> int:
+        return self.quotas.of(submitter).tasks_running

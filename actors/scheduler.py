@@ -182,7 +182,7 @@ class Scheduler:
         self._seq = itertools.count()
         self.decisions = 0
         #: The most tasks each submitter may have leased (or reserved) at once (``tasks_running``).
-        self.running_limit: Callable[[str], int] = lambda submitter: 1 << 62
+        self.running_limit: Callable[[str], int] = _no_running_limit
         #: Tasks of each submitter leased, running or reserved now.
         self.running: dict[str, int] = {}
         #: Submitters at their limit: the levels where their queue waits, out of the level's heap.
@@ -654,3 +654,8 @@ class Scheduler:
     def capacity(self, resources: Resources, workload: str, submitter: str = "") -> int:
         """Slots across available providers that could run such a task of ``submitter``'s."""
         return sum(p.capabilities.slots for p in self.eligible(resources, workload, None, submitter))
+
+
+def _no_running_limit(submitter: str) -> int:
+    """No limit on a submitter's running tasks (a module function: a snapshot pickles the scheduler)."""
+    return 1 << 62

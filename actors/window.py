@@ -252,6 +252,20 @@ class Windows:
                     out.append((job_id, index))
         return out
 
+    def being_created(self) -> int:
+        """Tasks this process is creating that the log does not show yet."""
+        return sum(len(j.planned) for j in self._jobs.values())
+
+    def forget_planned(self) -> None:
+        """Let go of the tasks this process was creating that the log does not show (after a restart
+        from a snapshot: they may never have been appended). ``holes`` finds those still missing."""
+        for j in self._jobs.values():
+            if j.planned:
+                u = self._use(j.submitter)
+                j.unleased -= len(j.planned)
+                u.materialised -= len(j.planned)
+                j.planned.clear()
+
     def refill_all(self) -> None:
         """Look at every submitter's window at the next ``plan`` (after a restart)."""
         self._dirty.update(self._open)

@@ -26,7 +26,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -44,6 +44,7 @@ from actors.provider import (
 )
 from actors.reactions import Intent
 from actors.shell import ActorShell
+from actors.snapshot import SnapshotFile, restore
 from actors.task import TERMINAL, ReportCompleted, ReportFailed, ReportProgress, ReportStarted, task_decider
 from actors.world import LIVE_LEASE, World
 from events import Envelope, MemoryEventStore
@@ -58,6 +59,10 @@ RESULT = ResultRef(sha256="a" * 64, size=1, inline=1)
 
 async def _collect(it: AsyncIterator[Envelope]) -> list[Envelope]:
     return [e async for e in it]
+
+
+class Crashed(Exception):
+    """The kernel's process died (``Kernel.crash_after_snapshot``)."""
 
 
 class Kernel:
@@ -75,6 +80,11 @@ class Kernel:
         self.live = True
         #: The core asked for a scheduling round (the orchestrator's ``_kick``).
         self.kick = False
+        #: A snapshot of the core (``actors.snapshot``) and the log position it stands at; taken at
+        #: the moment ``snap_at`` names: "schedule" (slots reserved for leases not in the log yet) or
+        #: "follow" (after applying events whose reactions, task creations among them, are still owed).
+        self.snapshot: tuple[bytes, int] | None = None
+        self.snap_at = ""
         self._draining = False
 
     @property
@@ -99,7 +109,17 @@ class Kernel:
             fx = self.core.apply(env, live=self.live)
             self.queue.extend(fx.intents)
             self.kick |= fx.schedule
+        if new and self.snap_at == "follow" and self.core.windows.being_created():
+            self.take_snapshot()
         return new
+
+    def take_snapshot(self) -> None:
+        self.snapshot, self.snap_at = (SnapshotFile.dumps(self.core), self.position), ""
+        if self.crash_after_snapshot:
+            raise Crashed
+
+    #: The process dies right after its next snapshot (what it was doing is never appended).
+    crash_after_snapshot = False
 
     def run(self, kind: str, agg: str, cmd: Any, *, react: bool = True) -> list[Envelope]:
         """The command through the real shell; the new events are then read back and applied."""
@@ -139,6 +159,8 @@ class Kernel:
         plans = self.core.plan_leases(self.now, 30.0, lambda: f"L{next(self.ids)}")
         if not plans:
             return
+        if self.snap_at == "schedule":
+            self.take_snapshot()
         results = self.loop.run_until_complete(
             self.shells["task"].handle_many([(a.task.task_id, cmd) for a, cmd in plans])
         )
@@ -153,16 +175,22 @@ class Kernel:
         for intent in self.core.due(self.now):
             self.run(intent.kind, intent.aggregate_id, intent.command)
 
-    def restart(self) -> Kernel:
-        """A new process on the same log: rebuilt with ``live=False``, then ``reconcile``."""
+    def restart(self, *, from_snapshot: bool = False) -> Kernel:
+        """A new process on the same log: rebuilt with ``live=False`` (from the snapshot, if
+        ``from_snapshot``, and the log after it), then ``reconcile``."""
         k = Kernel(self.store, self.loop)
         k.now, k.ids = self.now, self.ids
+        k.snapshot = self.snapshot
+        if from_snapshot and self.snapshot is not None:
+            body, k.position = self.snapshot
+            k.core = restore(SnapshotFile.loads(body))
         k.live = False
         k.follow()
         k.live = True
         k.queue.clear()
         for intent in k.core.reconcile(k.now):
             k.run(intent.kind, intent.aggregate_id, intent.command)
+        k.kick = True  # a scheduling round at start, as the orchestrator's (the tail may have been empty)
         k.drain()
         return k
 
@@ -379,10 +407,42 @@ class Orchestration(RuleBasedStateMachine):
             who = job_id.split(".")[0]
             self.k.run("job", job_id, CancelJob(command_id=self.k.cid(), at=self.k.now, reason="user", requester=who))
 
-    @rule(data=st.data(), mid_step=st.booleans())
-    def crash_and_restart(self, data: st.DataObject, mid_step: bool) -> None:
+    @rule(when=st.sampled_from(["now", "schedule", "follow"]))
+    def take_snapshot(self, when: str) -> None:
+        """A snapshot of the core, now or in the middle of the next scheduling round or reaction."""
+        if when == "now":
+            self.k.take_snapshot()
+        else:
+            self.k.snap_at = when
+
+    @rule(when=st.sampled_from(["schedule", "follow"]), who=st.sampled_from(["ann", "bob"]))
+    def crash_right_after_a_snapshot(self, when: str, who: str) -> None:
+        """A snapshot in the middle of a scheduling round (slots reserved for leases never appended) or
+        of a submission's reactions (tasks being created, never appended), and the process dies then:
+        restarted from the snapshot and the log after it, it is as if rebuilt from the whole log."""
+        k = self.k
+        k.snap_at, k.crash_after_snapshot = when, True
+        try:
+            self.submit(n=3, who=who, cuda=False, attempts=2, deadline=None)
+        except Crashed:
+            pass
+        else:
+            return  # nothing to snapshot in the middle of (nothing placed, or nothing owed)
+        finally:
+            k.crash_after_snapshot, k.snap_at = False, ""
+        event(f"crashed right after a snapshot at {when}")
+        self.k = k.restart(from_snapshot=True)
+        full = self.k.restart()  # (on the log as the restarted one left it: owing nothing, it adds nothing)
+        assert self.k.world.tasks == full.world.tasks and self.k.world.jobs == full.world.jobs
+        assert self.k.world.active == full.world.active
+        assert self.k.core.scheduler.queued(10_000) == full.core.scheduler.queued(10_000)
+        assert self.k.core.windows.usage(who) == full.core.windows.usage(who)
+
+    @rule(data=st.data(), mid_step=st.booleans(), from_snapshot=st.booleans())
+    def crash_and_restart(self, data: st.DataObject, mid_step: bool, from_snapshot: bool) -> None:
         """The process dies and another starts on the same log; with ``mid_step``, between a genuine
-        completion's append and its reactions (metering, the job's end, settlement are then owed)."""
+        completion's append and its reactions (metering, the job's end, settlement are then owed);
+        ``from_snapshot``, from the last snapshot and the log after it rather than the whole log."""
         before = len(self.k.log)
         if mid_step and (picked := self._pick(data)) is not None:
             tid, t = picked
@@ -398,7 +458,13 @@ class Orchestration(RuleBasedStateMachine):
             assert [type(e.data) for e in out] == [TaskCompleted]
             before += 1
         old_world = self.k.world
-        self.k = self.k.restart()
+        expected = self.k.restart() if from_snapshot and self.k.snapshot is not None else None
+        self.k = self.k.restart(from_snapshot=from_snapshot)
+        if expected is not None:
+            # From a snapshot, the same state as from the whole log (reconciled the same way).
+            assert self.k.world.tasks == expected.world.tasks and self.k.world.jobs == expected.world.jobs
+            assert self.k.world.active == expected.world.active
+            assert self.k.core.scheduler.queued(10_000) == expected.core.scheduler.queued(10_000)
         log = self.k.log
         if not mid_step:
             # Nothing was owed: a restart alone must not write anything (nothing done twice).
