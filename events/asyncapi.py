@@ -20,6 +20,7 @@ import yaml
 
 from events.audit import AuditCheckpointed
 from events.intake import INTAKE_VERBS, InputAccepted, InputRejected
+from events.live import MAX_LIVE_BYTES
 from events.registry import CATALOGUE
 from events.schema import event_schema_path, intake_schema_path
 from events.subjects import (
@@ -30,6 +31,7 @@ from events.subjects import (
     EVENTS_STREAM,
     HEARTBEAT_BUCKET,
     INTAKE_STREAM,
+    LIVE_PREFIX,
     OBJECT_PREFIX,
     OBJECTS_STREAM,
 )
@@ -412,6 +414,29 @@ def generate_asyncapi() -> dict[str, Any]:
         "x-jetstream-stream": f"KV_{HEARTBEAT_BUCKET}",
     }
 
+    messages["LiveProgress"] = {
+        "name": "LiveProgress",
+        "title": "live progress of a running task",
+        "summary": "How far a lease's run has got: fraction, rate, unit; worth only until the next one.",
+        "contentType": "application/json",
+        "payload": _payload("live/progress.json"),
+    }
+    channels["liveProgress"] = {
+        "address": f"{LIVE_PREFIX}.{{submitter}}.{{job}}.{{index}}.{{providerId}}",
+        "title": "live progress (core NATS)",
+        "description": (
+            "Fractions and rates are not events: the provider running a task publishes them here on core "
+            "NATS, not in a stream, at most a few a second. Only that provider may publish on a subject that "
+            "ends in its id, and only the job's submitter (and auditors) may subscribe. Nothing keeps them: "
+            "a watcher sees them from when it subscribes, and a lost one costs nothing. A progress report "
+            "that carries a checkpoint still goes through intake and becomes `TaskProgressed`. Readers show "
+            "a message only if its provider and `lease_id` are the task's current lease in the log, and "
+            f"drop any over {MAX_LIVE_BYTES} bytes or that does not validate."
+        ),
+        "parameters": _parameters("{submitter}.{job}.{index}.{providerId}"),
+        "messages": {"LiveProgress": _ref("components", "messages", "LiveProgress")},
+    }
+
     # Objects a submitter stores before submitting: a sharded job's input, a kernel argument, a code
     # job's archive and array arguments (``events.store.blobs`` is the reference implementation).
     messages["ObjectPart"] = {
@@ -500,6 +525,7 @@ def generate_asyncapi() -> dict[str, Any]:
         "Follow a job to its end: JobCompleted, JobRejected, JobFailed or JobCancelled.",
     )
     operation("followTasks", "submitter", "receive", "taskEvents", "Follow the progress and results of its tasks.")
+    operation("followLiveProgress", "submitter", "receive", "liveProgress", "See its running tasks' live progress.")
     operation(
         "checkSubmission", "submitter", "receive", "intakeOutcomes", "Learn whether a submission was refused, and why."
     )
@@ -507,6 +533,7 @@ def generate_asyncapi() -> dict[str, Any]:
     operation("registerProvider", "provider", "send", "providerRegister", "Register with measured capabilities.")
     operation("putHeartbeat", "provider", "send", "heartbeat", "Heartbeat every interval.")
     operation("receiveDispatch", "provider", "receive", "dispatch", "Take leases and revocations.")
+    operation("publishLiveProgress", "provider", "send", "liveProgress", "Say how far a running task has got.")
     operation("reportTask", "provider", "send", "providerReport", "Report started, progress, completed or failed.")
     operation("drainProvider", "provider", "send", "providerDrain", "Finish the running work, take nothing new.")
     operation("leaveProvider", "provider", "send", "providerLeave", "Leave the network.")

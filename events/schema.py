@@ -16,6 +16,7 @@ from pydantic import TypeAdapter
 
 from events.dispatch import Dispatch, Heartbeat
 from events.intake import INTAKE_VERBS
+from events.live import LiveProgress
 from events.registry import CATALOGUE, DEFAULT_REGISTRY
 from events.types import EventModel
 from events.workloads import WORKLOADS
@@ -89,6 +90,7 @@ def generate_schemas() -> dict[str, dict[str, Any]]:
         out[path] = _with_id(c.params.model_json_schema(), path)
     out["dispatch/dispatch.json"] = _with_id(TypeAdapter(Dispatch).json_schema(), "dispatch/dispatch.json")
     out["dispatch/heartbeat.json"] = _with_id(Heartbeat.model_json_schema(), "dispatch/heartbeat.json")
+    out["live/progress.json"] = _with_id(LiveProgress.model_json_schema(), "live/progress.json")
     return out
 
 

@@ -6,7 +6,8 @@ Every subject an outsider may touch carries its identity as plain tokens, so tha
 - intake: ``gf.in.submitter.<name>.submit.<job>``, ``gf.in.provider.<name>.report.<task id>``;
 - the domain log: ``gf.ev.job.<submitter>.<job>``, ``gf.ev.task.<submitter>.<job>.<index>``;
 - objects: ``gf.obj.<role>.<owner>.<sha256>.<part>``, results ``gf.obj.result.<submitter>.<provider>.…``;
-- requests to the network's services: ``gf.api.<role>.<name>.<operation>``.
+- requests to the network's services: ``gf.api.<role>.<name>.<operation>``;
+- live progress (core NATS, never stored): ``gf.live.<submitter>.<job>.<index>.<provider>``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "INTAKE_STREAM",
     "LEADER_BUCKET",
     "LEGACY_OUTCOMES_STREAM",
+    "LIVE_PREFIX",
     "OBJECTS_STREAM",
     "OBJECT_PREFIX",
     "TLOG_OPERATION",
@@ -37,6 +39,9 @@ __all__ = [
     "job_id_of",
     "job_of_task",
     "job_owner",
+    "live_filter",
+    "live_sender",
+    "live_subject",
     "object_name",
     "object_owner",
     "object_reader",
@@ -60,6 +65,8 @@ LEADER_BUCKET = "gf_orchestrators"
 OBJECTS_STREAM = "GF_OBJECTS"
 OBJECT_PREFIX = "gf.obj"
 API_PREFIX = "gf.api"
+#: Live progress on core NATS: not a stream, not events (``events.live``).
+LIVE_PREFIX = "gf.live"
 #: Signed checkpoints of the log (``events.tlog``): outside GF_EVENTS, written by the notary alone.
 CHECKPOINTS_STREAM = "GF_CHECKPOINTS"
 CHECKPOINT_PREFIX = "gf.cp"
@@ -212,3 +219,49 @@ def readable(role: str, name: str, stream_filter: str) -> bool:
     if role == "provider":
         return own_outcomes or stream_filter == stream_name("provider", name)
     return False
+
+
+def live_subject(task_id: str, provider_id: str) -> str | None:
+    """Where ``provider_id`` publishes the live progress of task ``task_id`` it runs:
+    ``gf.live.<submitter>.<job>.<index>.<provider>``; None for a task of a job from before identities
+    (its progress goes through intake, as it always did).
+
+    The submitter leads, so that it alone may subscribe (``gf.live.<name>.>``); the provider ends it,
+    so that nobody may publish as another provider (``gf.live.*.*.*.<name>``).
+    """
+    job = job_of_task(task_id)
+    owner = job_owner(job)
+    if owner is None or "." not in job:
+        return None
+    name, index = job.partition(".")[2], task_id[len(job) + 1 :]
+    if not (_token(owner) and _token(name) and _index(index) and _token(provider_id)):
+        return None
+    return f"{LIVE_PREFIX}.{owner}.{name}.{index}.{provider_id}"
+
+
+def live_filter(job_id: str) -> str | None:
+    """The wildcard of every task's live progress in job ``job_id``, from any provider."""
+    owner = job_owner(job_id)
+    name = job_id.partition(".")[2]
+    if owner is None or not (_token(owner) and _token(name)):
+        return None
+    return f"{LIVE_PREFIX}.{owner}.{name}.*.*"
+
+
+def live_sender(subject: str) -> tuple[str, str] | None:
+    """``(task id, provider id)`` of a live progress subject (the provider is the publisher: the server
+    lets no one else publish there); None for anything else."""
+    parts = subject.split(".")
+    prefix = LIVE_PREFIX.split(".")
+    n = len(prefix)
+    if len(parts) != n + 4 or parts[:n] != prefix:
+        return None
+    owner, name, index, provider = parts[n:]
+    if not (_token(owner) and _token(name) and _index(index) and _token(provider)):
+        return None
+    return task_id_of(job_id_of(owner, name), int(index)), provider
+
+
+def _index(value: str) -> bool:
+    """A task index as :func:`task_id_of` writes it: digits, no leading zero."""
+    return 0 < len(value) <= 9 and value.isascii() and value.isdigit() and str(int(value)) == value

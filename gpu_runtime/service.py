@@ -4,7 +4,8 @@ It is an actor keyed by its provider id, which is the name in its credentials (o
 network nothing else is possible: the server lets it publish only under that name). Its inputs are
 the dispatch messages on ``gf.dispatch.<provider_id>`` (a work-queue stream, read through the durable
 pull consumer ``prov-<provider_id>`` that the orchestrator creates when it registers); its outputs are
-intake messages (registration, task reports, drain and leave), heartbeats in the KV bucket, and
+intake messages (registration, task reports, drain and leave), heartbeats in the KV bucket, live
+progress on core NATS (``events.live``: fraction and rate are not events; a checkpoint is), and
 objects (results, checkpoints) stored under its name.
 """
 
@@ -38,6 +39,7 @@ from events.intake import (
     ProviderRegistration,
     StartedReport,
 )
+from events.live import LiveProgress
 from events.store.blobs import BlobStore, ObjectIntegrityError, ObjectNotFound
 from events.store.connection import Access, connect_nats
 from events.store.topology import Topology
@@ -47,6 +49,7 @@ from events.subjects import (
     intake_subject,
     job_of_task,
     job_owner,
+    live_subject,
     report_subject,
 )
 from events.types import (
@@ -249,6 +252,19 @@ class _Reporter:
             (step, blob), self.pending = self.pending, None
             self.checkpoint_ref, self.checkpoint_step = await self.runtime.put_object(blob), step
         lease = self.run.lease
+        live = None if self.checkpoint_dirty else live_subject(lease.task_id, lease.provider_id)
+        if live is not None:
+            # Fraction and rate only: live, on core NATS, never an event (``events.live``). The first
+            # shows that the task runs: its start is reported now, if it was not yet (one durable
+            # write per lease, however often progress comes).
+            self.runtime._start_now(self.run)
+            self.dirty = False
+            self.sent += 1
+            body = LiveProgress(
+                lease_id=lease.lease_id, fraction=self.fraction, rate=self.rate, unit=self.unit, at=utc_now()
+            )
+            await self.runtime.publish_live(live, body)
+            return
         report = ProgressReport(
             lease_id=lease.lease_id,
             provider_id=lease.provider_id,
@@ -600,6 +616,14 @@ class ProviderRuntime:
         if not fut.cancelled() and fut.exception() is not None:
             self._log.warning("report.publish_failed", error=str(fut.exception()))
 
+    async def publish_live(self, subject: str, body: LiveProgress) -> None:
+        """Publish live progress on core NATS: at most once, never waited for, never retried (the next
+        one supersedes it, and a lost one costs nothing)."""
+        try:
+            await self._nc.publish(subject, body.model_dump_json().encode())
+        except Exception as e:
+            self._log.debug("live.publish_failed", subject=subject, error=str(e) or type(e).__name__)
+
     async def report(self, lease: LeaseGranted, body: BaseModel, msg_id: str, *, wait: bool = True) -> None:
         """Publish one task report to ``gf.in.provider.<id>.report.<task_id>``."""
         await self._publish(report_subject(self.provider_id, lease.task_id), body, msg_id, wait=wait)
@@ -901,6 +925,14 @@ class ProviderRuntime:
         if run.starting is not None:
             with contextlib.suppress(Exception):
                 await run.starting
+
+    def _start_now(self, run: _TaskRun) -> None:
+        """Report ``run``'s start now, unless it was reported, or will not be (the run ended)."""
+        due = run.start_due
+        if run.starting is not None or due is None or due.cancelled():
+            return
+        due.cancel()
+        self._report_started(run)
 
     def _report_started(self, run: _TaskRun) -> None:
         """Report that ``run`` started (it is still running ``start_report_delay`` after it began)."""

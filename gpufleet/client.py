@@ -39,23 +39,34 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from actors.job import ENDED, validate_spec
 from actors.task import TaskState
 from actors.world import World
 from events import Envelope, InvalidPayload, StoreUnavailable
+from events.aio import cancel_and_wait
 from events.codec import from_json_line
 from events.errors import AccessDenied, first_error
 from events.estimates import run_start
 from events.identity import Identity
 from events.intake import InputRejected
 from events.job import JobCancelled, JobCompleted, JobFailed, JobRejected, JobSpec
+from events.live import MAX_LIVE_BYTES, decode_live, is_current, live_envelope
 from events.quotas import QUOTA_OPERATION
 from events.store.blobs import BlobStore, ObjectIntegrityError
 from events.store.connection import Access, connect_nats, raise_if_denied
 from events.store.topology import Topology
-from events.subjects import api_subject, intake_subject, job_owner, object_name, outcomes_stream, submitted_job
+from events.subjects import (
+    api_subject,
+    intake_subject,
+    job_owner,
+    live_filter,
+    object_name,
+    outcomes_stream,
+    submitted_job,
+)
 from events.task import TaskFailed
 from events.tlog import Checkpoint, NoteKey
 from events.types import ObjectRef, ResultRef, is_valid_id, utc_now
@@ -76,6 +87,8 @@ from projections.quote import QUOTE_OPERATION, Quote
 __all__ = ["Client", "FunctionJob", "Job", "JobStatus", "TaskResult", "TaskStatus", "new_job_id"]
 
 _TERMINAL = frozenset({"rejected", *ENDED})
+#: What a job's follower holds of stored events and live messages not yet taken.
+_INBOX = 512
 
 
 def new_job_id() -> str:
@@ -555,11 +568,18 @@ class Job:
         """The job's name, without its owner."""
         return self.id.partition(".")[2] or self.id
 
-    async def events(self, *, until_ended: bool = True) -> AsyncIterator[Envelope]:
+    async def events(self, *, until_ended: bool = True, live: bool = True) -> AsyncIterator[Envelope]:
         """Every event of this job and its tasks, from its submission, live.
 
         Ends after the job's ending event when ``until_ended`` (settlement events may follow it in
         the log). If the connection drops, it resumes where it was.
+
+        With ``live``, the running tasks' live progress comes too (``events.live``: fraction and rate
+        are not stored events). Each is a ``TaskProgressed`` without a checkpoint in an envelope whose
+        ``source`` is ``events.live.LIVE_SOURCE`` and whose ``sequence`` is the last stored event's
+        (``events.live.is_live``), yielded only if its provider and lease are the task's current
+        lease as the events before it show: a stale, forged, oversized or malformed one is dropped.
+        It is at most once: a watcher that connects (or reconnects) late sees it from then on.
         """
         if self.intake_seq is None:
             try:
@@ -570,29 +590,80 @@ class Job:
                     raise
                 yield refusal  # it never became a job: its refusal is all there is
                 return
-        after = 0
+        # Stored events and live messages, in the order they came. Live ones never take more than
+        # half of it (a flood of them would otherwise starve the log), and are dropped when it is full.
+        inbox: asyncio.Queue[Envelope | tuple[str, bytes] | BaseException] = asyncio.Queue(maxsize=_INBOX)
+        subscription = await self._live(inbox) if live else None
+        reader = asyncio.get_running_loop().create_task(self._stored(inbox))
+        # Folded as it comes, to tell the current lease of each task from a stale or forged one.
+        world = World()
+        position = 0
         # With our submission's intake sequence, the job's end counts only once that submission's
         # outcome is known: an earlier job under the same id may have ended already (and a different
         # spec under its id is refused: that refusal, not the old job's end, is this job's end).
         decided = self.intake_seq is None
         ended = False
-        while True:
-            try:
-                async for env in self.client._read(self.id, after, follow=True, intake_seq=self.intake_seq):
-                    after = env.sequence
-                    yield env
-                    if env.type == "InputRejected":
-                        return
-                    decided = decided or env.type == "InputAccepted" or env.id.startswith(f"in-{self.intake_seq}.")
-                    ended = ended or _ends(env, self.id)
-                    if until_ended and decided and ended:
-                        return
-            except (nats.errors.Error, OSError):
-                await asyncio.sleep(0.5)  # reconnecting: the connection retries by itself
-            except StoreUnavailable as e:
-                if isinstance(e, AccessDenied):
-                    raise
-                await asyncio.sleep(0.5)
+        try:
+            while True:
+                item = await inbox.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, tuple):
+                    shown = _live_progress(world, *item, position)
+                    if shown is not None:
+                        yield shown
+                    continue
+                env = item
+                position = env.sequence
+                world.apply(env)
+                yield env
+                if env.type == "InputRejected":
+                    return
+                decided = decided or env.type == "InputAccepted" or env.id.startswith(f"in-{self.intake_seq}.")
+                ended = ended or _ends(env, self.id)
+                if until_ended and decided and ended:
+                    return
+        finally:
+            await cancel_and_wait([reader], every_s=0.25, timeout_s=5.0)
+            if subscription is not None:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
+
+    async def _stored(self, inbox: asyncio.Queue[Envelope | tuple[str, bytes] | BaseException]) -> None:
+        """Put the job's stored events in ``inbox`` as they come, resuming after a dropped connection;
+        an error that retrying cannot mend goes in ``inbox`` too."""
+        after = 0
+        try:
+            while True:
+                try:
+                    async for env in self.client._read(self.id, after, follow=True, intake_seq=self.intake_seq):
+                        after = env.sequence
+                        await inbox.put(env)
+                except (nats.errors.Error, OSError):
+                    await asyncio.sleep(0.5)  # reconnecting: the connection retries by itself
+                except StoreUnavailable as e:
+                    if isinstance(e, AccessDenied):
+                        raise
+                    await asyncio.sleep(0.5)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            await inbox.put(e)
+
+    async def _live(self, inbox: asyncio.Queue[Envelope | tuple[str, bytes] | BaseException]) -> Any:
+        """Subscribe to the job's live progress (core NATS); None for a job from before identities."""
+        subject = live_filter(self.id)
+        if subject is None:
+            return None
+
+        async def heard(msg: Msg) -> None:
+            if len(msg.data) <= MAX_LIVE_BYTES and inbox.qsize() < _INBOX // 2:
+                inbox.put_nowait((msg.subject, msg.data))
+
+        try:
+            return await self.client.nc.subscribe(subject, cb=heard)
+        except nats.errors.Error:
+            return None  # the stored events still tell the progress of every checkpoint
 
     async def _exists(self, wait: float) -> None:
         """Raise ``UnknownJobError`` unless the job has an event within ``wait`` seconds."""
@@ -652,7 +723,7 @@ class Job:
         """Wait until the job ends; its final status."""
 
         async def run() -> None:
-            async for _ in self.events():
+            async for _ in self.events(live=False):
                 pass
 
         if timeout is None:
@@ -781,6 +852,22 @@ def _ends(env: Envelope, job_id: str) -> bool:
     if env.type == "InputRejected":
         return True
     return env.subject == f"job.{job_id}" and env.type in ("JobCompleted", "JobFailed", "JobCancelled", "JobRejected")
+
+
+def _live_progress(world: World, subject: str, data: bytes, position: int) -> Envelope | None:
+    """A live message as the envelope a watcher folds, if it is valid and comes from its task's current
+    lease as ``world`` (the job's events so far) shows it; None for anything else (never an error)."""
+    try:
+        update = decode_live(subject, data)
+    except (InvalidPayload, ValueError):
+        return None
+    t = world.tasks.get(update.task_id)
+    lease = t.lease if t is not None else None
+    if t is None or lease is None:
+        return None
+    if not is_current(update, status=t.status, lease_id=lease.lease_id, provider_id=lease.provider_id):
+        return None
+    return live_envelope(update, received_at=utc_now(), position=position)
 
 
 def _refused(job_id: str, e: InputRejected, position: int) -> JobStatus:

@@ -563,6 +563,8 @@ class LocalNetwork:
             port=self.config.dashboard_port,
             checkpoints=probe,
             metrics_registry=getattr(self, "metrics_registry", None),
+            # Live progress is published in the edge account: an auditor there hears it for the page.
+            live=self.access("auditor", "dashboard"),
         )
 
     async def _start_cluster(self, cfg: NetworkConfig) -> NetworkConfig:

@@ -1,10 +1,11 @@
 """Simulated providers: the real provider protocol over NATS, with tasks that only sleep.
 
 Each has its own connection and credentials (a provider's identity is its credential). They register
-through intake, heartbeat in the KV bucket, take leases from their dispatch consumer and report
-through intake, exactly like ``gpu_runtime``'s service, but run ``noop``/``sleep`` tasks in the event
-loop, so hundreds fit in one process. Tests and benchmarks use them to exercise the orchestrator, and
-``kill()`` injects a real fault: the provider stops mid-task without a word, its connection dropped.
+through intake, heartbeat in the KV bucket, take leases from their dispatch consumer, report through
+intake and publish live progress on core NATS, exactly like ``gpu_runtime``'s service, but run
+``noop``/``sleep`` tasks in the event loop, so hundreds fit in one process. Tests and benchmarks use
+them to exercise the orchestrator, and ``kill()`` injects a real fault: the provider stops mid-task
+without a word, its connection dropped.
 
 A simulated provider that lists ``montecarlo`` among its workloads runs it for real, and cheaply: the
 result is the summary ``gpu_runtime`` computes (:func:`montecarlo_summary`), bit for bit, so results
@@ -36,9 +37,10 @@ from events.intake import (
     ProviderRegistration,
     StartedReport,
 )
+from events.live import LiveProgress
 from events.store.connection import Access, connect_nats
 from events.store.topology import Topology
-from events.subjects import dispatch_consumer, heartbeat_subject, intake_subject, report_subject
+from events.subjects import dispatch_consumer, heartbeat_subject, intake_subject, live_subject, report_subject
 from events.types import Calibration, Capabilities, JsonValue, ResultRef, utc_now
 from events.verification import result_bytes
 from events.workloads import MonteCarloParams
@@ -211,7 +213,7 @@ class SimulatedProvider:
         """Do the work of ``lease`` honestly; the value of its result.
 
         ``montecarlo`` returns the summary ``gpu_runtime`` would (:func:`montecarlo_summary`, run in a
-        thread so that heartbeats go on). ``sleep`` sleeps its ``seconds``, reporting progress, and
+        thread so that heartbeats go on). ``sleep`` sleeps its ``seconds``, with live progress, and
         ``noop`` does nothing; both return a token naming the task and this provider.
         """
         if lease.workload == "montecarlo":
@@ -222,16 +224,26 @@ class SimulatedProvider:
             for i in range(steps):
                 await asyncio.sleep(seconds / steps)
                 if i < steps - 1:
-                    await self._report(
-                        lease.task_id,
-                        ProgressReport(
-                            lease_id=lease.lease_id,
-                            provider_id=self.provider_id,
-                            fraction=(i + 1) / steps,
-                            rate=steps / seconds,
-                        ),
-                    )
+                    await self.progress(lease, (i + 1) / steps, steps / seconds)
         return {"task": lease.task_id, "by": self.provider_id}
+
+    async def progress(self, lease: LeaseGranted, fraction: float, rate: float) -> None:
+        """Say how far ``lease``'s run has got: live on core NATS (``events.live``), never an event;
+        through intake only for a job from before identities, which has no live subject."""
+        subject = live_subject(lease.task_id, self.provider_id)
+        if subject is None:
+            report = ProgressReport(lease_id=lease.lease_id, provider_id=self.provider_id, fraction=fraction, rate=rate)
+            await self._report(lease.task_id, report)
+            return
+        if self._dead:
+            return
+        # The first shows that it runs: its start is reported now, if it was not yet.
+        if (due := self._start_due.pop(lease.lease_id, None)) is not None:
+            due.cancel()
+            self._start_reported(lease)
+        body = LiveProgress(lease_id=lease.lease_id, fraction=fraction, rate=rate, at=utc_now())
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await self.nc.publish(subject, body.model_dump_json().encode())
 
     async def outcome(self, lease: LeaseGranted, t0: float) -> tuple[ResultRef, int]:
         """What this provider reports for ``lease``: the result and the GPU milliseconds it claims.

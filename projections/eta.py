@@ -64,6 +64,7 @@ __all__ = [
     "EtaTaskRow",
     "EtaView",
     "eta_error",
+    "progress_remaining",
 ]
 
 #: Below this fraction done, progress is too thin to extrapolate a rate from.
@@ -219,6 +220,21 @@ def _narrowed(remaining: float, predicted: float, low: float, high: float, done:
     lo = 1.0 - (1.0 - low / predicted) * left
     hi = 1.0 + (high / predicted - 1.0) * left
     return remaining * max(lo, 0.0), remaining * max(hi, 1.0)
+
+
+def progress_remaining(t: EtaTaskRow, at_ts: float, fraction: float) -> tuple[float, float, float]:
+    """Seconds left of running task ``t`` (point, low, high) as of ``at_ts``, when it is ``fraction``
+    done: the rate so far extrapolated once the fraction is enough, else its prediction counted down.
+    The view applies it to the log's progress; the dashboard to live progress (``events.live``), which
+    the log does not hold."""
+    elapsed = at_ts - (t.started_ts or 0.0)
+    f = fraction
+    if f >= MIN_FRACTION_FOR_RATE and elapsed > 0.0:
+        remaining = elapsed * (1.0 - f) / f
+    else:
+        remaining = max(t.predicted_s - elapsed, 0.0)
+    low, high = _narrowed(remaining, t.predicted_s, t.predicted_low_s, t.predicted_high_s, f)
+    return remaining, low, high
 
 
 #: The most queued tasks ``queue`` reports (a forecast beyond it is a fluid).
@@ -576,14 +592,7 @@ class EtaView(View):
         t = self.tasks.get(e.task_id)
         if t is None or t.state != "running" or t.started_ts is None:
             return
-        elapsed = e.at.timestamp() - t.started_ts
-        f = e.fraction
-        if f >= MIN_FRACTION_FOR_RATE and elapsed > 0.0:
-            remaining = elapsed * (1.0 - f) / f
-        else:
-            remaining = max(t.predicted_s - elapsed, 0.0)
-        low, high = _narrowed(remaining, t.predicted_s, t.predicted_low_s, t.predicted_high_s, f)
-        self._update(t, "running", (remaining, low, high), env)
+        self._update(t, "running", progress_remaining(t, e.at.timestamp(), e.fraction), env)
 
     def on_TaskCompleted(self, e: TaskCompleted, env: Envelope) -> None:
         t = self.tasks.get(e.task_id)

@@ -29,6 +29,7 @@ from events.subjects import (
     HEARTBEAT_BUCKET,
     INTAKE_PREFIX,
     LEADER_BUCKET,
+    LIVE_PREFIX,
     OBJECT_PREFIX,
     OBJECTS_STREAM,
     TLOG_OPERATION,
@@ -148,6 +149,9 @@ ROLE_RULES: dict[str, RoleRules] = {
             f"{OBJECT_PREFIX}.result.*.{_NAME}.>",
             f"{API_PREFIX}.provider.{_NAME}.>",
             heartbeat_subject(_NAME),
+            # Live progress of the tasks it runs (core NATS, in the edge: never stored), ending in
+            # its own name: gf.live.<submitter>.<job>.<index>.<provider>.
+            f"{LIVE_PREFIX}.*.*.*.{_NAME}",
             f"$JS.API.CONSUMER.MSG.NEXT.{DISPATCH_STREAM}.{_provider_consumer}",
             f"$JS.ACK.{DISPATCH_STREAM}.{_provider_consumer}.>",
             f"$JS.ACK.*.*.{DISPATCH_STREAM}.{_provider_consumer}.>",
@@ -172,7 +176,8 @@ ROLE_RULES: dict[str, RoleRules] = {
             _direct_get(OBJECTS_STREAM, f"{OBJECT_PREFIX}.result.{_NAME}.>"),
             _direct_get(CHECKPOINTS_STREAM),  # the signed checkpoints: everyone may read them
         ),
-        sub_allow=(_inbox("submitter"),),
+        # The live progress of its own jobs' tasks, and nobody else's.
+        sub_allow=(_inbox("submitter"), f"{LIVE_PREFIX}.{_NAME}.>"),
         subs=256,
     ),
     "auditor": RoleRules(
@@ -186,7 +191,7 @@ ROLE_RULES: dict[str, RoleRules] = {
             "$JS.API.INFO",
             f"{API_PREFIX}.auditor.{_NAME}.>",
         ),
-        sub_allow=(_inbox("auditor"),),
+        sub_allow=(_inbox("auditor"), f"{LIVE_PREFIX}.>"),
         subs=256,
     ),
     "notary": RoleRules(

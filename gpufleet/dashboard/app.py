@@ -4,7 +4,9 @@ Every page has one live fragment. The page renders it once; its script opens ``/
 fragment, and the server sends the fragment again, rendered, each time the read models commit (the
 ``Changes`` a projector's ``on_commit`` notifies) and it differs from what was sent last. The
 browser only swaps it in: nothing polls, on either side. Without a change, a comment line keeps the
-stream open. (So an ETA on the page is as of the last commit; work in progress commits often.)
+stream open. (So an ETA on the page is as of the last commit; work in progress commits often.) Live
+progress (``gpufleet.dashboard.live``), never in the read models, is laid over them and wakes the
+pages too.
 
 Everything a stranger wrote (job and task ids, reasons, names, results) is escaped by Jinja2's
 autoescaping; the charts escape their own labels. The app answers only GET (and HEAD): it changes
@@ -36,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gpufleet.dashboard import charts
 from gpufleet.dashboard.data import audit_data, chart_data, fleet_data, job_data, jobs_data, ledger_data
+from gpufleet.dashboard.live import LiveProgressCache
 from gpufleet.dashboard.notify import Changes
 from projections.query import ReadModels
 from projections.storage import ReadModelError
@@ -92,6 +95,8 @@ class Source:
     submitter: str | None = None
     fleet: bool = True
     checkpoint: Callable[[], Awaitable[SignedCheckpoint]] | None = None
+    #: Live progress, laid over the read models where they show progress (None: none).
+    live: LiveProgressCache | None = None
 
 
 class _Headers:
@@ -174,11 +179,14 @@ class Dashboard:
         now = time.time()
         ctx: dict[str, Any] = {"who": s.who, "fleet_visible": s.fleet, "now": now}
         if view == "jobs":
-            ctx["data"] = await asyncio.to_thread(jobs_data, models.db, now, s.submitter)
+            jobs = await asyncio.to_thread(jobs_data, models.db, now, s.submitter)
+            ctx["data"] = s.live.jobs(jobs) if s.live is not None else jobs
         elif view == "job":
             detail = await asyncio.to_thread(job_data, models.db, job, now)
             if detail is not None and s.submitter is not None and detail.job.submitter != s.submitter:
                 detail = None  # not this identity's: as if it did not exist
+            if detail is not None and s.live is not None:
+                detail = s.live.job(detail, now)
             ctx["data"] = detail
             ctx["job_id"] = job
         elif view == "fleet":

@@ -134,6 +134,8 @@ class TaskLine:
     eta: str
     predicted: str
     result: dict[str, Any] | None
+    #: The ETA view's row the ``eta`` was said from (live progress says it again: ``dashboard.live``).
+    eta_row: EtaTaskRow | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +199,7 @@ def job_data(db: ReadModelStore, job_id: str, now: float) -> JobData | None:
             predicted = duration(e.predicted_s)
             if e.predicted_high_s > 0:
                 predicted += f" ({duration(e.predicted_low_s)}\N{EN DASH}{duration(e.predicted_high_s)})"
-        lines.append(TaskLine(t, task_eta_text(e, t.state, now), predicted, _result(t.result)))
+        lines.append(TaskLine(t, task_eta_text(e, t.state, now), predicted, _result(t.result), e))
     bills = _rows(db, LEDGER_JOBS, {"job_id": job_id}, limit=1)
     shares = _rows(db, LEDGER_JOB_PROVIDERS, {"job_id": job_id}, order_by=("provider_id",), limit=TASKS_SHOWN)
     return JobData(job, eta_cell(eta_row, now), eta_row, lines, bills[0] if bills else None, shares)

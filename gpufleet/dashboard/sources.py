@@ -7,7 +7,8 @@
   network's event feed (``Client.feed``, which serves only what ``events.subjects.readable`` allows),
   folded by the same views into a private store; only its own jobs show, and no fleet.
 
-Either way, each durable commit of the projector notifies the dashboard (``Projector.on_commit``).
+Either way, each durable commit of the projector notifies the dashboard (``Projector.on_commit``), and
+so does live progress (``gpufleet.dashboard.live``), which the pages lay over the read models.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from events.store.connection import Access
 from events.subjects import outcomes_stream
 from events.tlog import NoteKey
 from gpufleet.dashboard.app import LOCAL_HOSTS, SignedCheckpoint, Source, create_app
+from gpufleet.dashboard.live import LiveProgressCache, live_subjects
 from gpufleet.dashboard.notify import Changes
 from gpufleet.dashboard.serve import DashboardError, DashboardServer
 from projections.eta import EtaView
@@ -130,16 +132,35 @@ async def start_dashboard(
     checkpoints: CheckpointProbe | None = None,
     allowed_hosts: tuple[str, ...] = LOCAL_HOSTS,
     metrics_registry: Any = None,
+    live: Access | None = None,
 ) -> RunningDashboard:
     """Serve ``models`` (which ``projector`` keeps live) on ``host``, and ``/metrics`` from
-    ``metrics_registry``; notified on every commit."""
+    ``metrics_registry``; notified on every commit, and with the live progress ``live``'s identity
+    hears (``gpufleet.dashboard.live``)."""
     changes = Changes()
     projector.on_commit = changes.notify
-    source = Source(models, changes, who=who, checkpoint=checkpoints)
-    app = create_app(source, allowed_hosts=allowed_hosts, metrics_registry=metrics_registry)
-    server = DashboardServer(app, changes, host=host, port=port)
-    await server.start()
-    return RunningDashboard(server, checkpoints)
+    running = RunningDashboard(None, checkpoints)
+    try:
+        cache = await _live_progress(live, changes, running) if live is not None else None
+        source = Source(models, changes, who=who, checkpoint=checkpoints, live=cache)
+        app = create_app(source, allowed_hosts=allowed_hosts, metrics_registry=metrics_registry)
+        running.server = DashboardServer(app, changes, host=host, port=port)
+        await running.server.start()
+    except BaseException:
+        await running.stop()
+        raise
+    return running
+
+
+async def _live_progress(access: Access, changes: Changes, running: RunningDashboard) -> LiveProgressCache | None:
+    """The live progress ``access``'s identity may hear, kept for the pages (None: it may hear none)."""
+    subject = live_subjects(access)
+    if subject is None:
+        return None
+    cache = LiveProgressCache(changes)
+    running.closers.append(cache.close)
+    await cache.start(access, subject)
+    return cache
 
 
 # ---- gpufleet dashboard --------------------------------------------------------------------------
@@ -222,10 +243,14 @@ async def open_network(
             await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
             digest = hashlib.sha1(f"{access.url} {identity}".encode()).hexdigest()[:10]
             models = await _follow_log(access, data_dir / f"dashboard-{digest}.sqlite", changes, running)
-            source = Source(models, changes, who=f"{identity} (the whole network)", checkpoint=probe)
+            live = await _live_progress(access, changes, running)
+            source = Source(models, changes, who=f"{identity} (the whole network)", checkpoint=probe, live=live)
         else:
             models = await _follow_feed(access, identity.name, changes, running)
-            source = Source(models, changes, who=str(identity), submitter=identity.name, fleet=False, checkpoint=probe)
+            live = await _live_progress(access, changes, running)
+            source = Source(
+                models, changes, who=str(identity), submitter=identity.name, fleet=False, checkpoint=probe, live=live
+            )
         registry = None
         if running.projector is not None:
             with contextlib.suppress(ImportError):

@@ -14,11 +14,12 @@ import nats.js.errors
 import numpy as np
 import pytest
 
+from events.live import LiveProgress
 from events.store.blobs import ObjectIntegrityError
 from events.store.topology import OBJECT_CHUNK_BYTES, Topology
-from events.subjects import intake_subject, object_name, report_subject
+from events.subjects import intake_subject, job_of_task, live_filter, live_subject, object_name, report_subject
 from events.types import ObjectRef
-from tests.integration.runtime_support import Orchestrator, provider
+from tests.integration.runtime_support import Orchestrator, new_id, provider
 from tests.runtime_reference import ref_stencil
 from tests.secure import SecureServer
 
@@ -122,3 +123,60 @@ async def test_drain_finishes_running_work_then_leaves(nats_server: SecureServer
             await kv.get(pid)
         assert rt.worker_pids() == []
         await orch.assert_contract_kept(ended=[pid])
+
+
+async def test_live_progress_is_not_durable_and_a_resume_starts_from_the_last_checkpoint(
+    nats_server: SecureServer,
+) -> None:
+    """A task of a submitter's job: its fraction and rate go live on core NATS, only its checkpoints go
+    through intake. Killed past its last checkpoint, its live progress is lost, and that costs nothing:
+    the next attempt resumes from the checkpoint, exactly."""
+    params = {**STENCIL, "steps": 300, "checkpoint_every": 100}  # a checkpoint a second, progress twice
+    task_id = f"alice.{new_id('j')}.0"
+    live: list[tuple[str, LiveProgress]] = []
+
+    async def heard(msg: Any) -> None:
+        live.append((msg.subject, LiveProgress.model_validate_json(msg.data)))
+
+    async with nats_server.connection("submitter", "alice") as alice, Orchestrator.connect(nats_server) as orch:
+        await alice.subscribe(str(live_filter(job_of_task(task_id))), cb=heard)
+        await alice.flush()
+        async with provider(nats_server) as a:
+            await orch.grant(a.provider_id, "stencil", params, task_id=task_id)
+            first = await orch.wait_for(task_id, ("progress",), where=lambda b: b.checkpoint_step >= 100)
+            step = first.body.checkpoint_step
+            # Wait for live progress past that checkpoint, then kill the worker before the next one.
+            for _ in range(200):
+                if any(p.fraction > step / params["steps"] for _, p in live):
+                    break
+                await asyncio.sleep(0.02)
+            (pid,) = a.worker_pids()
+            os.kill(pid, signal.SIGKILL)
+            failed = await orch.finished(task_id)
+            assert failed.reason == "worker_crashed"
+            lease_id, holder = failed.lease_id, a.provider_id
+        # Through intake: only reports that carry a checkpoint (and the start and the end).
+        durable = orch.of(task_id, "progress")
+        assert durable and all(b.body.checkpoint is not None for b in durable)
+        latest = max(durable, key=lambda s: s.body.checkpoint_step).body
+        # Live: from the holder, under its lease, on its own subject; further than the checkpoint.
+        assert live and {s for s, _ in live} == {live_subject(task_id, holder)}
+        assert {p.lease_id for _, p in live} == {lease_id}
+        lost = max(p.fraction for _, p in live)
+        assert lost > latest.checkpoint_step / params["steps"], "the live progress went no further"
+        async with provider(nats_server) as b:
+            body = await orch.run(
+                b.provider_id,
+                "stencil",
+                params,
+                task_id=task_id,
+                attempt=2,
+                resume_from=latest.checkpoint,
+                resume_step=latest.checkpoint_step,
+            )
+            resumed = await orch.result(body)
+            assert resumed["resumed_from_step"] == latest.checkpoint_step
+            assert resumed["steps_run"] == params["steps"] - latest.checkpoint_step
+            fresh = await orch.result(await orch.run(b.provider_id, "stencil", {**params, "step_delay_s": 0.0}))
+            assert all(resumed[k] == fresh[k] for k in ("sum", "l2", "center"))
+        await orch.assert_contract_kept()

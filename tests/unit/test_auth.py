@@ -152,8 +152,11 @@ def test_the_edge_imports_every_hub_export_and_stays_without_jetstream(tmp_path:
             continue
         for subject in rules.pub_allow:
             assert not subject.startswith(("gf.ev", "gf.dispatch", "$JS.API.STREAM.CREATE", "$JS.API.CONSUMER.CREATE"))
+        # They read their own inbox, and live progress (core NATS, never stored): a submitter its own
+        # jobs' only, an auditor everyone's; a provider none.
+        live = {"submitter": ("gf.live.{{name()}}.>",), "auditor": ("gf.live.>",)}.get(rules.role, ())
         for subject in rules.sub_allow:
-            assert subject.startswith(f"_INBOX.{rules.role}.{{{{name()}}}}.")
+            assert subject.startswith(f"_INBOX.{rules.role}.{{{{name()}}}}.") or subject in live
 
 
 def test_only_the_orchestrator_writes_the_domain_log_and_only_the_admin_manages_streams() -> None:

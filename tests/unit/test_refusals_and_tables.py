@@ -250,7 +250,7 @@ def test_the_up_table_fits_80_columns_and_names_the_device_shortly() -> None:
         url="nats://127.0.0.1:42583",
         server=SimpleNamespace(store_dir="/home/someone/.gpufleet/nats"),
         tls_ca=None,
-        orchestrator=SimpleNamespace(world=SimpleNamespace(position=12345, jobs={})),
+        orchestrator=SimpleNamespace(world=SimpleNamespace(position=12345, jobs={}, retired_jobs=7)),
         projector=object(),
         read_models_db="/home/someone/.gpufleet/readmodels.sqlite",
         dashboard=SimpleNamespace(url="http://127.0.0.1:8222/"),
