@@ -40,7 +40,7 @@ from pathlib import Path
 from actors.core import Core
 from events.store.watermark import Watermark
 
-__all__ = ["SNAPSHOT_FORMAT", "Snapshot", "SnapshotFile", "code_fingerprint", "restore", "snapshot_file"]
+__all__ = ["SNAPSHOT_FORMAT", "Snapshot", "SnapshotFile", "adopt", "code_fingerprint", "restore", "snapshot_file"]
 
 #: The layout of the file (header line, then the compressed pickle).
 SNAPSHOT_FORMAT = 1
@@ -168,3 +168,13 @@ def restore(core: Core) -> Core:
         core.lease_refused(lease_id)
     core.windows.forget_planned()
     return core
+
+
+def adopt(core: Core, snapshot: Core) -> None:
+    """Make ``core`` the ``snapshot``'s core, ``restore``d, in place: the objects others hold (the core,
+    its world, its scheduler) stay the same objects, now with the snapshot's state."""
+    restore(snapshot)
+    core.world.__dict__.update(snapshot.world.__dict__)
+    core.scheduler.__dict__.update(snapshot.scheduler.__dict__)
+    snapshot.world, snapshot.scheduler = core.world, core.scheduler
+    core.__dict__.update(snapshot.__dict__)

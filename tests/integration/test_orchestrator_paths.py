@@ -80,7 +80,7 @@ async def test_an_intake_message_that_keeps_tripping_a_bug_is_rejected_as_intern
     sim = await (await SimulatedProvider.connect(server.access("provider", "p1"), slots=2, heartbeat_s=0.2)).start()
     poisoned = intake_subject("submitter", "alice", "submit", "poison")
     tries: list[int] = []
-    real_accept = orch._accept
+    real_accept = orch.intake.accept
 
     # Test-only fault injection: validating the message on this one subject raises an exception that
     # is not a GpufleetError (a bug), every time; every other message goes through the real method.
@@ -90,7 +90,7 @@ async def test_an_intake_message_that_keeps_tripping_a_bug_is_rejected_as_intern
             raise RuntimeError("injected bug")
         return await real_accept(msg, seq, at)
 
-    orch._accept = accept  # type: ignore[method-assign]
+    orch.intake.accept = accept  # type: ignore[method-assign]
     try:
         # Given the poisoned message, then two ordinary jobs behind it
         job = {"workload": "sleep", "params": {"seconds": 0.05}, "split": {"kind": "count", "count": 2}}

@@ -63,21 +63,21 @@ async def full_fold(store: JetStreamEventStore) -> Core:
 
 
 @pytest.fixture
-async def store(nats_server: SecureServer) -> AsyncIterator[JetStreamEventStore]:
-    s = await JetStreamEventStore.connect(nats_server.access("orchestrator"))
+async def store(own_nats_server: SecureServer) -> AsyncIterator[JetStreamEventStore]:
+    s = await JetStreamEventStore.connect(own_nats_server.access("orchestrator"))
     yield s
     await s.close()
 
 
 async def test_a_restart_reads_the_snapshot_and_only_the_log_after_it(
-    nats_server: SecureServer, store: JetStreamEventStore, tmp_path: Path
+    own_nats_server: SecureServer, store: JetStreamEventStore, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
-    assert await run_jobs(nats_server, store, state, ["a", "b"], 2) == 0  # no snapshot yet: the whole log
+    assert await run_jobs(own_nats_server, store, state, ["a", "b"], 2) == 0  # no snapshot yet: the whole log
     path = snapshot_path(state)
     assert path.stat().st_mode & 0o777 == 0o600
     head = await store.head()
-    async with network(nats_server, state) as (orch, tenants):
+    async with network(own_nats_server, state) as (orch, tenants):
         assert orch.rebuilt_from == head  # stopped cleanly: the snapshot stands at the head
         # The same state as a fold of the whole log, and the network goes on from it.
         full = await full_fold(store)
@@ -90,10 +90,10 @@ async def test_a_restart_reads_the_snapshot_and_only_the_log_after_it(
 
 @pytest.mark.parametrize("damage", ["body", "position", "writable", "config"])
 async def test_a_snapshot_nothing_vouches_for_is_set_aside(
-    nats_server: SecureServer, store: JetStreamEventStore, tmp_path: Path, damage: str
+    own_nats_server: SecureServer, store: JetStreamEventStore, tmp_path: Path, damage: str
 ) -> None:
     state = tmp_path / "state"
-    await run_jobs(nats_server, store, state, ["a"], 1)
+    await run_jobs(own_nats_server, store, state, ["a"], 1)
     path = snapshot_path(state)
     raw = path.read_bytes()
     header, _, body = raw.partition(b"\n")
@@ -108,7 +108,7 @@ async def test_a_snapshot_nothing_vouches_for_is_set_aside(
         os.chmod(path, 0o666)
     else:  # the orchestrator now runs with other fair-share weights
         config = {"weights": {"alice": 2.0}}
-    async with network(nats_server, state, **config) as (orch, tenants):
+    async with network(own_nats_server, state, **config) as (orch, tenants):
         assert orch.rebuilt_from == 0  # rebuilt from the whole log, as without a snapshot
         full = await full_fold(store)
         assert orch.world.jobs == full.world.jobs and orch.world.tasks == full.world.tasks
