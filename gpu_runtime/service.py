@@ -254,10 +254,9 @@ class _Reporter:
         lease = self.run.lease
         live = None if self.checkpoint_dirty else live_subject(lease.task_id, lease.provider_id)
         if live is not None:
-            # Fraction and rate only: live, on core NATS, never an event (``events.live``). The first
-            # shows that the task runs: its start is reported now, if it was not yet (one durable
-            # write per lease, however often progress comes).
-            self.runtime._start_now(self.run)
+            # Fraction and rate only: live, on core NATS, never an event (``events.live``). Its start
+            # is still reported once the run has gone on ``START_REPORT_S`` (one durable write per
+            # lease, however often progress comes), and not at all for a shorter run.
             self.dirty = False
             self.sent += 1
             body = LiveProgress(
@@ -925,14 +924,6 @@ class ProviderRuntime:
         if run.starting is not None:
             with contextlib.suppress(Exception):
                 await run.starting
-
-    def _start_now(self, run: _TaskRun) -> None:
-        """Report ``run``'s start now, unless it was reported, or will not be (the run ended)."""
-        due = run.start_due
-        if run.starting is not None or due is None or due.cancelled():
-            return
-        due.cancel()
-        self._report_started(run)
 
     def _report_started(self, run: _TaskRun) -> None:
         """Report that ``run`` started (it is still running ``start_report_delay`` after it began)."""

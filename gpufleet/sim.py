@@ -214,13 +214,14 @@ class SimulatedProvider:
 
         ``montecarlo`` returns the summary ``gpu_runtime`` would (:func:`montecarlo_summary`, run in a
         thread so that heartbeats go on). ``sleep`` sleeps its ``seconds``, with live progress, and
-        ``noop`` does nothing; both return a token naming the task and this provider.
+        ``noop`` does nothing; both return a token naming the task and this provider. ``sleep`` reports
+        ``steps - 1`` times (its ``steps`` parameter; 4 when the parameters leave it out).
         """
         if lease.workload == "montecarlo":
             return await asyncio.to_thread(montecarlo_summary, lease.params)
         seconds = float(lease.params.get("seconds", 0.0) or 0.0) if lease.workload == "sleep" else 0.0  # type: ignore[arg-type]
         if seconds > 0:
-            steps = 4
+            steps = min(10_000, max(1, int(lease.params.get("steps", 4) or 4)))  # type: ignore[arg-type]
             for i in range(steps):
                 await asyncio.sleep(seconds / steps)
                 if i < steps - 1:
@@ -237,10 +238,6 @@ class SimulatedProvider:
             return
         if self._dead:
             return
-        # The first shows that it runs: its start is reported now, if it was not yet.
-        if (due := self._start_due.pop(lease.lease_id, None)) is not None:
-            due.cancel()
-            self._start_reported(lease)
         body = LiveProgress(lease_id=lease.lease_id, fraction=fraction, rate=rate, at=utc_now())
         with contextlib.suppress(nats.errors.Error, OSError):
             await self.nc.publish(subject, body.model_dump_json().encode())

@@ -165,7 +165,8 @@ async def test_a_cancellation_reaches_the_provider_holding_the_lease(net: Networ
 
 async def test_forged_and_malformed_inputs_are_recorded_and_never_block(net: Network) -> None:
     await net.provider("p1", slots=1)
-    await net.tenants.submit("alice", "before", sleep_job(1, 0.5))
+    # Long enough to report its start (a shorter run's completion implies it): a lease that runs.
+    await net.tenants.submit("alice", "before", sleep_job(1, 2.0))
     w, _ = await wait_for(net.store, lambda w: any(t.status == "running" for t in w.tasks.values()), timeout=20)
     task_id = next(iter(w.tasks))
     lease = w.tasks[task_id].lease
@@ -232,7 +233,8 @@ async def test_a_lease_that_never_starts_expires_and_moves_on(net: Network) -> N
 
 async def test_drain_finishes_running_work_and_takes_nothing_new(net: Network) -> None:
     p = await net.provider("p1", slots=2)
-    await net.tenants.submit("alice", "j1", sleep_job(2, 1.0))
+    # Long enough to report their starts (a run reports it once it has gone on a second).
+    await net.tenants.submit("alice", "j1", sleep_job(2, 3.0))
     await wait_for(net.store, lambda w: sum(t.status == "running" for t in w.tasks.values()) == 2, timeout=20)
     drained = asyncio.create_task(p.drain())
     await wait_for(net.store, lambda w: w.providers["p1"].status == "draining", timeout=10, poll=0.1)
