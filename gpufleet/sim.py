@@ -98,6 +98,7 @@ class SimulatedProvider:
     _sub: Any = None
     _draining: bool = False
     _dead: bool = False
+    _deaf: bool = False
 
     @property
     def capabilities(self) -> Capabilities:
@@ -140,7 +141,9 @@ class SimulatedProvider:
         return self
 
     async def _fetch(self) -> None:
-        while True:
+        # Until killed: a cancellation can come back from nats-py's fetch as a timeout (its wait_for),
+        # and must not leave this loop running on a closed connection.
+        while not self._dead and not self._deaf:
             try:
                 msgs = await self._sub.fetch(batch=max(16, self.slots * 2), timeout=1.0)
             except (TimeoutError, nats.errors.TimeoutError):
@@ -293,6 +296,7 @@ class SimulatedProvider:
 
     def deafen(self) -> None:
         """A fault: keep heartbeating, but stop reading dispatch (leases then never start)."""
+        self._deaf = True
         for t in self._tasks:
             if t.get_name() == "fetch":
                 t.cancel()
