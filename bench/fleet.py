@@ -94,15 +94,22 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14 and 15 of stat)
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` in MiB; 0 once it is gone."""
+def memory_mb(pid: int) -> tuple[float, float]:
+    """Resident memory of ``pid`` now and at its peak (VmRSS, VmHWM), in MiB; 0 once it is gone."""
+    fields: dict[str, float] = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) / 1024
     except OSError:
         pass
-    return 0.0
+    return fields.get("VmRSS", 0.0), fields.get("VmHWM", 0.0)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` in MiB; 0 once it is gone."""
+    return memory_mb(pid)[0]
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -404,13 +411,6 @@ class Heartbeats:
     why: str = ""
     raw: float = 0.0
     startup_s: float = 0.0
-    logs: dict[int, Path] = field(default_factory=dict)  # each process's stderr, by pid
-
-    def spawn(self, log: Path, *args: str, script: bool = False) -> subprocess.Popen[bytes]:
-        p = spawn(log, *args, script=script)
-        self.logs[p.pid] = log
-        return p
-
     w: Window | None = None
     hb_ratio: float = 0.0  # heartbeats stored / heartbeats at the nominal rate
     interval_s: float = math.inf  # mean time between one provider's heartbeats, as stored

@@ -54,6 +54,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.fleet import memory_mb
 from bench.loggen_fast import BIG_TASKS, LogWriter, Templates, plan_log, record_templates, spawn_gpufleet
 from events.store import JetStreamEventStore
 from events.store.connection import Access, connect_nats
@@ -224,17 +225,6 @@ class Restart:
         return max(0.0, self.first_probe_s - self.warm_probe_s)
 
 
-def _rss_mb(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of ``pid`` in MB."""
-    fields: dict[str, float] = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(value.split()[0]) / 1024
-    return fields.get("VmRSS", 0.0), fields.get("VmHWM", 0.0)
-
-
 class _Rebuilt:
     """Watches the orchestrator's log for its ``orchestrator.rebuilt`` line (its fold has finished),
     reading only what was added since the last look."""
@@ -389,7 +379,7 @@ async def start(
         rebuilt: list[float | None] = [None]
         watch = _Rebuilt(log)
         first = await asyncio.wait_for(probe(f"cold{tag}", t_spawn), timeout=4 * 3600)
-        rss, peak = _rss_mb(proc.pid)
+        rss, peak = memory_mb(proc.pid)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(30)

@@ -265,7 +265,6 @@ async def test_a_submission_refused_at_intake_shows_in_status_and_jobs_with_its_
         body = json.dumps({"workload": "noop", "priority": 99}).encode()
         await client.nc.publish(intake_subject("submitter", "rawuser", "submit", "raw-bad"), body)
         await client.nc.flush()
-
         async def refused() -> object:
             try:
                 return await client.job("raw-bad").status()

@@ -206,7 +206,6 @@ def test_an_archive_over_a_limit_is_refused_naming_it(
     noisy = tmp_path / "noisy"
     noisy.mkdir()
     (noisy / "random.bin").write_bytes(os.urandom(9 << 20))  # does not compress: over 8 MiB zipped
-
     # One module each: a module's functions all ship what any of them includes.
     def one(name: str, include: str) -> Any:
         source = f"""

@@ -103,45 +103,16 @@ def test_the_jobs_table_fits_80_columns_with_whole_ids_and_shows_more_when_wide(
 
     now = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
     rows = [
-        JobRow(
-            "alice.j1a22f12e4b63082f1d1",
-            "alice",
-            "montecarlo",
-            status="running",
-            task_count=40,
-            tasks_completed=17,
-            progress=0.43,
-            cost_micros=1234567,
-            verify="auto",
-        ),
-        JobRow(
-            "bob.j1a22f12e152d5ecc738",
-            "bob",
-            "elementwise",
-            status="completed",
-            task_count=3,
-            tasks_completed=3,
-            progress=1.0,
-            invalid_results=2,
-            verify="replicate",
-        ),
-        JobRow(
-            "carol.raw-bad-priority",
-            "carol",
-            status="rejected",
-            reason="Input should be at most 9",
-            reason_field="priority",
-        ),
+        JobRow("alice.j1a22f12e4b63082f1d1", "alice", "montecarlo", status="running", task_count=40,
+               tasks_completed=17, progress=0.43, cost_micros=1234567, verify="auto"),
+        JobRow("bob.j1a22f12e152d5ecc738", "bob", "elementwise", status="completed", task_count=3,
+               tasks_completed=3, progress=1.0, invalid_results=2, verify="replicate"),
+        JobRow("carol.raw-bad-priority", "carol", status="rejected", reason="Input should be at most 9",
+               reason_field="priority"),
     ]
-    etas = {
-        "alice.j1a22f12e4b63082f1d1": EtaJobRow(
-            "alice.j1a22f12e4b63082f1d1",
-            predicted_s=300.0,
-            eta_ts=now + 250.0,
-            eta_low_ts=now + 220.0,
-            eta_high_ts=now + 305.0,
-        )
-    }
+    etas = {"alice.j1a22f12e4b63082f1d1": EtaJobRow("alice.j1a22f12e4b63082f1d1", predicted_s=300.0,
+                                                   eta_ts=now + 250.0, eta_low_ts=now + 220.0,
+                                                   eta_high_ts=now + 305.0)}
     text = render(jobs_table(rows, etas, now, WIDTH))
     fits(text)
     for r in rows:
@@ -162,39 +133,14 @@ def test_the_fleet_table_keeps_each_device_on_one_line_at_80_columns() -> None:
     from gpufleet.tables import device_text, fleet_table
 
     rows = [
-        ProviderRow(
-            "local-vm",
-            status="online",
-            backend="cpu",
-            gpu_model="Intel(R) Xeon(R) Processor",
-            vram_mb=23 * 1024,
-            slots=1,
-            completions=5,
-            reputation=0.86,
-            earnings_micros=12,
-        ),
-        ProviderRow(
-            "h100-rack-07",
-            status="online",
-            backend="cuda",
-            gpu_model="NVIDIA H100 80GB HBM3",
-            vram_mb=81559,
-            slots=8,
-            utilisation=0.75,
-            completions=123456,
-            invalid_results=3,
-            consecutive_valid=40,
-            reputation=0.99,
-            earnings_micros=987654321,
-        ),
-        ProviderRow(
-            "laptop",
-            status="lost",
-            backend="cuda",
-            gpu_model="NVIDIA GeForce RTX 4090 Laptop GPU with a very long marketing name",
-            vram_mb=16 * 1024,
-            slots=1,
-        ),
+        ProviderRow("local-vm", status="online", backend="cpu", gpu_model="Intel(R) Xeon(R) Processor",
+                    vram_mb=23 * 1024, slots=1, completions=5, reputation=0.86, earnings_micros=12),
+        ProviderRow("h100-rack-07", status="online", backend="cuda", gpu_model="NVIDIA H100 80GB HBM3",
+                    vram_mb=81559, slots=8, utilisation=0.75, completions=123456, invalid_results=3,
+                    consecutive_valid=40, reputation=0.99, earnings_micros=987654321),
+        ProviderRow("laptop", status="lost", backend="cuda",
+                    gpu_model="NVIDIA GeForce RTX 4090 Laptop GPU with a very long marketing name",
+                    vram_mb=16 * 1024, slots=1),
     ]
     text = render(fleet_table(rows))
     fits(text)
@@ -213,26 +159,16 @@ def test_the_quote_table_fits_80_columns() -> None:
 
     span = SimpleNamespace
     q = SimpleNamespace(
-        runnable=True,
-        tasks=40,
-        workload="montecarlo",
-        submitter="alice",
-        slots=9,
-        ahead=120,
-        runs=1.0,
-        start_s=12.5,
-        finish_s=span(expected=4000.0, low=3500.0, high=4800.0),
-        cost_micros=span(expected=12_345_678, low=10_000_000, high=15_000_000),
-        why={},
+        runnable=True, tasks=40, workload="montecarlo", submitter="alice", slots=9, ahead=120, runs=1.0,
+        start_s=12.5, finish_s=span(expected=4000.0, low=3500.0, high=4800.0),
+        cost_micros=span(expected=12_345_678, low=10_000_000, high=15_000_000), why={},
         options=[
             SimpleNamespace(
-                device_class="cuda:NVIDIA H100 80GB HBM3",
-                runs=1.0,
+                device_class="cuda:NVIDIA H100 80GB HBM3", runs=1.0,
                 providers=[SimpleNamespace(provider_id=f"h100-rack-0{i}", free=i, slots=8) for i in range(4)],
                 per_task=span(seconds=0.00121, low=0.00066, high=0.0022, basis="probe"),
                 cost_micros=span(expected=12_345_678, low=10_000_000, high=15_000_000, basis=""),
-                start_s=12.5,
-                finish_s=span(expected=4000.0, low=3500.0, high=4800.0),
+                start_s=12.5, finish_s=span(expected=4000.0, low=3500.0, high=4800.0),
             )
         ],
     )
