@@ -122,6 +122,10 @@ class IntakeService:
         #: Intake sequences this process holds (queued, being handled, or being refused): a copy that
         #: JetStream delivers again meanwhile is left alone.
         self._in_hand: set[int] = set()
+        #: Intake sequences this process handled whose outcome its world does not show yet (it follows
+        #: the log a moment behind): a copy delivered again meanwhile is left alone too, or it would be
+        #: charged to its sender's rate a second time, and could be refused after it was applied.
+        self._settling: set[int] = set()
         #: Intake messages JetStream delivered to this orchestrator (with others, each gets a share).
         self.delivered = 0
         self._blob_store: BlobStore | None = None
@@ -253,15 +257,18 @@ class IntakeService:
         """Delivered intake messages into the fair queue, or acknowledged (an outcome exists), or
         refused for their sender's rate (recorded at once, never queued)."""
         self.delivered += len(msgs)
+        if self._settling:
+            self._settling = {s for s in self._settling if not self.world.intake_done(s)}
         for msg in msgs:
             meta = msg.metadata
             seq = meta.sequence.stream
             if self.world.intake_done(seq):
                 self.runner.spawn(self._ack(msg))
                 continue
-            if seq in self._in_hand:
+            if seq in self._in_hand or seq in self._settling:
                 # Delivered again (past the ack wait) while this process still holds it, queued or
-                # being handled: that copy gives its one outcome, and it was charged to the rate once.
+                # being handled, or has just handled it: that copy gives its one outcome, and it was
+                # charged to the rate once.
                 continue
             sender, name = sender_of(msg.subject, self.topology.intake_prefix)
             refusal = self.admission.arrival(sender, name)
@@ -299,7 +306,7 @@ class IntakeService:
                 # what is in flight), as it cancels the workers.
                 await asyncio.shield(self.runner.spawn(self._intake_one(msg, seq, at)))
             finally:
-                self._in_hand.discard(seq)
+                self._out_of_hand(seq)
 
     async def _intake_consumer(self, role: str) -> str:
         """The shared durable consumer of ``role``'s intake messages (created by the first
@@ -345,8 +352,14 @@ class IntakeService:
             )
             await self._record_outcome(msg, seq, outcome)
         finally:
-            self._in_hand.discard(seq)
+            self._out_of_hand(seq)
             slot.release()
+
+    def _out_of_hand(self, seq: int) -> None:
+        """``seq`` was handled: until this process's world shows its outcome, it is still settling."""
+        self._in_hand.discard(seq)
+        if not self.world.intake_done(seq):
+            self._settling.add(seq)
 
     async def _intake_one(self, msg: Msg, seq: int, at: datetime) -> None:
         bugs = 0
