@@ -78,14 +78,10 @@ class SnapshotFile:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def save(self, core: Core, mark: Watermark, context: str = "") -> int:
-        """Write ``core`` as it stands after ``mark`` (temporary file, fsync, rename: never a torn
-        snapshot); returns the bytes written. Call it where nothing changes ``core`` meanwhile.
-        ``context``: what else the core was built with (configuration); ``load`` wants the same."""
-        return self.write(self.dumps(core), mark, context)
-
     def write(self, body: bytes, mark: Watermark, context: str = "") -> int:
-        """Write a body made by ``dumps`` (the part that may run in another thread)."""
+        """Write a body made by ``dumps`` of a core as it stands after ``mark`` (temporary file, fsync,
+        rename: never a torn snapshot; it may run in another thread); returns the bytes written.
+        ``context``: what else the core was built with (configuration); ``load`` wants the same."""
         header = {
             "context": hashlib.sha256(context.encode()).hexdigest(),
             "format": SNAPSHOT_FORMAT,
